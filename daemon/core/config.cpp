@@ -1,0 +1,812 @@
+#include "config.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <arpa/inet.h>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits.h>
+#include <netdb.h>
+#include <span>
+#include <string_view>
+#include <sys/socket.h>
+#include <type_traits>
+#include <unistd.h>
+#include <variant>
+
+namespace dpengine {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Every key of the file, once. The loader, the command-line flags, validate() and to_toml()
+// all work from this table, so a key added here is read, checked and printed everywhere.
+using Target = std::variant<std::string*, bool*, Role*, uint16_t*, uint32_t*, uint64_t*,
+                            std::optional<uint32_t>*, double*>;
+
+struct Field {
+    std::string_view section;
+    std::string_view key;
+    Target (*target)(Config&);
+    int64_t min;        // integers: the accepted range
+    int64_t max;
+    bool zero_allowed;  // numbers: whether 0 is accepted (negatives never are)
+
+    constexpr Field(std::string_view section, std::string_view key, Target (*target)(Config&),
+                    int64_t min = 0, int64_t max = 0, bool zero_allowed = false)
+        : section(section), key(key), target(target), min(min), max(max),
+          zero_allowed(zero_allowed)
+    {
+    }
+};
+
+constexpr int64_t u16_max = UINT16_MAX;
+constexpr int64_t u32_max = UINT32_MAX;
+constexpr int64_t max_dp_size = 65536;
+
+// clang-format off
+constexpr Field fields[] = {
+    {"node", "role", [](Config& c) -> Target { return &c.node.role; }},
+    {"node", "name", [](Config& c) -> Target { return &c.node.name; }},
+    {"data_parallel", "size", [](Config& c) -> Target { return &c.data_parallel.size; }, 1, max_dp_size},
+    {"data_parallel", "size_local", [](Config& c) -> Target { return &c.data_parallel.size_local; }, 0, max_dp_size},
+    {"data_parallel", "start_rank", [](Config& c) -> Target { return &c.data_parallel.start_rank; }, 0, max_dp_size - 1},
+    {"data_parallel", "address", [](Config& c) -> Target { return &c.data_parallel.address; }},
+    {"data_parallel", "rpc_port", [](Config& c) -> Target { return &c.data_parallel.rpc_port; }, 0, u16_max},
+    {"frontend", "host", [](Config& c) -> Target { return &c.frontend.host; }},
+    {"frontend", "port", [](Config& c) -> Target { return &c.frontend.port; }, 1, u16_max},
+    {"frontend", "max_body_bytes", [](Config& c) -> Target { return &c.frontend.max_body_bytes; }, 1 << 10, 1 << 30},
+    {"frontend", "max_connections", [](Config& c) -> Target { return &c.frontend.max_connections; }, 1, u32_max},
+    {"frontend", "idle_timeout", [](Config& c) -> Target { return &c.frontend.idle_timeout; }},
+    {"frontend", "request_timeout", [](Config& c) -> Target { return &c.frontend.request_timeout; }},
+    {"engine", "backend", [](Config& c) -> Target { return &c.engine.backend; }},
+    {"engine", "model", [](Config& c) -> Target { return &c.engine.model; }},
+    {"engine", "max_batch", [](Config& c) -> Target { return &c.engine.max_batch; }, 1, u32_max},
+    {"engine", "step_time_ms", [](Config& c) -> Target { return &c.engine.step_time_ms; }, 0, 0, true},
+    {"engine", "default_max_tokens", [](Config& c) -> Target { return &c.engine.default_max_tokens; }, 1, u32_max},
+    {"engine", "max_model_len", [](Config& c) -> Target { return &c.engine.max_model_len; }, 1, u32_max},
+    {"handshake", "connect_timeout", [](Config& c) -> Target { return &c.handshake.connect_timeout; }},
+    {"handshake", "init_timeout", [](Config& c) -> Target { return &c.handshake.init_timeout; }},
+    {"handshake", "ready_timeout", [](Config& c) -> Target { return &c.handshake.ready_timeout; }},
+    {"daemon", "runtime_directory", [](Config& c) -> Target { return &c.daemon.runtime_directory; }},
+    {"daemon", "engine_program", [](Config& c) -> Target { return &c.daemon.engine_program; }},
+    {"daemon", "strict", [](Config& c) -> Target { return &c.daemon.strict; }},
+    {"daemon", "max_message_bytes", [](Config& c) -> Target { return &c.daemon.max_message_bytes; }, 1 << 10, 1 << 30},
+    {"daemon", "stop_timeout", [](Config& c) -> Target { return &c.daemon.stop_timeout; }},
+};
+// clang-format on
+
+constexpr std::string_view known_backends[] = {"synthetic"};
+
+std::string full_name(const Field& f) { return std::string(f.section) + "." + std::string(f.key); }
+
+const Field* find_field(std::string_view section, std::string_view key)
+{
+    for (const Field& f : fields)
+        if (f.section == section && f.key == key) return &f;
+    return nullptr;
+}
+
+bool is_section(std::string_view section)
+{
+    return std::any_of(std::begin(fields), std::end(fields),
+                       [&](const Field& f) { return f.section == section; });
+}
+
+template <class T>
+constexpr bool is_integer_target = std::is_same_v<T, uint16_t> || std::is_same_v<T, uint32_t> ||
+                                   std::is_same_v<T, uint64_t> ||
+                                   std::is_same_v<T, std::optional<uint32_t>>;
+
+std::string_view role_name(Role role) { return role == Role::head ? "head" : "headless"; }
+
+// TOML basic string, so that to_toml() output and error messages quote values the same way.
+std::string toml_quote(std::string_view s)
+{
+    std::string out = "\"";
+    for (char ch : s) {
+        switch (ch) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\t': out += "\\t"; break;
+        case '\r': out += "\\r"; break;
+        default:
+            if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned char>(ch));
+                out += buf;
+            } else {
+                out += ch;
+            }
+        }
+    }
+    return out + "\"";
+}
+
+// The shortest text that reads back as the same double, and still reads as a TOML float.
+std::string format_double(double v)
+{
+    char buf[64];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    std::string s(buf, end);
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // 'n': inf and nan
+    return s;
+}
+
+bool number_ok(const Field& f, double v)
+{
+    return std::isfinite(v) && (f.zero_allowed ? v >= 0 : v > 0);
+}
+
+// What a key accepts, worded for "expected ..." messages.
+std::string expected(Config& c, const Field& f)
+{
+    return std::visit(
+        [&](auto* p) -> std::string {
+            using T = std::remove_pointer_t<decltype(p)>;
+            if constexpr (std::is_same_v<T, std::string>) return "a string";
+            else if constexpr (std::is_same_v<T, bool>) return "true or false";
+            else if constexpr (std::is_same_v<T, Role>) return "\"head\" or \"headless\"";
+            else if constexpr (std::is_same_v<T, double>)
+                return f.zero_allowed ? "a number from 0 up" : "a number greater than 0";
+            else
+                return "an integer from " + std::to_string(f.min) + " to " + std::to_string(f.max);
+        },
+        f.target(c));
+}
+
+// The key's current value as TOML, or nothing for an unset optional.
+std::optional<std::string> toml_value(Config& c, const Field& f)
+{
+    return std::visit(
+        [](auto* p) -> std::optional<std::string> {
+            using T = std::remove_pointer_t<decltype(p)>;
+            if constexpr (std::is_same_v<T, std::string>) return toml_quote(*p);
+            else if constexpr (std::is_same_v<T, bool>) return *p ? "true" : "false";
+            else if constexpr (std::is_same_v<T, Role>) return toml_quote(role_name(*p));
+            else if constexpr (std::is_same_v<T, double>) return format_double(*p);
+            else if constexpr (std::is_same_v<T, std::optional<uint32_t>>) {
+                if (!*p) return std::nullopt;
+                return std::to_string(**p);
+            } else {
+                return std::to_string(*p);
+            }
+        },
+        f.target(c));
+}
+
+// A value as given: from TOML (typed) or from the command line (text, converted per key).
+struct Text {
+    std::string_view text;
+};
+using Raw = std::variant<int64_t, double, bool, std::string, Text>;
+
+std::optional<int64_t> as_integer(const Raw& raw)
+{
+    if (auto* i = std::get_if<int64_t>(&raw)) return *i;
+    if (auto* t = std::get_if<Text>(&raw)) {
+        int64_t v;
+        auto [end, ec] = std::from_chars(t->text.data(), t->text.data() + t->text.size(), v);
+        if (ec == std::errc() && end == t->text.data() + t->text.size()) return v;
+    }
+    return std::nullopt;
+}
+
+// Floats accept integers too: "connect_timeout = 30" means 30 seconds.
+std::optional<double> as_number(const Raw& raw)
+{
+    if (auto* d = std::get_if<double>(&raw)) return *d;
+    if (auto* i = std::get_if<int64_t>(&raw)) return static_cast<double>(*i);
+    if (auto* t = std::get_if<Text>(&raw)) {
+        double v;
+        auto [end, ec] = std::from_chars(t->text.data(), t->text.data() + t->text.size(), v);
+        if (ec == std::errc() && end == t->text.data() + t->text.size()) return v;
+    }
+    return std::nullopt;
+}
+
+std::optional<std::string> as_string(const Raw& raw)
+{
+    if (auto* s = std::get_if<std::string>(&raw)) return *s;
+    if (auto* t = std::get_if<Text>(&raw)) return std::string(t->text);
+    return std::nullopt;
+}
+
+// Stores RAW into the key when its type and range fit; false leaves the config unchanged.
+bool assign(Config& c, const Field& f, const Raw& raw)
+{
+    return std::visit(
+        [&](auto* p) -> bool {
+            using T = std::remove_pointer_t<decltype(p)>;
+            if constexpr (std::is_same_v<T, std::string>) {
+                auto s = as_string(raw);
+                if (s) *p = std::move(*s);
+                return s.has_value();
+            } else if constexpr (std::is_same_v<T, bool>) {
+                auto* b = std::get_if<bool>(&raw);
+                if (b) *p = *b;
+                return b != nullptr;
+            } else if constexpr (std::is_same_v<T, Role>) {
+                auto s = as_string(raw);
+                if (s == "head") *p = Role::head;
+                else if (s == "headless") *p = Role::headless;
+                else return false;
+                return true;
+            } else if constexpr (std::is_same_v<T, double>) {
+                auto v = as_number(raw);
+                if (!v || !number_ok(f, *v)) return false;
+                *p = *v;
+                return true;
+            } else {
+                static_assert(is_integer_target<T>);
+                auto v = as_integer(raw);
+                if (!v || *v < f.min || *v > f.max) return false;
+                using Stored = std::conditional_t<std::is_same_v<T, std::optional<uint32_t>>,
+                                                  uint32_t, T>;
+                *p = static_cast<Stored>(*v);
+                return true;
+            }
+        },
+        f.target(c));
+}
+
+// Whether the key's current value is in its range (for configs not built by the loader).
+bool in_range(Config& c, const Field& f)
+{
+    return std::visit(
+        [&](auto* p) -> bool {
+            using T = std::remove_pointer_t<decltype(p)>;
+            if constexpr (std::is_same_v<T, double>) return number_ok(f, *p);
+            else if constexpr (std::is_same_v<T, std::optional<uint32_t>>)
+                return !*p || (**p >= f.min && **p <= f.max);
+            else if constexpr (is_integer_target<T>)
+                return static_cast<int64_t>(*p) >= f.min && static_cast<int64_t>(*p) <= f.max;
+            else
+                return true;
+        },
+        f.target(c));
+}
+
+std::optional<Raw> raw_from_toml(const toml::node& node)
+{
+    if (auto* v = node.as_integer()) return Raw(v->get());
+    if (auto* v = node.as_floating_point()) return Raw(v->get());
+    if (auto* v = node.as_boolean()) return Raw(v->get());
+    if (auto* v = node.as_string()) return Raw(v->get());
+    return std::nullopt;
+}
+
+// A TOML value as the user wrote it (near enough), or what it is when it has no short form.
+std::string describe(const toml::node& node)
+{
+    if (auto* v = node.as_integer()) return std::to_string(v->get());
+    if (auto* v = node.as_floating_point()) return format_double(v->get());
+    if (auto* v = node.as_boolean()) return v->get() ? "true" : "false";
+    if (auto* v = node.as_string()) return toml_quote(v->get());
+    switch (node.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    default: return "a date-time";
+    }
+}
+
+size_t edit_distance(std::string_view a, std::string_view b)
+{
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        size_t diagonal = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j) {
+            size_t above = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+// "; did you mean 'x'?" for a near miss among CANDIDATES, else nothing.
+std::string suggestion(std::string_view name, std::span<const std::string> candidates)
+{
+    const std::string* best = nullptr;
+    size_t best_distance = 3;  // more than two edits away is a different word, not a typo
+    for (const std::string& candidate : candidates) {
+        size_t d = edit_distance(name, candidate);
+        if (d < best_distance) best = &candidate, best_distance = d;
+    }
+    return best ? "; did you mean '" + *best + "'?" : "";
+}
+
+std::vector<std::string> section_names()
+{
+    std::vector<std::string> names;
+    for (const Field& f : fields)
+        if (std::find(names.begin(), names.end(), f.section) == names.end())
+            names.emplace_back(f.section);
+    return names;
+}
+
+std::vector<std::string> key_names()
+{
+    std::vector<std::string> names;
+    for (const Field& f : fields) names.push_back(full_name(f));
+    return names;
+}
+
+struct ConfigFile {
+    std::string path;
+    toml::table table;
+};
+
+// Reads a whole file; on failure returns nothing and leaves the reason in errno.
+std::optional<std::string> read_text(const std::string& path)
+{
+    std::FILE* file = std::fopen(path.c_str(), "re");
+    if (!file) return std::nullopt;
+    std::string text;
+    char buf[8192];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, file)) > 0) text.append(buf, n);
+    int error = std::ferror(file) ? errno : 0;
+    std::fclose(file);
+    if (error) {
+        errno = error;
+        return std::nullopt;
+    }
+    return text;
+}
+
+Result<toml::table> parse_toml(const std::string& path, const std::string& text)
+{
+    // toml++ reports syntax errors by exception; they end here.
+    try {
+        return toml::parse(text, std::string_view(path));
+    } catch (const toml::parse_error& e) {
+        return Error{path + ":" + std::to_string(e.source().begin.line) + ":" +
+                     std::to_string(e.source().begin.column) + ": " +
+                     std::string(e.description())};
+    }
+}
+
+// The main file (when present) and then FILE.d/*.toml by name.
+Status read_config_files(const std::string& path, bool path_given,
+                         std::vector<ConfigFile>& files)
+{
+    auto add = [&](const std::string& p, const std::string& text) -> Status {
+        auto table = parse_toml(p, text);
+        if (!table) return table.error();
+        files.push_back({p, std::move(table.value())});
+        return Ok{};
+    };
+    auto cannot_read = [](const std::string& p) {
+        return Error{"cannot read " + p + ": " + std::strerror(errno)};
+    };
+
+    // Without a main file only the defaults and drop-ins apply, unless it was asked for.
+    if (auto text = read_text(path)) {
+        Status added = add(path, *text);
+        if (!added) return added;
+    } else if (errno != ENOENT || path_given) {
+        return cannot_read(path);
+    }
+
+    const fs::path dropin_dir = path + ".d";
+    std::error_code ec;
+    if (!fs::is_directory(dropin_dir, ec)) return Ok{};
+    std::vector<std::string> dropins;
+    for (fs::directory_iterator it(dropin_dir, ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code type_ec;
+        if (it->path().extension() == ".toml" && it->is_regular_file(type_ec))
+            dropins.push_back(it->path().string());
+    }
+    if (ec) return Error{"cannot read " + dropin_dir.string() + ": " + ec.message()};
+    std::sort(dropins.begin(), dropins.end());
+    for (const std::string& p : dropins) {
+        auto text = read_text(p);
+        if (!text) return cannot_read(p);
+        Status added = add(p, *text);
+        if (!added) return added;
+    }
+    return Ok{};
+}
+
+Status apply_file(Config& config, const ConfigFile& file, bool strict,
+                  std::vector<std::string>& warnings)
+{
+    auto where = [&](const toml::source_region& source) {
+        return file.path + ":" + std::to_string(source.begin.line) + ": ";
+    };
+    auto unknown = [&](const toml::source_region& source, const std::string& what,
+                       const std::string& hint) -> Status {
+        if (strict)
+            return Error{where(source) + "unknown " + what +
+                         "; remove it or check its spelling (strict mode is on)" + hint};
+        warnings.push_back(where(source) + "unknown " + what + " (ignored)" + hint);
+        return Ok{};
+    };
+
+    for (auto&& [section_key, section_node] : file.table) {
+        const std::string section(section_key.str());
+        if (!is_section(section)) {
+            const std::string what = section_node.is_table() ? "section '[" + section + "]'"
+                                                             : "key '" + section + "'";
+            Status s = unknown(section_key.source(), what, suggestion(section, section_names()));
+            if (!s) return s;
+            continue;
+        }
+        const toml::table* table = section_node.as_table();
+        if (!table)
+            return Error{where(section_key.source()) + section + ": expected a table ([" +
+                         section + "]), got " + describe(section_node)};
+
+        for (auto&& [key, node] : *table) {
+            const Field* field = find_field(section, key.str());
+            if (!field) {
+                const std::string name = section + "." + std::string(key.str());
+                Status s = unknown(key.source(), "key '" + name + "'",
+                                   suggestion(name, key_names()));
+                if (!s) return s;
+                continue;
+            }
+            auto raw = raw_from_toml(node);
+            if (!raw || !assign(config, *field, *raw))
+                return Error{where(key.source()) + full_name(*field) + ": expected " +
+                             expected(config, *field) + ", got " + describe(node)};
+        }
+    }
+    return Ok{};
+}
+
+// RFC 1123 host name; an all-numeric last label is left to the IPv4 parser, so that
+// "10.0.0.300" is refused rather than taken for a name.
+bool is_host_name(std::string_view name)
+{
+    if (!name.empty() && name.back() == '.') name.remove_suffix(1);
+    if (name.empty() || name.size() > 253) return false;
+    std::string_view last;
+    while (true) {
+        size_t dot = name.find('.');
+        std::string_view label = name.substr(0, dot);
+        if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-')
+            return false;
+        for (char ch : label)
+            if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-') return false;
+        last = label;
+        if (dot == std::string_view::npos) break;
+        name.remove_prefix(dot + 1);
+    }
+    return !std::all_of(last.begin(), last.end(),
+                        [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); });
+}
+
+bool parses_as(int family, const std::string& text)
+{
+    unsigned char buf[sizeof(in6_addr)];
+    return inet_pton(family, text.c_str(), buf) == 1;
+}
+
+// The address without IPv6 brackets, or nothing when it is no address or host name.
+std::optional<std::string> normalize_address(const std::string& address)
+{
+    if (address.size() >= 2 && address.front() == '[' && address.back() == ']') {
+        std::string inner = address.substr(1, address.size() - 2);
+        if (parses_as(AF_INET6, inner)) return inner;
+        return std::nullopt;
+    }
+    if (parses_as(AF_INET, address) || parses_as(AF_INET6, address) || is_host_name(address))
+        return address;
+    return std::nullopt;
+}
+
+// The errno of binding a TCP socket to ADDRESS:PORT the way the transport will, or 0. An
+// address that does not resolve counts as 0: the transport's own bind reports that.
+int probe_bind(const std::string& address, uint16_t port)
+{
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    if (getaddrinfo(address.c_str(), std::to_string(port).c_str(), &hints, &found) != 0)
+        return 0;
+    int error = 0;
+    int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, found->ai_addr, found->ai_addrlen) != 0) error = errno;
+        close(fd);
+    }
+    freeaddrinfo(found);
+    return error;
+}
+
+std::string host_name()
+{
+    char buf[HOST_NAME_MAX + 1] = {};
+    if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
+    return buf;
+}
+
+enum class Action { help, version, config, check_config, strict, headless, set };
+
+struct Flag {
+    std::string_view short_name;
+    std::string_view long_name;
+    std::string_view metavar;  // non-empty: the flag takes a value
+    std::string_view key;      // Action::set: the config key it sets
+    Action action;
+    std::string_view help;
+};
+
+constexpr Flag flags[] = {
+    {"-h", "--help", "", "", Action::help, "Show this help and exit"},
+    {"", "--version", "", "", Action::version, "Show the version and exit"},
+    {"", "--config", "FILE", "", Action::config,
+     "Read FILE and FILE.d/*.toml instead of the default"},
+    {"", "--check-config", "", "", Action::check_config,
+     "Check the configuration, print it and exit"},
+    {"", "--strict", "", "", Action::strict,
+     "Make unknown config keys errors (daemon.strict)"},
+    {"-dp", "--data-parallel-size", "N", "data_parallel.size", Action::set,
+     "Ranks in the whole data-parallel group"},
+    {"-dpl", "--data-parallel-size-local", "N", "data_parallel.size_local", Action::set,
+     "Ranks this node runs"},
+    {"-dpr", "--data-parallel-start-rank", "N", "data_parallel.start_rank", Action::set,
+     "Global rank of this node's first rank"},
+    {"", "--data-parallel-address", "ADDR", "data_parallel.address", Action::set,
+     "The head's address: IPv4, IPv6 or host name"},
+    {"", "--data-parallel-rpc-port", "PORT", "data_parallel.rpc_port", Action::set,
+     "The head's port for ranks on other nodes"},
+    {"", "--headless", "", "", Action::headless,
+     "Run ranks only, for a head elsewhere (node.role)"},
+    {"", "--host", "ADDR", "frontend.host", Action::set, "Address the HTTP API listens on"},
+    {"", "--port", "PORT", "frontend.port", Action::set, "Port the HTTP API listens on"},
+    {"", "--node-name", "NAME", "node.name", Action::set, "This node's name (default: host name)"},
+    {"", "--backend", "NAME", "engine.backend", Action::set, "Engine backend (synthetic)"},
+    {"", "--model", "NAME", "engine.model", Action::set,
+     "Model to serve, as the MODEL argument does"},
+    {"", "--step-time-ms", "MS", "engine.step_time_ms", Action::set,
+     "Time one synthetic engine step takes"},
+    {"", "--runtime-directory", "DIR", "daemon.runtime_directory", Action::set,
+     "Directory for runtime sockets"},
+};
+
+const Flag* find_flag(std::string_view name)
+{
+    for (const Flag& f : flags)
+        if (f.long_name == name || (!f.short_name.empty() && f.short_name == name)) return &f;
+    return nullptr;
+}
+
+struct FlagUse {
+    const Flag* flag;
+    std::string name;  // as written, for messages
+    std::string value;
+};
+
+}  // namespace
+
+Status load_config_files(Config& config, const std::string& path, bool path_given, bool strict,
+                         std::vector<std::string>& warnings)
+{
+    std::vector<ConfigFile> files;
+    Status read = read_config_files(path, path_given, files);
+    if (!read) return read;
+
+    // Strictness is decided before any file is applied, so that a drop-in setting
+    // daemon.strict also covers the main file; the last file that sets it wins.
+    bool strict_files = config.daemon.strict;
+    for (const ConfigFile& file : files)
+        if (auto* b = file.table["daemon"]["strict"].as_boolean()) strict_files = b->get();
+
+    for (const ConfigFile& file : files) {
+        Status s = apply_file(config, file, strict || strict_files, warnings);
+        if (!s) return s;
+    }
+    return Ok{};
+}
+
+Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine& cmdline)
+{
+    std::vector<FlagUse> uses;
+    std::vector<std::string> positionals;
+    bool strict = false;
+    bool options_ended = false;
+
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if (options_ended || arg.size() < 2 || arg[0] != '-') {
+            positionals.emplace_back(arg);
+            continue;
+        }
+        if (arg == "--") {
+            options_ended = true;
+            continue;
+        }
+        const size_t eq = arg.find('=');
+        const std::string name(arg.substr(0, eq));
+        const Flag* flag = find_flag(name);
+        if (!flag) return Error{"unknown option '" + name + "'; see 'dpengined --help'", "usage"};
+
+        std::string value;
+        if (!flag->metavar.empty()) {
+            if (eq != std::string_view::npos) value = arg.substr(eq + 1);
+            else if (i + 1 < argc) value = argv[++i];
+            else
+                return Error{"option '" + name + "' needs a value, as in '" + name + " " +
+                             std::string(flag->metavar) + "'", "usage"};
+        } else if (eq != std::string_view::npos) {
+            return Error{"option '" + name + "' takes no value; write it as '" + name + "'", "usage"};
+        }
+
+        switch (flag->action) {
+        case Action::help: cmdline.help = true; return Config{};
+        case Action::version: cmdline.version = true; return Config{};
+        case Action::config:
+            cmdline.config_path = value;
+            cmdline.config_path_given = true;
+            break;
+        case Action::check_config: cmdline.check_config = true; break;
+        case Action::strict: strict = true; break;
+        case Action::headless:
+        case Action::set: uses.push_back({flag, name, value}); break;
+        }
+    }
+
+    if (positionals.size() > 1)
+        return Error{"only one argument, the model, is accepted; got '" + positionals[0] +
+                     "' and '" + positionals[1] + "'", "usage"};
+    if (!positionals.empty()) {
+        for (const FlagUse& use : uses)
+            if (use.flag->key == "engine.model")
+                return Error{"the model is given twice, as the argument '" + positionals[0] +
+                             "' and with --model '" + use.value + "'; give it once", "usage"};
+        uses.push_back({find_flag("--model"), "--model", positionals[0]});
+    }
+
+    Config config;
+    Status loaded = load_config_files(config, cmdline.config_path, cmdline.config_path_given,
+                                      strict, cmdline.warnings);
+    if (!loaded) return loaded.error();
+    if (strict) config.daemon.strict = true;
+
+    for (const FlagUse& use : uses) {
+        if (use.flag->action == Action::headless) {
+            config.node.role = Role::headless;
+            continue;
+        }
+        const std::string_view key = use.flag->key;
+        const size_t dot = key.find('.');
+        const Field& field = *find_field(key.substr(0, dot), key.substr(dot + 1));
+        if (!assign(config, field, Text{use.value}))
+            return Error{"option '" + use.name + "': expected " + expected(config, field) +
+                         ", got '" + use.value + "'", "usage"};
+    }
+
+    Status valid = validate(config);
+    if (!valid) return valid.error();
+    return config;
+}
+
+Status validate(Config& config)
+{
+    for (const Field& f : fields)
+        if (!in_range(config, f))
+            return Error{full_name(f) + ": expected " + expected(config, f) + ", got " +
+                         toml_value(config, f).value_or("nothing")};
+
+    auto& dp = config.data_parallel;
+    const bool headless = config.node.role == Role::headless;
+    if (dp.start_rank >= dp.size)
+        return Error{"data_parallel.start_rank (" + std::to_string(dp.start_rank) +
+                     ") must be less than data_parallel.size (" + std::to_string(dp.size) +
+                     "); ranks are numbered from 0"};
+    if (!dp.size_local) {
+        if (headless)
+            return Error{"a headless node needs data_parallel.size_local "
+                         "(--data-parallel-size-local): the number of ranks it runs"};
+        dp.size_local = dp.size - dp.start_rank;
+    }
+    if (*dp.size_local > dp.size - dp.start_rank)
+        return Error{"data_parallel.size_local (" + std::to_string(*dp.size_local) +
+                     ") is larger than data_parallel.size (" + std::to_string(dp.size) +
+                     ") minus start_rank (" + std::to_string(dp.start_rank) +
+                     "); lower size_local or raise size"};
+    if (headless && *dp.size_local == 0)
+        return Error{"data_parallel.size_local is 0, so this headless node has no ranks to run; "
+                     "set it to 1 or more"};
+
+    const std::pair<const char*, std::string*> addresses[] = {
+        {"data_parallel.address", &dp.address}, {"frontend.host", &config.frontend.host}};
+    for (auto [key, address] : addresses) {
+        auto normalized = normalize_address(*address);
+        if (!normalized)
+            return Error{std::string(key) + ": '" + *address +
+                         "' is not an IPv4/IPv6 address or host name"};
+        *address = std::move(*normalized);
+    }
+
+    auto& engine = config.engine;
+    if (std::find(std::begin(known_backends), std::end(known_backends), engine.backend) ==
+        std::end(known_backends)) {
+        std::string known;
+        for (std::string_view b : known_backends)
+            known += (known.empty() ? "" : ", ") + std::string(b);
+        return Error{"engine.backend: unknown backend '" + engine.backend +
+                     "'; known backends: " + known};
+    }
+    if (engine.model.empty())
+        return Error{"engine.model is empty; name the model to serve "
+                     "(--model or the MODEL argument)"};
+    if (engine.default_max_tokens > engine.max_model_len)
+        return Error{"engine.default_max_tokens (" + std::to_string(engine.default_max_tokens) +
+                     ") is larger than engine.max_model_len (" +
+                     std::to_string(engine.max_model_len) + "); lower one or raise the other"};
+
+    if (config.node.name.empty()) config.node.name = host_name();
+
+    if (config.has_remote_ranks()) {
+        if (dp.rpc_port == 0)
+            return Error{"data_parallel.rpc_port must not be 0 when ranks run on other nodes; "
+                         "set a fixed port they can connect to"};
+        if (!headless && probe_bind(dp.address, dp.rpc_port) == EADDRINUSE)
+            return Error{"data_parallel.rpc_port " + std::to_string(dp.rpc_port) + " on " +
+                         dp.address +
+                         " is already in use; stop the other process or choose another port"};
+    }
+    return Ok{};
+}
+
+std::string to_toml(const Config& config)
+{
+    Config copy = config;  // the field table hands out mutable pointers
+    std::string out = "# effective configuration\n";
+    std::string_view section;
+    for (const Field& f : fields) {
+        if (f.section != section) {
+            section = f.section;
+            out += "\n[" + std::string(section) + "]\n";
+        }
+        auto value = toml_value(copy, f);
+        if (value)
+            out += std::string(f.key) + " = " + *value + "\n";
+        else
+            out += "# " + std::string(f.key) + " is unset\n";
+    }
+    return out;
+}
+
+std::string usage_text()
+{
+    std::string out =
+        "dpengined [OPTIONS...] [MODEL]\n"
+        "\n"
+        "Runs a dpengine node: supervises this machine's data-parallel engine ranks and, on\n"
+        "the head node, serves the OpenAI-compatible HTTP API. Settings come from\n"
+        "/etc/dpengine/dpengined.toml (or --config FILE), then its drop-ins in\n"
+        "FILE.d/*.toml by name, then these options; later ones win.\n"
+        "\n";
+    constexpr size_t help_column = 38;
+    for (const Flag& f : flags) {
+        std::string line = f.short_name.empty() ? "     " : "  " + std::string(f.short_name) + " ";
+        line += f.long_name;
+        if (!f.metavar.empty()) line += "=" + std::string(f.metavar);
+        line.resize(std::max(line.size() + 2, help_column), ' ');
+        out += line + std::string(f.help) + "\n";
+    }
+    out += "\nSee dpengined(8) and dpengined.toml(5) for details.\n";
+    return out;
+}
+
+}  // namespace dpengine

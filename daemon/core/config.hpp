@@ -1,0 +1,120 @@
+// The node's configuration: TOML file + drop-ins + command-line flags, validated as a whole
+// before anything starts. The defaults below are the single source of the defaults; the
+// shipped etc/dpengine/dpengined.toml is checked against them by a test.
+#pragma once
+
+#include "error.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dpengine {
+
+enum class Role { head, headless };
+
+struct NodeSection {
+    Role role = Role::head;
+    std::string name;  // empty: the host name
+};
+
+struct DataParallelSection {
+    uint32_t size = 1;
+    // Ranks this node runs. Unset means "all of them" on a head (size - start_rank).
+    std::optional<uint32_t> size_local;
+    uint32_t start_rank = 0;
+    std::string address = "127.0.0.1";  // the head's address: IPv4, IPv6 or host name
+    uint16_t rpc_port = 13345;
+};
+
+struct FrontendSection {
+    std::string host = "0.0.0.0";
+    uint16_t port = 8000;
+    uint64_t max_body_bytes = 1 << 20;
+    uint32_t max_connections = 16384;
+    double idle_timeout = 60.0;      // seconds a keep-alive connection may sit idle
+    double request_timeout = 600.0;  // seconds a request may take from arrival to its last byte
+};
+
+struct EngineSection {
+    std::string backend = "synthetic";
+    std::string model = "synthetic";
+    uint32_t max_batch = 256;
+    double step_time_ms = 0.0;  // synthetic: time one step takes
+    uint32_t default_max_tokens = 16;
+    uint32_t max_model_len = 8192;  // prompt + completion tokens
+};
+
+struct HandshakeSection {
+    double connect_timeout = 30.0;  // seconds from spawning a rank to its HELLO
+    double init_timeout = 300.0;    // seconds from CONFIG to READY
+    double ready_timeout = 600.0;   // seconds from start until every rank should be READY
+};
+
+struct DaemonSection {
+    std::string runtime_directory;  // empty: $RUNTIME_DIRECTORY, /run/dpengine or a private dir
+    std::string engine_program;     // empty: dpengine-rank beside dpengined, else libexec
+    bool strict = false;            // unknown keys are errors, not warnings
+    uint32_t max_message_bytes = 16 << 20;
+    double stop_timeout = 30.0;  // seconds in-flight requests may take to finish on stop
+};
+
+struct Config {
+    NodeSection node;
+    DataParallelSection data_parallel;
+    FrontendSection frontend;
+    EngineSection engine;
+    HandshakeSection handshake;
+    DaemonSection daemon;
+
+    // Ranks this node runs, after defaults are applied (validate() guarantees it is set).
+    uint32_t size_local() const { return data_parallel.size_local.value_or(0); }
+    // True when any rank lives on another node, which selects tcp:// instead of ipc://.
+    bool has_remote_ranks() const {
+        return node.role == Role::headless || size_local() < data_parallel.size;
+    }
+};
+
+// What parse_command_line() found besides config values.
+struct CommandLine {
+    std::string config_path = "/etc/dpengine/dpengined.toml";
+    bool config_path_given = false;
+    bool check_config = false;
+    bool help = false;
+    bool version = false;
+    std::vector<std::string> warnings;  // e.g. unknown keys outside strict mode
+};
+
+// Loads FILE and FILE.d/*.toml (sorted by name, later files override earlier ones).
+// A missing FILE is fine when it was not named explicitly (then only defaults apply).
+// Errors name the file and line: "dpengined.toml:12: data_parallel.size: expected an integer
+// from 1 to 65536, got \"four\"".
+// Unknown keys produce a warning per key in `warnings`, or an error when daemon.strict is
+// set in the file or `strict` is true.
+Status load_config_files(Config& config, const std::string& path, bool path_given, bool strict,
+                         std::vector<std::string>& warnings);
+
+// Parses argv. Flags (all override the file):
+//   --config FILE, --check-config, --strict, -h/--help, --version,
+//   -dp/--data-parallel-size N, -dpl/--data-parallel-size-local N,
+//   -dpr/--data-parallel-start-rank N, --data-parallel-address ADDR,
+//   --data-parallel-rpc-port PORT, --headless, --host ADDR, --port PORT,
+//   --node-name NAME, --backend NAME, --model NAME (also accepted as the one positional
+//   argument, as `vllm serve MODEL` has it), --step-time-ms MS, --runtime-directory DIR.
+// Both "--flag value" and "--flag=value" work. Flag errors name the flag and the fix.
+// The result is the effective, validated config; `cmdline` receives the rest.
+Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine& cmdline);
+
+// Checks the config as a whole: size_local <= size - start_rank, start_rank < size,
+// rpc_port != 0 when TCP is used, addresses parse, timeouts positive, known backend, ...
+// Fills in defaults that depend on other values (size_local on a head, node name).
+Status validate(Config& config);
+
+// The effective config as TOML, for --check-config.
+std::string to_toml(const Config& config);
+
+// The text of --help.
+std::string usage_text();
+
+}  // namespace dpengine

@@ -1,0 +1,30 @@
+// Logging to stderr, systemd style: when stderr is connected to the journal ($JOURNAL_STREAM
+// names it) entries go through sd_journal_send with a priority and structured fields;
+// otherwise they are plain lines with a "<level>: " prefix a human can read.
+#pragma once
+
+#include <fmt/format.h>
+#include <string>
+#include <string_view>
+
+namespace dpengine::log {
+
+enum class Level { error = 3, warning = 4, notice = 5, info = 6, debug = 7 };
+
+// Names this process in plain-text output ("dpengined", "rank 3"); journald has its own.
+void set_identity(std::string identity);
+void set_min_level(Level level);
+void write(Level level, std::string_view message);
+
+template <class... A>
+void error(fmt::format_string<A...> f, A&&... a) { write(Level::error, fmt::format(f, std::forward<A>(a)...)); }
+template <class... A>
+void warning(fmt::format_string<A...> f, A&&... a) { write(Level::warning, fmt::format(f, std::forward<A>(a)...)); }
+template <class... A>
+void notice(fmt::format_string<A...> f, A&&... a) { write(Level::notice, fmt::format(f, std::forward<A>(a)...)); }
+template <class... A>
+void info(fmt::format_string<A...> f, A&&... a) { write(Level::info, fmt::format(f, std::forward<A>(a)...)); }
+template <class... A>
+void debug(fmt::format_string<A...> f, A&&... a) { write(Level::debug, fmt::format(f, std::forward<A>(a)...)); }
+
+}  // namespace dpengine::log

@@ -1,0 +1,52 @@
+// The interface between the rank's continuous-batching step loop and the thing that computes
+// tokens. The step loop owns scheduling, stop conditions and output; a backend only counts
+// admits sequences and computes one next token per running sequence per step. The synthetic
+// backend implements it here; the GPU backend plugs into the same interface.
+#pragma once
+
+#include "core/error.hpp"
+#include "core/wire.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace dpengine::engine {
+
+struct Sequence {
+    uint64_t id = 0;
+    std::string prompt;
+    uint32_t prompt_tokens = 0;
+    uint32_t max_tokens = 0;
+    double temperature = 1.0;
+    double top_p = 1.0;
+    uint64_t seed = 0;
+    std::vector<std::string> stop;
+    uint64_t backend_slot = 0;  // the backend's own per-sequence value (cache slot, hash, ...)
+    uint32_t generated = 0;  // tokens produced so far
+    std::string text;        // text produced so far
+    size_t sent = 0;         // bytes of `text` already sent to the head
+    bool finished = false;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    // Shown in READY and status, e.g. "cpu (synthetic)" or the GPU's name.
+    virtual std::string device() const = 0;
+    // A sequence enters the running batch: count its prompt tokens into seq.prompt_tokens and
+    // take what it needs (cache space). Returns false when there is no room for it now.
+    virtual bool admit(Sequence& seq) = 0;
+    // The sequence finished or was aborted: give back what admit() took.
+    virtual void release(Sequence& seq) = 0;
+    // One decoding step for the whole batch: appends one token's text to pieces[i] for
+    // batch[i]. Called with a non-empty batch.
+    virtual void step(std::span<Sequence* const> batch, std::vector<std::string>& pieces) = 0;
+};
+
+// Creates the backend CONFIG names; errors name the backend and the setting at fault.
+Result<std::unique_ptr<Backend>> make_backend(const wire::EngineConfig& config);
+
+}  // namespace dpengine::engine

@@ -1,0 +1,25 @@
+// The engine rank's life: connect, HELLO, CONFIG, backend init, READY, then the step loop.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace dpengine::engine {
+
+struct RankOptions {
+    std::string connect;  // the head's rank endpoint
+    uint32_t rank = 0;
+    uint32_t local_rank = 0;
+    std::string node;
+    double connect_timeout = 30.0;  // seconds to wait for CONFIG
+    uint32_t max_message_bytes = 16 << 20;
+};
+
+// Prints the problem and returns nothing on a bad command line.
+std::optional<RankOptions> parse_rank_options(int argc, char** argv);
+
+// Returns the process exit code (core/exit_codes.hpp).
+int run_rank(const RankOptions& options);
+
+}  // namespace dpengine::engine

@@ -1,0 +1,46 @@
+// The rank's continuous-batching scheduler: requests wait in arrival order, join the running
+// batch as soon as there is room (up to max_batch), leave it the step they finish, and every
+// step reports the text each running request gained. Backend-neutral.
+#pragma once
+
+#include "backend.hpp"
+
+#include <deque>
+#include <memory>
+
+namespace dpengine::engine {
+
+class StepLoop {
+public:
+    StepLoop(std::unique_ptr<Backend> backend, uint32_t max_batch, uint32_t max_model_len);
+
+    void add(const wire::Add& request);
+    // Forgets the request; no further output is produced for it.
+    void abort(uint64_t id);
+    bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+    // One step of the whole batch. Appends an Output for every request that gained text or
+    // finished, and sets the load figures.
+    void step(wire::Outputs& out);
+
+    uint32_t running() const { return static_cast<uint32_t>(running_.size()); }
+    uint32_t waiting() const { return static_cast<uint32_t>(waiting_.size()); }
+    uint64_t steps() const { return steps_; }
+    const Backend& backend() const { return *backend_; }
+
+private:
+    void admit_waiting(wire::Outputs& out);
+    // Appends the part of seq.text that can be sent; holds back a possible stop-string prefix
+    // while the request runs.
+    void emit(Sequence& seq, uint32_t new_tokens, const char* finish, wire::Outputs& out);
+
+    std::unique_ptr<Backend> backend_;
+    uint32_t max_batch_;
+    uint32_t max_model_len_;
+    std::deque<std::unique_ptr<Sequence>> waiting_;
+    std::vector<std::unique_ptr<Sequence>> running_;
+    std::vector<Sequence*> batch_;
+    std::vector<std::string> pieces_;
+    uint64_t steps_ = 0;
+};
+
+}  // namespace dpengine::engine

@@ -1,0 +1,388 @@
+#include "rank_link.hpp"
+
+#include "core/log.hpp"
+#include "core/transport.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
+#include <unordered_set>
+
+namespace dpengine {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+Clock::duration seconds(double s) {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+// Messages handled per wake-up before the loop yields to HTTP work.
+constexpr int drain_budget = 512;
+
+std::string peer_address(zmq::message_t& frame) {
+    try {
+        return frame.gets("Peer-Address");
+    } catch (const zmq::error_t&) {
+        return "local peer";
+    }
+}
+
+// Remembers which peers were already warned about, so a misbehaving peer is logged once
+// rather than once per message; bounded so a flood of peers cannot grow it.
+class WarnedPeers {
+public:
+    bool first_time(const std::string& id) {
+        if (seen_.size() > 4096) seen_.clear();
+        return seen_.insert(id).second;
+    }
+
+private:
+    std::unordered_set<std::string> seen_;
+};
+
+WarnedPeers warned_peers;
+
+}  // namespace
+
+const char* to_string(RankState state) {
+    switch (state) {
+        case RankState::starting: return "starting";
+        case RankState::connecting: return "connecting";
+        case RankState::initializing: return "initializing";
+        case RankState::ready: return "ready";
+        case RankState::draining: return "draining";
+        case RankState::stopped: return "stopped";
+        case RankState::failed: return "failed";
+    }
+    return "unknown";
+}
+
+RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
+    : io_(io),
+      config_(config),
+      events_(std::move(events)),
+      context_(1),
+      router_(context_, zmq::socket_type::router),
+      watcher_(io),
+      deadline_timer_(io) {
+    transport::configure(router_, config.daemon.max_message_bytes);
+    // Sending to a connection that is gone is an error we see, not a silent drop.
+    router_.set(zmq::sockopt::router_mandatory, 1);
+    ranks_.resize(config.data_parallel.size);
+    for (uint32_t r = 0; r < ranks_.size(); ++r) {
+        ranks_[r].info.rank = r;
+        ranks_[r].info.state = RankState::starting;
+    }
+}
+
+RankLink::~RankLink() {
+    watcher_.release();  // the fd belongs to the ZeroMQ socket
+}
+
+Status RankLink::bind(const std::string& endpoint) {
+    try {
+        router_.bind(endpoint);
+    } catch (const zmq::error_t& e) {
+        return Error{"cannot bind the rank endpoint " + endpoint + ": " + e.what()};
+    }
+    endpoint_ = endpoint;
+    watcher_.assign(router_.get(zmq::sockopt::fd));
+    arm();
+    check_deadlines();
+    return Ok{};
+}
+
+// ZeroMQ's fd is edge-triggered: it only signals that ZMQ_EVENTS may have changed. So the
+// socket is drained until ZMQ_EVENTS says nothing is left, and re-checked after every send.
+void RankLink::arm() {
+    watcher_.async_wait(asio::posix::stream_descriptor::wait_read,
+                        [this](const boost::system::error_code& ec) {
+                            if (!ec) drain();
+                        });
+}
+
+void RankLink::schedule_drain() {
+    if (drain_scheduled_) return;
+    drain_scheduled_ = true;
+    asio::post(io_, [this] {
+        drain_scheduled_ = false;
+        drain();
+    });
+}
+
+void RankLink::drain() {
+    for (int i = 0; i < drain_budget; ++i) {
+        if (!(router_.get(zmq::sockopt::events) & ZMQ_POLLIN)) {
+            arm();
+            return;
+        }
+        zmq::message_t id, payload;
+        if (!router_.recv(id, zmq::recv_flags::dontwait)) continue;
+        bool well_formed = id.more() && router_.recv(payload, zmq::recv_flags::dontwait) && !payload.more();
+        if (!well_formed) {
+            zmq::message_t rest;
+            while ((payload.more() || id.more()) && router_.recv(rest, zmq::recv_flags::dontwait) && rest.more()) {}
+            if (warned_peers.first_time(id.to_string())) {
+                log::warning("dropping a message with an unexpected number of frames from {} (malformed)",
+                             peer_address(id));
+            }
+            continue;
+        }
+        on_message(id.to_string(), payload.to_string_view());
+    }
+    schedule_drain();  // more may be waiting: continue after other work had its turn
+}
+
+bool RankLink::send(const std::string& routing_id, const wire::Message& message) {
+    send_buffer_ = wire::encode(message, epoch_);
+    try {
+        bool sent = router_.send(zmq::buffer(routing_id), zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
+                    router_.send(zmq::buffer(send_buffer_), zmq::send_flags::dontwait);
+        schedule_drain();
+        return sent;
+    } catch (const zmq::error_t& e) {
+        schedule_drain();
+        return false;  // EHOSTUNREACH: the connection is gone
+    }
+}
+
+void RankLink::refuse(const std::string& routing_id, const std::string& code, const std::string& message) {
+    send(routing_id, wire::Refused{code, message});
+}
+
+void RankLink::on_message(const std::string& routing_id, std::string_view payload) {
+    auto env = wire::decode(payload);
+    auto known = rank_of_connection_.find(routing_id);
+    if (!env) {
+        if (warned_peers.first_time(routing_id)) {
+            log::warning("refusing a message from {}: {} ({})",
+                         known == rank_of_connection_.end() ? "an unregistered peer" : "rank " + std::to_string(known->second),
+                         env.error().message, env.error().code);
+        }
+        if (known == rank_of_connection_.end()) refuse(routing_id, env.error().code, env.error().message);
+        else send(routing_id, wire::ErrorReply{env.error().code, env.error().message});
+        return;
+    }
+    if (auto* hello = std::get_if<wire::Hello>(&env->message)) {
+        if (known != rank_of_connection_.end()) {
+            send(routing_id, wire::ErrorReply{"duplicate-hello", "this connection already registered as rank " +
+                                                                     std::to_string(known->second)});
+            return;
+        }
+        on_hello(routing_id, *hello);
+        return;
+    }
+    if (known == rank_of_connection_.end()) {
+        if (warned_peers.first_time(routing_id)) {
+            log::warning("refusing {} from a peer that has not sent HELLO (not-registered)", wire::type_name(env->message));
+        }
+        refuse(routing_id, "not-registered", "send HELLO first");
+        return;
+    }
+    Slot& slot = ranks_[known->second];
+    if (auto* outputs = std::get_if<wire::Outputs>(&env->message)) {
+        on_outputs(slot, *outputs);
+    } else if (auto* hb = std::get_if<wire::Heartbeat>(&env->message)) {
+        slot.info.running = hb->running;
+        slot.info.waiting = hb->waiting;
+    } else if (auto* ready = std::get_if<wire::Ready>(&env->message)) {
+        if (slot.info.state != RankState::initializing) return;
+        slot.info.device = ready->device;
+        log::info("rank {} is ready on node {} ({}), {}/{} ranks ready", slot.info.rank, slot.info.node,
+                  ready->device, ready_count_ + 1, ranks_.size());
+        set_state(slot, RankState::ready);
+    } else if (auto* err = std::get_if<wire::ErrorReply>(&env->message)) {
+        if (slot.info.state == RankState::initializing) {
+            fail_rank(slot, "failed to initialise: " + err->message, err->code);
+        } else {
+            log::warning("rank {} reports: {} ({})", slot.info.rank, err->message, err->code);
+        }
+    } else {
+        send(routing_id, wire::ErrorReply{"unexpected-type", std::string("a rank may not send ") +
+                                                                 wire::type_name(env->message)});
+    }
+}
+
+void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello) {
+    const auto& dp = config_.data_parallel;
+    auto refuse_logged = [&](const std::string& code, const std::string& message) {
+        log::warning("refused rank {} from node '{}': {} ({})", hello.rank, hello.node, message, code);
+        refuse(routing_id, code, message);
+    };
+    if (hello.rank >= dp.size) {
+        return refuse_logged("rank-out-of-range", "rank " + std::to_string(hello.rank) +
+                                                      " is out of range: data_parallel.size is " + std::to_string(dp.size));
+    }
+    if (hello.dp_size != 0 && hello.dp_size != dp.size) {
+        return refuse_logged("config-mismatch", "data_parallel.size: this node says " + std::to_string(hello.dp_size) +
+                                                    ", the head has " + std::to_string(dp.size));
+    }
+    if (!hello.model.empty() && hello.model != config_.engine.model) {
+        return refuse_logged("config-mismatch", "engine.model: this node says '" + hello.model + "', the head has '" +
+                                                    config_.engine.model + "'");
+    }
+    Slot& slot = ranks_[hello.rank];
+    if (!slot.routing_id.empty()) {
+        return refuse_logged("duplicate-rank", "rank " + std::to_string(hello.rank) + " is already served by node '" +
+                                                   slot.info.node + "'");
+    }
+    slot.routing_id = routing_id;
+    slot.incarnation = hello.incarnation;
+    slot.info.node = hello.node;
+    slot.info.last_error.clear();
+    rank_of_connection_[routing_id] = hello.rank;
+    slot.deadline = Clock::now() + seconds(config_.handshake.init_timeout);
+    set_state(slot, RankState::initializing);
+
+    wire::Config reply;
+    reply.dp_size = dp.size;
+    reply.rank = hello.rank;
+    reply.epoch = epoch_;
+    reply.engine.backend = config_.engine.backend;
+    reply.engine.model = config_.engine.model;
+    reply.engine.max_batch = config_.engine.max_batch;
+    reply.engine.step_time_ms = config_.engine.step_time_ms;
+    reply.engine.max_model_len = config_.engine.max_model_len;
+    send(routing_id, reply);
+    log::info("rank {} joined from node '{}' (build {}), initializing", hello.rank, hello.node, hello.build);
+}
+
+void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
+    slot.info.running = outputs.running;
+    slot.info.waiting = outputs.waiting;
+    for (const auto& out : outputs.items) {
+        auto it = requests_.find(out.id);
+        // Unknown ids are requests aborted while their output was on the way: nothing to do.
+        if (it == requests_.end() || it->second.rank != slot.info.rank) continue;
+        InFlight request = it->second;
+        if (!out.finish.empty()) {
+            requests_.erase(it);
+            --slot.info.in_flight;
+            ++slot.info.served;
+        }
+        request.sink->on_output(request.choice, out);
+    }
+}
+
+Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t choice) {
+    // The least-loaded READY rank; ties go round-robin so equal ranks share the work.
+    const uint32_t n = static_cast<uint32_t>(ranks_.size());
+    Slot* best = nullptr;
+    for (uint32_t i = 0; i < n; ++i) {
+        Slot& s = ranks_[(round_robin_ + i) % n];
+        if (s.info.state != RankState::ready) continue;
+        if (!best || s.info.in_flight < best->info.in_flight) best = &s;
+    }
+    if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
+    round_robin_ = (best->info.rank + 1) % n;
+    request.id = next_id_++;
+    if (!send(best->routing_id, request)) {
+        return Error{"rank " + std::to_string(best->info.rank) + " could not take the request (its queue is full or it went away)",
+                     "rank-unreachable"};
+    }
+    requests_.emplace(request.id, InFlight{best->info.rank, sink, choice});
+    ++best->info.in_flight;
+    return request.id;
+}
+
+void RankLink::abort(uint64_t id) {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return;
+    Slot& slot = ranks_[it->second.rank];
+    --slot.info.in_flight;
+    requests_.erase(it);
+    if (!slot.routing_id.empty()) send(slot.routing_id, wire::Abort{{id}});
+}
+
+void RankLink::set_state(Slot& slot, RankState state) {
+    bool was_ready = slot.info.state == RankState::ready;
+    slot.info.state = state;
+    bool is_ready = state == RankState::ready;
+    if (was_ready != is_ready) {
+        ready_count_ += is_ready ? 1 : -1;
+        if (events_.ready_count_changed) events_.ready_count_changed();
+    }
+}
+
+void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::string& code) {
+    log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason, code);
+    slot.info.last_error = reason;
+    if (!slot.routing_id.empty()) rank_of_connection_.erase(slot.routing_id);
+    slot.routing_id.clear();
+    set_state(slot, RankState::failed);
+    // Every request that was on the rank ends now, with the reason, rather than waiting forever.
+    Error error{"rank " + std::to_string(slot.info.rank) + " " + reason + " while serving this request", "rank-lost"};
+    std::vector<std::pair<uint64_t, InFlight>> lost;
+    for (const auto& entry : requests_) {
+        if (entry.second.rank == slot.info.rank) lost.push_back(entry);
+    }
+    for (const auto& [id, request] : lost) requests_.erase(id);
+    slot.info.in_flight = 0;
+    for (const auto& [id, request] : lost) request.sink->on_failure(request.choice, error);
+}
+
+void RankLink::rank_spawned(uint32_t rank) {
+    if (rank >= ranks_.size()) return;
+    Slot& slot = ranks_[rank];
+    slot.info.last_error.clear();
+    slot.deadline = Clock::now() + seconds(config_.handshake.connect_timeout);
+    set_state(slot, RankState::connecting);
+}
+
+void RankLink::rank_exited(uint32_t rank, const std::string& cause) {
+    if (rank >= ranks_.size()) return;
+    Slot& slot = ranks_[rank];
+    if (slot.info.state == RankState::stopped) return;
+    if (slot.info.state == RankState::failed) {  // already failed (deadline, init); this is the aftermath
+        log::info("rank {} {}", rank, cause);
+        return;
+    }
+    fail_rank(slot, cause, "rank-exited");
+}
+
+void RankLink::check_deadlines() {
+    auto now = Clock::now();
+    for (Slot& slot : ranks_) {
+        auto state = slot.info.state;
+        if ((state != RankState::connecting && state != RankState::initializing) || now < slot.deadline) continue;
+        bool connecting = state == RankState::connecting;
+        double limit = connecting ? config_.handshake.connect_timeout : config_.handshake.init_timeout;
+        std::string reason = connecting ? "did not send HELLO within " + std::to_string(static_cast<int>(limit)) +
+                                              " s (phase connecting; handshake.connect_timeout)"
+                                        : "did not send READY within " + std::to_string(static_cast<int>(limit)) +
+                                              " s (phase initializing; handshake.init_timeout)";
+        fail_rank(slot, reason, "handshake-timeout");
+        if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
+    }
+    deadline_timer_.expires_after(std::chrono::milliseconds(250));
+    deadline_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (!ec) check_deadlines();
+    });
+}
+
+void RankLink::shutdown() {
+    deadline_timer_.cancel();
+    std::vector<std::pair<uint64_t, InFlight>> pending(requests_.begin(), requests_.end());
+    requests_.clear();
+    Error error{"the server is shutting down", "shutdown"};
+    for (const auto& [id, request] : pending) request.sink->on_failure(request.choice, error);
+    for (Slot& slot : ranks_) {
+        if (!slot.routing_id.empty()) send(slot.routing_id, wire::Shutdown{});
+        slot.info.in_flight = 0;
+        slot.routing_id.clear();
+        set_state(slot, RankState::stopped);
+    }
+    rank_of_connection_.clear();
+}
+
+std::vector<RankInfo> RankLink::ranks() const {
+    std::vector<RankInfo> out;
+    out.reserve(ranks_.size());
+    for (const auto& s : ranks_) out.push_back(s.info);
+    return out;
+}
+
+}  // namespace dpengine

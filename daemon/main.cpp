@@ -1,0 +1,29 @@
+// dpengined: the dpengine node daemon. Parses the configuration, then runs the node.
+#include "core/config.hpp"
+#include "core/exit_codes.hpp"
+#include "node/manager.hpp"
+
+#include <cstdio>
+
+int main(int argc, char** argv) {
+    dpengine::CommandLine cmdline;
+    auto config = dpengine::parse_command_line(argc, argv, cmdline);
+    for (const auto& warning : cmdline.warnings) std::fprintf(stderr, "dpengined: warning: %s\n", warning.c_str());
+    if (cmdline.help) {
+        std::fputs(dpengine::usage_text().c_str(), stdout);
+        return dpengine::exit_code::ok;
+    }
+    if (cmdline.version) {
+        std::printf("dpengined %s\n", DPENGINE_VERSION);
+        return dpengine::exit_code::ok;
+    }
+    if (!config) {
+        std::fprintf(stderr, "dpengined: %s\n", config.error().message.c_str());
+        return config.error().code == "usage" ? dpengine::exit_code::usage : dpengine::exit_code::config;
+    }
+    if (cmdline.check_config) {
+        std::fputs(dpengine::to_toml(*config).c_str(), stdout);
+        return dpengine::exit_code::ok;
+    }
+    return dpengine::run_node(*config);
+}

@@ -1,0 +1,228 @@
+#include "node/manager.hpp"
+
+#include "core/exit_codes.hpp"
+#include "core/log.hpp"
+#include "core/runtime_dir.hpp"
+#include "core/transport.hpp"
+#include "head/http_server.hpp"
+#include "head/rank_link.hpp"
+#include "node/notify.hpp"
+#include "node/supervisor.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <memory>
+
+namespace dpengine {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::chrono::milliseconds millis(double seconds) {
+    return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+class Node {
+public:
+    Node(const Config& config, RuntimeDir runtime_dir)
+        : config_(config),
+          runtime_dir_(std::move(runtime_dir)),
+          signals_(io_, SIGTERM, SIGINT),
+          ready_timer_(io_),
+          watchdog_timer_(io_),
+          drain_timer_(io_),
+          supervisor_(io_, [this](const ProcessExit& exit) { on_rank_exit(exit); }) {}
+
+    int run() {
+        const auto& dp = config_.data_parallel;
+        endpoint_ = config_.has_remote_ranks() ? transport::tcp_endpoint(dp.address, dp.rpc_port)
+                                               : transport::ipc_endpoint(runtime_dir_.path(), "rpc.sock");
+        if (config_.node.role == Role::head) {
+            if (auto started = start_head(); !started) {
+                log::error("{}", started.error().message);
+                return exit_code::failure;
+            }
+        }
+        signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
+            if (!ec) stop(sig);
+        });
+        if (auto spawned = spawn_ranks(); !spawned) {
+            log::error("{}", spawned.error().message);
+            return exit_code::failure;
+        }
+        start_watchdog();
+        ready_timer_.expires_after(millis(config_.handshake.ready_timeout));
+        ready_timer_.async_wait([this](const boost::system::error_code& ec) {
+            if (!ec) ready_deadline_passed();
+        });
+        update_status();
+        io_.run();
+        if (auto path = transport::ipc_path(endpoint_); !path.empty()) ::unlink(path.c_str());
+        log::info("stopped");
+        return exit_code::ok;
+    }
+
+private:
+    Status start_head() {
+        RankLink::Events events;
+        events.ready_count_changed = [this] { update_status(); };
+        events.deadline_missed = [this](uint32_t rank) { supervisor_.signal(rank, SIGKILL); };
+        link_ = std::make_unique<RankLink>(io_, config_, std::move(events));
+        if (auto bound = link_->bind(endpoint_); !bound) return bound;
+        http_ = std::make_unique<HttpServer>(io_, config_, *link_);
+        if (auto listening = http_->listen(); !listening) return listening;
+        log::info("head: DP size {}, {} local rank(s), ranks connect to {}, HTTP on {}:{}", config_.data_parallel.size,
+                  config_.size_local(), endpoint_, config_.frontend.host, config_.frontend.port);
+        return Ok{};
+    }
+
+    Status spawn_ranks() {
+        const std::string program = find_engine_program(config_.daemon.engine_program);
+        const auto& dp = config_.data_parallel;
+        for (uint32_t local = 0; local < config_.size_local(); ++local) {
+            uint32_t rank = dp.start_rank + local;
+            std::vector<std::string> argv = {
+                program,
+                "--connect", endpoint_,
+                "--rank", std::to_string(rank),
+                "--local-rank", std::to_string(local),
+                "--node", config_.node.name,
+                "--connect-timeout", std::to_string(config_.handshake.connect_timeout),
+                "--max-message-bytes", std::to_string(config_.daemon.max_message_bytes),
+            };
+            auto pid = supervisor_.spawn(rank, argv);
+            if (!pid) return pid.error();
+            log::info("rank {} started (pid {})", rank, *pid);
+            if (link_) link_->rank_spawned(rank);
+        }
+        return Ok{};
+    }
+
+    void on_rank_exit(const ProcessExit& exit) {
+        std::string cause = exit.describe();
+        if (!stopping_) log::warning("rank {} (pid {}) {}", exit.rank, exit.pid, cause);
+        if (link_) link_->rank_exited(exit.rank, cause);
+    }
+
+    void update_status() {
+        if (stopping_) return;
+        if (!link_) {
+            notify::status(std::to_string(supervisor_.running()) + " local rank(s) running");
+            if (!ready_sent_) {
+                ready_sent_ = true;
+                notify::ready();
+            }
+            return;
+        }
+        uint32_t ready = link_->ready_count(), size = link_->size();
+        notify::status(std::to_string(ready) + "/" + std::to_string(size) + " ranks ready");
+        if (ready == size && !ready_sent_) {
+            ready_sent_ = true;
+            ready_timer_.cancel();
+            log::notice("all {} rank(s) ready; serving on {}:{}", size, config_.frontend.host, config_.frontend.port);
+            notify::ready();
+        }
+    }
+
+    // Start-up did not complete in time: say which ranks are missing, and serve with the rest.
+    void ready_deadline_passed() {
+        if (!link_ || ready_sent_) return;
+        std::string missing;
+        for (const auto& r : link_->ranks()) {
+            if (r.state == RankState::ready) continue;
+            missing += (missing.empty() ? "" : ", ") + std::to_string(r.rank) + " (" + to_string(r.state) +
+                       (r.node.empty() ? "" : ", node " + r.node) + ")";
+        }
+        log::warning("not every rank is ready after {} s (handshake.ready_timeout); missing: {}; serving with {} of {}",
+                     config_.handshake.ready_timeout, missing, link_->ready_count(), link_->size());
+        ready_sent_ = true;
+        notify::ready();
+    }
+
+    void start_watchdog() {
+        auto interval = notify::watchdog_interval();
+        if (!interval) return;
+        watchdog_timer_.expires_after(*interval / 2);
+        watchdog_timer_.async_wait([this](const boost::system::error_code& ec) {
+            if (ec) return;
+            notify::watchdog();
+            start_watchdog();
+        });
+    }
+
+    void stop(int sig) {
+        if (stopping_) return;
+        stopping_ = true;
+        log::info("received {}; stopping", sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
+        notify::stopping();
+        ready_timer_.cancel();
+        if (http_) http_->stop_accepting();
+        drain_deadline_ = Clock::now() + millis(config_.daemon.stop_timeout);
+        // A second signal means "now".
+        signals_.async_wait([this](const boost::system::error_code& ec, int) {
+            if (!ec) drain_deadline_ = Clock::now();
+        });
+        wait_for_drain();
+    }
+
+    void wait_for_drain() {
+        if (link_ && link_->in_flight() > 0 && Clock::now() < drain_deadline_) {
+            drain_timer_.expires_after(std::chrono::milliseconds(50));
+            drain_timer_.async_wait([this](const boost::system::error_code& ec) {
+                if (!ec) wait_for_drain();
+            });
+            return;
+        }
+        if (link_) {
+            if (link_->in_flight() > 0) {
+                log::warning("{} request(s) still in flight after {} s (daemon.stop_timeout); failing them",
+                             link_->in_flight(), config_.daemon.stop_timeout);
+            }
+            link_->shutdown();
+            if (http_) http_->stop_accepting();
+        }
+        supervisor_.stop_all(std::chrono::seconds(5), [this] {
+            watchdog_timer_.cancel();
+            signals_.cancel();
+            // Let the last responses reach their clients before the loop ends.
+            drain_timer_.expires_after(std::chrono::milliseconds(100));
+            drain_timer_.async_wait([this](const boost::system::error_code&) { io_.stop(); });
+        });
+    }
+
+    const Config& config_;
+    RuntimeDir runtime_dir_;
+    asio::io_context io_;
+    asio::signal_set signals_;
+    asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_;
+    Supervisor supervisor_;
+    std::unique_ptr<RankLink> link_;
+    std::unique_ptr<HttpServer> http_;
+    std::string endpoint_;
+    bool ready_sent_ = false;
+    bool stopping_ = false;
+    Clock::time_point drain_deadline_{};
+};
+
+}  // namespace
+
+int run_node(const Config& config) {
+    log::set_identity("dpengined");
+    ::signal(SIGPIPE, SIG_IGN);
+    auto runtime_dir = RuntimeDir::open(config.daemon.runtime_directory);
+    if (!runtime_dir) {
+        log::error("{}", runtime_dir.error().message);
+        return exit_code::failure;
+    }
+    Node node(config, std::move(runtime_dir).value());
+    return node.run();
+}
+
+}  // namespace dpengine
