@@ -1,5 +1,7 @@
 #include "config.hpp"
 
+#include "keys.hpp"
+
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -74,6 +76,12 @@ constexpr Field fields[] = {
     {"handshake", "connect_timeout", [](Config& c) -> Target { return &c.handshake.connect_timeout; }},
     {"handshake", "init_timeout", [](Config& c) -> Target { return &c.handshake.init_timeout; }},
     {"handshake", "ready_timeout", [](Config& c) -> Target { return &c.handshake.ready_timeout; }},
+    {"handshake", "heartbeat_interval", [](Config& c) -> Target { return &c.handshake.heartbeat_interval; }},
+    {"handshake", "heartbeat_timeout", [](Config& c) -> Target { return &c.handshake.heartbeat_timeout; }},
+    {"security", "key", [](Config& c) -> Target { return &c.security.key; }},
+    {"security", "authorized_keys", [](Config& c) -> Target { return &c.security.authorized_keys; }},
+    {"security", "head_public_key", [](Config& c) -> Target { return &c.security.head_public_key; }},
+    {"security", "insecure", [](Config& c) -> Target { return &c.security.insecure; }},
     {"daemon", "runtime_directory", [](Config& c) -> Target { return &c.daemon.runtime_directory; }},
     {"daemon", "engine_program", [](Config& c) -> Target { return &c.daemon.engine_program; }},
     {"daemon", "strict", [](Config& c) -> Target { return &c.daemon.strict; }},
@@ -699,6 +707,26 @@ Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine
     return config;
 }
 
+// Ranks on other nodes mean TCP, and TCP means CURVE unless the operator opted out: the keys
+// must exist, be private, and parse, before anything starts.
+Status validate_keys(const Config& config)
+{
+    const auto& sec = config.security;
+    if (sec.insecure) return Ok{};
+    const std::string why = " (ranks on other nodes connect over TCP, which is encrypted and authenticated with "
+                            "CURVE keys; or set security.insecure = true on an isolated test network)";
+    if (sec.key.empty()) return Error{"security.key is not set" + why};
+    if (auto secret = keys::load_secret(sec.key); !secret) return Error{"security.key: " + secret.error().message};
+    if (config.node.role == Role::headless) {
+        if (!keys::is_z85_key(sec.head_public_key))
+            return Error{"security.head_public_key must be the head's public key (40 Z85 characters, the first word "
+                         "of the head's KEY.pub file), got '" + sec.head_public_key + "'" + why};
+    } else if (auto authorized = keys::load_authorized_keys(sec.authorized_keys); !authorized) {
+        return Error{"security.authorized_keys: " + authorized.error().message};
+    }
+    return Ok{};
+}
+
 Status validate(Config& config)
 {
     for (const Field& f : fields)
@@ -764,7 +792,12 @@ Status validate(Config& config)
             return Error{"data_parallel.rpc_port " + std::to_string(dp.rpc_port) + " on " +
                          dp.address +
                          " is already in use; stop the other process or choose another port"};
+        if (auto keys_ok = validate_keys(config); !keys_ok) return keys_ok;
     }
+    if (config.handshake.heartbeat_timeout <= config.handshake.heartbeat_interval)
+        return Error{"handshake.heartbeat_timeout (" + format_double(config.handshake.heartbeat_timeout) +
+                     ") must be longer than handshake.heartbeat_interval (" +
+                     format_double(config.handshake.heartbeat_interval) + ")"};
     return Ok{};
 }
 

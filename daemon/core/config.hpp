@@ -50,6 +50,16 @@ struct HandshakeSection {
     double connect_timeout = 30.0;  // seconds from spawning a rank to its HELLO
     double init_timeout = 300.0;    // seconds from CONFIG to READY
     double ready_timeout = 600.0;   // seconds from start until every rank should be READY
+    double heartbeat_interval = 1.0;  // seconds between a rank's heartbeats when idle
+    double heartbeat_timeout = 3.0;   // seconds of silence after which a rank is lost
+};
+
+// CurveZMQ for every TCP socket between nodes. Unused when all ranks are local (ipc://).
+struct SecuritySection {
+    std::string key = "/etc/dpengine/keys/node.key";  // this node's secret key
+    std::string authorized_keys = "/etc/dpengine/keys/authorized_keys";  // head: who may join
+    std::string head_public_key;  // headless: the head's public key (Z85)
+    bool insecure = false;        // plaintext TCP; only for isolated test networks
 };
 
 struct DaemonSection {
@@ -66,6 +76,7 @@ struct Config {
     FrontendSection frontend;
     EngineSection engine;
     HandshakeSection handshake;
+    SecuritySection security;
     DaemonSection daemon;
 
     // Ranks this node runs, after defaults are applied (validate() guarantees it is set).
@@ -74,6 +85,8 @@ struct Config {
     bool has_remote_ranks() const {
         return node.role == Role::headless || size_local() < data_parallel.size;
     }
+    // True when TCP sockets carry CURVE (the default whenever TCP is used).
+    bool uses_curve() const { return has_remote_ranks() && !security.insecure; }
 };
 
 // What parse_command_line() found besides config values.

@@ -1,13 +1,17 @@
 #include "engine/rank.hpp"
 
 #include "core/exit_codes.hpp"
+#include "core/keys.hpp"
 #include "core/log.hpp"
 #include "core/transport.hpp"
 #include "core/wire.hpp"
 #include "engine/step_loop.hpp"
 
+#include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -46,37 +50,115 @@ bool parse_number(const char* s, T& out) {
     return ec == std::errc() && *end == '\0';
 }
 
+// Why a TCP endpoint cannot be reached, in words ("Connection refused"), for the log line that
+// tells an operator what a headless node is waiting for. ZeroMQ retries silently.
+std::string probe_reason(const std::string& endpoint) {
+    constexpr std::string_view prefix = "tcp://";
+    if (endpoint.rfind(prefix, 0) != 0) return "not listening";
+    std::string rest = endpoint.substr(prefix.size());
+    size_t colon = rest.rfind(':');
+    if (colon == std::string::npos) return "bad endpoint";
+    std::string host = rest.substr(0, colon), port = rest.substr(colon + 1);
+    if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_socktype = SOCK_STREAM;
+    if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) return gai_strerror(rc);
+    std::string reason = "unreachable";
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        if (connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
+            reason = "connected, but the CURVE handshake did not complete";
+        } else if (errno == EINPROGRESS) {
+            pollfd p{fd, POLLOUT, 0};
+            if (poll(&p, 1, 1000) == 0) {
+                reason = "no answer (timed out)";
+            } else {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                reason = err ? std::strerror(err) : "connected, but the handshake did not complete";
+            }
+        } else {
+            reason = std::strerror(errno);
+        }
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return reason;
+}
+
+bool same_engine(const wire::EngineConfig& a, const wire::EngineConfig& b) {
+    return a.backend == b.backend && a.model == b.model && a.max_batch == b.max_batch &&
+           a.step_time_ms == b.step_time_ms && a.max_model_len == b.max_model_len;
+}
+
+// The rank's connection to the head: one DEALER, CURVE when keys are given, and a monitor
+// that reports connection events so the rank can say what it is waiting for.
 class Connection {
 public:
-    Connection(const RankOptions& options)
-        : context_(1), socket_(context_, zmq::socket_type::dealer), options_(options) {
+    explicit Connection(const RankOptions& options)
+        : context_(1), socket_(context_, zmq::socket_type::dealer), monitor_(context_, zmq::socket_type::pair) {
         transport::configure(socket_, options.max_message_bytes);
+        // Queue nothing for a head that is not there: what the rank would send is stale by the
+        // time a head (maybe a new one) answers.
+        socket_.set(zmq::sockopt::immediate, 1);
+        socket_.set(zmq::sockopt::reconnect_ivl, 500);
+        socket_.set(zmq::sockopt::reconnect_ivl_max, 2000);
+        if (!options.server_key.empty()) {
+            auto pair = keys::load_secret(options.key_file);
+            if (!pair) throw std::runtime_error(pair.error().message);
+            socket_.set(zmq::sockopt::curve_serverkey, options.server_key);
+            socket_.set(zmq::sockopt::curve_publickey, pair->public_z85);
+            socket_.set(zmq::sockopt::curve_secretkey, pair->secret_z85);
+        }
+        if (zmq_socket_monitor(socket_.handle(), "inproc://connection-monitor",
+                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_DISCONNECTED |
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0) {
+            throw zmq::error_t();
+        }
+        monitor_.connect("inproc://connection-monitor");
         socket_.connect(options.connect);
     }
 
-    void send(const wire::Message& message, uint64_t epoch) {
+    // False when the message could not be queued (no connection to the head).
+    bool send(const wire::Message& message, uint64_t epoch) {
         std::string bytes = wire::encode(message, epoch);
-        socket_.send(zmq::buffer(bytes), zmq::send_flags::none);
+        return socket_.send(zmq::buffer(bytes), zmq::send_flags::dontwait).has_value();
     }
 
-    // Waits up to `timeout` for one message; nothing on timeout or signal.
-    std::optional<wire::Envelope> receive(std::chrono::milliseconds timeout) {
-        zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+    struct Event {
+        uint16_t id = 0;
+        uint32_t value = 0;
+    };
+
+    // Waits up to `timeout` for a message or a connection event.
+    void wait(std::chrono::milliseconds timeout) {
+        zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}, {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
         try {
-            if (zmq::poll(&item, 1, timeout) == 0) return std::nullopt;
+            zmq::poll(items, 2, timeout);
         } catch (const zmq::error_t& e) {
-            if (e.num() == EINTR) return std::nullopt;
-            throw;
+            if (e.num() != EINTR) throw;
         }
-        return receive_now();
     }
 
-    std::optional<wire::Envelope> receive_now() {
+    std::optional<Event> next_event() {
+        zmq::message_t head, address;
+        if (!monitor_.recv(head, zmq::recv_flags::dontwait)) return std::nullopt;
+        if (head.more()) (void)monitor_.recv(address, zmq::recv_flags::none);
+        Event e;
+        if (head.size() >= 6) {
+            std::memcpy(&e.id, head.data(), 2);
+            std::memcpy(&e.value, static_cast<const char*>(head.data()) + 2, 4);
+        }
+        return e;
+    }
+
+    std::optional<wire::Envelope> next_message() {
         zmq::message_t msg;
         while (socket_.recv(msg, zmq::recv_flags::dontwait)) {
             auto env = wire::decode(msg.to_string_view());
             if (env) return std::move(env).value();
-            // A head that sends garbage is a bug or an attack; say so once per message.
             log::warning("ignoring a message from the head: {} ({})", env.error().message, env.error().code);
         }
         return std::nullopt;
@@ -85,7 +167,158 @@ public:
 private:
     zmq::context_t context_;
     zmq::socket_t socket_;
+    zmq::socket_t monitor_;
+};
+
+class Rank {
+public:
+    explicit Rank(const RankOptions& options) : options_(options), conn_(options) {
+        hello_.rank = options.rank;
+        hello_.local_rank = options.local_rank;
+        hello_.node = options.node;
+        hello_.incarnation = random_u64();
+        hello_.build = DPENGINE_VERSION;
+    }
+
+    int run() {
+        const auto started = Clock::now();
+        auto next_heartbeat = Clock::now();
+        wire::Outputs outputs;
+        while (!stop_requested) {
+            bool busy = serving() && loop_->has_work();
+            auto wait = busy ? Clock::duration::zero() : std::chrono::milliseconds(100);
+            conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait));
+            while (auto event = conn_.next_event()) on_event(*event);
+            while (auto env = conn_.next_message()) {
+                if (int code = on_message(*env); code >= 0) return code;
+            }
+            if (!serving()) {
+                if (!hello_sent_ && connected_) hello_sent_ = conn_.send(hello_, 0);
+                if (options_.connect_timeout > 0 && !ever_configured_ &&
+                    Clock::now() - started > std::chrono::duration<double>(options_.connect_timeout)) {
+                    log::error("no CONFIG from the head at {} within {} s; is dpengined running there?",
+                               options_.connect, options_.connect_timeout);
+                    return exit_code::unreachable;
+                }
+                continue;
+            }
+            if (loop_->has_work()) {
+                outputs.items.clear();
+                loop_->step(outputs);
+                if (!outputs.items.empty() && conn_.send(outputs, epoch_)) next_heartbeat = Clock::now() + heartbeat_every_;
+            }
+            if (Clock::now() >= next_heartbeat) {
+                conn_.send(wire::Heartbeat{loop_->steps(), loop_->running(), loop_->waiting()}, epoch_);
+                next_heartbeat = Clock::now() + heartbeat_every_;
+            }
+        }
+        return exit_code::ok;
+    }
+
+private:
+    bool serving() const { return loop_ && configured_; }
+
+    void on_event(const Connection::Event& e) {
+        switch (e.id) {
+            case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+                connected_ = true;
+                if (waiting_logged_) log::info("connected to the head at {}", options_.connect);
+                waiting_logged_ = false;
+                // A new connection is a new peer on the head's side: register again.
+                if (!serving()) hello_sent_ = false;
+                break;
+            case ZMQ_EVENT_DISCONNECTED:
+                connected_ = false;
+                if (serving()) log::warning("lost the connection to the head at {}; reconnecting", options_.connect);
+                break;
+            case ZMQ_EVENT_CONNECT_RETRIED: {
+                auto now = Clock::now();
+                if (!waiting_logged_ || now - last_wait_log_ > std::chrono::seconds(30)) {
+                    log::notice("waiting for head {}: {}, retrying in {:.1f}s", options_.connect,
+                                probe_reason(options_.connect), e.value / 1000.0);
+                    waiting_logged_ = true;
+                    last_wait_log_ = now;
+                }
+                break;
+            }
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+                log::error("the head at {} refused this node's key (status {}); add the line of this node's KEY.pub "
+                           "to the head's security.authorized_keys", options_.connect, e.value);
+                break;
+            default:
+                log::warning("handshake with the head at {} failed (event {:#x}); check security.head_public_key",
+                             options_.connect, e.id);
+        }
+    }
+
+    // Returns an exit code to stop with, or -1 to go on.
+    int on_message(wire::Envelope& env) {
+        if (auto* config = std::get_if<wire::Config>(&env.message)) return on_config(*config);
+        if (auto* refused = std::get_if<wire::Refused>(&env.message)) {
+            if (refused->code == "not-registered" && ever_configured_) {
+                // The head does not know this connection (it restarted, or declared this rank
+                // lost). Whatever was in flight is gone on its side too: start over.
+                log::notice("the head no longer knows this rank ({}); registering again", refused->message);
+                configured_ = false;
+                hello_sent_ = false;
+                return -1;
+            }
+            log::error("the head refused rank {}: {} ({})", options_.rank, refused->message, refused->code);
+            return exit_code::refused;
+        }
+        if (!serving()) return -1;
+        if (auto* add = std::get_if<wire::Add>(&env.message)) {
+            loop_->add(*add);
+        } else if (auto* abort = std::get_if<wire::Abort>(&env.message)) {
+            for (uint64_t id : abort->ids) loop_->abort(id);
+        } else if (std::holds_alternative<wire::Shutdown>(env.message)) {
+            return exit_code::ok;
+        } else if (auto* err = std::get_if<wire::ErrorReply>(&env.message)) {
+            log::warning("the head reports: {} ({})", err->message, err->code);
+        }
+        return -1;
+    }
+
+    int on_config(const wire::Config& config) {
+        if (configured_) return -1;
+        epoch_ = config.epoch;
+        heartbeat_every_ = std::chrono::duration_cast<Clock::duration>(
+            std::chrono::duration<double>(config.heartbeat_interval > 0 ? config.heartbeat_interval : 1.0));
+        // A re-registration with the same engine settings keeps the engine (and, on a GPU, its
+        // loaded weights); anything else starts it afresh.
+        if (!loop_ || !same_engine(engine_, config.engine)) {
+            auto backend = make_backend(config.engine);
+            if (!backend) {
+                log::error("{}", backend.error().message);
+                conn_.send(wire::ErrorReply{"init-failed", backend.error().message}, epoch_);
+                return exit_code::config;
+            }
+            loop_ = std::make_unique<StepLoop>(std::move(backend).value(), config.engine.max_batch,
+                                               config.engine.max_model_len);
+            engine_ = config.engine;
+        } else {
+            loop_->abort_all();
+        }
+        configured_ = ever_configured_ = true;
+        conn_.send(wire::Ready{config.engine.max_batch, loop_->backend().device()}, epoch_);
+        log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, config.dp_size, config.engine.backend,
+                  loop_->backend().device());
+        return -1;
+    }
+
     const RankOptions& options_;
+    Connection conn_;
+    wire::Hello hello_;
+    wire::EngineConfig engine_;
+    std::unique_ptr<StepLoop> loop_;
+    uint64_t epoch_ = 0;
+    Clock::duration heartbeat_every_ = std::chrono::seconds(1);
+    bool connected_ = false;
+    bool hello_sent_ = false;
+    bool configured_ = false;
+    bool ever_configured_ = false;
+    bool waiting_logged_ = false;
+    Clock::time_point last_wait_log_{};
 };
 
 }  // namespace
@@ -96,25 +329,30 @@ std::optional<RankOptions> parse_rank_options(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
         const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
-        auto need = [&](const char* name) {
-            if (!value) std::fprintf(stderr, "dpengine-rank: option '%s' needs a value\n", name);
-            return value != nullptr;
-        };
+        if (!value) {
+            std::fprintf(stderr, "dpengine-rank: option '%s' needs a value; this program is started by dpengined\n", argv[i]);
+            return std::nullopt;
+        }
         bool ok = true;
-        if (arg == "--connect" && need("--connect")) {
+        if (arg == "--connect") {
             o.connect = value, have_connect = true;
-        } else if (arg == "--rank" && need("--rank")) {
+        } else if (arg == "--rank") {
             ok = parse_number(value, o.rank), have_rank = true;
-        } else if (arg == "--local-rank" && need("--local-rank")) {
+        } else if (arg == "--local-rank") {
             ok = parse_number(value, o.local_rank);
-        } else if (arg == "--node" && need("--node")) {
+        } else if (arg == "--node") {
             o.node = value;
-        } else if (arg == "--connect-timeout" && need("--connect-timeout")) {
-            ok = parse_number(value, o.connect_timeout) && o.connect_timeout > 0;
-        } else if (arg == "--max-message-bytes" && need("--max-message-bytes")) {
+        } else if (arg == "--connect-timeout") {
+            ok = parse_number(value, o.connect_timeout) && o.connect_timeout >= 0;
+        } else if (arg == "--max-message-bytes") {
             ok = parse_number(value, o.max_message_bytes);
+        } else if (arg == "--key") {
+            o.key_file = value;
+        } else if (arg == "--server-key") {
+            o.server_key = value;
+            ok = keys::is_z85_key(o.server_key);
         } else {
-            std::fprintf(stderr, "dpengine-rank: unknown or incomplete option '%s'; this program is started by dpengined\n", argv[i]);
+            std::fprintf(stderr, "dpengine-rank: unknown option '%s'; this program is started by dpengined\n", argv[i]);
             return std::nullopt;
         }
         if (!ok) {
@@ -127,6 +365,10 @@ std::optional<RankOptions> parse_rank_options(int argc, char** argv) {
         std::fprintf(stderr, "dpengine-rank: --connect and --rank are required; this program is started by dpengined\n");
         return std::nullopt;
     }
+    if (o.server_key.empty() != o.key_file.empty()) {
+        std::fprintf(stderr, "dpengine-rank: --key and --server-key go together\n");
+        return std::nullopt;
+    }
     return o;
 }
 
@@ -134,85 +376,14 @@ int run_rank(const RankOptions& options) {
     log::set_identity("rank " + std::to_string(options.rank));
     install_signal_handlers();
     try {
-        Connection conn(options);
-        wire::Hello hello;
-        hello.rank = options.rank;
-        hello.local_rank = options.local_rank;
-        hello.node = options.node;
-        hello.incarnation = random_u64();
-        hello.build = DPENGINE_VERSION;
-        conn.send(hello, 0);
-
-        // connecting: wait for CONFIG (or REFUSED)
-        auto deadline = Clock::now() + std::chrono::duration<double>(options.connect_timeout);
-        wire::Config config;
-        for (;;) {
-            if (stop_requested) return exit_code::ok;
-            if (Clock::now() > deadline) {
-                log::error("no CONFIG from the head at {} within {} s; is dpengined running there?",
-                           options.connect, options.connect_timeout);
-                return exit_code::unreachable;
-            }
-            auto env = conn.receive(std::chrono::milliseconds(200));
-            if (!env) continue;
-            if (auto* c = std::get_if<wire::Config>(&env->message)) {
-                config = std::move(*c);
-                break;
-            }
-            if (auto* r = std::get_if<wire::Refused>(&env->message)) {
-                log::error("the head refused rank {}: {} ({})", options.rank, r->message, r->code);
-                return exit_code::refused;
-            }
-        }
-        const uint64_t epoch = config.epoch;
-
-        // initializing: build the backend
-        auto backend = make_backend(config.engine);
-        if (!backend) {
-            log::error("{}", backend.error().message);
-            conn.send(wire::ErrorReply{"init-failed", backend.error().message}, epoch);
-            return exit_code::config;
-        }
-        StepLoop loop(std::move(backend).value(), config.engine.max_batch, config.engine.max_model_len);
-        conn.send(wire::Ready{config.engine.max_batch, loop.backend().device()}, epoch);
-        log::info("ready: DP rank {} of {}, {} backend on {}", options.rank, config.dp_size,
-                  config.engine.backend, loop.backend().device());
-
-        // ready: the step loop
-        const auto heartbeat_every = std::chrono::duration_cast<Clock::duration>(
-            std::chrono::duration<double>(config.heartbeat_interval > 0 ? config.heartbeat_interval : 1.0));
-        auto next_heartbeat = Clock::now() + heartbeat_every;
-        wire::Outputs outputs;
-        while (!stop_requested) {
-            auto now = Clock::now();
-            auto wait = loop.has_work() ? Clock::duration::zero()
-                                        : std::max(Clock::duration::zero(), next_heartbeat - now);
-            auto env = conn.receive(std::chrono::duration_cast<std::chrono::milliseconds>(wait));
-            for (; env; env = conn.receive_now()) {
-                if (auto* add = std::get_if<wire::Add>(&env->message)) {
-                    loop.add(*add);
-                } else if (auto* abort = std::get_if<wire::Abort>(&env->message)) {
-                    for (uint64_t id : abort->ids) loop.abort(id);
-                } else if (std::holds_alternative<wire::Shutdown>(env->message)) {
-                    return exit_code::ok;
-                } else if (auto* err = std::get_if<wire::ErrorReply>(&env->message)) {
-                    log::warning("the head reports: {} ({})", err->message, err->code);
-                }
-            }
-            if (loop.has_work()) {
-                outputs.items.clear();
-                loop.step(outputs);
-                if (!outputs.items.empty()) conn.send(outputs, epoch);
-                next_heartbeat = Clock::now() + heartbeat_every;
-            } else if (Clock::now() >= next_heartbeat) {
-                conn.send(wire::Heartbeat{loop.steps(), loop.running(), loop.waiting()}, epoch);
-                next_heartbeat = Clock::now() + heartbeat_every;
-            }
-        }
-        return exit_code::ok;
+        Rank rank(options);
+        return rank.run();
     } catch (const zmq::error_t& e) {
         log::error("ZeroMQ failure talking to {}: {}", options.connect, e.what());
         return exit_code::failure;
+    } catch (const std::runtime_error& e) {
+        log::error("{}", e.what());
+        return exit_code::config;
     }
 }
 

@@ -12,8 +12,10 @@ struct RankOptions {
     uint32_t rank = 0;
     uint32_t local_rank = 0;
     std::string node;
-    double connect_timeout = 30.0;  // seconds to wait for CONFIG
+    double connect_timeout = 30.0;  // seconds to wait for the first CONFIG; 0: wait for ever
     uint32_t max_message_bytes = 16 << 20;
+    std::string key_file;    // CURVE: this node's secret key file
+    std::string server_key;  // CURVE: the head's public key (Z85)
 };
 
 // Prints the problem and returns nothing on a bad command line.

@@ -53,6 +53,12 @@ void StepLoop::abort(uint64_t id) {
     std::erase_if(waiting_, same);
 }
 
+void StepLoop::abort_all() {
+    for (auto& s : running_) backend_->release(*s);
+    running_.clear();
+    waiting_.clear();
+}
+
 void StepLoop::emit(Sequence& seq, uint32_t new_tokens, const char* finish, wire::Outputs& out) {
     size_t end = seq.text.size();
     if (!*finish) {

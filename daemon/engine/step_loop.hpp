@@ -17,6 +17,8 @@ public:
     void add(const wire::Add& request);
     // Forgets the request; no further output is produced for it.
     void abort(uint64_t id);
+    // Forgets every request (the head that sent them is gone).
+    void abort_all();
     bool has_work() const { return !running_.empty() || !waiting_.empty(); }
     // One step of the whole batch. Appends an Output for every request that gained text or
     // finished, and sets the load figures.

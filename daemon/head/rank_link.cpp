@@ -22,13 +22,17 @@ Clock::duration seconds(double s) {
 // Messages handled per wake-up before the loop yields to HTTP work.
 constexpr int drain_budget = 512;
 
-std::string peer_address(zmq::message_t& frame) {
+// A connection property ZeroMQ attaches to every received frame ("Peer-Address", and
+// "User-Id": the node name our ZAP handler gave the connection's key).
+std::string frame_property(zmq::message_t& frame, const char* name, const char* fallback) {
     try {
-        return frame.gets("Peer-Address");
+        return frame.gets(name);
     } catch (const zmq::error_t&) {
-        return "local peer";
+        return fallback;
     }
 }
+
+std::string peer_address(zmq::message_t& frame) { return frame_property(frame, "Peer-Address", "local peer"); }
 
 // Remembers which peers were already warned about, so a misbehaving peer is logged once
 // rather than once per message; bounded so a flood of peers cannot grow it.
@@ -82,7 +86,36 @@ RankLink::~RankLink() {
     watcher_.release();  // the fd belongs to the ZeroMQ socket
 }
 
+// CURVE on the TCP socket: the head's secret key, and a ZAP handler that admits only the
+// authorized keys (plus the head's own, which its local ranks use).
+Status RankLink::start_security() {
+    if (!config_.has_remote_ranks()) return Ok{};
+    if (!config_.uses_curve()) {
+        log::warning("security.insecure is set: ranks connect over plaintext TCP, unauthenticated; anyone who can "
+                     "reach {} port {} can join and read traffic", config_.data_parallel.address,
+                     config_.data_parallel.rpc_port);
+        return Ok{};
+    }
+    auto secret = keys::load_secret(config_.security.key);
+    if (!secret) return Error{"security.key: " + secret.error().message};
+    auto authorized = keys::load_authorized_keys(config_.security.authorized_keys);
+    if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
+    keys::AuthorizedKey own{secret->public_z85, config_.node.name, std::nullopt};
+    if (config_.size_local() > 0) {
+        own.ranks = {config_.data_parallel.start_rank, config_.data_parallel.start_rank + config_.size_local() - 1};
+    }
+    authorized->push_back(own);
+    log::info("CURVE enabled: {} authorized key(s) from {}; this head's key is {}", authorized->size() - 1,
+              config_.security.authorized_keys, keys::fingerprint(secret->public_z85));
+    zap_ = std::make_unique<ZapHandler>(context_, std::move(authorized).value());
+    router_.set(zmq::sockopt::zap_domain, "dpengine");
+    router_.set(zmq::sockopt::curve_server, 1);
+    router_.set(zmq::sockopt::curve_secretkey, secret->secret_z85);
+    return Ok{};
+}
+
 Status RankLink::bind(const std::string& endpoint) {
+    if (auto secured = start_security(); !secured) return secured;
     try {
         router_.bind(endpoint);
     } catch (const zmq::error_t& e) {
@@ -131,7 +164,7 @@ void RankLink::drain() {
             }
             continue;
         }
-        on_message(id.to_string(), payload.to_string_view());
+        on_message(id.to_string(), payload.to_string_view(), frame_property(payload, "User-Id", ""));
     }
     schedule_drain();  // more may be waiting: continue after other work had its turn
 }
@@ -153,7 +186,10 @@ void RankLink::refuse(const std::string& routing_id, const std::string& code, co
     send(routing_id, wire::Refused{code, message});
 }
 
-void RankLink::on_message(const std::string& routing_id, std::string_view payload) {
+void RankLink::on_message(const std::string& routing_id, std::string_view payload, const std::string& node) {
+    // A stopping head takes no registrations: ranks of other nodes would only have to do it
+    // again with the next head.
+    if (shutting_down_) return;
     auto env = wire::decode(payload);
     auto known = rank_of_connection_.find(routing_id);
     if (!env) {
@@ -172,7 +208,7 @@ void RankLink::on_message(const std::string& routing_id, std::string_view payloa
                                                                      std::to_string(known->second)});
             return;
         }
-        on_hello(routing_id, *hello);
+        on_hello(routing_id, *hello, node);
         return;
     }
     if (known == rank_of_connection_.end()) {
@@ -183,6 +219,7 @@ void RankLink::on_message(const std::string& routing_id, std::string_view payloa
         return;
     }
     Slot& slot = ranks_[known->second];
+    slot.last_heard = Clock::now();
     if (auto* outputs = std::get_if<wire::Outputs>(&env->message)) {
         on_outputs(slot, *outputs);
     } else if (auto* hb = std::get_if<wire::Heartbeat>(&env->message)) {
@@ -206,10 +243,38 @@ void RankLink::on_message(const std::string& routing_id, std::string_view payloa
     }
 }
 
-void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello) {
+// With CURVE the node is the name the ZAP handler gave the connection's key; a node may claim
+// only its own ranks. Without CURVE (ipc://, or insecure TCP) it is what HELLO says.
+std::string RankLink::ownership_problem(uint32_t rank, const std::string& node) const {
+    const std::string r = std::to_string(rank);
+    if (zap_) {
+        auto key = zap_->find_node(node);
+        if (key && key->ranks && (rank < key->ranks->first || rank > key->ranks->second)) {
+            return "rank " + r + " is not among node '" + node + "' ranks " + std::to_string(key->ranks->first) + "-" +
+                   std::to_string(key->ranks->second) + " (security.authorized_keys)";
+        }
+    }
+    const std::string& owner = ranks_[rank].owner;
+    if (!owner.empty() && owner != node) {
+        return "rank " + r + " belongs to node '" + owner + "', not '" + node + "'";
+    }
+    return {};
+}
+
+std::string RankLink::describe_node(const std::string& node) const {
+    std::string text = "node '" + node + "'";
+    if (zap_) {
+        if (auto key = zap_->find_node(node)) text += " (key " + keys::fingerprint(key->public_z85) + ")";
+    }
+    return text;
+}
+
+void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello, const std::string& key_node) {
     const auto& dp = config_.data_parallel;
+    const std::string node = key_node.empty() ? hello.node : key_node;
+    const std::string who = describe_node(node);
     auto refuse_logged = [&](const std::string& code, const std::string& message) {
-        log::warning("refused rank {} from node '{}': {} ({})", hello.rank, hello.node, message, code);
+        log::warning("refused rank {} from {}: {} ({})", hello.rank, who, message, code);
         refuse(routing_id, code, message);
     };
     if (hello.rank >= dp.size) {
@@ -224,15 +289,28 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello)
         return refuse_logged("config-mismatch", "engine.model: this node says '" + hello.model + "', the head has '" +
                                                     config_.engine.model + "'");
     }
+    if (auto problem = ownership_problem(hello.rank, node); !problem.empty()) {
+        return refuse_logged("rank-not-owned", problem);
+    }
     Slot& slot = ranks_[hello.rank];
     if (!slot.routing_id.empty()) {
-        return refuse_logged("duplicate-rank", "rank " + std::to_string(hello.rank) + " is already served by node '" +
-                                                   slot.info.node + "'");
+        if (slot.info.node != node) {
+            return refuse_logged("duplicate-rank", "rank " + std::to_string(hello.rank) + " is already served by node '" +
+                                                       slot.info.node + "'");
+        }
+        // The same node registers the rank again: a restarted process (new incarnation) or a
+        // reconnection. The new connection wins; the old one is told so, in case it still runs.
+        log::notice("rank {} re-registered by node '{}' (incarnation {:x} replaces {:x})", hello.rank, node,
+                    hello.incarnation, slot.incarnation);
+        refuse(slot.routing_id, "replaced", "a newer registration of this rank replaced this connection");
+        fail_rank(slot, "was replaced by a new registration", "rank-replaced");
     }
     slot.routing_id = routing_id;
     slot.incarnation = hello.incarnation;
-    slot.info.node = hello.node;
+    slot.owner = node;
+    slot.info.node = node;
     slot.info.last_error.clear();
+    slot.last_heard = Clock::now();
     rank_of_connection_[routing_id] = hello.rank;
     slot.deadline = Clock::now() + seconds(config_.handshake.init_timeout);
     set_state(slot, RankState::initializing);
@@ -241,13 +319,14 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello)
     reply.dp_size = dp.size;
     reply.rank = hello.rank;
     reply.epoch = epoch_;
+    reply.heartbeat_interval = config_.handshake.heartbeat_interval;
     reply.engine.backend = config_.engine.backend;
     reply.engine.model = config_.engine.model;
     reply.engine.max_batch = config_.engine.max_batch;
     reply.engine.step_time_ms = config_.engine.step_time_ms;
     reply.engine.max_model_len = config_.engine.max_model_len;
     send(routing_id, reply);
-    log::info("rank {} joined from node '{}' (build {}), initializing", hello.rank, hello.node, hello.build);
+    log::info("rank {} joined from {} (build {}), initializing", hello.rank, who, hello.build);
 }
 
 void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
@@ -345,8 +424,15 @@ void RankLink::rank_exited(uint32_t rank, const std::string& cause) {
 
 void RankLink::check_deadlines() {
     auto now = Clock::now();
+    const auto silence_limit = seconds(config_.handshake.heartbeat_timeout);
     for (Slot& slot : ranks_) {
         auto state = slot.info.state;
+        if (!slot.routing_id.empty() && now - slot.last_heard > silence_limit) {
+            fail_rank(slot, "went silent: no heartbeat for " + std::to_string(config_.handshake.heartbeat_timeout) +
+                                " s (handshake.heartbeat_timeout)",
+                      "heartbeat-timeout");
+            continue;
+        }
         if ((state != RankState::connecting && state != RankState::initializing) || now < slot.deadline) continue;
         bool connecting = state == RankState::connecting;
         double limit = connecting ? config_.handshake.connect_timeout : config_.handshake.init_timeout;
@@ -364,13 +450,18 @@ void RankLink::check_deadlines() {
 }
 
 void RankLink::shutdown() {
+    shutting_down_ = true;
     deadline_timer_.cancel();
     std::vector<std::pair<uint64_t, InFlight>> pending(requests_.begin(), requests_.end());
     requests_.clear();
     Error error{"the server is shutting down", "shutdown"};
     for (const auto& [id, request] : pending) request.sink->on_failure(request.choice, error);
+    const uint32_t first_local = config_.data_parallel.start_rank, end_local = first_local + config_.size_local();
     for (Slot& slot : ranks_) {
-        if (!slot.routing_id.empty()) send(slot.routing_id, wire::Shutdown{});
+        // Only this node's ranks stop with it. Ranks of headless nodes wait for the head to
+        // come back and register again.
+        bool local = slot.info.rank >= first_local && slot.info.rank < end_local;
+        if (local && !slot.routing_id.empty()) send(slot.routing_id, wire::Shutdown{});
         slot.info.in_flight = 0;
         slot.routing_id.clear();
         set_state(slot, RankState::stopped);

@@ -7,6 +7,7 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
+#include "head/zap_handler.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -14,6 +15,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -84,6 +86,8 @@ private:
         std::string routing_id;  // the connection, once HELLO was accepted
         uint64_t incarnation = 0;
         std::chrono::steady_clock::time_point deadline{};  // of the current handshake phase
+        std::chrono::steady_clock::time_point last_heard{};
+        std::string owner;  // the node that first registered this rank (CURVE: its key's name)
     };
     struct InFlight {
         uint32_t rank;
@@ -94,8 +98,11 @@ private:
     void arm();
     void drain();
     void schedule_drain();
-    void on_message(const std::string& routing_id, std::string_view payload);
-    void on_hello(const std::string& routing_id, const wire::Hello& hello);
+    Status start_security();
+    void on_message(const std::string& routing_id, std::string_view payload, const std::string& node);
+    void on_hello(const std::string& routing_id, const wire::Hello& hello, const std::string& node);
+    std::string ownership_problem(uint32_t rank, const std::string& node) const;
+    std::string describe_node(const std::string& node) const;
     void on_outputs(Slot& slot, const wire::Outputs& outputs);
     void refuse(const std::string& routing_id, const std::string& code, const std::string& message);
     bool send(const std::string& routing_id, const wire::Message& message);
@@ -107,11 +114,13 @@ private:
     const Config& config_;
     Events events_;
     zmq::context_t context_;
+    std::unique_ptr<ZapHandler> zap_;  // before router_: it must outlive the socket it vets
     zmq::socket_t router_;
     boost::asio::posix::stream_descriptor watcher_;
     boost::asio::steady_timer deadline_timer_;
     std::string endpoint_;
     bool drain_scheduled_ = false;
+    bool shutting_down_ = false;
     uint64_t epoch_ = 1;
     uint64_t next_id_ = 1;
     uint32_t ready_count_ = 0;

@@ -1,6 +1,7 @@
 #include "node/manager.hpp"
 
 #include "core/exit_codes.hpp"
+#include "core/keys.hpp"
 #include "core/log.hpp"
 #include "core/runtime_dir.hpp"
 #include "core/transport.hpp"
@@ -49,6 +50,9 @@ public:
                 log::error("{}", started.error().message);
                 return exit_code::failure;
             }
+        } else {
+            log::info("headless: {} rank(s) from rank {}, connecting to the head at {}{}", config_.size_local(),
+                      dp.start_rank, endpoint_, config_.uses_curve() ? " (CURVE)" : " (plaintext: security.insecure)");
         }
         signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
             if (!ec) stop(sig);
@@ -83,20 +87,38 @@ private:
         return Ok{};
     }
 
+    // The arguments every rank of this node gets besides its rank numbers.
+    Result<std::vector<std::string>> common_rank_arguments() {
+        const bool headless = config_.node.role == Role::headless;
+        std::vector<std::string> args = {
+            "--connect", endpoint_,
+            "--node", config_.node.name,
+            // A head's own ranks must reach it at once; a headless node waits for its head.
+            "--connect-timeout", headless ? "0" : std::to_string(config_.handshake.connect_timeout),
+            "--max-message-bytes", std::to_string(config_.daemon.max_message_bytes),
+        };
+        if (config_.uses_curve()) {
+            std::string server_key = config_.security.head_public_key;
+            if (!headless) {
+                auto own = keys::load_secret(config_.security.key);
+                if (!own) return Error{"security.key: " + own.error().message};
+                server_key = own->public_z85;
+            }
+            args.insert(args.end(), {"--key", config_.security.key, "--server-key", server_key});
+        }
+        return args;
+    }
+
     Status spawn_ranks() {
         const std::string program = find_engine_program(config_.daemon.engine_program);
         const auto& dp = config_.data_parallel;
+        auto common = common_rank_arguments();
+        if (!common) return common.error();
         for (uint32_t local = 0; local < config_.size_local(); ++local) {
             uint32_t rank = dp.start_rank + local;
-            std::vector<std::string> argv = {
-                program,
-                "--connect", endpoint_,
-                "--rank", std::to_string(rank),
-                "--local-rank", std::to_string(local),
-                "--node", config_.node.name,
-                "--connect-timeout", std::to_string(config_.handshake.connect_timeout),
-                "--max-message-bytes", std::to_string(config_.daemon.max_message_bytes),
-            };
+            std::vector<std::string> argv = {program, "--rank", std::to_string(rank), "--local-rank",
+                                              std::to_string(local)};
+            argv.insert(argv.end(), common->begin(), common->end());
             auto pid = supervisor_.spawn(rank, argv);
             if (!pid) return pid.error();
             log::info("rank {} started (pid {})", rank, *pid);

@@ -205,6 +205,13 @@ max_model_len = 1024
 connect_timeout = 30
 init_timeout = 1.5
 ready_timeout = 2
+heartbeat_interval = 0.5
+heartbeat_timeout = 4
+[security]
+key = "/k/node.key"
+authorized_keys = "/k/authorized"
+head_public_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+insecure = true
 [daemon]
 runtime_directory = "/run/x"
 engine_program = "/usr/bin/rank"
@@ -235,6 +242,12 @@ max_message_bytes = 65536
     CHECK(config.handshake.connect_timeout == 30.0);
     CHECK(config.handshake.init_timeout == 1.5);
     CHECK(config.handshake.ready_timeout == 2.0);
+    CHECK(config.handshake.heartbeat_interval == 0.5);
+    CHECK(config.handshake.heartbeat_timeout == 4.0);
+    CHECK(config.security.key == "/k/node.key");
+    CHECK(config.security.authorized_keys == "/k/authorized");
+    CHECK(config.security.head_public_key == "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7");
+    CHECK(config.security.insecure);
     CHECK(config.daemon.runtime_directory == "/run/x");
     CHECK(config.daemon.engine_program == "/usr/bin/rank");
     CHECK(config.daemon.strict);
@@ -368,6 +381,8 @@ rpc_port = 13000
 [frontend]
 host = "0.0.0.0"
 port = 8000
+[security]
+insecure = true
 [engine]
 backend = "bogus"
 model = "file-model"
@@ -515,6 +530,7 @@ TEST_CASE("config: flag errors name the flag", "[config]")
 TEST_CASE("config: validate checks the config as a whole", "[config]")
 {
     Config config;
+    config.security.insecure = true;  // keys have their own test
 
     SECTION("start_rank below size")
     {
@@ -656,6 +672,7 @@ TEST_CASE("config: an rpc port in use is reported", "[config]")
 {
     LocalSocket taken(true);
     Config config;
+    config.security.insecure = true;
     config.data_parallel.size = 2;
     config.data_parallel.size_local = 1;
     config.data_parallel.address = "127.0.0.1";
@@ -688,6 +705,7 @@ TEST_CASE("config: to_toml round-trips", "[config]")
     config.handshake.connect_timeout = 1e-3;
     config.daemon.engine_program = "/opt/dpengine rank";
     config.daemon.strict = true;
+    config.security.insecure = true;
     REQUIRE(validate(config).ok());
 
     const std::string text = to_toml(config);

@@ -1,0 +1,87 @@
+// dpctl keys generate PATH [--node NAME] [--force] | dpctl keys show PATH
+#include "core/keys.hpp"
+#include "verbs.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace dpctl {
+namespace {
+
+int usage_error(const std::string& message) {
+    std::fprintf(stderr, "dpctl keys: %s\nusage: dpctl keys generate PATH [--node NAME] [--force]\n"
+                         "       dpctl keys show PATH\n", message.c_str());
+    return exit_status::invalid_arguments;
+}
+
+std::string host_name() {
+    char name[256] = {};
+    if (gethostname(name, sizeof name - 1) != 0) return "node";
+    return name;
+}
+
+int generate(const Args& args) {
+    std::string path, node = host_name();
+    bool force = false;
+    for (size_t i = 0; i < args.size(); ++i) {
+        if (args[i] == "--force") {
+            force = true;
+        } else if (args[i] == "--node") {
+            if (++i == args.size()) return usage_error("--node needs a name");
+            node = args[i];
+        } else if (args[i].rfind("--", 0) == 0) {
+            return usage_error("unknown option '" + args[i] + "'");
+        } else if (path.empty()) {
+            path = args[i];
+        } else {
+            return usage_error("more than one PATH given");
+        }
+    }
+    if (path.empty()) return usage_error("PATH is missing");
+    if (node.find_first_of(" \t\n") != std::string::npos) return usage_error("the node name may not contain spaces");
+    auto pair = dpengine::keys::generate();
+    if (!pair) {
+        std::fprintf(stderr, "dpctl: %s\n", pair.error().message.c_str());
+        return exit_status::failure;
+    }
+    if (auto written = dpengine::keys::write_key_pair(path, *pair, node, force); !written) {
+        std::fprintf(stderr, "dpctl: %s\n", written.error().message.c_str());
+        return exit_status::failure;
+    }
+    std::printf("Secret key: %s (mode 0600)\nPublic key: %s.pub; add its line to the head's security.authorized_keys\n"
+                "Fingerprint: %s\n%s\n",
+                path.c_str(), path.c_str(), dpengine::keys::fingerprint(pair->public_z85).c_str(),
+                pair->public_z85.c_str());
+    return exit_status::ok;
+}
+
+int show(const Args& args) {
+    if (args.size() != 1) return usage_error("show takes exactly one PATH");
+    const std::string& path = args[0];
+    // A secret key file shows its public half; a .pub file shows itself.
+    auto pair = dpengine::keys::load_secret(path);
+    std::string pub;
+    if (pair) {
+        pub = pair->public_z85;
+    } else if (auto p = dpengine::keys::load_public(path)) {
+        pub = *p;
+    } else {
+        std::fprintf(stderr, "dpctl: %s\n", pair.error().message.c_str());
+        return exit_status::failure;
+    }
+    std::printf("Fingerprint: %s\n%s\n", dpengine::keys::fingerprint(pub).c_str(), pub.c_str());
+    return exit_status::ok;
+}
+
+}  // namespace
+
+int keys_verb(const Args& args) {
+    if (args.empty()) return usage_error("which? generate or show");
+    Args rest(args.begin() + 1, args.end());
+    if (args[0] == "generate") return generate(rest);
+    if (args[0] == "show") return show(rest);
+    return usage_error("unknown keys command '" + args[0] + "'");
+}
+
+}  // namespace dpctl

@@ -1,0 +1,51 @@
+// CurveZMQ keys, handled the way SSH handles its keys: a secret key file readable only by its
+// owner, a public key file beside it (PATH.pub) whose one line can be appended to the head's
+// authorized-keys file as it is, and an allow-list with one "KEY NODE [ranks=A-B]" per line.
+#pragma once
+
+#include "error.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dpengine::keys {
+
+inline constexpr size_t z85_key_length = 40;
+
+struct KeyPair {
+    std::string public_z85;
+    std::string secret_z85;
+};
+
+Result<KeyPair> generate();
+
+// Writes PATH (mode 0600, the secret key) and PATH.pub ("PUBLIC NODE"). Refuses to replace an
+// existing file unless `overwrite`.
+Status write_key_pair(const std::string& path, const KeyPair& pair, const std::string& node, bool overwrite);
+
+// Reads a secret key file. Refuses a file that group or others can read, a malformed key, and
+// the example keys published with libzmq (anyone can impersonate those).
+Result<KeyPair> load_secret(const std::string& path);
+
+// Reads the public key from a PATH.pub file or a "KEY NODE" line.
+Result<std::string> load_public(const std::string& path);
+
+bool is_z85_key(std::string_view text);
+
+// A short stable name for logs: "SHA256:" + base64 of the first 12 bytes of the key's SHA-256.
+std::string fingerprint(std::string_view public_z85);
+
+struct AuthorizedKey {
+    std::string public_z85;
+    std::string node;
+    // ranks=A-B: the ranks this key may claim; unset: whatever the node first registers.
+    std::optional<std::pair<uint32_t, uint32_t>> ranks;
+};
+
+// Parses an authorized-keys file: blank lines and '#' comments are skipped; errors name the
+// file and line.
+Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path);
+
+}  // namespace dpengine::keys
