@@ -20,7 +20,9 @@ struct NodeSection {
 };
 
 struct DataParallelSection {
-    uint32_t size = 1;
+    // Ranks in the whole deployment. A head defaults to 1; a headless node may leave it unset
+    // (it learns the size from the head) or state it, and the head refuses a mismatch.
+    std::optional<uint32_t> size;
     // Ranks this node runs. Unset means "all of them" on a head (size - start_rank).
     std::optional<uint32_t> size_local;
     uint32_t start_rank = 0;
@@ -81,9 +83,11 @@ struct Config {
 
     // Ranks this node runs, after defaults are applied (validate() guarantees it is set).
     uint32_t size_local() const { return data_parallel.size_local.value_or(0); }
+    // The DP size; 0 on a headless node that did not state it.
+    uint32_t dp_size() const { return data_parallel.size.value_or(0); }
     // True when any rank lives on another node, which selects tcp:// instead of ipc://.
     bool has_remote_ranks() const {
-        return node.role == Role::headless || size_local() < data_parallel.size;
+        return node.role == Role::headless || size_local() < dp_size();
     }
     // True when TCP sockets carry CURVE (the default whenever TCP is used).
     bool uses_curve() const { return has_remote_ranks() && !security.insecure; }

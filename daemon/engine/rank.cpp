@@ -176,6 +176,7 @@ public:
         hello_.rank = options.rank;
         hello_.local_rank = options.local_rank;
         hello_.node = options.node;
+        hello_.dp_size = options.dp_size;
         hello_.incarnation = random_u64();
         hello_.build = DPENGINE_VERSION;
     }
@@ -342,6 +343,8 @@ std::optional<RankOptions> parse_rank_options(int argc, char** argv) {
             ok = parse_number(value, o.local_rank);
         } else if (arg == "--node") {
             o.node = value;
+        } else if (arg == "--dp-size") {
+            ok = parse_number(value, o.dp_size);
         } else if (arg == "--connect-timeout") {
             ok = parse_number(value, o.connect_timeout) && o.connect_timeout >= 0;
         } else if (arg == "--max-message-bytes") {

@@ -75,7 +75,7 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
     transport::configure(router_, config.daemon.max_message_bytes);
     // Sending to a connection that is gone is an error we see, not a silent drop.
     router_.set(zmq::sockopt::router_mandatory, 1);
-    ranks_.resize(config.data_parallel.size);
+    ranks_.resize(config.dp_size());
     for (uint32_t r = 0; r < ranks_.size(); ++r) {
         ranks_[r].info.rank = r;
         ranks_[r].info.state = RankState::starting;
@@ -270,20 +270,19 @@ std::string RankLink::describe_node(const std::string& node) const {
 }
 
 void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello, const std::string& key_node) {
-    const auto& dp = config_.data_parallel;
     const std::string node = key_node.empty() ? hello.node : key_node;
     const std::string who = describe_node(node);
     auto refuse_logged = [&](const std::string& code, const std::string& message) {
         log::warning("refused rank {} from {}: {} ({})", hello.rank, who, message, code);
         refuse(routing_id, code, message);
     };
-    if (hello.rank >= dp.size) {
+    if (hello.rank >= config_.dp_size()) {
         return refuse_logged("rank-out-of-range", "rank " + std::to_string(hello.rank) +
-                                                      " is out of range: data_parallel.size is " + std::to_string(dp.size));
+                                                      " is out of range: data_parallel.size is " + std::to_string(config_.dp_size()));
     }
-    if (hello.dp_size != 0 && hello.dp_size != dp.size) {
+    if (hello.dp_size != 0 && hello.dp_size != config_.dp_size()) {
         return refuse_logged("config-mismatch", "data_parallel.size: this node says " + std::to_string(hello.dp_size) +
-                                                    ", the head has " + std::to_string(dp.size));
+                                                    ", the head has " + std::to_string(config_.dp_size()));
     }
     if (!hello.model.empty() && hello.model != config_.engine.model) {
         return refuse_logged("config-mismatch", "engine.model: this node says '" + hello.model + "', the head has '" +
@@ -316,7 +315,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     set_state(slot, RankState::initializing);
 
     wire::Config reply;
-    reply.dp_size = dp.size;
+    reply.dp_size = config_.dp_size();
     reply.rank = hello.rank;
     reply.epoch = epoch_;
     reply.heartbeat_interval = config_.handshake.heartbeat_interval;

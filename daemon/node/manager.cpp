@@ -82,7 +82,7 @@ private:
         if (auto bound = link_->bind(endpoint_); !bound) return bound;
         http_ = std::make_unique<HttpServer>(io_, config_, *link_);
         if (auto listening = http_->listen(); !listening) return listening;
-        log::info("head: DP size {}, {} local rank(s), ranks connect to {}, HTTP on {}:{}", config_.data_parallel.size,
+        log::info("head: DP size {}, {} local rank(s), ranks connect to {}, HTTP on {}:{}", config_.dp_size(),
                   config_.size_local(), endpoint_, config_.frontend.host, config_.frontend.port);
         return Ok{};
     }
@@ -97,6 +97,9 @@ private:
             "--connect-timeout", headless ? "0" : std::to_string(config_.handshake.connect_timeout),
             "--max-message-bytes", std::to_string(config_.daemon.max_message_bytes),
         };
+        // A headless node states the DP size it was given, so a mismatch with the head is
+        // refused rather than silently overridden.
+        if (headless && config_.dp_size()) args.insert(args.end(), {"--dp-size", std::to_string(config_.dp_size())});
         if (config_.uses_curve()) {
             std::string server_key = config_.security.head_public_key;
             if (!headless) {

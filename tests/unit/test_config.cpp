@@ -108,7 +108,7 @@ TEST_CASE("config: defaults", "[config]")
 {
     Config config;
     CHECK(config.node.role == Role::head);
-    CHECK(config.data_parallel.size == 1);
+    CHECK_FALSE(config.data_parallel.size.has_value());  // a head gets 1 from validate()
     CHECK_FALSE(config.data_parallel.size_local.has_value());
     CHECK(config.data_parallel.rpc_port == 13345);
     CHECK(config.frontend.port == 8000);
@@ -122,6 +122,7 @@ TEST_CASE("config: defaults", "[config]")
     CHECK(to_toml(config) == to_toml(Config{}));
 
     REQUIRE(validate(config).ok());
+    CHECK(config.dp_size() == 1);
     CHECK(config.size_local() == 1);
     CHECK_FALSE(config.has_remote_ranks());
     CHECK_FALSE(config.node.name.empty());
@@ -753,4 +754,19 @@ TEST_CASE("config: --help lists every flag", "[config]")
              "     --runtime-directory=DIR ",
          })
         CHECK_THAT(usage, Catch::Contains("\n" + std::string(line)));
+}
+
+TEST_CASE("config: a headless node may leave the DP size to the head", "[config]")
+{
+    Config config;
+    config.security.insecure = true;
+    config.node.role = Role::headless;
+    config.data_parallel.size_local = 2;
+    config.data_parallel.start_rank = 2;
+    REQUIRE(validate(config).ok());
+    CHECK(config.dp_size() == 0);  // not stated: the head's CONFIG says
+
+    config.data_parallel.size = 3;  // stated, and then checked like a head's
+    CHECK_THAT(validate(config).error().message,
+               Catch::StartsWith("data_parallel.size_local (2) is larger than data_parallel.size (3)"));
 }
