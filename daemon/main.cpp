@@ -1,5 +1,6 @@
 // dpengined: the dpengine node daemon. Parses the configuration, then runs the node.
 #include "core/config.hpp"
+#include "bus/bus_service.hpp"
 #include "core/exit_codes.hpp"
 #include "node/manager.hpp"
 
@@ -11,6 +12,10 @@ int main(int argc, char** argv) {
     for (const auto& warning : cmdline.warnings) std::fprintf(stderr, "dpengined: warning: %s\n", warning.c_str());
     if (cmdline.help) {
         std::fputs(dpengine::usage_text().c_str(), stdout);
+        return dpengine::exit_code::ok;
+    }
+    if (cmdline.bus_introspect) {
+        std::fputs(dpengine::BusService::introspection_xml(), stdout);
         return dpengine::exit_code::ok;
     }
     if (cmdline.version) {

@@ -546,7 +546,7 @@ std::string host_name()
     return buf;
 }
 
-enum class Action { help, version, config, check_config, strict, headless, set };
+enum class Action { help, version, bus_introspect, config, check_config, strict, headless, set };
 
 struct Flag {
     std::string_view short_name;
@@ -560,6 +560,8 @@ struct Flag {
 constexpr Flag flags[] = {
     {"-h", "--help", "", "", Action::help, "Show this help and exit"},
     {"", "--version", "", "", Action::version, "Show the version and exit"},
+    {"", "--bus-introspect", "", "", Action::bus_introspect,
+     "Print the D-Bus interface description (XML) and exit"},
     {"", "--config", "FILE", "", Action::config,
      "Read FILE and FILE.d/*.toml instead of the default"},
     {"", "--check-config", "", "", Action::check_config,
@@ -661,6 +663,7 @@ Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine
         switch (flag->action) {
         case Action::help: cmdline.help = true; return Config{};
         case Action::version: cmdline.version = true; return Config{};
+        case Action::bus_introspect: cmdline.bus_introspect = true; return Config{};
         case Action::config:
             cmdline.config_path = value;
             cmdline.config_path_given = true;

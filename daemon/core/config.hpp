@@ -100,6 +100,7 @@ struct CommandLine {
     bool check_config = false;
     bool help = false;
     bool version = false;
+    bool bus_introspect = false;
     std::vector<std::string> warnings;  // e.g. unknown keys outside strict mode
 };
 

@@ -2,6 +2,7 @@
 
 #include "core/log.hpp"
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -106,7 +107,7 @@ public:
             c.engine_id = 0;
             if (--remaining_ == 0) finish_exchange();
         }
-        flush();
+        flush_soon();
     }
 
     void on_failure(uint32_t choice, const Error& error) override {
@@ -306,6 +307,17 @@ private:
         flush();
     }
 
+    // Outputs arrive in bursts (one rank message carries a step for many requests, and many
+    // messages are handled per wake-up): write once after the burst, not once per token.
+    void flush_soon() {
+        if (flush_posted_) return;
+        flush_posted_ = true;
+        asio::post(server_.io_, [self = shared_from_this()] {
+            self->flush_posted_ = false;
+            self->flush();
+        });
+    }
+
     void flush() {
         if (writing_ || out_.empty() || !socket_.is_open()) return;
         writing_ = true;
@@ -387,6 +399,7 @@ private:
     bool keep_alive_ = true;
     bool chunked_ = true;
     bool writing_ = false;
+    bool flush_posted_ = false;
     bool watching_ = false;
     bool response_complete_ = false;
     bool next_request_after_watch_ = false;

@@ -131,8 +131,13 @@ Status RankLink::bind(const std::string& endpoint) {
 // ZeroMQ's fd is edge-triggered: it only signals that ZMQ_EVENTS may have changed. So the
 // socket is drained until ZMQ_EVENTS says nothing is left, and re-checked after every send.
 void RankLink::arm() {
+    // One wait at a time: drain() runs after every send too, and each extra pending wait would
+    // cost a ZMQ_EVENTS check (system calls) on every wake-up.
+    if (armed_) return;
+    armed_ = true;
     watcher_.async_wait(asio::posix::stream_descriptor::wait_read,
                         [this](const boost::system::error_code& ec) {
+                            armed_ = false;
                             if (!ec) drain();
                         });
 }
@@ -377,7 +382,9 @@ void RankLink::abort(uint64_t id) {
 
 void RankLink::set_state(Slot& slot, RankState state) {
     bool was_ready = slot.info.state == RankState::ready;
+    bool changed = slot.info.state != state;
     slot.info.state = state;
+    if (changed && events_.rank_changed) events_.rank_changed(slot.info.rank);
     bool is_ready = state == RankState::ready;
     if (was_ready != is_ready) {
         ready_count_ += is_ready ? 1 : -1;
@@ -388,6 +395,7 @@ void RankLink::set_state(Slot& slot, RankState state) {
 void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::string& code) {
     log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason, code);
     slot.info.last_error = reason;
+    slot.info.reason = code;
     if (!slot.routing_id.empty()) rank_of_connection_.erase(slot.routing_id);
     slot.routing_id.clear();
     set_state(slot, RankState::failed);
@@ -402,10 +410,47 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
     for (const auto& [id, request] : lost) request.sink->on_failure(request.choice, error);
 }
 
+Status RankLink::drain(uint32_t rank) {
+    Slot& slot = ranks_.at(rank);
+    if (slot.info.state == RankState::draining) return Ok{};
+    if (slot.info.state != RankState::ready) {
+        return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not ready; only a ready rank can drain",
+                     "bad-state"};
+    }
+    set_state(slot, RankState::draining);
+    log::info("rank {} draining: {} request(s) in flight, no new ones", rank, slot.info.in_flight);
+    return Ok{};
+}
+
+Status RankLink::undrain(uint32_t rank) {
+    Slot& slot = ranks_.at(rank);
+    if (slot.info.state == RankState::ready) return Ok{};
+    if (slot.info.state != RankState::draining) {
+        return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not draining", "bad-state"};
+    }
+    set_state(slot, RankState::ready);
+    log::info("rank {} accepts requests again", rank);
+    return Ok{};
+}
+
+void RankLink::stop(uint32_t rank) {
+    Slot& slot = ranks_.at(rank);
+    if (!slot.routing_id.empty()) {
+        send(slot.routing_id, wire::Shutdown{});
+        rank_of_connection_.erase(slot.routing_id);
+        slot.routing_id.clear();
+    }
+    // Anything still in flight (the drain deadline passed) ends with the reason.
+    if (slot.info.in_flight > 0) fail_rank(slot, "was stopped by an operator", "rank-stopped");
+    slot.info.in_flight = 0;
+    set_state(slot, RankState::stopped);
+}
+
 void RankLink::rank_spawned(uint32_t rank) {
     if (rank >= ranks_.size()) return;
     Slot& slot = ranks_[rank];
     slot.info.last_error.clear();
+    slot.info.reason.clear();
     slot.deadline = Clock::now() + seconds(config_.handshake.connect_timeout);
     set_state(slot, RankState::connecting);
 }

@@ -46,12 +46,17 @@ struct RankInfo {
     uint32_t waiting = 0;
     uint64_t served = 0;
     std::string last_error;
+    std::string reason;    // the reason code of last_error
+    uint32_t pid = 0;      // filled in by the node that runs the rank
+    uint64_t restarts = 0; // likewise
 };
 
 class RankLink {
 public:
     struct Events {
         std::function<void()> ready_count_changed;
+        // A rank's state or last error changed (for status and change signals).
+        std::function<void(uint32_t rank)> rank_changed;
         // A local rank missed a handshake deadline; the supervisor should stop it.
         std::function<void(uint32_t rank)> deadline_missed;
     };
@@ -72,10 +77,18 @@ public:
     void rank_spawned(uint32_t rank);
     void rank_exited(uint32_t rank, const std::string& cause);
 
+    // Operator actions. A draining rank gets no new requests and finishes the ones it has.
+    Status drain(uint32_t rank);
+    Status undrain(uint32_t rank);
+    // The rank is being stopped on purpose: tell it to exit, and fail nothing (it was drained).
+    void stop(uint32_t rank);
+    uint32_t in_flight_on(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].info.in_flight : 0; }
+
     // Shutdown: fail what is still in flight and tell connected ranks to exit.
     void shutdown();
 
     uint32_t ready_count() const { return ready_count_; }
+    uint64_t epoch() const { return epoch_; }
     size_t in_flight() const { return requests_.size(); }
     uint32_t size() const { return static_cast<uint32_t>(ranks_.size()); }
     std::vector<RankInfo> ranks() const;
@@ -120,6 +133,7 @@ private:
     boost::asio::steady_timer deadline_timer_;
     std::string endpoint_;
     bool drain_scheduled_ = false;
+    bool armed_ = false;
     bool shutting_down_ = false;
     uint64_t epoch_ = 1;
     uint64_t next_id_ = 1;

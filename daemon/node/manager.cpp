@@ -1,5 +1,6 @@
 #include "node/manager.hpp"
 
+#include "bus/bus_service.hpp"
 #include "core/exit_codes.hpp"
 #include "core/keys.hpp"
 #include "core/log.hpp"
@@ -7,6 +8,7 @@
 #include "core/transport.hpp"
 #include "head/http_server.hpp"
 #include "head/rank_link.hpp"
+#include "node/node_control.hpp"
 #include "node/notify.hpp"
 #include "node/supervisor.hpp"
 
@@ -17,6 +19,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <map>
 #include <memory>
 
 namespace dpengine {
@@ -30,7 +33,18 @@ std::chrono::milliseconds millis(double seconds) {
     return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
 
-class Node {
+// What this node knows of one of its own ranks, beyond what the head's rank link tracks.
+struct LocalRank {
+    uint32_t local_index = 0;
+    bool running = false;
+    uint64_t starts = 0;
+    // An operator asked to stop (or restart) it: drain, then stop once idle or at the deadline.
+    enum class Pending { none, stop, restart } pending = Pending::none;
+    Clock::time_point stop_deadline{};
+    std::string last_exit;  // headless nodes: the last exit, for status
+};
+
+class Node final : public NodeControl {
 public:
     Node(const Config& config, RuntimeDir runtime_dir)
         : config_(config),
@@ -39,7 +53,13 @@ public:
           ready_timer_(io_),
           watchdog_timer_(io_),
           drain_timer_(io_),
-          supervisor_(io_, [this](const ProcessExit& exit) { on_rank_exit(exit); }) {}
+          pending_timer_(io_),
+          supervisor_(io_, [this](const ProcessExit& exit) { on_rank_exit(exit); }),
+          bus_(io_, *this) {
+        for (uint32_t i = 0; i < config_.size_local(); ++i) {
+            local_[config_.data_parallel.start_rank + i].local_index = i;
+        }
+    }
 
     int run() {
         const auto& dp = config_.data_parallel;
@@ -57,10 +77,19 @@ public:
         signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
             if (!ec) stop(sig);
         });
-        if (auto spawned = spawn_ranks(); !spawned) {
-            log::error("{}", spawned.error().message);
+        auto common = common_rank_arguments();
+        if (!common) {
+            log::error("{}", common.error().message);
             return exit_code::failure;
         }
+        rank_arguments_ = std::move(common).value();
+        for (auto& [rank, local] : local_) {
+            if (auto spawned = spawn(rank); !spawned) {
+                log::error("{}", spawned.error().message);
+                return exit_code::failure;
+            }
+        }
+        bus_.start();
         start_watchdog();
         ready_timer_.expires_after(millis(config_.handshake.ready_timeout));
         ready_timer_.async_wait([this](const boost::system::error_code& ec) {
@@ -73,10 +102,142 @@ public:
         return exit_code::ok;
     }
 
+    // ---- NodeControl ----
+
+    std::string role() const override { return link_ ? "head" : "headless"; }
+    std::string node_name() const override { return config_.node.name; }
+    uint32_t dp_size() const override { return config_.dp_size(); }
+    uint64_t epoch() const override { return link_ ? link_->epoch() : 0; }
+    uint32_t ready_ranks() const override { return link_ ? link_->ready_count() : 0; }
+
+    std::vector<RankInfo> ranks() const override {
+        std::vector<RankInfo> out;
+        if (link_) {
+            out = link_->ranks();
+        } else {
+            // A headless node knows its processes; their protocol state lives on the head.
+            for (const auto& [rank, local] : local_) {
+                RankInfo info;
+                info.rank = rank;
+                info.node = config_.node.name;
+                info.state = local.running ? RankState::starting : RankState::stopped;
+                info.last_error = local.last_exit;
+                out.push_back(info);
+            }
+        }
+        for (auto& info : out) {
+            auto it = local_.find(info.rank);
+            if (it == local_.end()) continue;
+            info.restarts = it->second.starts > 0 ? it->second.starts - 1 : 0;
+        }
+        for (auto [rank, pid] : supervisor_.pids()) {
+            for (auto& info : out) {
+                if (info.rank == rank) info.pid = static_cast<uint32_t>(pid);
+            }
+        }
+        return out;
+    }
+
+    Status start_rank(uint32_t rank) override {
+        auto local = local_rank(rank);
+        if (!local) return local.error();
+        if ((*local)->running) return Error{"rank " + std::to_string(rank) + " is already running", "bad-state"};
+        (*local)->pending = LocalRank::Pending::none;
+        return spawn(rank);
+    }
+
+    Status stop_rank(uint32_t rank) override { return begin_stop(rank, LocalRank::Pending::stop); }
+    Status restart_rank(uint32_t rank) override { return begin_stop(rank, LocalRank::Pending::restart); }
+
+    Status drain_rank(uint32_t rank) override {
+        if (auto checked = head_rank(rank); !checked) return checked;
+        return link_->drain(rank);
+    }
+
+    Status undrain_rank(uint32_t rank) override {
+        if (auto checked = head_rank(rank); !checked) return checked;
+        return link_->undrain(rank);
+    }
+
+    Status stop_node() override {
+        for (auto& [rank, local] : local_) {
+            if (local.running && local.pending == LocalRank::Pending::none) (void)begin_stop(rank, LocalRank::Pending::stop);
+        }
+        return Ok{};
+    }
+
+    Status start_node() override {
+        for (auto& [rank, local] : local_) {
+            if (local.running) continue;
+            local.pending = LocalRank::Pending::none;
+            if (auto spawned = spawn(rank); !spawned) return spawned;
+        }
+        return Ok{};
+    }
+
 private:
+    Status head_rank(uint32_t rank) const {
+        if (!link_) return Error{"drain and undrain are done on the head, which routes requests", "not-local"};
+        if (rank >= config_.dp_size()) {
+            return Error{"rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
+                         "invalid-rank"};
+        }
+        return Ok{};
+    }
+
+    Result<LocalRank*> local_rank(uint32_t rank) {
+        auto it = local_.find(rank);
+        if (it != local_.end()) return &it->second;
+        if (config_.dp_size() && rank >= config_.dp_size()) {
+            return Error{"rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
+                         "invalid-rank"};
+        }
+        const uint32_t first = config_.data_parallel.start_rank;
+        return Error{"rank " + std::to_string(rank) + " does not run on this node (it runs ranks " + std::to_string(first) +
+                         "-" + std::to_string(first + config_.size_local() - 1) + "); use dpctl on the node that runs it",
+                     "not-local"};
+    }
+
+    Status begin_stop(uint32_t rank, LocalRank::Pending what) {
+        auto local = local_rank(rank);
+        if (!local) return local.error();
+        LocalRank& r = **local;
+        if (!r.running) {
+            if (what == LocalRank::Pending::restart) return spawn(rank);
+            return Error{"rank " + std::to_string(rank) + " is not running", "bad-state"};
+        }
+        r.pending = what;
+        r.stop_deadline = Clock::now() + millis(config_.daemon.stop_timeout);
+        // A rank that serves gets no new requests from now on; it stops once idle.
+        if (link_) (void)link_->drain(rank);
+        log::info("{} rank {}: draining first", what == LocalRank::Pending::stop ? "stopping" : "restarting", rank);
+        check_pending_stops();
+        return Ok{};
+    }
+
+    void check_pending_stops() {
+        bool waiting = false;
+        for (auto& [rank, local] : local_) {
+            if (local.pending == LocalRank::Pending::none || !local.running) continue;
+            bool idle = !link_ || link_->in_flight_on(rank) == 0;
+            if (idle || Clock::now() >= local.stop_deadline) {
+                if (link_) link_->stop(rank);
+                supervisor_.signal(rank, SIGTERM);
+            } else {
+                waiting = true;
+            }
+        }
+        if (!waiting) return;
+        pending_timer_.expires_after(std::chrono::milliseconds(50));
+        pending_timer_.async_wait([this](const boost::system::error_code& ec) {
+            if (!ec) check_pending_stops();
+        });
+    }
+
     Status start_head() {
         RankLink::Events events;
         events.ready_count_changed = [this] { update_status(); };
+        events.rank_changed = [this](uint32_t rank) { bus_.rank_changed(rank); };
         events.deadline_missed = [this](uint32_t rank) { supervisor_.signal(rank, SIGKILL); };
         link_ = std::make_unique<RankLink>(io_, config_, std::move(events));
         if (auto bound = link_->bind(endpoint_); !bound) return bound;
@@ -112,28 +273,37 @@ private:
         return args;
     }
 
-    Status spawn_ranks() {
-        const std::string program = find_engine_program(config_.daemon.engine_program);
-        const auto& dp = config_.data_parallel;
-        auto common = common_rank_arguments();
-        if (!common) return common.error();
-        for (uint32_t local = 0; local < config_.size_local(); ++local) {
-            uint32_t rank = dp.start_rank + local;
-            std::vector<std::string> argv = {program, "--rank", std::to_string(rank), "--local-rank",
-                                              std::to_string(local)};
-            argv.insert(argv.end(), common->begin(), common->end());
-            auto pid = supervisor_.spawn(rank, argv);
-            if (!pid) return pid.error();
-            log::info("rank {} started (pid {})", rank, *pid);
-            if (link_) link_->rank_spawned(rank);
-        }
+    Status spawn(uint32_t rank) {
+        LocalRank& local = local_.at(rank);
+        std::vector<std::string> argv = {find_engine_program(config_.daemon.engine_program), "--rank",
+                                         std::to_string(rank), "--local-rank", std::to_string(local.local_index)};
+        argv.insert(argv.end(), rank_arguments_.begin(), rank_arguments_.end());
+        auto pid = supervisor_.spawn(rank, argv);
+        if (!pid) return pid.error();
+        local.running = true;
+        ++local.starts;
+        log::info("rank {} started (pid {})", rank, *pid);
+        if (link_) link_->rank_spawned(rank);
+        bus_.rank_changed(rank);
         return Ok{};
     }
 
     void on_rank_exit(const ProcessExit& exit) {
         std::string cause = exit.describe();
-        if (!stopping_) log::warning("rank {} (pid {}) {}", exit.rank, exit.pid, cause);
+        LocalRank& local = local_.at(exit.rank);
+        local.running = false;
+        local.last_exit = cause;
+        auto pending = std::exchange(local.pending, LocalRank::Pending::none);
+        if (stopping_ || pending != LocalRank::Pending::none) {
+            log::info("rank {} (pid {}) stopped: {}", exit.rank, exit.pid, cause);
+        } else {
+            log::warning("rank {} (pid {}) {}", exit.rank, exit.pid, cause);
+        }
         if (link_) link_->rank_exited(exit.rank, cause);
+        bus_.rank_changed(exit.rank);
+        if (pending == LocalRank::Pending::restart && !stopping_) {
+            if (auto spawned = spawn(exit.rank); !spawned) log::error("restarting rank {}: {}", exit.rank, spawned.error().message);
+        }
     }
 
     void update_status() {
@@ -188,6 +358,7 @@ private:
         log::info("received {}; stopping", sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
         notify::stopping();
         ready_timer_.cancel();
+        pending_timer_.cancel();
         if (http_) http_->stop_accepting();
         drain_deadline_ = Clock::now() + millis(config_.daemon.stop_timeout);
         // A second signal means "now".
@@ -226,10 +397,13 @@ private:
     RuntimeDir runtime_dir_;
     asio::io_context io_;
     asio::signal_set signals_;
-    asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_;
+    asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_, pending_timer_;
     Supervisor supervisor_;
     std::unique_ptr<RankLink> link_;
     std::unique_ptr<HttpServer> http_;
+    BusService bus_;
+    std::map<uint32_t, LocalRank> local_;
+    std::vector<std::string> rank_arguments_;
     std::string endpoint_;
     bool ready_sent_ = false;
     bool stopping_ = false;

@@ -1,0 +1,39 @@
+// The org.dpengine1 D-Bus interface: the names the daemon exports and dpctl calls. Shared by
+// both so they cannot drift; the man page org.dpengine1(5) is checked against the XML the
+// daemon prints with --bus-introspect.
+#pragma once
+
+namespace dpengine::bus {
+
+inline constexpr const char* service = "org.dpengine1";
+inline constexpr const char* manager_path = "/org/dpengine1";
+inline constexpr const char* rank_path_prefix = "/org/dpengine1/rank";  // + "/N"
+inline constexpr const char* manager_interface = "org.dpengine1.Manager";
+inline constexpr const char* rank_interface = "org.dpengine1.Rank";
+
+// Manager methods. Ranks are global DP ranks.
+//   ListRanks() -> a(usssuuuttss)  rank, state, node, device, pid, in_flight, queued,
+//                                  served, restarts, last_error, reason
+//   StartRank(u) StopRank(u) RestartRank(u) DrainRank(u) UndrainRank(u)
+//   StopNode() StartNode()  — this node's ranks
+inline constexpr const char* list_ranks = "ListRanks";
+inline constexpr const char* start_rank = "StartRank";
+inline constexpr const char* stop_rank = "StopRank";
+inline constexpr const char* restart_rank = "RestartRank";
+inline constexpr const char* drain_rank = "DrainRank";
+inline constexpr const char* undrain_rank = "UndrainRank";
+inline constexpr const char* stop_node = "StopNode";
+inline constexpr const char* start_node = "StartNode";
+
+inline constexpr const char* list_ranks_signature = "a(usssuuuttss)";
+
+// Errors: org.dpengine1.Error.<Name>
+inline constexpr const char* error_invalid_rank = "org.dpengine1.Error.InvalidRank";
+inline constexpr const char* error_not_local = "org.dpengine1.Error.NotLocal";
+inline constexpr const char* error_bad_state = "org.dpengine1.Error.BadState";
+inline constexpr const char* error_failed = "org.dpengine1.Error.Failed";
+
+// The group whose members may change things (besides root).
+inline constexpr const char* manage_group = "dpengine";
+
+}  // namespace dpengine::bus

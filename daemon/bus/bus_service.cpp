@@ -1,0 +1,349 @@
+#include "bus/bus_service.hpp"
+
+#include "bus/api.hpp"
+#include "core/log.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <grp.h>
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+
+namespace dpengine {
+
+namespace asio = boost::asio;
+
+namespace {
+
+NodeControl& node_of(void* userdata) { return *static_cast<NodeControl*>(userdata); }
+
+// Only root, the daemon's own user and members of the dpengine group may change anything.
+// The bus policy says the same; this holds even on a bus without our policy file.
+int check_may_manage(sd_bus_message* m, sd_bus_error* error) {
+    sd_bus_creds* creds = nullptr;
+    int r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID | SD_BUS_CREDS_EGID | SD_BUS_CREDS_SUPPLEMENTARY_GIDS |
+                                             SD_BUS_CREDS_AUGMENT, &creds);
+    if (r < 0) return sd_bus_error_set_errno(error, r);
+    std::unique_ptr<sd_bus_creds, decltype(&sd_bus_creds_unref)> owned(creds, &sd_bus_creds_unref);
+    uid_t euid = 0;
+    if (sd_bus_creds_get_euid(creds, &euid) >= 0 && (euid == 0 || euid == ::geteuid())) return 0;
+    if (const group* g = ::getgrnam(bus::manage_group)) {
+        gid_t egid = 0;
+        if (sd_bus_creds_get_egid(creds, &egid) >= 0 && egid == g->gr_gid) return 0;
+        const gid_t* gids = nullptr;
+        int n = sd_bus_creds_get_supplementary_gids(creds, &gids);
+        for (int i = 0; i < n; ++i) {
+            if (gids[i] == g->gr_gid) return 0;
+        }
+    }
+    return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                             "changing dpengine needs root or membership of the group '%s'", bus::manage_group);
+}
+
+int reply_status(sd_bus_message* m, sd_bus_error* error, const Status& status) {
+    if (status) return sd_bus_reply_method_return(m, "");
+    const auto& e = status.error();
+    const char* name = e.code == "invalid-rank" ? SD_BUS_ERROR_INVALID_ARGS
+                       : e.code == "bad-state"  ? bus::error_bad_state
+                       : e.code == "not-local"  ? bus::error_not_local
+                                                : bus::error_failed;
+    return sd_bus_error_set(error, name, e.message.c_str());
+}
+
+template <Status (NodeControl::*Action)(uint32_t)>
+int rank_method(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+    if (int r = check_may_manage(m, error); r < 0) return r;
+    uint32_t rank = 0;
+    if (int r = sd_bus_message_read(m, "u", &rank); r < 0) return r;
+    return reply_status(m, error, (node_of(userdata).*Action)(rank));
+}
+
+template <Status (NodeControl::*Action)()>
+int node_method(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+    if (int r = check_may_manage(m, error); r < 0) return r;
+    return reply_status(m, error, (node_of(userdata).*Action)());
+}
+
+int append_rank(sd_bus_message* reply, const RankInfo& r) {
+    return sd_bus_message_append(reply, "(usssuuuttss)", r.rank, to_string(r.state), r.node.c_str(), r.device.c_str(),
+                                 r.pid, r.in_flight, r.waiting, r.served, r.restarts, r.last_error.c_str(),
+                                 r.reason.c_str());
+}
+
+int list_ranks(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_message_new_method_return(m, &reply);
+    if (r < 0) return r;
+    std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> owned(reply, &sd_bus_message_unref);
+    if ((r = sd_bus_message_open_container(reply, 'a', "(usssuuuttss)")) < 0) return r;
+    for (const auto& info : node_of(userdata).ranks()) {
+        if ((r = append_rank(reply, info)) < 0) return r;
+    }
+    if ((r = sd_bus_message_close_container(reply)) < 0) return r;
+    return sd_bus_send(nullptr, reply, nullptr);
+}
+
+// ---- manager properties ----
+
+int get_role(sd_bus*, const char*, const char*, const char*, sd_bus_message* reply, void* userdata, sd_bus_error*) {
+    return sd_bus_message_append(reply, "s", node_of(userdata).role().c_str());
+}
+int get_node_name(sd_bus*, const char*, const char*, const char*, sd_bus_message* reply, void* userdata, sd_bus_error*) {
+    return sd_bus_message_append(reply, "s", node_of(userdata).node_name().c_str());
+}
+int get_dp_size(sd_bus*, const char*, const char*, const char*, sd_bus_message* reply, void* userdata, sd_bus_error*) {
+    return sd_bus_message_append(reply, "u", node_of(userdata).dp_size());
+}
+int get_epoch(sd_bus*, const char*, const char*, const char*, sd_bus_message* reply, void* userdata, sd_bus_error*) {
+    return sd_bus_message_append(reply, "t", node_of(userdata).epoch());
+}
+int get_ready_ranks(sd_bus*, const char*, const char*, const char*, sd_bus_message* reply, void* userdata, sd_bus_error*) {
+    return sd_bus_message_append(reply, "u", node_of(userdata).ready_ranks());
+}
+int get_version(sd_bus*, const char*, const char*, const char*, sd_bus_message* reply, void*, sd_bus_error*) {
+    return sd_bus_message_append(reply, "s", DPENGINE_VERSION);
+}
+
+const sd_bus_vtable manager_vtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_PROPERTY("Role", "s", get_role, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("NodeName", "s", get_node_name, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("DPSize", "u", get_dp_size, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("Epoch", "t", get_epoch, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("ReadyRanks", "u", get_ready_ranks, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("Version", "s", get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_METHOD("ListRanks", "", bus::list_ranks_signature, list_ranks, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("StartRank", "u", "", rank_method<&NodeControl::start_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("StopRank", "u", "", rank_method<&NodeControl::stop_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("RestartRank", "u", "", rank_method<&NodeControl::restart_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("DrainRank", "u", "", rank_method<&NodeControl::drain_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("UndrainRank", "u", "", rank_method<&NodeControl::undrain_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("StopNode", "", "", node_method<&NodeControl::stop_node>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("StartNode", "", "", node_method<&NodeControl::start_node>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_VTABLE_END,
+};
+
+// ---- rank objects: /org/dpengine1/rank/N ----
+
+std::optional<uint32_t> rank_of_path(const char* path) {
+    std::string_view p = path, prefix = bus::rank_path_prefix;
+    if (p.size() <= prefix.size() + 1 || p.substr(0, prefix.size()) != prefix || p[prefix.size()] != '/') return std::nullopt;
+    auto digits = p.substr(prefix.size() + 1);
+    uint32_t rank = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), rank);
+    if (ec != std::errc() || end != digits.data() + digits.size()) return std::nullopt;
+    return rank;
+}
+
+std::optional<RankInfo> rank_info(NodeControl& node, const char* path) {
+    auto rank = rank_of_path(path);
+    if (!rank) return std::nullopt;
+    for (auto& info : node.ranks()) {
+        if (info.rank == *rank) return info;
+    }
+    return std::nullopt;
+}
+
+int find_rank(sd_bus*, const char* path, const char*, void* userdata, void** found, sd_bus_error*) {
+    if (!rank_info(node_of(userdata), path)) return 0;
+    *found = userdata;
+    return 1;
+}
+
+int enumerate_ranks(sd_bus*, const char*, void* userdata, char*** nodes, sd_bus_error*) {
+    auto ranks = node_of(userdata).ranks();
+    char** list = static_cast<char**>(calloc(ranks.size() + 1, sizeof(char*)));
+    if (!list) return -ENOMEM;
+    for (size_t i = 0; i < ranks.size(); ++i) {
+        list[i] = strdup((std::string(bus::rank_path_prefix) + "/" + std::to_string(ranks[i].rank)).c_str());
+    }
+    *nodes = list;
+    return 1;
+}
+
+int get_rank_property(sd_bus*, const char* path, const char*, const char* property, sd_bus_message* reply,
+                      void* userdata, sd_bus_error* error) {
+    auto info = rank_info(node_of(userdata), path);
+    if (!info) return sd_bus_error_setf(error, SD_BUS_ERROR_UNKNOWN_OBJECT, "no rank at %s", path);
+    std::string_view p = property;
+    if (p == "Rank") return sd_bus_message_append(reply, "u", info->rank);
+    if (p == "State") return sd_bus_message_append(reply, "s", to_string(info->state));
+    if (p == "Node") return sd_bus_message_append(reply, "s", info->node.c_str());
+    if (p == "Device") return sd_bus_message_append(reply, "s", info->device.c_str());
+    if (p == "Pid") return sd_bus_message_append(reply, "u", info->pid);
+    if (p == "InFlight") return sd_bus_message_append(reply, "u", info->in_flight);
+    if (p == "Queued") return sd_bus_message_append(reply, "u", info->waiting);
+    if (p == "Served") return sd_bus_message_append(reply, "t", info->served);
+    if (p == "Restarts") return sd_bus_message_append(reply, "t", info->restarts);
+    if (p == "LastError") return sd_bus_message_append(reply, "s", info->last_error.c_str());
+    return sd_bus_message_append(reply, "s", info->reason.c_str());  // Reason
+}
+
+const sd_bus_vtable rank_vtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_PROPERTY("Rank", "u", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("State", "s", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("Node", "s", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("Device", "s", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("Pid", "u", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    // Counters change with every request: read them, no signal.
+    SD_BUS_PROPERTY("InFlight", "u", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("Queued", "u", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("Served", "t", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("Restarts", "t", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("LastError", "s", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("Reason", "s", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_VTABLE_END,
+};
+
+}  // namespace
+
+const char* BusService::introspection_xml() {
+    return R"xml(<node name="/org/dpengine1">
+ <interface name="org.dpengine1.Manager">
+  <property name="Role" type="s" access="read"/>
+  <property name="NodeName" type="s" access="read"/>
+  <property name="DPSize" type="u" access="read"/>
+  <property name="Epoch" type="t" access="read"/>
+  <property name="ReadyRanks" type="u" access="read"/>
+  <property name="Version" type="s" access="read"/>
+  <method name="ListRanks"><arg type="a(usssuuuttss)" direction="out"/></method>
+  <method name="StartRank"><arg type="u" direction="in"/></method>
+  <method name="StopRank"><arg type="u" direction="in"/></method>
+  <method name="RestartRank"><arg type="u" direction="in"/></method>
+  <method name="DrainRank"><arg type="u" direction="in"/></method>
+  <method name="UndrainRank"><arg type="u" direction="in"/></method>
+  <method name="StopNode"/>
+  <method name="StartNode"/>
+ </interface>
+ <interface name="org.dpengine1.Rank">
+  <property name="Rank" type="u" access="read"/>
+  <property name="State" type="s" access="read"/>
+  <property name="Node" type="s" access="read"/>
+  <property name="Device" type="s" access="read"/>
+  <property name="Pid" type="u" access="read"/>
+  <property name="InFlight" type="u" access="read"/>
+  <property name="Queued" type="u" access="read"/>
+  <property name="Served" type="t" access="read"/>
+  <property name="Restarts" type="t" access="read"/>
+  <property name="LastError" type="s" access="read"/>
+  <property name="Reason" type="s" access="read"/>
+ </interface>
+</node>
+)xml";
+}
+
+BusService::BusService(asio::io_context& io, NodeControl& node) : io_(io), node_(node), fd_(io), timer_(io) {}
+
+BusService::~BusService() {
+    if (fd_.is_open()) fd_.release();  // the fd belongs to sd-bus
+}
+
+void BusService::start() { connect(); }
+
+void BusService::connect() {
+    sd_bus* raw = nullptr;
+    int r = sd_bus_open_system(&raw);
+    std::unique_ptr<sd_bus, BusDeleter> bus(raw);
+    sd_bus_slot *manager = nullptr, *ranks = nullptr, *enumerator = nullptr;
+    const char* step = "connect to the system bus";
+    if (r >= 0) {
+        step = "export the objects";
+        r = sd_bus_add_object_vtable(bus.get(), &manager, bus::manager_path, bus::manager_interface, manager_vtable, &node_);
+    }
+    if (r >= 0) r = sd_bus_add_fallback_vtable(bus.get(), &ranks, bus::rank_path_prefix, bus::rank_interface, rank_vtable, find_rank, &node_);
+    if (r >= 0) r = sd_bus_add_node_enumerator(bus.get(), &enumerator, bus::rank_path_prefix, enumerate_ranks, &node_);
+    if (r >= 0) {
+        step = "own the name org.dpengine1 (is the bus policy file installed, and the daemon's user allowed?)";
+        r = sd_bus_request_name(bus.get(), bus::service, 0);
+    }
+    if (r < 0) {
+        sd_bus_slot_unref(manager);
+        sd_bus_slot_unref(ranks);
+        sd_bus_slot_unref(enumerator);
+        if (!warned_) {
+            log::warning("D-Bus: cannot {}: {}; serving without the bus, retrying in the background", step, std::strerror(-r));
+            warned_ = true;
+        }
+        schedule_reconnect();
+        return;
+    }
+    manager_slot_.reset(manager);
+    rank_slot_.reset(ranks);
+    enumerator_slot_.reset(enumerator);
+    bus_ = std::move(bus);
+    fd_.assign(sd_bus_get_fd(bus_.get()));
+    log::info("D-Bus: serving {} on the system bus", bus::service);
+    warned_ = false;
+    process();
+}
+
+void BusService::schedule_reconnect() {
+    timer_.expires_after(std::chrono::seconds(2));
+    timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (!ec) connect();
+    });
+}
+
+void BusService::disconnected(int error) {
+    log::warning("D-Bus: connection lost ({}); reconnecting in the background", std::strerror(-error));
+    ++generation_;
+    fd_.cancel();
+    fd_.release();
+    manager_slot_.reset();
+    rank_slot_.reset();
+    enumerator_slot_.reset();
+    bus_.reset();
+    warned_ = true;
+    schedule_reconnect();
+}
+
+void BusService::process() {
+    for (int i = 0; i < 256; ++i) {
+        int r = sd_bus_process(bus_.get(), nullptr);
+        if (r < 0) return disconnected(r);
+        if (r == 0) break;
+    }
+    arm();
+}
+
+// sd-bus says what it waits for (readable, writable, a deadline); asio waits for exactly that.
+void BusService::arm() {
+    uint64_t gen = ++generation_;
+    fd_.cancel();
+    timer_.cancel();
+    int events = sd_bus_get_events(bus_.get());
+    if (events < 0) return disconnected(events);
+    auto on_ready = [this, gen](const boost::system::error_code& ec) {
+        if (!ec && gen == generation_) process();
+    };
+    if (events & POLLIN) fd_.async_wait(asio::posix::stream_descriptor::wait_read, on_ready);
+    if (events & POLLOUT) fd_.async_wait(asio::posix::stream_descriptor::wait_write, on_ready);
+    uint64_t deadline_usec = 0;
+    if (sd_bus_get_timeout(bus_.get(), &deadline_usec) >= 0 && deadline_usec != UINT64_MAX) {
+        timespec now {};
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        uint64_t now_usec = uint64_t(now.tv_sec) * 1000000 + uint64_t(now.tv_nsec) / 1000;
+        timer_.expires_after(std::chrono::microseconds(deadline_usec > now_usec ? deadline_usec - now_usec : 0));
+        timer_.async_wait(on_ready);
+    }
+}
+
+void BusService::rank_changed(uint32_t rank) {
+    if (!bus_) return;
+    std::string path = std::string(bus::rank_path_prefix) + "/" + std::to_string(rank);
+    sd_bus_emit_properties_changed(bus_.get(), path.c_str(), bus::rank_interface, "State", "Node", "Device", "Pid",
+                                   "Restarts", "LastError", "Reason", nullptr);
+    sd_bus_emit_properties_changed(bus_.get(), bus::manager_path, bus::manager_interface, "ReadyRanks", nullptr);
+    // Emitting queues messages: let the loop write them.
+    asio::post(io_, [this] {
+        if (bus_) process();
+    });
+}
+
+}  // namespace dpengine

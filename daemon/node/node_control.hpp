@@ -1,0 +1,35 @@
+// What the bus adapter (and anything else that drives a node) may ask of it. Implemented by
+// the manager; keeps the D-Bus code a thin layer with no knowledge of processes or sockets.
+#pragma once
+
+#include "core/error.hpp"
+#include "head/rank_link.hpp"
+
+#include <string>
+#include <vector>
+
+namespace dpengine {
+
+class NodeControl {
+public:
+    virtual ~NodeControl() = default;
+
+    virtual std::string role() const = 0;
+    virtual std::string node_name() const = 0;
+    virtual uint32_t dp_size() const = 0;
+    virtual uint64_t epoch() const = 0;
+    virtual uint32_t ready_ranks() const = 0;
+    // Every rank this node knows: all of them on a head, its own on a headless node.
+    virtual std::vector<RankInfo> ranks() const = 0;
+
+    // Errors carry a reason code: "invalid-rank", "not-local", "bad-state", "failed".
+    virtual Status start_rank(uint32_t rank) = 0;
+    virtual Status stop_rank(uint32_t rank) = 0;     // drains first, then stops
+    virtual Status restart_rank(uint32_t rank) = 0;  // drains, stops, starts again
+    virtual Status drain_rank(uint32_t rank) = 0;
+    virtual Status undrain_rank(uint32_t rank) = 0;
+    virtual Status stop_node() = 0;
+    virtual Status start_node() = 0;
+};
+
+}  // namespace dpengine
