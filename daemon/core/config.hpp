@@ -56,6 +56,15 @@ struct HandshakeSection {
     double heartbeat_timeout = 3.0;   // seconds of silence after which a rank is lost
 };
 
+// What happens when a rank process dies: restarts with capped exponential back-off, up to a
+// budget of restarts per window; past it the rank stays failed.
+struct SupervisionSection {
+    double restart_backoff = 0.5;      // seconds before the first restart; doubles each time
+    double restart_backoff_max = 30.0;
+    uint32_t restart_budget = 5;       // restarts allowed within restart_window
+    double restart_window = 300.0;     // seconds
+};
+
 // CurveZMQ for every TCP socket between nodes. Unused when all ranks are local (ipc://).
 struct SecuritySection {
     std::string key = "/etc/dpengine/keys/node.key";  // this node's secret key
@@ -78,6 +87,7 @@ struct Config {
     FrontendSection frontend;
     EngineSection engine;
     HandshakeSection handshake;
+    SupervisionSection supervision;
     SecuritySection security;
     DaemonSection daemon;
 

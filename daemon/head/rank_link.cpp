@@ -340,35 +340,43 @@ void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
         auto it = requests_.find(out.id);
         // Unknown ids are requests aborted while their output was on the way: nothing to do.
         if (it == requests_.end() || it->second.rank != slot.info.rank) continue;
-        InFlight request = it->second;
+        it->second.started = true;
+        RequestSink* sink = it->second.sink;
+        uint32_t choice = it->second.choice;
         if (!out.finish.empty()) {
             requests_.erase(it);
             --slot.info.in_flight;
             ++slot.info.served;
         }
-        request.sink->on_output(request.choice, out);
+        sink->on_output(choice, out);
     }
 }
 
-Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t choice) {
+RankLink::Slot* RankLink::pick_rank(uint32_t except) {
     // The least-loaded READY rank; ties go round-robin so equal ranks share the work.
     const uint32_t n = static_cast<uint32_t>(ranks_.size());
     Slot* best = nullptr;
     for (uint32_t i = 0; i < n; ++i) {
         Slot& s = ranks_[(round_robin_ + i) % n];
-        if (s.info.state != RankState::ready) continue;
+        if (s.info.state != RankState::ready || s.info.rank == except) continue;
         if (!best || s.info.in_flight < best->info.in_flight) best = &s;
     }
+    if (best) round_robin_ = (best->info.rank + 1) % n;
+    return best;
+}
+
+Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t choice) {
+    Slot* best = pick_rank(UINT32_MAX);
     if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
-    round_robin_ = (best->info.rank + 1) % n;
     request.id = next_id_++;
     if (!send(best->routing_id, request)) {
         return Error{"rank " + std::to_string(best->info.rank) + " could not take the request (its queue is full or it went away)",
                      "rank-unreachable"};
     }
-    requests_.emplace(request.id, InFlight{best->info.rank, sink, choice});
+    uint64_t id = request.id;
+    requests_.emplace(id, InFlight{best->info.rank, sink, choice, false, false, std::move(request)});
     ++best->info.in_flight;
-    return request.id;
+    return id;
 }
 
 void RankLink::abort(uint64_t id) {
@@ -399,15 +407,35 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
     if (!slot.routing_id.empty()) rank_of_connection_.erase(slot.routing_id);
     slot.routing_id.clear();
     set_state(slot, RankState::failed);
-    // Every request that was on the rank ends now, with the reason, rather than waiting forever.
+    // Requests that produced nothing yet move to another rank, once; the client never knows.
+    // The others end now, with the reason, rather than waiting forever: output already sent
+    // cannot be taken back, and sending it twice would be worse.
     Error error{"rank " + std::to_string(slot.info.rank) + " " + reason + " while serving this request", "rank-lost"};
-    std::vector<std::pair<uint64_t, InFlight>> lost;
-    for (const auto& entry : requests_) {
-        if (entry.second.rank == slot.info.rank) lost.push_back(entry);
+    std::vector<uint64_t> lost;
+    for (const auto& [id, request] : requests_) {
+        if (request.rank == slot.info.rank) lost.push_back(id);
     }
-    for (const auto& [id, request] : lost) requests_.erase(id);
-    slot.info.in_flight = 0;
-    for (const auto& [id, request] : lost) request.sink->on_failure(request.choice, error);
+    size_t moved = 0;
+    for (uint64_t id : lost) {
+        auto it = requests_.find(id);
+        if (it == requests_.end()) continue;  // ended meanwhile: a sibling choice's failure aborted it
+        InFlight& request = it->second;
+        --slot.info.in_flight;
+        if (!request.started && !request.requeued) {
+            if (Slot* other = pick_rank(slot.info.rank); other && send(other->routing_id, request.request)) {
+                request.rank = other->info.rank;
+                request.requeued = true;
+                ++other->info.in_flight;
+                ++moved;
+                continue;
+            }
+        }
+        RequestSink* sink = request.sink;
+        uint32_t choice = request.choice;
+        requests_.erase(it);
+        sink->on_failure(choice, error);
+    }
+    if (moved) log::info("moved {} request(s) that had not started from rank {} to other ranks", moved, slot.info.rank);
 }
 
 Status RankLink::drain(uint32_t rank) {
@@ -466,6 +494,15 @@ void RankLink::rank_exited(uint32_t rank, const std::string& cause) {
     fail_rank(slot, cause, "rank-exited");
 }
 
+void RankLink::rank_failed(uint32_t rank, const std::string& reason, const std::string& code) {
+    if (rank >= ranks_.size()) return;
+    Slot& slot = ranks_[rank];
+    slot.info.last_error = reason;
+    slot.info.reason = code;
+    set_state(slot, RankState::failed);
+    if (events_.rank_changed) events_.rank_changed(rank);
+}
+
 void RankLink::check_deadlines() {
     auto now = Clock::now();
     const auto silence_limit = seconds(config_.handshake.heartbeat_timeout);
@@ -475,6 +512,7 @@ void RankLink::check_deadlines() {
             fail_rank(slot, "went silent: no heartbeat for " + std::to_string(config_.handshake.heartbeat_timeout) +
                                 " s (handshake.heartbeat_timeout)",
                       "heartbeat-timeout");
+            if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
             continue;
         }
         if ((state != RankState::connecting && state != RankState::initializing) || now < slot.deadline) continue;

@@ -57,7 +57,8 @@ public:
         std::function<void()> ready_count_changed;
         // A rank's state or last error changed (for status and change signals).
         std::function<void(uint32_t rank)> rank_changed;
-        // A local rank missed a handshake deadline; the supervisor should stop it.
+        // A rank missed a handshake deadline or went silent; if it is local, the supervisor
+        // should kill it (and its restart policy takes over).
         std::function<void(uint32_t rank)> deadline_missed;
     };
 
@@ -76,6 +77,8 @@ public:
     // Supervisor: a local rank's process was started, or exited.
     void rank_spawned(uint32_t rank);
     void rank_exited(uint32_t rank, const std::string& cause);
+    // The rank will not come back by itself (e.g. its restart budget is spent).
+    void rank_failed(uint32_t rank, const std::string& reason, const std::string& code);
 
     // Operator actions. A draining rank gets no new requests and finishes the ones it has.
     Status drain(uint32_t rank);
@@ -106,7 +109,12 @@ private:
         uint32_t rank;
         RequestSink* sink;
         uint32_t choice;
+        bool started = false;   // some output reached the client: it cannot move to another rank
+        bool requeued = false;  // moved once already after its rank was lost
+        wire::Add request;      // kept to move it to another rank if this one is lost first
     };
+    // The least-loaded READY rank other than `except`, or nothing.
+    Slot* pick_rank(uint32_t except);
 
     void arm();
     void drain();

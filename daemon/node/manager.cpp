@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <deque>
 #include <map>
 #include <memory>
 
@@ -42,6 +43,8 @@ struct LocalRank {
     enum class Pending { none, stop, restart } pending = Pending::none;
     Clock::time_point stop_deadline{};
     std::string last_exit;  // headless nodes: the last exit, for status
+    std::deque<Clock::time_point> restarts;  // unplanned restarts within supervision.restart_window
+    std::unique_ptr<asio::steady_timer> restart_timer;
 };
 
 class Node final : public NodeControl {
@@ -143,6 +146,8 @@ public:
         if (!local) return local.error();
         if ((*local)->running) return Error{"rank " + std::to_string(rank) + " is already running", "bad-state"};
         (*local)->pending = LocalRank::Pending::none;
+        (*local)->restarts.clear();  // an operator's start is a fresh budget
+        if ((*local)->restart_timer) (*local)->restart_timer->cancel();
         return spawn(rank);
     }
 
@@ -297,13 +302,55 @@ private:
         if (stopping_ || pending != LocalRank::Pending::none) {
             log::info("rank {} (pid {}) stopped: {}", exit.rank, exit.pid, cause);
         } else {
-            log::warning("rank {} (pid {}) {}", exit.rank, exit.pid, cause);
+            // On a head the rank link reports the loss with its consequences; this adds the pid.
+            log::write(link_ ? log::Level::info : log::Level::warning,
+                       fmt::format("rank {} (pid {}) {}", exit.rank, exit.pid, cause));
         }
         if (link_) link_->rank_exited(exit.rank, cause);
         bus_.rank_changed(exit.rank);
-        if (pending == LocalRank::Pending::restart && !stopping_) {
+        if (stopping_ || pending == LocalRank::Pending::stop) return;
+        if (pending == LocalRank::Pending::restart) {
             if (auto spawned = spawn(exit.rank); !spawned) log::error("restarting rank {}: {}", exit.rank, spawned.error().message);
+            return;
         }
+        schedule_restart(exit);
+    }
+
+    // An unplanned exit: restart after a back-off that doubles with each recent restart, until
+    // the budget is spent. Exits that say "running it again fails the same way" are final.
+    void schedule_restart(const ProcessExit& exit) {
+        LocalRank& local = local_.at(exit.rank);
+        if (exit.exit_status == exit_code::config || exit.exit_status == exit_code::refused) {
+            log::error("rank {} will not be restarted: it {} ({}); fix the cause, then 'dpctl start {}'", exit.rank,
+                       exit.describe(),
+                       exit.exit_status == exit_code::config ? "configuration error" : "refused by the head", exit.rank);
+            return;
+        }
+        const auto& sup = config_.supervision;
+        auto now = Clock::now();
+        while (!local.restarts.empty() && now - local.restarts.front() > millis(sup.restart_window)) local.restarts.pop_front();
+        if (local.restarts.size() >= sup.restart_budget) {
+            std::string reason = "exhausted its restart budget (" + std::to_string(sup.restart_budget) + " restarts in " +
+                                 std::to_string(static_cast<int>(sup.restart_window)) +
+                                 " s, supervision.restart_budget); 'dpctl start " + std::to_string(exit.rank) + "' tries again";
+            log::error("rank {} {}", exit.rank, reason);
+            local.last_exit = reason;
+            if (link_) link_->rank_failed(exit.rank, reason, "restart-budget-exhausted");
+            bus_.rank_changed(exit.rank);
+            return;
+        }
+        double delay = std::min(sup.restart_backoff_max, sup.restart_backoff * double(1u << std::min<size_t>(local.restarts.size(), 20)));
+        local.restarts.push_back(now);
+        log::info("restarting rank {} in {:.1f} s (restart {} of {} within {} s)", exit.rank, delay, local.restarts.size(),
+                  sup.restart_budget, static_cast<int>(sup.restart_window));
+        if (!local.restart_timer) local.restart_timer = std::make_unique<asio::steady_timer>(io_);
+        local.restart_timer->expires_after(millis(delay));
+        local.restart_timer->async_wait([this, rank = exit.rank](const boost::system::error_code& ec) {
+            if (ec || stopping_) return;
+            LocalRank& l = local_.at(rank);
+            if (l.running || l.pending != LocalRank::Pending::none) return;
+            if (auto spawned = spawn(rank); !spawned) log::error("restarting rank {}: {}", rank, spawned.error().message);
+        });
     }
 
     void update_status() {
@@ -359,6 +406,9 @@ private:
         notify::stopping();
         ready_timer_.cancel();
         pending_timer_.cancel();
+        for (auto& [rank, local] : local_) {
+            if (local.restart_timer) local.restart_timer->cancel();
+        }
         if (http_) http_->stop_accepting();
         drain_deadline_ = Clock::now() + millis(config_.daemon.stop_timeout);
         // A second signal means "now".
