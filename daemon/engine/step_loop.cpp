@@ -25,6 +25,18 @@ size_t find_stop(const Sequence& seq, size_t piece_size) {
 
 bool is_utf8_continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
 
+// Moves `end` back so text[sent, end) does not stop inside a UTF-8 character: the head turns
+// every chunk into a JSON string on its own, and half a character would become garbage.
+size_t utf8_boundary(const std::string& text, size_t sent, size_t end) {
+    if (end == sent) return end;
+    size_t lead = end - 1;  // the start of the last character
+    while (lead > sent && end - lead < 4 && is_utf8_continuation(text[lead])) --lead;
+    unsigned char c = static_cast<unsigned char>(text[lead]);
+    if (c < 0xC0) return end;  // ASCII, or stray continuation bytes that no wait would complete
+    size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+    return end - lead < need ? lead : end;
+}
+
 }  // namespace
 
 StepLoop::StepLoop(std::unique_ptr<Backend> backend, uint32_t max_batch, uint32_t max_model_len)
@@ -64,7 +76,7 @@ void StepLoop::emit(Sequence& seq, uint32_t new_tokens, const char* finish, wire
     if (!*finish) {
         size_t hold = longest_stop(seq);
         end = end > seq.sent + (hold ? hold - 1 : 0) ? end - (hold ? hold - 1 : 0) : seq.sent;
-        while (end > seq.sent && end < seq.text.size() && is_utf8_continuation(seq.text[end])) --end;
+        end = utf8_boundary(seq.text, seq.sent, end);
     }
     if (end == seq.sent && new_tokens == 0 && !*finish) return;
     wire::Output& o = out.items.emplace_back();
@@ -98,6 +110,7 @@ void StepLoop::step(wire::Outputs& out) {
         batch_.clear();
         for (auto& s : running_) batch_.push_back(s.get());
         pieces_.resize(batch_.size());
+        for (auto& p : pieces_) p.clear();
         backend_->step(batch_, pieces_);
         ++steps_;
         for (size_t i = 0; i < batch_.size(); ++i) {

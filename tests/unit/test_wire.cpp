@@ -1,0 +1,826 @@
+// Unit tests for the wire protocol messages (daemon/core/wire.hpp).
+#include "core/msgpack.hpp"
+#include "core/wire.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace dpengine;
+using namespace dpengine::wire;
+using dpengine::msgpack::Reader;
+using dpengine::msgpack::Writer;
+
+namespace {
+
+// ---- sample messages with every field set to something other than its default ----
+
+Hello sample_hello() {
+    Hello m;
+    m.rank = 3;
+    m.local_rank = 1;
+    m.node = "node-b";
+    m.incarnation = 0xfedcba9876543210ULL;
+    m.build = "1.2.3 (abc)";
+    m.dp_size = 4;
+    m.model = "tiny-model";
+    return m;
+}
+
+Config sample_config() {
+    Config m;
+    m.dp_size = 8;
+    m.rank = 5;
+    m.epoch = 12345678901ULL;
+    m.group_kind = "gloo";
+    m.group_rendezvous = "tcp://10.0.0.1:29500";
+    m.heartbeat_interval = 0.25;
+    m.engine.backend = "synthetic";
+    m.engine.model = "m\xc3\xa9model";
+    m.engine.max_batch = 64;
+    m.engine.step_time_ms = 12.5;
+    m.engine.max_model_len = 4096;
+    return m;
+}
+
+Refused sample_refused() { return Refused{"rank-taken", "rank 3 is already connected from node-a"}; }
+
+Ready sample_ready() {
+    Ready m;
+    m.max_batch = 256;
+    m.device = "cpu (synthetic)";
+    return m;
+}
+
+Add sample_add() {
+    Add m;
+    m.id = 0x1122334455667788ULL;
+    m.prompt = "Hello, \xe4\xb8\x96\xe7\x95\x8c! a b c";
+    m.max_tokens = 77;
+    m.temperature = 0.7;
+    m.top_p = 0.9;
+    m.seed = 424242;
+    m.stop = {"\n\n", "END", "\xe3\x80\x82"};
+    return m;
+}
+
+Abort sample_abort() {
+    Abort m;
+    m.ids = {1, 2, 0xffffffffffffffffULL, 0};
+    return m;
+}
+
+Outputs sample_outputs() {
+    Outputs m;
+    m.items.push_back(Output{1, " ba be", 2, "", 5});
+    m.items.push_back(Output{0xffffffffffULL, "", 0, "length", 4096});
+    m.items.push_back(Output{7, "\xc3\xa9t\xc3\xa9", 1, "stop", 0});
+    m.items.push_back(Output{8, "x", 1, "abort", 3});
+    m.running = 3;
+    m.waiting = 17;
+    return m;
+}
+
+Heartbeat sample_heartbeat() {
+    Heartbeat m;
+    m.progress = 99999999999ULL;
+    m.running = 2;
+    m.waiting = 1;
+    return m;
+}
+
+ErrorReply sample_error() { return ErrorReply{"malformed", "message truncated"}; }
+
+std::vector<Message> all_samples() {
+    return {sample_hello(), sample_config(), sample_refused(), sample_ready(),     sample_add(),
+            sample_abort(), sample_outputs(), sample_heartbeat(), Shutdown{},      sample_error()};
+}
+
+// ---- field-by-field comparison (the message structs have no operator==) ----
+
+void check_same(const Hello& a, const Hello& b) {
+    CHECK(a.rank == b.rank);
+    CHECK(a.local_rank == b.local_rank);
+    CHECK(a.node == b.node);
+    CHECK(a.incarnation == b.incarnation);
+    CHECK(a.build == b.build);
+    CHECK(a.dp_size == b.dp_size);
+    CHECK(a.model == b.model);
+}
+void check_same(const Config& a, const Config& b) {
+    CHECK(a.dp_size == b.dp_size);
+    CHECK(a.rank == b.rank);
+    CHECK(a.epoch == b.epoch);
+    CHECK(a.group_kind == b.group_kind);
+    CHECK(a.group_rendezvous == b.group_rendezvous);
+    CHECK(a.heartbeat_interval == b.heartbeat_interval);
+    CHECK(a.engine.backend == b.engine.backend);
+    CHECK(a.engine.model == b.engine.model);
+    CHECK(a.engine.max_batch == b.engine.max_batch);
+    CHECK(a.engine.step_time_ms == b.engine.step_time_ms);
+    CHECK(a.engine.max_model_len == b.engine.max_model_len);
+}
+void check_same(const Refused& a, const Refused& b) {
+    CHECK(a.code == b.code);
+    CHECK(a.message == b.message);
+}
+void check_same(const ErrorReply& a, const ErrorReply& b) {
+    CHECK(a.code == b.code);
+    CHECK(a.message == b.message);
+}
+void check_same(const Ready& a, const Ready& b) {
+    CHECK(a.max_batch == b.max_batch);
+    CHECK(a.device == b.device);
+}
+void check_same(const Add& a, const Add& b) {
+    CHECK(a.id == b.id);
+    CHECK(a.prompt == b.prompt);
+    CHECK(a.max_tokens == b.max_tokens);
+    CHECK(a.temperature == b.temperature);
+    CHECK(a.top_p == b.top_p);
+    CHECK(a.seed == b.seed);
+    CHECK(a.stop == b.stop);
+}
+void check_same(const Abort& a, const Abort& b) { CHECK(a.ids == b.ids); }
+void check_same(const Outputs& a, const Outputs& b) {
+    REQUIRE(a.items.size() == b.items.size());
+    for (size_t i = 0; i < a.items.size(); ++i) {
+        INFO("item " << i);
+        CHECK(a.items[i].id == b.items[i].id);
+        CHECK(a.items[i].text == b.items[i].text);
+        CHECK(a.items[i].new_tokens == b.items[i].new_tokens);
+        CHECK(a.items[i].finish == b.items[i].finish);
+        CHECK(a.items[i].prompt_tokens == b.items[i].prompt_tokens);
+    }
+    CHECK(a.running == b.running);
+    CHECK(a.waiting == b.waiting);
+}
+void check_same(const Heartbeat& a, const Heartbeat& b) {
+    CHECK(a.progress == b.progress);
+    CHECK(a.running == b.running);
+    CHECK(a.waiting == b.waiting);
+}
+void check_same(const Shutdown&, const Shutdown&) {}
+
+void check_same(const Message& a, const Message& b) {
+    REQUIRE(a.index() == b.index());
+    std::visit([&](const auto& x) { check_same(x, std::get<std::decay_t<decltype(x)>>(b)); }, a);
+}
+
+Envelope decode_ok(std::string_view bytes) {
+    auto r = decode(bytes);
+    if (!r) FAIL("decode failed: [" << r.error().code << "] " << r.error().message);
+    return std::move(r).value();
+}
+
+// Decodes and requires an error with the given code.
+Error decode_error(std::string_view bytes, const std::string& code) {
+    auto r = decode(bytes);
+    if (r) FAIL("decode succeeded as " << type_name(r->message) << "; wanted error '" << code << "'");
+    INFO("error message: " << r.error().message);
+    CHECK(r.error().code == code);
+    CHECK_FALSE(r.error().message.empty());
+    return r.error();
+}
+
+// A hand-built message: header [major, minor, type, epoch] then whatever `body` writes.
+std::string raw(uint64_t major, uint64_t minor, uint64_t type, uint64_t epoch,
+                const std::function<void(Writer&)>& body) {
+    std::string out;
+    Writer w(out);
+    w.array(5);
+    w.uint(major);
+    w.uint(minor);
+    w.uint(type);
+    w.uint(epoch);
+    body(w);
+    return out;
+}
+
+std::string raw_body(uint64_t type, const std::function<void(Writer&)>& body) {
+    return raw(protocol_major, protocol_minor, type, 0, body);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Round trips
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("wire: every message type round trips with all its fields", "[wire]") {
+    const char* names[] = {"HELLO", "CONFIG", "REFUSED", "READY", "ADD",
+                           "ABORT", "OUTPUTS", "HEARTBEAT", "SHUTDOWN", "ERROR"};
+    auto samples = all_samples();
+    REQUIRE(samples.size() == 10);
+    for (size_t i = 0; i < samples.size(); ++i) {
+        const Message& m = samples[i];
+        INFO("message " << type_name(m));
+        CHECK(std::string(type_name(m)) == names[i]);
+        for (uint64_t epoch : {uint64_t{0}, uint64_t{7}, uint64_t{0xffffffffffffffffULL}}) {
+            std::string bytes = encode(m, epoch);
+            Envelope env = decode_ok(bytes);
+            CHECK(env.epoch == epoch);
+            check_same(m, env.message);
+        }
+    }
+}
+
+TEST_CASE("wire: the header is [major, minor, type, epoch, body] with the documented type numbers", "[wire]") {
+    auto samples = all_samples();
+    const uint64_t numbers[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    for (size_t i = 0; i < samples.size(); ++i) {
+        INFO("message " << type_name(samples[i]));
+        std::string bytes = encode(samples[i], 42);
+        Reader r(bytes);
+        REQUIRE(r.array() == 5);
+        CHECK(r.uint() == protocol_major);
+        CHECK(r.uint() == protocol_minor);
+        CHECK(r.uint() == numbers[i]);
+        CHECK(r.uint() == 42);
+        CHECK(r.peek() == msgpack::Kind::map);  // every body here is a map
+        r.skip();
+        CHECK(r.at_end());
+    }
+    CHECK(protocol_major == 1);
+}
+
+TEST_CASE("wire: defaults survive a round trip of default-constructed messages", "[wire]") {
+    for (const Message& m : {Message{Hello{}}, Message{Config{}}, Message{Refused{}}, Message{Ready{}},
+                             Message{Add{}}, Message{Abort{}}, Message{Outputs{}}, Message{Heartbeat{}},
+                             Message{ErrorReply{}}}) {
+        INFO("message " << type_name(m));
+        check_same(m, decode_ok(encode(m)).message);
+    }
+}
+
+TEST_CASE("wire: large lists round trip", "[wire]") {
+    Abort abort;
+    for (uint64_t i = 0; i < 5000; ++i) abort.ids.push_back(i * 0x10001ULL);
+    check_same(Message{abort}, decode_ok(encode(abort)).message);
+
+    Outputs outputs;
+    for (uint32_t i = 0; i < 3000; ++i) outputs.items.push_back(Output{i, std::string(i % 40, 'a'), 1, "", i});
+    outputs.running = 3000;
+    check_same(Message{outputs}, decode_ok(encode(outputs)).message);
+
+    Add add = sample_add();
+    add.prompt = std::string(200000, 'p');
+    add.stop.assign(16, "s");  // the most stop strings allowed
+    check_same(Message{add}, decode_ok(encode(add)).message);
+}
+
+TEST_CASE("wire: optional fields take their defaults when absent", "[wire]") {
+    SECTION("HELLO with only rank and incarnation") {
+        auto bytes = raw_body(1, [](Writer& w) {
+            w.map(2);
+            w.str("rank"); w.uint(2);
+            w.str("incarnation"); w.uint(99);
+        });
+        auto m = std::get<Hello>(decode_ok(bytes).message);
+        CHECK(m.rank == 2);
+        CHECK(m.incarnation == 99);
+        CHECK(m.local_rank == 0);
+        CHECK(m.node.empty());
+        CHECK(m.dp_size == 0);
+    }
+    SECTION("ADD with only id and max_tokens") {
+        auto bytes = raw_body(5, [](Writer& w) {
+            w.map(2);
+            w.str("max_tokens"); w.uint(10);
+            w.str("id"); w.uint(5);
+        });
+        auto m = std::get<Add>(decode_ok(bytes).message);
+        CHECK(m.id == 5);
+        CHECK(m.max_tokens == 10);
+        CHECK(m.temperature == 1.0);
+        CHECK(m.top_p == 1.0);
+        CHECK(m.seed == 0);
+        CHECK(m.stop.empty());
+        CHECK(m.prompt.empty());
+    }
+    SECTION("CONFIG with only dp_size and rank") {
+        auto bytes = raw_body(2, [](Writer& w) {
+            w.map(2);
+            w.str("rank"); w.uint(1);
+            w.str("dp_size"); w.uint(2);
+        });
+        auto m = std::get<Config>(decode_ok(bytes).message);
+        CHECK(m.dp_size == 2);
+        CHECK(m.rank == 1);
+        CHECK(m.group_kind == "none");
+        CHECK(m.heartbeat_interval == 1.0);
+    }
+    SECTION("a float field may be sent as an integer") {
+        auto bytes = raw_body(5, [](Writer& w) {
+            w.map(4);
+            w.str("id"); w.uint(1);
+            w.str("max_tokens"); w.uint(1);
+            w.str("temperature"); w.uint(0);
+            w.str("top_p"); w.sint(1);
+        });
+        auto m = std::get<Add>(decode_ok(bytes).message);
+        CHECK(m.temperature == 0.0);
+        CHECK(m.top_p == 1.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward compatibility
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("wire: unknown keys in a body are skipped", "[wire]") {
+    // A HELLO from a newer minor version with extra keys of several kinds, before, between
+    // and after the known ones.
+    auto bytes = raw(1, 3, 1, 11, [](Writer& w) {
+        w.map(6);
+        w.str("future_scalar"); w.uint(123456);
+        w.str("rank"); w.uint(6);
+        w.str("future_nested");
+        w.map(2);
+        w.str("a"); w.array(3); w.nil(); w.str("x"); w.float64(1.5);
+        w.str("b"); w.map(0);
+        w.str("incarnation"); w.uint(777);
+        w.str("node"); w.str("node-z");
+        w.str("future_string"); w.str("ignored");
+    });
+    Envelope env = decode_ok(bytes);
+    CHECK(env.epoch == 11);
+    auto m = std::get<Hello>(env.message);
+    CHECK(m.rank == 6);
+    CHECK(m.incarnation == 777);
+    CHECK(m.node == "node-z");
+
+    SECTION("also with bin and ext values") {
+        std::string body;
+        Writer w(body);
+        w.map(4);
+        w.str("rank"); w.uint(1);
+        w.str("incarnation"); w.uint(2);
+        w.str("blob");
+        body += std::string("\xc4\x03\x01\x02\x03", 5);
+        w.str("ext");
+        body += std::string("\xd6\x07\x01\x02\x03\x04", 6);
+        auto with_bin = raw_body(1, [&](Writer&) {}) + body;
+        auto h = std::get<Hello>(decode_ok(with_bin).message);
+        CHECK(h.rank == 1);
+        CHECK(h.incarnation == 2);
+    }
+    SECTION("in the nested engine config too") {
+        auto config = raw_body(2, [](Writer& w) {
+            w.map(3);
+            w.str("dp_size"); w.uint(2);
+            w.str("rank"); w.uint(0);
+            w.str("engine");
+            w.map(2);
+            w.str("new_setting"); w.array(2); w.uint(1); w.uint(2);
+            w.str("max_batch"); w.uint(9);
+        });
+        auto c = std::get<Config>(decode_ok(config).message);
+        CHECK(c.engine.max_batch == 9);
+    }
+}
+
+TEST_CASE("wire: a newer minor version of the same major is accepted", "[wire]") {
+    auto bytes = raw(1, 7, 8, 3, [](Writer& w) {
+        w.map(1);
+        w.str("progress"); w.uint(5);
+    });
+    Envelope env = decode_ok(bytes);
+    CHECK(env.epoch == 3);
+    CHECK(std::get<Heartbeat>(env.message).progress == 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and their codes
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("wire: another major version is refused naming both versions", "[wire]") {
+    auto bytes = raw(2, 0, 1, 0, [](Writer& w) {
+        w.map(2);
+        w.str("rank"); w.uint(0);
+        w.str("incarnation"); w.uint(1);
+    });
+    Error e = decode_error(bytes, "version-mismatch");
+    CHECK_THAT(e.message, Catch::Contains("2.0"));
+    CHECK_THAT(e.message, Catch::Contains("1.0"));
+
+    SECTION("the version check comes before the body is read") {
+        // A future major version may change the body completely.
+        auto strange = raw(2, 5, 200, 0, [](Writer& w) { w.array(2); w.nil(); w.nil(); });
+        Error e2 = decode_error(strange, "version-mismatch");
+        CHECK_THAT(e2.message, Catch::Contains("2.5"));
+    }
+    SECTION("major 0 too") {
+        auto old = raw(0, 9, 1, 0, [](Writer& w) { w.map(0); });
+        Error e3 = decode_error(old, "version-mismatch");
+        CHECK_THAT(e3.message, Catch::Contains("0.9"));
+    }
+}
+
+TEST_CASE("wire: unknown message types are refused as unknown-type", "[wire]") {
+    for (uint64_t type : {uint64_t{0}, uint64_t{11}, uint64_t{99}, uint64_t{255}, uint64_t{256 + 1},
+                          uint64_t{1} << 40}) {
+        INFO("type " << type);
+        auto bytes = raw_body(type, [](Writer& w) { w.map(0); });
+        Error e = decode_error(bytes, "unknown-type");
+        CHECK_THAT(e.message, Catch::Contains(std::to_string(type)));
+    }
+}
+
+TEST_CASE("wire: garbage, empty and truncated input is malformed", "[wire]") {
+    decode_error("", "malformed");
+    decode_error("hello world", "malformed");
+    decode_error(std::string("\xc1", 1), "malformed");
+    decode_error(std::string("\x95", 1), "malformed");
+    decode_error(std::string("\x95\x01\x00\x01\x00", 5), "malformed");  // header without body
+
+    for (const Message& m : all_samples()) {
+        std::string bytes = encode(m, 5);
+        INFO("message " << type_name(m) << " of " << bytes.size() << " bytes");
+        for (size_t n = 0; n < bytes.size(); ++n) {
+            auto r = decode(std::string_view(bytes).substr(0, n));
+            if (r) FAIL("a " << n << "-byte prefix decoded");
+            CHECK(r.error().code == "malformed");
+        }
+    }
+}
+
+TEST_CASE("wire: trailing bytes after a message are malformed", "[wire]") {
+    for (const Message& m : all_samples()) {
+        INFO("message " << type_name(m));
+        Error e = decode_error(encode(m) + std::string(1, '\0'), "malformed");
+        CHECK_THAT(e.message, Catch::Contains("trailing"));
+        decode_error(encode(m) + encode(m), "malformed");
+    }
+}
+
+TEST_CASE("wire: the header must be an array of exactly 5 fields", "[wire]") {
+    auto with_fields = [](uint32_t n) {
+        std::string out;
+        Writer w(out);
+        w.array(n);
+        const uint64_t values[] = {1, 0, 8, 0};
+        for (uint32_t i = 0; i < n; ++i) {
+            if (i < 4) w.uint(values[i]);
+            else w.map(0);
+        }
+        return out;
+    };
+    decode_error(with_fields(0), "malformed");
+    decode_error(with_fields(4), "malformed");
+    decode_error(with_fields(6), "malformed");
+    decode_ok(with_fields(5));  // the control: 5 fields is a HEARTBEAT
+
+    // A header that claims 6 fields but holds a complete 5-field message.
+    Heartbeat hb;
+    hb.progress = 1234567;
+    std::string claims_six = encode(hb);
+    REQUIRE(static_cast<uint8_t>(claims_six[0]) == 0x95);
+    claims_six[0] = static_cast<char>(0x96);
+    decode_error(claims_six, "malformed");
+    std::string claims_four = encode(hb);
+    claims_four[0] = static_cast<char>(0x94);
+    decode_error(claims_four, "malformed");
+
+    std::string as_map;
+    Writer w(as_map);
+    w.map(1);
+    w.uint(1);
+    w.uint(0);
+    decode_error(as_map, "malformed");
+}
+
+TEST_CASE("wire: wrong field types are malformed", "[wire]") {
+    SECTION("header fields") {
+        std::string out;
+        Writer w(out);
+        w.array(5);
+        w.str("1");
+        w.uint(0);
+        w.uint(1);
+        w.uint(0);
+        w.map(0);
+        decode_error(out, "malformed");
+
+        std::string neg_epoch;
+        Writer w2(neg_epoch);
+        w2.array(5);
+        w2.uint(1);
+        w2.uint(0);
+        w2.uint(8);
+        w2.sint(-1);
+        w2.map(0);
+        decode_error(neg_epoch, "malformed");
+
+        std::string str_type;
+        Writer w3(str_type);
+        w3.array(5);
+        w3.uint(1);
+        w3.uint(0);
+        w3.str("hello");
+        w3.uint(0);
+        w3.map(0);
+        decode_error(str_type, "malformed");
+    }
+    SECTION("body that is not a map") {
+        decode_error(raw_body(1, [](Writer& w) { w.array(0); }), "malformed");
+        decode_error(raw_body(5, [](Writer& w) { w.str("id"); }), "malformed");
+        decode_error(raw_body(7, [](Writer& w) { w.nil(); }), "malformed");
+    }
+    SECTION("a key that is not a string") {
+        decode_error(raw_body(8, [](Writer& w) {
+                         w.map(1);
+                         w.uint(1);
+                         w.uint(2);
+                     }),
+                     "malformed");
+    }
+    SECTION("HELLO rank as a string") {
+        Error e = decode_error(raw_body(1, [](Writer& w) {
+                                   w.map(2);
+                                   w.str("rank"); w.str("3");
+                                   w.str("incarnation"); w.uint(1);
+                               }),
+                               "malformed");
+        CHECK_THAT(e.message, Catch::Contains("string"));
+    }
+    SECTION("HELLO node as an integer") {
+        decode_error(raw_body(1, [](Writer& w) {
+                         w.map(3);
+                         w.str("rank"); w.uint(3);
+                         w.str("incarnation"); w.uint(1);
+                         w.str("node"); w.uint(1);
+                     }),
+                     "malformed");
+    }
+    SECTION("a negative rank") {
+        decode_error(raw_body(1, [](Writer& w) {
+                         w.map(2);
+                         w.str("rank"); w.sint(-1);
+                         w.str("incarnation"); w.uint(1);
+                     }),
+                     "malformed");
+    }
+    SECTION("a 32-bit field given a value above 2^32-1") {
+        decode_error(raw_body(1, [](Writer& w) {
+                         w.map(2);
+                         w.str("rank"); w.uint(0x100000000ULL);
+                         w.str("incarnation"); w.uint(1);
+                     }),
+                     "malformed");
+        decode_error(raw_body(5, [](Writer& w) {
+                         w.map(2);
+                         w.str("id"); w.uint(1);
+                         w.str("max_tokens"); w.uint(0x100000000ULL);
+                     }),
+                     "malformed");
+    }
+    SECTION("ADD stop as a string instead of a list") {
+        decode_error(raw_body(5, [](Writer& w) {
+                         w.map(3);
+                         w.str("id"); w.uint(1);
+                         w.str("max_tokens"); w.uint(1);
+                         w.str("stop"); w.str("END");
+                     }),
+                     "malformed");
+        decode_error(raw_body(5, [](Writer& w) {
+                         w.map(3);
+                         w.str("id"); w.uint(1);
+                         w.str("max_tokens"); w.uint(1);
+                         w.str("stop"); w.array(1); w.uint(5);
+                     }),
+                     "malformed");
+    }
+    SECTION("ADD temperature as a string") {
+        decode_error(raw_body(5, [](Writer& w) {
+                         w.map(3);
+                         w.str("id"); w.uint(1);
+                         w.str("max_tokens"); w.uint(1);
+                         w.str("temperature"); w.str("hot");
+                     }),
+                     "malformed");
+    }
+    SECTION("ABORT ids with a negative id") {
+        decode_error(raw_body(6, [](Writer& w) {
+                         w.map(1);
+                         w.str("ids"); w.array(2); w.uint(1); w.sint(-2);
+                     }),
+                     "malformed");
+    }
+    SECTION("OUTPUTS item that is not an array, or too short") {
+        decode_error(raw_body(7, [](Writer& w) {
+                         w.map(1);
+                         w.str("items"); w.array(1); w.map(0);
+                     }),
+                     "malformed");
+        decode_error(raw_body(7, [](Writer& w) {
+                         w.map(1);
+                         w.str("items"); w.array(1);
+                         w.array(4); w.uint(1); w.str("t"); w.uint(1); w.str("");
+                     }),
+                     "malformed");
+        decode_error(raw_body(7, [](Writer& w) {
+                         w.map(1);
+                         w.str("items"); w.array(1);
+                         w.array(5); w.uint(1); w.uint(1); w.uint(1); w.str(""); w.uint(0);  // text not a string
+                     }),
+                     "malformed");
+    }
+    SECTION("CONFIG engine that is not a map") {
+        decode_error(raw_body(2, [](Writer& w) {
+                         w.map(3);
+                         w.str("dp_size"); w.uint(1);
+                         w.str("rank"); w.uint(0);
+                         w.str("engine"); w.str("synthetic");
+                     }),
+                     "malformed");
+    }
+}
+
+TEST_CASE("wire: missing required fields are malformed and named", "[wire]") {
+    struct Case {
+        const char* what;
+        uint64_t type;
+        std::function<void(Writer&)> body;
+        const char* field;
+    };
+    const std::vector<Case> cases = {
+        {"HELLO without rank", 1,
+         [](Writer& w) {
+             w.map(2);
+             w.str("node"); w.str("n");
+             w.str("incarnation"); w.uint(1);
+         },
+         "rank"},
+        {"HELLO without incarnation", 1,
+         [](Writer& w) {
+             w.map(2);
+             w.str("rank"); w.uint(1);
+             w.str("local_rank"); w.uint(0);
+         },
+         "incarnation"},
+        {"HELLO with an empty body", 1, [](Writer& w) { w.map(0); }, "rank"},
+        {"ADD without id", 5,
+         [](Writer& w) {
+             w.map(2);
+             w.str("prompt"); w.str("hi");
+             w.str("max_tokens"); w.uint(3);
+         },
+         "id"},
+        {"ADD without max_tokens", 5,
+         [](Writer& w) {
+             w.map(2);
+             w.str("id"); w.uint(1);
+             w.str("prompt"); w.str("hi");
+         },
+         "max_tokens"},
+        {"CONFIG without dp_size", 2,
+         [](Writer& w) {
+             w.map(2);
+             w.str("rank"); w.uint(0);
+             w.str("epoch"); w.uint(1);
+         },
+         "dp_size"},
+        {"CONFIG without rank", 2,
+         [](Writer& w) {
+             w.map(2);
+             w.str("dp_size"); w.uint(2);
+             w.str("epoch"); w.uint(1);
+         },
+         "rank"},
+        {"HELLO whose rank is only inside an unknown key", 1,
+         [](Writer& w) {
+             w.map(2);
+             w.str("other"); w.map(1); w.str("rank"); w.uint(1);
+             w.str("incarnation"); w.uint(1);
+         },
+         "rank"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.what);
+        Error e = decode_error(raw_body(c.type, c.body), "malformed");
+        CHECK_THAT(e.message, Catch::Contains(std::string("'") + c.field + "'"));
+    }
+}
+
+TEST_CASE("wire: more than 16 stop strings are refused", "[wire]") {
+    Add add = sample_add();
+    add.stop.assign(16, "x");
+    CHECK(std::get<Add>(decode_ok(encode(add)).message).stop.size() == 16);
+    add.stop.assign(17, "x");
+    Error e = decode_error(encode(add), "malformed");
+    CHECK_THAT(e.message, Catch::Contains("stop"));
+    add.stop.assign(1000, "x");
+    decode_error(encode(add), "malformed");
+}
+
+TEST_CASE("wire: hostile counts in a body are refused without allocating them", "[wire]") {
+    // An ABORT claiming 2^32-1 ids, an OUTPUTS claiming 2^32-1 items, an ADD claiming 2^32-1
+    // stop strings: each fits in a few bytes.
+    auto claim = [](uint64_t type, const char* key) {
+        return raw_body(type, [key](Writer& w) {
+                   w.map(1);
+                   w.str(key);
+               }) +
+               std::string("\xdd\xff\xff\xff\xff", 5);
+    };
+    decode_error(claim(6, "ids"), "malformed");
+    decode_error(claim(7, "items"), "malformed");
+    decode_error(claim(5, "stop"), "malformed");
+    decode_error(claim(1, "unknown"), "malformed");
+    // A string claiming 4 GiB.
+    decode_error(raw_body(1, [](Writer& w) { w.map(1); w.str("node"); }) + std::string("\xdb\xff\xff\xff\xff", 5),
+                 "malformed");
+    // A body map claiming 2^32-1 pairs.
+    decode_error(raw_body(1, [](Writer&) {}) + std::string("\xdf\xff\xff\xff\xff", 5), "malformed");
+}
+
+TEST_CASE("wire: deeply nested unknown values are malformed, not a crash", "[wire]") {
+    std::string body;
+    Writer w(body);
+    w.map(3);
+    w.str("rank"); w.uint(1);
+    w.str("incarnation"); w.uint(1);
+    w.str("deep");
+    body += std::string(100000, '\x91');
+    body += '\x01';
+    decode_error(raw_body(1, [](Writer&) {}) + body, "malformed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomized robustness: never a crash, always a value or an error with a known code
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+void check_outcome(std::string_view bytes, size_t& ok_count) {
+    auto r = decode(bytes);
+    if (r) {
+        ++ok_count;
+        // Whatever decoded must encode and decode to the same thing.
+        std::string again = encode(r->message, r->epoch);
+        auto r2 = decode(again);
+        REQUIRE(r2.ok());
+        REQUIRE(encode(r2->message, r2->epoch) == again);
+        return;
+    }
+    const std::string& code = r.error().code;
+    bool known = code == "malformed" || code == "unknown-type" || code == "version-mismatch";
+    if (!known || r.error().message.empty()) {
+        FAIL("unexpected error [" << code << "] '" << r.error().message << "'");
+    }
+}
+
+}  // namespace
+
+TEST_CASE("wire: random bytes never crash the decoder", "[wire][fuzz]") {
+    std::mt19937_64 rng(0x5eed1234);
+    size_t ok_count = 0;
+    for (int i = 0; i < 10000; ++i) {
+        size_t length = rng() % 96;
+        std::string bytes(length, '\0');
+        for (auto& c : bytes) c = static_cast<char>(rng());
+        // Half of them start with a plausible header so that the body decoders are reached.
+        if (i % 2 == 0 && length >= 5) {
+            bytes[0] = static_cast<char>(0x95);
+            bytes[1] = 0x01;
+            bytes[2] = static_cast<char>(rng() % 3);
+            bytes[3] = static_cast<char>(1 + rng() % 10);
+            bytes[4] = static_cast<char>(rng() % 4);
+        }
+        check_outcome(bytes, ok_count);
+    }
+    SUCCEED("decoded " << ok_count << " of 10000 random byte strings");
+}
+
+TEST_CASE("wire: random mutations of valid messages never crash the decoder", "[wire][fuzz]") {
+    std::mt19937_64 rng(0xabcdef);
+    std::vector<std::string> valid;
+    for (const Message& m : all_samples()) valid.push_back(encode(m, 9));
+    size_t ok_count = 0;
+    for (int i = 0; i < 10000; ++i) {
+        std::string bytes = valid[rng() % valid.size()];
+        int mutations = 1 + static_cast<int>(rng() % 4);
+        for (int k = 0; k < mutations && !bytes.empty(); ++k) {
+            size_t at = rng() % bytes.size();
+            switch (rng() % 6) {
+                case 0: bytes[at] = static_cast<char>(rng()); break;                 // replace a byte
+                case 1: bytes[at] = static_cast<char>(bytes[at] ^ (1 << (rng() % 8))); break;  // flip a bit
+                case 2: bytes.insert(at, 1, static_cast<char>(rng())); break;       // insert a byte
+                case 3: bytes.erase(at, 1); break;                                  // delete a byte
+                case 4: bytes.resize(at); break;                                    // truncate
+                case 5: {                                                           // a length lie
+                    const char lies[] = {'\xdd', '\xdf', '\xdb', '\xc6', '\xc9', '\xff'};
+                    bytes[at] = lies[rng() % sizeof lies];
+                    break;
+                }
+            }
+        }
+        check_outcome(bytes, ok_count);
+    }
+    SUCCEED("decoded " << ok_count << " of 10000 mutated messages");
+}
