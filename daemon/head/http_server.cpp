@@ -90,6 +90,10 @@ public:
 
     void on_output(uint32_t choice, const wire::Output& out) override {
         Choice& c = choices_[choice];
+        if (!first_token_seen_ && out.new_tokens > 0) {
+            first_token_seen_ = true;
+            server_.metrics_.first_token_seconds[metric_key_].observe(seconds_since(started_at_));
+        }
         prompt_tokens_ = out.prompt_tokens;
         c.tokens += out.new_tokens;
         bool finished = !out.finish.empty();
@@ -169,6 +173,11 @@ private:
                                std::to_string(ready) + ",\"ranks\":" + std::to_string(server_.ranks_.size()) + "}";
             return respond(ready ? 200 : 503, "application/json", body);
         }
+        if (target == "/metrics") {
+            if (!get) return method_not_allowed("GET");
+            return respond(200, "text/plain; version=0.0.4",
+                           render_metrics(server_.rank_view_(), server_.ranks_.refusals(), server_.metrics_));
+        }
         if (target == "/v1/models") {
             if (!get) return method_not_allowed("GET");
             return respond(200, "application/json", openai::models_response(server_.config_.engine.model, unix_now()));
@@ -190,6 +199,10 @@ private:
         if (auto* error = std::get_if<openai::HttpError>(&parsed)) return respond_error(*error);
         request_ = std::move(std::get<openai::CompletionRequest>(parsed));
         self_ = shared_from_this();
+        started_at_ = std::chrono::steady_clock::now();
+        first_token_seen_ = false;
+        metric_key_ = std::string(endpoint == openai::Endpoint::completions ? "endpoint=\"completions\"" : "endpoint=\"chat_completions\"") +
+                      (request_->stream ? ",stream=\"true\"" : ",stream=\"false\"");
         id_ = (endpoint == openai::Endpoint::completions ? "cmpl-" : "chatcmpl-") + std::to_string(next_exchange_id++);
         created_ = unix_now();
         prompt_tokens_ = 0;
@@ -214,6 +227,7 @@ private:
             choices_[i].engine_id = *id;
         }
         if (request_->stream) {
+            ++server_.metrics_.responses_by_status[200];
             out_ += "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
             out_ += chunked_ ? "Transfer-Encoding: chunked\r\n" : "";
             if (!chunked_) keep_alive_ = false;  // HTTP/1.0: the end of the stream is the close
@@ -249,6 +263,7 @@ private:
 
     void finish_exchange() {
         timer_.cancel();
+        server_.metrics_.request_seconds[metric_key_].observe(seconds_since(started_at_));
         openai::Usage usage{prompt_tokens_, 0};
         for (const auto& c : choices_) usage.completion_tokens += c.tokens;
         if (request_->stream) {
@@ -263,6 +278,10 @@ private:
         std::string body = openai::completion_response(*request_, id_, created_, result, usage);
         request_.reset();
         respond(200, "application/json", body);
+    }
+
+    static double seconds_since(std::chrono::steady_clock::time_point t) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
     }
 
     void end_stream() {
@@ -293,6 +312,7 @@ private:
     void respond_error(const openai::HttpError& error) { respond(error.status, "application/json", openai::error_body(error)); }
 
     void respond(int status, const char* content_type, const std::string& body) {
+        ++server_.metrics_.responses_by_status[status];
         out_ += "HTTP/1.1 ";
         out_ += std::to_string(status);
         out_ += ' ';
@@ -411,10 +431,14 @@ private:
     uint64_t prompt_tokens_ = 0;
     std::string id_;
     int64_t created_ = 0;
+    std::chrono::steady_clock::time_point started_at_{};
+    bool first_token_seen_ = false;
+    std::string metric_key_;  // the latency histograms' labels for this exchange
 };
 
-HttpServer::HttpServer(asio::io_context& io, const Config& config, RankLink& ranks)
-    : io_(io), config_(config), ranks_(ranks), acceptor_(io) {
+HttpServer::HttpServer(asio::io_context& io, const Config& config, RankLink& ranks,
+                       std::function<std::vector<RankInfo>()> rank_view)
+    : io_(io), config_(config), ranks_(ranks), rank_view_(std::move(rank_view)), acceptor_(io) {
     limits_.model = config.engine.model;
     limits_.default_max_tokens = config.engine.default_max_tokens;
     limits_.max_model_len = config.engine.max_model_len;

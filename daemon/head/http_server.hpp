@@ -5,12 +5,14 @@
 
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "head/metrics.hpp"
 #include "head/openai.hpp"
 #include "head/rank_link.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <functional>
 #include <unordered_set>
 
 namespace dpengine {
@@ -19,7 +21,9 @@ class HttpSession;
 
 class HttpServer {
 public:
-    HttpServer(boost::asio::io_context& io, const Config& config, RankLink& ranks);
+    // `rank_view` gives the ranks as the node sees them (with pids and restarts) for /metrics.
+    HttpServer(boost::asio::io_context& io, const Config& config, RankLink& ranks,
+               std::function<std::vector<RankInfo>()> rank_view);
     ~HttpServer();
 
     Status listen();
@@ -34,7 +38,9 @@ private:
     boost::asio::io_context& io_;
     const Config& config_;
     RankLink& ranks_;
+    std::function<std::vector<RankInfo>()> rank_view_;
     openai::Limits limits_;
+    FrontendMetrics metrics_;
     boost::asio::ip::tcp::acceptor acceptor_;
     std::unordered_set<HttpSession*> sessions_;
     bool accepting_ = false;

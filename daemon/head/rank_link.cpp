@@ -188,6 +188,7 @@ bool RankLink::send(const std::string& routing_id, const wire::Message& message)
 }
 
 void RankLink::refuse(const std::string& routing_id, const std::string& code, const std::string& message) {
+    ++refusals_[code];
     send(routing_id, wire::Refused{code, message});
 }
 
@@ -341,6 +342,7 @@ void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
         // Unknown ids are requests aborted while their output was on the way: nothing to do.
         if (it == requests_.end() || it->second.rank != slot.info.rank) continue;
         it->second.started = true;
+        slot.info.tokens += out.new_tokens;
         RequestSink* sink = it->second.sink;
         uint32_t choice = it->second.choice;
         if (!out.finish.empty()) {
@@ -549,6 +551,12 @@ void RankLink::shutdown() {
         set_state(slot, RankState::stopped);
     }
     rank_of_connection_.clear();
+}
+
+std::map<std::string, uint64_t> RankLink::refusals() const {
+    auto out = refusals_;
+    if (zap_ && zap_->refusals()) out["unauthorized-key"] += zap_->refusals();
+    return out;
 }
 
 std::vector<RankInfo> RankLink::ranks() const {

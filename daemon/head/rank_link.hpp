@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -45,6 +46,7 @@ struct RankInfo {
     uint32_t running = 0;  // as the rank last reported
     uint32_t waiting = 0;
     uint64_t served = 0;
+    uint64_t tokens = 0;
     std::string last_error;
     std::string reason;    // the reason code of last_error
     uint32_t pid = 0;      // filled in by the node that runs the rank
@@ -95,6 +97,8 @@ public:
     size_t in_flight() const { return requests_.size(); }
     uint32_t size() const { return static_cast<uint32_t>(ranks_.size()); }
     std::vector<RankInfo> ranks() const;
+    // Refused handshakes and connections by reason code (the ZAP handler's included).
+    std::map<std::string, uint64_t> refusals() const;
 
 private:
     struct Slot {
@@ -150,6 +154,7 @@ private:
     std::vector<Slot> ranks_;
     std::unordered_map<std::string, uint32_t> rank_of_connection_;
     std::unordered_map<uint64_t, InFlight> requests_;
+    std::map<std::string, uint64_t> refusals_;
     std::string send_buffer_;
 };
 

@@ -246,7 +246,7 @@ private:
         events.deadline_missed = [this](uint32_t rank) { supervisor_.signal(rank, SIGKILL); };
         link_ = std::make_unique<RankLink>(io_, config_, std::move(events));
         if (auto bound = link_->bind(endpoint_); !bound) return bound;
-        http_ = std::make_unique<HttpServer>(io_, config_, *link_);
+        http_ = std::make_unique<HttpServer>(io_, config_, *link_, [this] { return ranks(); });
         if (auto listening = http_->listen(); !listening) return listening;
         log::info("head: DP size {}, {} local rank(s), ranks connect to {}, HTTP on {}:{}", config_.dp_size(),
                   config_.size_local(), endpoint_, config_.frontend.host, config_.frontend.port);
