@@ -34,5 +34,5 @@ int main(int argc, char** argv) {
         std::fputs(dpengine::to_toml(*config).c_str(), stdout);
         return dpengine::exit_code::ok;
     }
-    return dpengine::run_node(*config);
+    return dpengine::run_node(*config, std::vector<std::string>(argv, argv + argc));
 }

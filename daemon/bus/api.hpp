@@ -16,6 +16,7 @@ inline constexpr const char* rank_interface = "org.dpengine1.Rank";
 //                                  served, restarts, last_error, reason
 //   StartRank(u) StopRank(u) RestartRank(u) DrainRank(u) UndrainRank(u)
 //   StopNode() StartNode()  — this node's ranks
+//   Reload()                — re-read the configuration (as SIGHUP does)
 inline constexpr const char* list_ranks = "ListRanks";
 inline constexpr const char* start_rank = "StartRank";
 inline constexpr const char* stop_rank = "StopRank";
@@ -24,6 +25,7 @@ inline constexpr const char* drain_rank = "DrainRank";
 inline constexpr const char* undrain_rank = "UndrainRank";
 inline constexpr const char* stop_node = "StopNode";
 inline constexpr const char* start_node = "StartNode";
+inline constexpr const char* reload = "Reload";
 
 inline constexpr const char* list_ranks_signature = "a(usssuuuttss)";
 

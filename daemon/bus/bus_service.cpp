@@ -125,6 +125,7 @@ const sd_bus_vtable manager_vtable[] = {
     SD_BUS_METHOD("UndrainRank", "u", "", rank_method<&NodeControl::undrain_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("StopNode", "", "", node_method<&NodeControl::stop_node>, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("StartNode", "", "", node_method<&NodeControl::start_node>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("Reload", "", "", node_method<&NodeControl::reload>, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_VTABLE_END,
 };
 
@@ -220,6 +221,7 @@ const char* BusService::introspection_xml() {
   <method name="UndrainRank"><arg type="u" direction="in"/></method>
   <method name="StopNode"/>
   <method name="StartNode"/>
+  <method name="Reload"/>
  </interface>
  <interface name="org.dpengine1.Rank">
   <property name="Rank" type="u" access="read"/>

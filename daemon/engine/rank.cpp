@@ -194,7 +194,7 @@ public:
                 if (int code = on_message(*env); code >= 0) return code;
             }
             if (!serving()) {
-                if (!hello_sent_ && connected_) hello_sent_ = conn_.send(hello_, 0);
+                if (!hello_sent_ && connected_ && Clock::now() >= hello_not_before_) hello_sent_ = conn_.send(hello_, 0);
                 if (options_.connect_timeout > 0 && !ever_configured_ &&
                     Clock::now() - started > std::chrono::duration<double>(options_.connect_timeout)) {
                     log::error("no CONFIG from the head at {} within {} s; is dpengined running there?",
@@ -218,6 +218,14 @@ public:
 
 private:
     bool serving() const { return loop_ && configured_; }
+
+    // A restarted rank may find the head still holding its predecessor until that one's
+    // heartbeats time out; it retries for a while, then gives up (another process has it).
+    bool retry_duplicate() {
+        auto now = Clock::now();
+        if (first_duplicate_ == Clock::time_point{}) first_duplicate_ = now;
+        return now - first_duplicate_ < std::chrono::seconds(15);
+    }
 
     void on_event(const Connection::Event& e) {
         switch (e.id) {
@@ -262,6 +270,13 @@ private:
                 log::notice("the head no longer knows this rank ({}); registering again", refused->message);
                 configured_ = false;
                 hello_sent_ = false;
+                return -1;
+            }
+            if (refused->code == "duplicate-rank" && retry_duplicate()) {
+                log::notice("the head still holds rank {} for an earlier process ({}); retrying", options_.rank,
+                            refused->message);
+                hello_sent_ = false;
+                hello_not_before_ = Clock::now() + std::chrono::seconds(1);
                 return -1;
             }
             log::error("the head refused rank {}: {} ({})", options_.rank, refused->message, refused->code);
@@ -320,6 +335,8 @@ private:
     bool ever_configured_ = false;
     bool waiting_logged_ = false;
     Clock::time_point last_wait_log_{};
+    Clock::time_point hello_not_before_{};
+    Clock::time_point first_duplicate_{};
 };
 
 }  // namespace

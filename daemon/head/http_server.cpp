@@ -439,9 +439,13 @@ private:
 HttpServer::HttpServer(asio::io_context& io, const Config& config, RankLink& ranks,
                        std::function<std::vector<RankInfo>()> rank_view)
     : io_(io), config_(config), ranks_(ranks), rank_view_(std::move(rank_view)), acceptor_(io) {
-    limits_.model = config.engine.model;
-    limits_.default_max_tokens = config.engine.default_max_tokens;
-    limits_.max_model_len = config.engine.max_model_len;
+    config_changed();
+}
+
+void HttpServer::config_changed() {
+    limits_.model = config_.engine.model;
+    limits_.default_max_tokens = config_.engine.default_max_tokens;
+    limits_.max_model_len = config_.engine.max_model_len;
 }
 
 HttpServer::~HttpServer() = default;

@@ -30,6 +30,8 @@ public:
     // Stops accepting and closes idle keep-alive connections; exchanges in progress go on.
     void stop_accepting();
     size_t connections() const { return sessions_.size(); }
+    // The configuration was reloaded: pick up the limits that changed.
+    void config_changed();
 
 private:
     friend class HttpSession;

@@ -23,16 +23,20 @@ Clock::duration seconds(double s) {
 constexpr int drain_budget = 512;
 
 // A connection property ZeroMQ attaches to every received frame ("Peer-Address", and
-// "User-Id": the node name our ZAP handler gave the connection's key).
-std::string frame_property(zmq::message_t& frame, const char* name, const char* fallback) {
-    try {
-        return frame.gets(name);
-    } catch (const zmq::error_t&) {
-        return fallback;
-    }
+// "User-Id": the node name our ZAP handler gave the connection's key); empty when absent.
+std::string frame_property(zmq::message_t& frame, const char* name) {
+    const char* value = zmq_msg_gets(frame.handle(), name);
+    return value ? value : "";
 }
 
-std::string peer_address(zmq::message_t& frame) { return frame_property(frame, "Peer-Address", "local peer"); }
+// Who sent a message the head will not take, for the log: the key's node and fingerprint when
+// CURVE names one, and the address.
+std::string describe_peer(zmq::message_t& frame) {
+    std::string address = frame_property(frame, "Peer-Address");
+    std::string node = frame_property(frame, "User-Id");
+    std::string text = node.empty() ? "an unregistered peer" : "node '" + node + "'";
+    return address.empty() ? text : text + " at " + address;
+}
 
 // Remembers which peers were already warned about, so a misbehaving peer is logged once
 // rather than once per message; bounded so a flood of peers cannot grow it.
@@ -86,6 +90,29 @@ RankLink::~RankLink() {
     watcher_.release();  // the fd belongs to the ZeroMQ socket
 }
 
+// The authorized keys plus the head's own, which its local ranks use.
+Result<std::vector<keys::AuthorizedKey>> RankLink::allow_list() const {
+    auto secret = keys::load_secret(config_.security.key);
+    if (!secret) return Error{"security.key: " + secret.error().message};
+    auto authorized = keys::load_authorized_keys(config_.security.authorized_keys);
+    if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
+    keys::AuthorizedKey own{secret->public_z85, config_.node.name, std::nullopt};
+    if (config_.size_local() > 0) {
+        own.ranks = {config_.data_parallel.start_rank, config_.data_parallel.start_rank + config_.size_local() - 1};
+    }
+    authorized->push_back(own);
+    return authorized;
+}
+
+Status RankLink::reload_authorized_keys() {
+    if (!zap_) return Ok{};
+    auto authorized = allow_list();
+    if (!authorized) return authorized.error();
+    log::info("reloaded {} authorized key(s) from {}", authorized->size() - 1, config_.security.authorized_keys);
+    zap_->replace(std::move(authorized).value());
+    return Ok{};
+}
+
 // CURVE on the TCP socket: the head's secret key, and a ZAP handler that admits only the
 // authorized keys (plus the head's own, which its local ranks use).
 Status RankLink::start_security() {
@@ -98,13 +125,8 @@ Status RankLink::start_security() {
     }
     auto secret = keys::load_secret(config_.security.key);
     if (!secret) return Error{"security.key: " + secret.error().message};
-    auto authorized = keys::load_authorized_keys(config_.security.authorized_keys);
-    if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
-    keys::AuthorizedKey own{secret->public_z85, config_.node.name, std::nullopt};
-    if (config_.size_local() > 0) {
-        own.ranks = {config_.data_parallel.start_rank, config_.data_parallel.start_rank + config_.size_local() - 1};
-    }
-    authorized->push_back(own);
+    auto authorized = allow_list();
+    if (!authorized) return authorized.error();
     log::info("CURVE enabled: {} authorized key(s) from {}; this head's key is {}", authorized->size() - 1,
               config_.security.authorized_keys, keys::fingerprint(secret->public_z85));
     zap_ = std::make_unique<ZapHandler>(context_, std::move(authorized).value());
@@ -165,11 +187,11 @@ void RankLink::drain() {
             while ((payload.more() || id.more()) && router_.recv(rest, zmq::recv_flags::dontwait) && rest.more()) {}
             if (warned_peers.first_time(id.to_string())) {
                 log::warning("dropping a message with an unexpected number of frames from {} (malformed)",
-                             peer_address(id));
+                             describe_peer(id));
             }
             continue;
         }
-        on_message(id.to_string(), payload.to_string_view(), frame_property(payload, "User-Id", ""));
+        on_message(id.to_string(), payload);
     }
     schedule_drain();  // more may be waiting: continue after other work had its turn
 }
@@ -192,16 +214,16 @@ void RankLink::refuse(const std::string& routing_id, const std::string& code, co
     send(routing_id, wire::Refused{code, message});
 }
 
-void RankLink::on_message(const std::string& routing_id, std::string_view payload, const std::string& node) {
+void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload) {
     // A stopping head takes no registrations: ranks of other nodes would only have to do it
     // again with the next head.
     if (shutting_down_) return;
-    auto env = wire::decode(payload);
+    auto env = wire::decode(payload.to_string_view());
     auto known = rank_of_connection_.find(routing_id);
     if (!env) {
         if (warned_peers.first_time(routing_id)) {
             log::warning("refusing a message from {}: {} ({})",
-                         known == rank_of_connection_.end() ? "an unregistered peer" : "rank " + std::to_string(known->second),
+                         known == rank_of_connection_.end() ? describe_peer(payload) : "rank " + std::to_string(known->second),
                          env.error().message, env.error().code);
         }
         if (known == rank_of_connection_.end()) refuse(routing_id, env.error().code, env.error().message);
@@ -214,12 +236,13 @@ void RankLink::on_message(const std::string& routing_id, std::string_view payloa
                                                                      std::to_string(known->second)});
             return;
         }
-        on_hello(routing_id, *hello, node);
+        on_hello(routing_id, *hello, frame_property(payload, "User-Id"));
         return;
     }
     if (known == rank_of_connection_.end()) {
         if (warned_peers.first_time(routing_id)) {
-            log::warning("refusing {} from a peer that has not sent HELLO (not-registered)", wire::type_name(env->message));
+            log::warning("refusing {} from {}: it has not sent HELLO (not-registered)", wire::type_name(env->message),
+                         describe_peer(payload));
         }
         refuse(routing_id, "not-registered", "send HELLO first");
         return;
@@ -299,13 +322,16 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     }
     Slot& slot = ranks_[hello.rank];
     if (!slot.routing_id.empty()) {
-        if (slot.info.node != node) {
+        // The same process on a new connection (it reconnected) takes over at once. Another
+        // process claiming a rank whose holder still sends heartbeats is refused; the holder
+        // keeps serving. (A restarted process retries until its dead predecessor times out.)
+        bool same_process = slot.info.node == node && slot.incarnation == hello.incarnation;
+        bool holder_alive = Clock::now() - slot.last_heard < seconds(config_.handshake.heartbeat_timeout);
+        if (!same_process && holder_alive) {
             return refuse_logged("duplicate-rank", "rank " + std::to_string(hello.rank) + " is already served by node '" +
                                                        slot.info.node + "'");
         }
-        // The same node registers the rank again: a restarted process (new incarnation) or a
-        // reconnection. The new connection wins; the old one is told so, in case it still runs.
-        log::notice("rank {} re-registered by node '{}' (incarnation {:x} replaces {:x})", hello.rank, node,
+        log::notice("rank {} registered again by {} (incarnation {:x} replaces {:x})", hello.rank, who,
                     hello.incarnation, slot.incarnation);
         refuse(slot.routing_id, "replaced", "a newer registration of this rank replaced this connection");
         fail_rank(slot, "was replaced by a new registration", "rank-replaced");

@@ -97,6 +97,8 @@ public:
     size_t in_flight() const { return requests_.size(); }
     uint32_t size() const { return static_cast<uint32_t>(ranks_.size()); }
     std::vector<RankInfo> ranks() const;
+    // Re-reads security.authorized_keys (config reload). Fails, changing nothing, on a bad file.
+    Status reload_authorized_keys();
     // Refused handshakes and connections by reason code (the ZAP handler's included).
     std::map<std::string, uint64_t> refusals() const;
 
@@ -124,7 +126,8 @@ private:
     void drain();
     void schedule_drain();
     Status start_security();
-    void on_message(const std::string& routing_id, std::string_view payload, const std::string& node);
+    Result<std::vector<keys::AuthorizedKey>> allow_list() const;
+    void on_message(const std::string& routing_id, zmq::message_t& payload);
     void on_hello(const std::string& routing_id, const wire::Hello& hello, const std::string& node);
     std::string ownership_problem(uint32_t rank, const std::string& node) const;
     std::string describe_node(const std::string& node) const;

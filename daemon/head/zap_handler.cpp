@@ -25,6 +25,11 @@ const keys::AuthorizedKey* ZapHandler::find_key(const std::string& public_z85) c
     return nullptr;
 }
 
+void ZapHandler::replace(std::vector<keys::AuthorizedKey> authorized) {
+    std::lock_guard lock(mutex_);
+    authorized_ = std::move(authorized);
+}
+
 std::optional<keys::AuthorizedKey> ZapHandler::find_node(const std::string& node) const {
     std::lock_guard lock(mutex_);
     for (const auto& k : authorized_) {

@@ -49,10 +49,12 @@ struct LocalRank {
 
 class Node final : public NodeControl {
 public:
-    Node(const Config& config, RuntimeDir runtime_dir)
+    Node(const Config& config, std::vector<std::string> argv, RuntimeDir runtime_dir)
         : config_(config),
+          argv_(std::move(argv)),
           runtime_dir_(std::move(runtime_dir)),
           signals_(io_, SIGTERM, SIGINT),
+          reload_signal_(io_, SIGHUP),
           ready_timer_(io_),
           watchdog_timer_(io_),
           drain_timer_(io_),
@@ -80,6 +82,7 @@ public:
         signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
             if (!ec) stop(sig);
         });
+        wait_for_reload_signal();
         auto common = common_rank_arguments();
         if (!common) {
             log::error("{}", common.error().message);
@@ -180,7 +183,81 @@ public:
         return Ok{};
     }
 
+    // Applies what can change while running; anything else is named as needing a restart. A
+    // configuration that does not parse or validate is refused and the running one kept.
+    Status reload() override {
+        std::vector<const char*> args;
+        for (const auto& a : argv_) args.push_back(a.c_str());
+        CommandLine cmdline;
+        auto fresh = parse_command_line(static_cast<int>(args.size()), args.data(), cmdline);
+        if (!fresh) {
+            log::error("reload refused, keeping the running configuration: {}", fresh.error().message);
+            return Error{"reload refused: " + fresh.error().message, "failed"};
+        }
+        for (const auto& w : cmdline.warnings) log::warning("{}", w);
+        const Config& next = *fresh;
+        Config applied = config_;
+        applied.frontend.max_body_bytes = next.frontend.max_body_bytes;
+        applied.frontend.max_connections = next.frontend.max_connections;
+        applied.frontend.idle_timeout = next.frontend.idle_timeout;
+        applied.frontend.request_timeout = next.frontend.request_timeout;
+        applied.engine.default_max_tokens = next.engine.default_max_tokens;
+        applied.handshake = next.handshake;
+        applied.supervision = next.supervision;
+        applied.security.authorized_keys = next.security.authorized_keys;
+        applied.daemon.stop_timeout = next.daemon.stop_timeout;
+        std::string needs_restart = differing_keys(to_toml(applied), to_toml(next));
+        Config previous = config_;
+        config_ = applied;
+        if (link_) {
+            if (auto keys_reloaded = link_->reload_authorized_keys(); !keys_reloaded) {
+                config_ = previous;
+                log::error("reload refused, keeping the running configuration: {}", keys_reloaded.error().message);
+                return Error{"reload refused: " + keys_reloaded.error().message, "failed"};
+            }
+        }
+        if (http_) http_->config_changed();
+        if (needs_restart.empty()) {
+            log::notice("configuration reloaded");
+        } else {
+            log::warning("configuration reloaded; changes to {} take effect after a restart", needs_restart);
+        }
+        return Ok{};
+    }
+
 private:
+    // The keys whose lines differ between two to_toml() texts, as "section.key, ...".
+    static std::string differing_keys(const std::string& a, const std::string& b) {
+        auto lines = [](const std::string& text) {
+            std::map<std::string, std::string> out;
+            std::string section;
+            size_t pos = 0;
+            while (pos < text.size()) {
+                size_t end = text.find('\n', pos);
+                std::string line = text.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+                pos = end == std::string::npos ? text.size() : end + 1;
+                if (line.size() > 2 && line.front() == '[') section = line.substr(1, line.size() - 2);
+                else if (auto eq = line.find(" = "); eq != std::string::npos) out[section + "." + line.substr(0, eq)] = line;
+            }
+            return out;
+        };
+        auto la = lines(a), lb = lines(b);
+        std::string keys;
+        for (const auto& [key, line] : lb) {
+            if (la[key] != line) keys += (keys.empty() ? "" : ", ") + key;
+        }
+        return keys;
+    }
+
+    void wait_for_reload_signal() {
+        reload_signal_.async_wait([this](const boost::system::error_code& ec, int) {
+            if (ec || stopping_) return;
+            log::info("received HUP; reloading the configuration");
+            (void)reload();
+            wait_for_reload_signal();
+        });
+    }
+
     Status head_rank(uint32_t rank) const {
         if (!link_) return Error{"drain and undrain are done on the head, which routes requests", "not-local"};
         if (rank >= config_.dp_size()) {
@@ -437,16 +514,18 @@ private:
         supervisor_.stop_all(std::chrono::seconds(5), [this] {
             watchdog_timer_.cancel();
             signals_.cancel();
+            reload_signal_.cancel();
             // Let the last responses reach their clients before the loop ends.
             drain_timer_.expires_after(std::chrono::milliseconds(100));
             drain_timer_.async_wait([this](const boost::system::error_code&) { io_.stop(); });
         });
     }
 
-    const Config& config_;
+    Config config_;  // every part holds a reference to this one: reload() updates it in place
+    const std::vector<std::string> argv_;
     RuntimeDir runtime_dir_;
     asio::io_context io_;
-    asio::signal_set signals_;
+    asio::signal_set signals_, reload_signal_;
     asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_, pending_timer_;
     Supervisor supervisor_;
     std::unique_ptr<RankLink> link_;
@@ -462,7 +541,7 @@ private:
 
 }  // namespace
 
-int run_node(const Config& config) {
+int run_node(const Config& config, std::vector<std::string> argv) {
     log::set_identity("dpengined");
     ::signal(SIGPIPE, SIG_IGN);
     auto runtime_dir = RuntimeDir::open(config.daemon.runtime_directory);
@@ -470,7 +549,7 @@ int run_node(const Config& config) {
         log::error("{}", runtime_dir.error().message);
         return exit_code::failure;
     }
-    Node node(config, std::move(runtime_dir).value());
+    Node node(config, std::move(argv), std::move(runtime_dir).value());
     return node.run();
 }
 

@@ -5,9 +5,13 @@
 
 #include "core/config.hpp"
 
+#include <string>
+#include <vector>
+
 namespace dpengine {
 
-// Runs the node until SIGTERM/SIGINT; returns the process exit code.
-int run_node(const Config& config);
+// Runs the node until SIGTERM/SIGINT; returns the process exit code. SIGHUP (and the bus's
+// Reload) parse `argv` again the way main() did and apply what can change while running.
+int run_node(const Config& config, std::vector<std::string> argv);
 
 }  // namespace dpengine

@@ -30,6 +30,7 @@ public:
     virtual Status undrain_rank(uint32_t rank) = 0;
     virtual Status stop_node() = 0;
     virtual Status start_node() = 0;
+    virtual Status reload() = 0;  // re-read the configuration; refuses a broken one
 };
 
 }  // namespace dpengine

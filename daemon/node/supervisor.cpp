@@ -65,6 +65,10 @@ Result<pid_t> Supervisor::spawn(uint32_t rank, const std::vector<std::string>& a
         // Only async-signal-safe calls from here to exec: the parent is multi-threaded.
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (::getppid() != parent) ::_exit(127);  // the daemon died before prctl took effect
+        // Nothing of the daemon's (HTTP listener, client connections, sockets) leaks into the
+        // rank: close every descriptor but the exec report pipe, which closes on exec itself.
+        ::syscall(SYS_close_range, 3u, static_cast<unsigned>(report[1]) - 1, 0u);
+        ::syscall(SYS_close_range, static_cast<unsigned>(report[1]) + 1, ~0u, 0u);
         sigset_t all;
         sigemptyset(&all);
         ::sigprocmask(SIG_SETMASK, &all, nullptr);
