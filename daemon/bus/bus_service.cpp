@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 
 #include <grp.h>
+#include <pwd.h>
 #include <poll.h>
 #include <time.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <vector>
 
 namespace dpengine {
 
@@ -26,20 +28,27 @@ NodeControl& node_of(void* userdata) { return *static_cast<NodeControl*>(userdat
 // The bus policy says the same; this holds even on a bus without our policy file.
 int check_may_manage(sd_bus_message* m, sd_bus_error* error) {
     sd_bus_creds* creds = nullptr;
-    int r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID | SD_BUS_CREDS_EGID | SD_BUS_CREDS_SUPPLEMENTARY_GIDS |
-                                             SD_BUS_CREDS_AUGMENT, &creds);
+    int r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
     if (r < 0) return sd_bus_error_set_errno(error, r);
     std::unique_ptr<sd_bus_creds, decltype(&sd_bus_creds_unref)> owned(creds, &sd_bus_creds_unref);
     uid_t euid = 0;
-    if (sd_bus_creds_get_euid(creds, &euid) >= 0 && (euid == 0 || euid == ::geteuid())) return 0;
-    if (const group* g = ::getgrnam(bus::manage_group)) {
-        gid_t egid = 0;
-        if (sd_bus_creds_get_egid(creds, &egid) >= 0 && egid == g->gr_gid) return 0;
-        const gid_t* gids = nullptr;
-        int n = sd_bus_creds_get_supplementary_gids(creds, &gids);
-        for (int i = 0; i < n; ++i) {
-            if (gids[i] == g->gr_gid) return 0;
+    if (sd_bus_creds_get_euid(creds, &euid) < 0) {
+        return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot tell who is calling");
+    }
+    if (euid == 0 || euid == ::geteuid()) return 0;
+    // The caller's groups from the user database, not from /proc (which the unit hides with
+    // ProtectProc=invisible).
+    const group* g = ::getgrnam(bus::manage_group);
+    const passwd* pw = ::getpwuid(euid);
+    if (g && pw) {
+        std::vector<gid_t> groups(64);
+        int n = static_cast<int>(groups.size());
+        if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n) < 0) {
+            groups.resize(n);
+            ::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n);
         }
+        groups.resize(std::max(n, 0));
+        if (std::find(groups.begin(), groups.end(), g->gr_gid) != groups.end()) return 0;
     }
     return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
                              "changing dpengine needs root or membership of the group '%s'", bus::manage_group);

@@ -274,12 +274,14 @@ Outputs get_outputs(Reader& r) {
             if (n > max_items) throw DecodeError("too many output items");
             m.items.resize(n);
             for (auto& o : m.items) {
-                if (r.array() < 5) throw DecodeError("OUTPUTS: item needs 5 fields");
+                uint32_t fields = r.array();
+                if (fields < 5) throw DecodeError("OUTPUTS: item needs 5 fields");
                 o.id = r.uint();
                 o.text = r.str();
                 o.new_tokens = u32(r);
                 o.finish = r.str();
                 o.prompt_tokens = u32(r);
+                for (; fields > 5; --fields) r.skip();  // appended by a newer minor version
             }
         } else if (k == "running") m.running = u32(r);
         else if (k == "waiting") m.waiting = u32(r);

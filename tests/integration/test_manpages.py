@@ -1,0 +1,333 @@
+"""The man pages against the code they document.
+
+- Every rendered page (BUILD/man/*.N, from man/*.scd) is `mandoc -Tlint` clean. Only STYLE
+  remarks are ignored: scdoc writes lower-case titles (as systemd's pages have) and keeps the
+  source's line breaks, which mandoc's style checks flag ("lower case character in document
+  title", "input text line longer than 80 bytes"); neither changes the rendered page.
+- dpengined(8): every option of `dpengined --help` is documented under OPTIONS, with the same
+  value name, and nothing else is; every exit code of daemon/core/exit_codes.hpp is under
+  EXIT STATUS, and nothing else is.
+- dpengined.toml(5): every key printed by `dpengined --check-config` is documented under
+  OPTIONS in its [section], and nothing else is; a "Default X" in a key's text matches the
+  built-in default.
+- dpctl(1): every command, option and exit status of `dpctl --help` (and ctl/verbs.hpp) is
+  documented, and nothing else is.
+- dpengine-protocol(7): every message type of daemon/core/wire.hpp (number and name), every
+  field name the encoder writes, and every REFUSED/ERROR reason code the head and the ranks
+  send appear in the page.
+- The section order follows systemd's: NAME, SYNOPSIS, DESCRIPTION, OPTIONS, COMMANDS,
+  EXIT STATUS, ENVIRONMENT, FILES, ..., EXAMPLES, SEE ALSO (those a page has).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
+BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
+MANDIR = os.path.join(BUILD, "man")
+DPENGINED = os.path.join(BUILD, "daemon", "dpengined")
+DPCTL = os.path.join(BUILD, "ctl", "dpctl")
+PAGES = ["dpengined.8", "dpctl.1", "dpengined.toml.5", "dpengine-protocol.7"]
+ORDER = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "EXIT STATUS", "ENVIRONMENT",
+         "FILES", "EXAMPLES", "SEE ALSO"]
+
+failures: list[str] = []
+
+
+def check(cond: bool, what: str, detail: object = None) -> None:
+    if cond:
+        print(f"  ok: {what}", flush=True)
+    else:
+        print(f"FAILED: {what}" + (f"\n    detail: {detail}" if detail is not None else ""), flush=True)
+        failures.append(what)
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def plain(roff: str) -> str:
+    """Roff text without font escapes and zero-width joiners: "\\fB--port\\fR" -> "--port"."""
+    text = re.sub(r"\\f[BIRP]", "", roff)
+    text = text.replace("\\&", "").replace("\\(aq", "'").replace("\\-", "-").replace("\\e", "\\")
+    return text
+
+
+def sections(roff: str) -> dict[str, list[str]]:
+    """Top-level section name -> its roff lines."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in roff.splitlines():
+        if m := re.match(r'^\.SH "?([^"]+)"?$', line):
+            current = m[1].strip()
+            out[current] = []
+        elif current:
+            out[current].append(line)
+    return out
+
+
+def terms(lines: list[str]) -> list[tuple[str | None, str, str]]:
+    """The definition-list terms of a section (lines outside .RS/.RE blocks that start with
+    bold text): (subsection, term line as plain text, the indented text that follows)."""
+    found: list[tuple[str | None, str, list[str]]] = []
+    depth, sub, last = 0, None, None
+    for line in lines:
+        if m := re.match(r'^\.SS "?([^"]+)"?$', line):
+            sub = m[1].strip()
+            last = None
+        elif line.startswith(".RS"):
+            depth += 1
+        elif line.startswith(".RE"):
+            depth -= 1
+            if depth == 0:
+                last = None
+        elif depth == 0 and line.startswith("\\fB"):
+            last = [sub, plain(line), []]
+            found.append(last)
+        elif depth > 0 and last is not None and not line.startswith("."):
+            last[2].append(plain(line))
+    return [(s, t, " ".join(body)) for s, t, body in found]
+
+
+def lint(page: str) -> None:
+    out = run(["mandoc", "-Tlint", "-W", "all", os.path.join(MANDIR, page)])
+    problems = [l for l in (out.stdout + out.stderr).splitlines() if l.strip() and ": STYLE: " not in l]
+    check(not problems, f"{page}: mandoc -Tlint reports nothing above STYLE", "\n".join(problems))
+
+
+def section_order(page: str, names: list[str]) -> None:
+    known = [n for n in names if n in ORDER]
+    check(known == sorted(known, key=ORDER.index), f"{page}: sections in systemd's order", names)
+    check(names[:3] == ["NAME", "SYNOPSIS", "DESCRIPTION"] or page.endswith(".7") and names[:2] == ["NAME", "DESCRIPTION"],
+          f"{page}: starts with NAME, SYNOPSIS, DESCRIPTION", names[:3])
+    check(names[-1] == "SEE ALSO", f"{page}: ends with SEE ALSO", names[-1:])
+
+
+def help_options() -> dict[str, str]:
+    """--help's options: flag -> value name ("" for none), e.g. {"--port": "PORT", "-dp": "N"}."""
+    out = run([DPENGINED, "--help"])
+    opts: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"^\s+((?:-{1,2}[A-Za-z0-9][A-Za-z0-9-]*\s*)+)(?:=(\S+))?\s{2,}\S", line)
+        if not m:
+            continue
+        for flag in m[1].split():
+            opts[flag] = m[2] or ""
+    return opts
+
+
+def test_dpengined_8() -> None:
+    print("== dpengined(8)", flush=True)
+    roff = read(os.path.join(MANDIR, "dpengined.8"))
+    secs = sections(roff)
+    section_order("dpengined.8", list(secs))
+    help_opts = help_options()
+    check(len(help_opts) >= 10, f"--help lists options ({len(help_opts)})", help_opts)
+    documented: dict[str, str] = {}
+    for _, term, _ in terms(secs.get("OPTIONS", [])):
+        value = re.search(r"=(\S+)\s*$", term)
+        for flag in re.findall(r"(?<![\w-])(-{1,2}[A-Za-z0-9][A-Za-z0-9-]*)", term):
+            documented[flag] = value[1] if value else ""
+    for flag, value in sorted(help_opts.items()):
+        check(flag in documented, f"{flag} (from --help) is documented")
+        if flag in documented:
+            check(documented[flag] == value, f"{flag} takes {value or 'no value'} in both", documented[flag])
+    for flag in sorted(set(documented) - set(help_opts)):
+        check(False, f"documented option {flag} exists in --help")
+
+    codes = {}
+    for m in re.finditer(r"constexpr int (\w+) = (\d+);", read(os.path.join(SRC, "daemon", "core", "exit_codes.hpp"))):
+        codes[int(m[2])] = m[1]
+    listed = {int(t) for _, t, _ in terms(secs.get("EXIT STATUS", [])) if t.strip().isdigit()}
+    for code, name in sorted(codes.items()):
+        check(code in listed, f"exit status {code} ({name}) is documented")
+    for code in sorted(listed - set(codes)):
+        check(False, f"documented exit status {code} exists in exit_codes.hpp")
+
+
+def check_config() -> dict[str, str]:
+    out = run([DPENGINED, "--config", "/dev/null", "--check-config"])
+    values, section = {}, ""
+    for line in out.stdout.splitlines():
+        if m := re.match(r"^\[(\w+)\]$", line):
+            section = m[1]
+        elif m := re.match(r"^(\w+) = (.*)$", line):
+            values[f"{section}.{m[1]}"] = m[2]
+        elif m := re.match(r"^# (\w+) is unset$", line):
+            values[f"{section}.{m[1]}"] = ""
+    return values
+
+
+def same_value(documented: str, actual: str) -> bool:
+    documented = documented.rstrip(".,;)")
+    if documented == "empty":
+        documented = '""'
+    try:
+        return float(documented) == float(actual)
+    except ValueError:
+        return documented.strip('"') == actual.strip('"')
+
+
+def test_dpengined_toml_5() -> None:
+    print("== dpengined.toml(5)", flush=True)
+    roff = read(os.path.join(MANDIR, "dpengined.toml.5"))
+    secs = sections(roff)
+    section_order("dpengined.toml.5", list(secs))
+    actual = check_config()
+    check(len(actual) >= 10, f"--check-config prints keys ({len(actual)})")
+    documented: dict[str, str] = {}
+    for sub, term, body in terms(secs.get("OPTIONS", [])):
+        m = re.match(r"^([a-z_]+)\s*=", term)
+        if not m or not sub:
+            continue
+        key = f"{sub.strip('[]')}.{m[1]}"
+        documented[key] = body
+    for key in sorted(actual):
+        check(key in documented, f"{key} (from --check-config) is documented")
+        if key in documented:
+            m = re.search(r"\bDefault (\S+)", documented[key])
+            if m:
+                check(same_value(m[1], actual[key]), f"{key}: documented default {m[1]} == {actual[key]}")
+    for key in sorted(set(documented) - set(actual)):
+        check(False, f"documented key {key} exists in --check-config")
+
+
+def dpctl_help() -> tuple[set[str], dict[str, str], set[int]]:
+    """`dpctl --help`: its commands ("keys generate"), options (flag -> value name) and exit
+    statuses."""
+    out = run([DPCTL, "--help"]).stdout
+    commands, options, statuses = set(), {}, set()
+    part = ""
+    for line in out.splitlines():
+        if re.match(r"^\S.*:$", line):
+            part = line
+            continue
+        if part.startswith("Options"):
+            m = re.match(r"^\s+((?:-{1,2}[A-Za-z0-9][A-Za-z0-9-]*\s)+)\s*([A-Z]+)?\s", line + " ")
+            if m:
+                for flag in m[1].split():
+                    options[flag] = m[2] or ""
+        elif part.startswith("Exit status"):
+            if m := re.match(r"^\s+(\d+)\s", line):
+                statuses.add(int(m[1]))
+        elif m := re.match(r"^  ([a-z][a-z-]*(?: [a-z][a-z-]*)*)(?=\s|$)", line):
+            commands.add(m[1])
+    return commands, options, statuses
+
+
+def test_dpctl_1() -> None:
+    print("== dpctl(1)", flush=True)
+    roff = read(os.path.join(MANDIR, "dpctl.1"))
+    secs = sections(roff)
+    section_order("dpctl.1", list(secs))
+    out = run([DPCTL, "version"])
+    check(out.returncode == 0, "dpctl version exits 0")
+
+    help_commands, help_options, help_statuses = dpctl_help()
+    check(len(help_commands) >= 1, f"dpctl --help lists commands ({sorted(help_commands)})")
+    documented = set()
+    for _, term, _ in terms(secs.get("COMMANDS", [])):
+        if m := re.match(r"^([a-z][a-z-]*(?: [a-z][a-z-]*)*)", term):
+            documented.add(m[1])
+    for command in sorted(help_commands):
+        check(command in documented, f"dpctl {command} (from --help) is documented")
+    for command in sorted(documented - help_commands):
+        check(False, f"documented command dpctl {command} exists in --help")
+
+    doc_options: dict[str, str] = {}
+    for _, term, _ in terms(secs.get("OPTIONS", [])):
+        value = re.search(r"=(\S+)\s*$", term)
+        for flag in re.findall(r"(?<![\w-])(-{1,2}[A-Za-z0-9][A-Za-z0-9-]*)", term):
+            doc_options[flag] = value[1] if value else ""
+    for flag, value in sorted(help_options.items()):
+        check(flag in doc_options, f"dpctl {flag} (from --help) is documented")
+        if flag in doc_options:
+            check(doc_options[flag] == value, f"dpctl {flag} takes {value or 'no value'} in both", doc_options[flag])
+    for flag in sorted(set(doc_options) - set(help_options)):
+        check(False, f"documented option dpctl {flag} exists in --help")
+
+    code = {int(m[2]) for m in re.finditer(r"constexpr int (\w+) = (\d+);", read(os.path.join(SRC, "ctl", "verbs.hpp")))} \
+        if os.path.exists(os.path.join(SRC, "ctl", "verbs.hpp")) else help_statuses
+    listed = {int(t) for _, t, _ in terms(secs.get("EXIT STATUS", [])) if t.strip().isdigit()}
+    for status in sorted(code | help_statuses):
+        check(status in listed, f"dpctl exit status {status} is documented")
+    for status in sorted(listed - code - help_statuses):
+        check(False, f"documented dpctl exit status {status} exists in the code")
+
+
+def test_protocol_7() -> None:
+    print("== dpengine-protocol(7)", flush=True)
+    roff = read(os.path.join(MANDIR, "dpengine-protocol.7"))
+    section_order("dpengine-protocol.7", list(sections(roff)))
+    text = plain(roff)
+    wire_hpp = read(os.path.join(SRC, "daemon", "core", "wire.hpp"))
+    wire_cpp = read(os.path.join(SRC, "daemon", "core", "wire.cpp"))
+    enum = re.search(r"enum class Type[^{]*\{([^}]*)\}", wire_hpp)
+    types = re.findall(r"(\w+)\s*=\s*(\d+)", enum[1]) if enum else []
+    check(len(types) >= 10, f"wire.hpp has message types ({len(types)})")
+    for name, number in types:
+        check(re.search(rf"^{number}\nT\{{\n{name.upper()}\n|^{number}\s+{name.upper()}\b|\b{name.upper()}\b\s*\({number}\)",
+                        text, re.M) is not None or (name.upper() in text and f"\n{number}\n" in text),
+              f"type {number} {name.upper()} is in the page")
+    fields = sorted(set(re.findall(r'w\.str\("([a-z_]+)"\)', wire_cpp)))
+    for field in fields:
+        check(re.search(rf"\b{field}\b", text) is not None, f"field '{field}' is in the page")
+    m = re.search(r"protocol_major = (\d+);.*?protocol_minor = (\d+);", wire_hpp, re.S)
+    if m:
+        check(f"version *{m[1]}.{m[2]}*" in read(os.path.join(SRC, "man", "dpengine-protocol.7.scd")),
+              f"the page documents protocol version {m[1]}.{m[2]}")
+    codes: set[str] = set()
+    for path in ("daemon/head/rank_link.cpp", "daemon/node/manager.cpp", "daemon/engine/rank.cpp",
+                 "daemon/core/wire.hpp"):
+        src = read(os.path.join(SRC, path))
+        codes |= set(re.findall(r'(?:refuse(?:_logged)?\((?:[\w.]+,\s*)?|(?:Refused|ErrorReply)\{)"([a-z-]+)"', src))
+        # Failure codes the head logs and reports for a rank: fail_rank(slot, reason, "code").
+        codes |= set(re.findall(r'(?:fail_rank|rank_failed)\([^;]*?,\s*"([a-z-]+)"\)', src, re.S))
+        if path.endswith("wire.hpp"):
+            codes |= set(re.findall(r'"(malformed|unknown-type|version-mismatch)"', src))
+    check(len(codes) >= 5, f"reason codes found in the code ({len(codes)})", sorted(codes))
+    for code in sorted(codes):
+        check(re.search(rf"(?<![\w-]){re.escape(code)}(?![\w-])", text) is not None, f"reason code {code} is in the page")
+
+
+def main() -> int:
+    if not os.path.isdir(MANDIR) or not all(os.path.exists(os.path.join(MANDIR, p)) for p in PAGES):
+        if not shutil.which("scdoc"):
+            print("skipped: scdoc is missing, so the man pages were not built (scripts/install-deps installs it)")
+            return 0
+        print(f"FAIL: the man pages are not in {MANDIR}; build first ({PAGES})")
+        return 1
+    for page in PAGES:
+        check(os.path.exists(os.path.join(MANDIR, page + ".gz")), f"{page}.gz built for installing")
+    if shutil.which("mandoc"):
+        print("== mandoc -Tlint", flush=True)
+        rendered = sorted(p for p in os.listdir(MANDIR) if re.match(r"^.+\.\d$", p))
+        for page in rendered:  # every page built from man/*.scd, not only those checked below
+            lint(page)
+    else:
+        print("note: mandoc is missing; lint skipped (scripts/install-deps installs it)")
+    for test in (test_dpengined_8, test_dpengined_toml_5, test_dpctl_1, test_protocol_7):
+        try:
+            test()
+        except Exception as e:
+            check(False, f"{test.__name__} ran", repr(e))
+    if failures:
+        print(f"FAIL: {len(failures)} check(s) failed")
+        return 1
+    print("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
