@@ -50,41 +50,28 @@ Result<pid_t> Supervisor::spawn(uint32_t rank, const std::vector<std::string>& a
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
 
-    // The child reports a failed exec through this pipe; a successful exec closes it.
-    int report[2];
-    if (::pipe2(report, O_CLOEXEC) != 0) return Error{std::string("pipe2: ") + std::strerror(errno)};
+    // vfork: the daemon's thread waits only until the child has exec'd (no copy of the daemon's
+    // address space, so spawning 256 ranks is not 256 page-table copies), and a failed exec
+    // reports its errno through the memory the two share until then.
+    volatile int exec_errno = 0;
     const pid_t parent = ::getpid();
-    pid_t pid = ::fork();
-    if (pid < 0) {
-        int err = errno;
-        ::close(report[0]);
-        ::close(report[1]);
-        return Error{std::string("cannot start rank process: fork: ") + std::strerror(err)};
-    }
+    pid_t pid = ::vfork();
+    if (pid < 0) return Error{std::string("cannot start rank process: vfork: ") + std::strerror(errno)};
     if (pid == 0) {
-        // Only async-signal-safe calls from here to exec: the parent is multi-threaded.
+        // Only plain system calls from here to exec: the child borrows the daemon's memory.
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (::getppid() != parent) ::_exit(127);  // the daemon died before prctl took effect
-        // Nothing of the daemon's (HTTP listener, client connections, sockets) leaks into the
-        // rank: close every descriptor but the exec report pipe, which closes on exec itself.
-        ::syscall(SYS_close_range, 3u, static_cast<unsigned>(report[1]) - 1, 0u);
-        ::syscall(SYS_close_range, static_cast<unsigned>(report[1]) + 1, ~0u, 0u);
         sigset_t all;
         sigemptyset(&all);
         ::sigprocmask(SIG_SETMASK, &all, nullptr);
         ::setpgid(0, 0);  // the rank and anything it starts form one group, stopped together
+        // Nothing of the daemon's (HTTP listener, client connections, sockets) leaks into it.
+        ::syscall(SYS_close_range, 3u, ~0u, 0u);
         ::execv(args[0], args.data());
-        int err = errno;
-        (void)!::write(report[1], &err, sizeof err);
+        exec_errno = errno;
         ::_exit(127);
     }
-    ::close(report[1]);
-    int exec_errno = 0;
-    ssize_t n;
-    do n = ::read(report[0], &exec_errno, sizeof exec_errno);
-    while (n < 0 && errno == EINTR);
-    ::close(report[0]);
-    if (n == sizeof exec_errno) {
+    if (exec_errno != 0) {
         ::waitpid(pid, nullptr, 0);
         return Error{"cannot run the engine program " + argv[0] + ": " + std::strerror(exec_errno) +
                      "; set daemon.engine_program"};
