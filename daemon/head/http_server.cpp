@@ -355,12 +355,16 @@ private:
         response_complete_ = false;
         self_.reset();
         if (!keep_alive_) return close();
-        if (watching_) {
-            next_request_after_watch_ = true;
-            arm_timer(server_.config_.frontend.idle_timeout, [](HttpSession& s) { s.close(); });
-        } else {
-            read_request();
+        if (!watching_) return read_request();
+        if (buffer_.size() > 0) {
+            // The next request is already here (pipelined): stop watching and parse it.
+            resume_after_cancel_ = true;
+            beast::error_code ignored;
+            socket_.cancel(ignored);
+            return;
         }
+        next_request_after_watch_ = true;
+        arm_timer(server_.config_.frontend.idle_timeout, [](HttpSession& s) { s.close(); });
     }
 
     // While a request is served nothing else reads the socket, so a client that disconnects
@@ -370,6 +374,10 @@ private:
         watching_ = true;
         socket_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
             self->watching_ = false;
+            if (ec == asio::error::operation_aborted && self->resume_after_cancel_) {
+                self->resume_after_cancel_ = false;
+                return self->read_request();
+            }
             if (ec) return self->peer_gone();
             self->buffer_.commit(n);
             if (self->request_) return self->watch_peer();
@@ -423,6 +431,7 @@ private:
     bool watching_ = false;
     bool response_complete_ = false;
     bool next_request_after_watch_ = false;
+    bool resume_after_cancel_ = false;
     std::string out_, in_write_;
 
     std::optional<openai::CompletionRequest> request_;

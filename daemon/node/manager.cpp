@@ -70,6 +70,13 @@ public:
         const auto& dp = config_.data_parallel;
         endpoint_ = config_.has_remote_ranks() ? transport::tcp_endpoint(dp.address, dp.rpc_port)
                                                : transport::ipc_endpoint(runtime_dir_.path(), "rpc.sock");
+        // However run() ends, no socket file is left behind.
+        struct RemoveSocketFile {
+            std::string path;
+            ~RemoveSocketFile() {
+                if (!path.empty()) ::unlink(path.c_str());
+            }
+        } socket_file{transport::ipc_path(endpoint_)};
         if (config_.node.role == Role::head) {
             if (auto started = start_head(); !started) {
                 log::error("{}", started.error().message);
@@ -103,7 +110,6 @@ public:
         });
         update_status();
         io_.run();
-        if (auto path = transport::ipc_path(endpoint_); !path.empty()) ::unlink(path.c_str());
         log::info("stopped");
         return exit_code::ok;
     }
