@@ -93,6 +93,13 @@ Result<KeyPair> generate() {
 Status write_key_pair(const std::string& path, const KeyPair& pair, const std::string& node, bool overwrite) {
     std::string secret = "# dpengine CurveZMQ secret key of node " + node + ". Keep it private (mode 0600).\n" +
                          pair.secret_z85 + "\n";
+    // Check both names first: a new secret beside a stale .pub of another key would be worse
+    // than no key at all.
+    if (!overwrite) {
+        for (const auto& p : {path, path + ".pub"}) {
+            if (::access(p.c_str(), F_OK) == 0) return Error{p + " already exists; remove it first or pass --force"};
+        }
+    }
     if (auto s = write_file(path, secret, 0600, overwrite); !s) return s;
     return write_file(path + ".pub", pair.public_z85 + " " + node + "\n", 0644, overwrite);
 }
@@ -128,8 +135,12 @@ Result<KeyPair> load_secret(const std::string& path) {
 Result<std::string> load_public(const std::string& path) {
     auto text = read_file(path);
     if (!text) return text.error();
+    // A public key line names its node ("KEY NODE"); a secret key file holds a bare key, so
+    // this refuses to pass a secret off as a public key.
     auto w = words(first_content_line(*text));
-    if (w.empty() || !is_z85_key(w[0])) return Error{path + " does not hold a CURVE public key (40 Z85 characters)"};
+    if (w.size() < 2 || !is_z85_key(w[0])) {
+        return Error{path + " does not hold a public key line ('KEY NODE', as dpctl keys generate writes to PATH.pub)"};
+    }
     return w[0];
 }
 

@@ -292,10 +292,24 @@ TEST_CASE("keys: load_public reads a .pub file or a 'KEY NODE' line", "[keys]") 
     if (!from_line) FAIL(from_line.error().message);
     CHECK(*from_line == example_server_public);
 
+    // A bare key is what a secret key file holds: refused, so a secret is never passed off as
+    // a public key.
     std::string bare = dir.write("bare", std::string("  ") + example_client_public + "\n", 0644);
     auto from_bare = keys::load_public(bare);
-    REQUIRE(from_bare.ok());
-    CHECK(*from_bare == example_client_public);
+    REQUIRE_FALSE(from_bare.ok());
+    CHECK_THAT(from_bare.error().message, Catch::Contains("KEY NODE"));
+    auto from_secret = keys::load_public(path);
+    CHECK_FALSE(from_secret.ok());
+}
+
+TEST_CASE("keys: write_key_pair writes nothing when either file exists", "[keys]") {
+    KeysTempDir dir;
+    std::string path = dir.file("node.key");
+    dir.write("node.key.pub", "stale\n", 0644);
+    auto written = keys::write_key_pair(path, new_pair(), "node-a", false);
+    REQUIRE_FALSE(written.ok());
+    CHECK_THAT(written.error().message, Catch::Contains("node.key.pub already exists"));
+    CHECK_FALSE(std::filesystem::exists(path));
 }
 
 TEST_CASE("keys: load_public refuses a missing file and a malformed key", "[keys]") {

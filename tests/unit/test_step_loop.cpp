@@ -777,6 +777,10 @@ TEST_CASE("step loop: a too-long prompt behind a full batch waits its turn, then
     CHECK(h.loop->steps() == 4);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Regressions: both failed against the first version of step_loop.cpp (pieces were not cleared
+// between steps; chunks were only kept whole while text was being held back)
+// ---------------------------------------------------------------------------------------------
 
 TEST_CASE("step loop: without stop strings, chunks still never split a UTF-8 character",
           "[step_loop]") {
