@@ -1,7 +1,11 @@
-// dpctl's verbs: one function each, taking the arguments after the verb and returning the exit
-// status (documented in dpctl(1)).
+// dpctl's verbs: one function each, taking the options and the arguments after the verb and
+// returning the exit status (documented in --help and dpctl(1)). A verb that cannot go on
+// throws Failure; main() prints its message and exits with its status.
 #pragma once
 
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -9,12 +13,38 @@ namespace dpctl {
 
 namespace exit_status {
 inline constexpr int ok = 0;
-inline constexpr int failure = 1;
-inline constexpr int invalid_arguments = 2;
+inline constexpr int failure = 1;             // the operation failed or did not complete in time
+inline constexpr int invalid_arguments = 2;   // bad command line; nothing was asked of the daemon
+inline constexpr int not_running = 3;         // no org.dpengine1 on the system bus, or no bus
+inline constexpr int access_denied = 4;       // the caller may not do this
+inline constexpr int rejected = 5;            // the daemon refused the request as invalid
 }  // namespace exit_status
+
+struct Failure : std::runtime_error {
+    Failure(int status, const std::string& message) : std::runtime_error(message), status(status) {}
+    int status;
+};
 
 using Args = std::vector<std::string>;
 
+// The options every verb sees (those that do not apply to a verb are ignored by it).
+struct Options {
+    bool json = false;
+    bool legend = true;
+    bool block = true;                 // wait for start/stop/restart/drain to complete
+    double timeout_s = 600;            // ... for at most this long
+    bool follow = false;               // logs
+    std::optional<unsigned> lines;     // logs
+};
+
+// A rank number as typed: decimal digits only (exit 2 otherwise, before any bus call).
+uint32_t parse_rank(const std::string& verb, const std::string& text);
+
+int status_verb(const Options& options, const Args& args);
+int ranks_verb(const Options& options, const Args& args);
+int rank_action_verb(const std::string& verb, const Options& options, const Args& args);  // start stop ...
+int node_action_verb(const std::string& verb, const Options& options, const Args& args);  // start-node stop-node
+int logs_verb(const Options& options, const Args& args);
 int keys_verb(const Args& args);
 
 }  // namespace dpctl

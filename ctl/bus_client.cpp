@@ -1,0 +1,186 @@
+#include "bus_client.hpp"
+
+#include "bus/api.hpp"
+#include "verbs.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+namespace dpctl {
+
+namespace api = dpengine::bus;
+
+namespace {
+
+constexpr const char* properties_interface = "org.freedesktop.DBus.Properties";
+
+std::string bus_address() {
+    const char* address = std::getenv("DBUS_SYSTEM_BUS_ADDRESS");
+    return address && *address ? address : "unix:path=/run/dbus/system_bus_socket";
+}
+
+bool is_connection_error(int r) {
+    return r == -ENOENT || r == -ECONNREFUSED || r == -ECONNRESET || r == -ENOTCONN || r == -EPIPE ||
+           r == -ESHUTDOWN || r == -EACCES || r == -EPERM || r == -ENXIO;
+}
+
+std::string not_running_message() {
+    return std::string("dpengined is not running (") + api::service +
+           " is not on the system bus); start it with 'systemctl start dpengined'";
+}
+
+// Reads one a{sv} property dictionary into `set(name, reader)` calls.
+template <class Set>
+int read_properties(sd_bus_message* m, Set&& set) {
+    int r = sd_bus_message_enter_container(m, 'a', "{sv}");
+    if (r < 0) return r;
+    while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+        const char* name = nullptr;
+        if ((r = sd_bus_message_read(m, "s", &name)) < 0) return r;
+        char type = 0;
+        const char* contents = nullptr;
+        if ((r = sd_bus_message_peek_type(m, &type, &contents)) < 0) return r;
+        if ((r = sd_bus_message_enter_container(m, 'v', contents)) < 0) return r;
+        std::string_view sig = contents ? contents : "";
+        if (sig == "s") {
+            const char* s = nullptr;
+            if ((r = sd_bus_message_read(m, "s", &s)) < 0) return r;
+            set(std::string_view(name), std::string(s), uint64_t(0));
+        } else if (sig == "u") {
+            uint32_t u = 0;
+            if ((r = sd_bus_message_read(m, "u", &u)) < 0) return r;
+            set(std::string_view(name), std::string(), uint64_t(u));
+        } else if (sig == "t") {
+            uint64_t t = 0;
+            if ((r = sd_bus_message_read(m, "t", &t)) < 0) return r;
+            set(std::string_view(name), std::string(), t);
+        } else if ((r = sd_bus_message_skip(m, contents)) < 0) {  // a property this dpctl does not know
+            return r;
+        }
+        if ((r = sd_bus_message_exit_container(m)) < 0) return r;  // v
+        if ((r = sd_bus_message_exit_container(m)) < 0) return r;  // e
+    }
+    if (r < 0) return r;
+    return sd_bus_message_exit_container(m);
+}
+
+}  // namespace
+
+BusClient BusClient::connect() {
+    sd_bus* raw = nullptr;
+    int r = sd_bus_open_system(&raw);
+    BusPtr bus(raw);
+    if (r < 0) {
+        throw Failure(exit_status::not_running,
+                      "cannot connect to the system bus at " + bus_address() + ": " + std::strerror(-r) +
+                          "; dpengined is controlled over D-Bus: is the D-Bus system bus running?");
+    }
+    return BusClient(std::move(bus));
+}
+
+void BusClient::fail(const std::string& what, int r, const BusError& error, bool mutating) const {
+    const std::string name = error.name(), message = error.message();
+    if (name == SD_BUS_ERROR_SERVICE_UNKNOWN || name == SD_BUS_ERROR_NAME_HAS_NO_OWNER) {
+        throw Failure(exit_status::not_running, not_running_message());
+    }
+    if (name == SD_BUS_ERROR_ACCESS_DENIED || name == SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED) {
+        if (mutating) {
+            throw Failure(exit_status::access_denied, std::string("access denied: changing dpengine needs root or "
+                                                                  "membership of the group '") +
+                                                          api::manage_group + "'");
+        }
+        throw Failure(exit_status::access_denied, "access denied: " + what + ": " + message);
+    }
+    if (name == SD_BUS_ERROR_INVALID_ARGS || name == api::error_bad_state || name == api::error_not_local ||
+        name == api::error_invalid_rank) {
+        throw Failure(exit_status::rejected, message.empty() ? name : message);
+    }
+    if (name == SD_BUS_ERROR_UNKNOWN_METHOD || name == SD_BUS_ERROR_UNKNOWN_OBJECT ||
+        name == SD_BUS_ERROR_UNKNOWN_INTERFACE || name == SD_BUS_ERROR_UNKNOWN_PROPERTY) {
+        throw Failure(exit_status::failure, what + ": the running dpengined does not offer this (" +
+                                                message + "); is it older than this dpctl (" DPENGINE_VERSION ")?");
+    }
+    if (name == SD_BUS_ERROR_NO_REPLY || name == SD_BUS_ERROR_TIMEOUT || r == -ETIMEDOUT) {
+        throw Failure(exit_status::failure, what + ": dpengined did not answer in time");
+    }
+    if (!error.is_set() && is_connection_error(r)) {
+        throw Failure(exit_status::not_running, std::string("lost the connection to the system bus at ") +
+                                                    bus_address() + " (" + std::strerror(-r) + ")");
+    }
+    if (name == api::error_failed || !message.empty()) throw Failure(exit_status::failure, what + ": " + message);
+    throw Failure(exit_status::failure, what + ": " + (name.empty() ? std::strerror(-r) : name));
+}
+
+ManagerInfo BusClient::manager() {
+    BusError error;
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, properties_interface, "GetAll",
+                               error.get(), &raw, "s", api::manager_interface);
+    MessagePtr reply(raw);
+    if (r < 0) fail("reading the daemon's properties", r, error, false);
+    ManagerInfo info;
+    r = read_properties(reply.get(), [&info](std::string_view name, std::string s, uint64_t n) {
+        if (name == "Role") info.role = std::move(s);
+        else if (name == "NodeName") info.node = std::move(s);
+        else if (name == "DPSize") info.dp_size = static_cast<uint32_t>(n);
+        else if (name == "Epoch") info.epoch = n;
+        else if (name == "ReadyRanks") info.ready_ranks = static_cast<uint32_t>(n);
+        else if (name == "Version") info.version = std::move(s);
+    });
+    if (r < 0) throw Failure(exit_status::failure, std::string("cannot parse the daemon's properties: ") + std::strerror(-r));
+    return info;
+}
+
+std::vector<RankRow> BusClient::ranks() {
+    BusError error;
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, api::list_ranks,
+                               error.get(), &raw, "");
+    MessagePtr reply(raw);
+    if (r < 0) fail("listing the ranks", r, error, false);
+    std::vector<RankRow> rows;
+    const std::string entry = std::string(api::list_ranks_signature).substr(1);  // "(usssuuuttss)"
+    if ((r = sd_bus_message_enter_container(reply.get(), 'a', entry.c_str())) >= 0) {
+        for (;;) {
+            RankRow row;
+            const char *state = nullptr, *node = nullptr, *device = nullptr, *last_error = nullptr, *reason = nullptr;
+            r = sd_bus_message_read(reply.get(), entry.c_str(), &row.rank, &state, &node, &device, &row.pid,
+                                    &row.in_flight, &row.queued, &row.served, &row.restarts, &last_error, &reason);
+            if (r <= 0) break;
+            row.state = state;
+            row.node = node;
+            row.device = device;
+            row.last_error = last_error;
+            row.reason = reason;
+            rows.push_back(std::move(row));
+        }
+        if (r >= 0) r = sd_bus_message_exit_container(reply.get());
+    }
+    if (r < 0) {
+        throw Failure(exit_status::failure, std::string("cannot parse the answer to ListRanks (expected ") +
+                                                api::list_ranks_signature + "): " + std::strerror(-r));
+    }
+    return rows;
+}
+
+void BusClient::manage(const char* method, uint32_t rank, const std::string& what) {
+    BusError error;
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, method,
+                               error.get(), &raw, "u", rank);
+    MessagePtr reply(raw);
+    if (r < 0) fail(what, r, error, true);
+}
+
+void BusClient::manage(const char* method, const std::string& what) {
+    BusError error;
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, method,
+                               error.get(), &raw, "");
+    MessagePtr reply(raw);
+    if (r < 0) fail(what, r, error, true);
+}
+
+}  // namespace dpctl

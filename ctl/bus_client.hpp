@@ -1,0 +1,89 @@
+// dpctl's side of org.dpengine1: a connection to the system bus ($DBUS_SYSTEM_BUS_ADDRESS is
+// honoured) and typed calls. Every failure is thrown as a Failure whose exit status and
+// message say what happened and how to fix it (see verbs.hpp).
+#pragma once
+
+#include <systemd/sd-bus.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dpctl {
+
+// ---- RAII for the sd-bus types ----
+
+struct BusUnref {
+    void operator()(sd_bus* bus) const { sd_bus_flush_close_unref(bus); }
+};
+using BusPtr = std::unique_ptr<sd_bus, BusUnref>;
+
+struct MessageUnref {
+    void operator()(sd_bus_message* m) const { sd_bus_message_unref(m); }
+};
+using MessagePtr = std::unique_ptr<sd_bus_message, MessageUnref>;
+
+class BusError {
+public:
+    BusError() = default;
+    ~BusError() { sd_bus_error_free(&error_); }
+    BusError(const BusError&) = delete;
+    BusError& operator=(const BusError&) = delete;
+
+    sd_bus_error* get() { return &error_; }
+    bool is_set() const { return sd_bus_error_is_set(&error_); }
+    std::string name() const { return error_.name ? error_.name : ""; }
+    std::string message() const { return error_.message ? error_.message : ""; }
+
+private:
+    sd_bus_error error_ = SD_BUS_ERROR_NULL;
+};
+
+// ---- what the daemon reports ----
+
+// org.dpengine1.Manager's properties.
+struct ManagerInfo {
+    std::string role;
+    std::string node;
+    uint32_t dp_size = 0;
+    uint64_t epoch = 0;
+    uint32_t ready_ranks = 0;
+    std::string version;
+};
+
+// One entry of ListRanks() -> a(usssuuuttss).
+struct RankRow {
+    uint32_t rank = 0;
+    std::string state;
+    std::string node;
+    std::string device;
+    uint32_t pid = 0;
+    uint32_t in_flight = 0;
+    uint32_t queued = 0;
+    uint64_t served = 0;
+    uint64_t restarts = 0;
+    std::string last_error;
+    std::string reason;
+};
+
+class BusClient {
+public:
+    // Connects to the system bus; throws Failure (not running) when there is none.
+    static BusClient connect();
+
+    ManagerInfo manager();
+    std::vector<RankRow> ranks();
+    // A Manager method that changes something, with a rank argument or none; `what` describes
+    // it for error messages ("stopping rank 2").
+    void manage(const char* method, uint32_t rank, const std::string& what);
+    void manage(const char* method, const std::string& what);
+
+private:
+    explicit BusClient(BusPtr bus) : bus_(std::move(bus)) {}
+    [[noreturn]] void fail(const std::string& what, int r, const BusError& error, bool mutating) const;
+
+    BusPtr bus_;
+};
+
+}  // namespace dpctl

@@ -1,0 +1,190 @@
+// dpctl start|stop|restart|drain|undrain RANK and dpctl start-node|stop-node: one Manager
+// method call each (root or group dpengine), then, unless --no-block, a wait until the daemon
+// reports the outcome: the methods only begin the change (a stop drains first).
+#include "bus/api.hpp"
+#include "bus_client.hpp"
+#include "verbs.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <thread>
+
+namespace dpctl {
+
+namespace api = dpengine::bus;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// What a wait sees in one look at the ranks: done, still going, or failed (with why).
+struct Progress {
+    enum { waiting, done, failed } outcome = waiting;
+    std::string message;
+};
+using Check = std::function<Progress(const std::vector<RankRow>&)>;
+
+const RankRow* find(const std::vector<RankRow>& ranks, uint32_t rank) {
+    for (const auto& r : ranks) {
+        if (r.rank == rank) return &r;
+    }
+    return nullptr;
+}
+
+std::string describe(const RankRow& r) {
+    std::string s = "rank " + std::to_string(r.rank) + " is " + r.state;
+    if (!r.last_error.empty()) s += " (" + (r.reason.empty() ? "" : r.reason + ": ") + r.last_error + ")";
+    return s;
+}
+
+void wait_for(BusClient& bus, const Options& options, const std::string& what, const Check& check) {
+    const auto deadline = Clock::now() + std::chrono::duration<double>(options.timeout_s);
+    std::string last;
+    for (;;) {
+        auto ranks = bus.ranks();
+        Progress p = check(ranks);
+        if (p.outcome == Progress::done) return;
+        if (p.outcome == Progress::failed) throw Failure(exit_status::failure, what + " failed: " + p.message);
+        if (Clock::now() >= deadline) {
+            throw Failure(exit_status::failure,
+                          what + " did not complete within " + std::to_string(std::lround(options.timeout_s)) +
+                              " s (" + p.message + "); the daemon goes on in the background: see 'dpctl status'");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+}
+
+bool gone(const RankRow& r) { return r.pid == 0 && (r.state == "stopped" || r.state == "failed"); }
+
+Check started(uint32_t rank, bool head, std::optional<uint64_t> restarts_before) {
+    return [=](const std::vector<RankRow>& ranks) -> Progress {
+        const RankRow* r = find(ranks, rank);
+        if (!r) return {Progress::failed, "rank " + std::to_string(rank) + " is no longer listed"};
+        const bool new_process = !restarts_before || r->restarts > *restarts_before;
+        if (!new_process) {
+            if (r->pid == 0 && gone(*r)) return {Progress::failed, describe(*r) + " and was not started again"};
+            return {Progress::waiting, describe(*r)};
+        }
+        if (!head) return {r->pid ? Progress::done : Progress::waiting, describe(*r)};
+        if (r->state == "ready") return {Progress::done, ""};
+        if (r->state == "failed" || gone(*r)) return {Progress::failed, describe(*r)};
+        return {Progress::waiting, describe(*r)};
+    };
+}
+
+Check stopped(uint32_t rank, bool head) {
+    return [=](const std::vector<RankRow>& ranks) -> Progress {
+        const RankRow* r = find(ranks, rank);
+        if (!r) return {Progress::done, ""};
+        if (r->pid == 0 && (!head || gone(*r))) return {Progress::done, ""};
+        return {Progress::waiting, describe(*r) + (r->pid ? ", pid " + std::to_string(r->pid) : "")};
+    };
+}
+
+Check drained(uint32_t rank) {
+    return [=](const std::vector<RankRow>& ranks) -> Progress {
+        const RankRow* r = find(ranks, rank);
+        if (!r) return {Progress::failed, "rank " + std::to_string(rank) + " is no longer listed"};
+        if (r->state != "draining") return {Progress::failed, describe(*r) + " instead of draining"};
+        if (r->in_flight == 0) return {Progress::done, ""};
+        return {Progress::waiting, describe(*r) + " with " + std::to_string(r->in_flight) + " request(s) in flight"};
+    };
+}
+
+struct RankAction {
+    const char* verb;
+    const char* method;
+    const char* doing;  // for messages: "<doing> rank N"
+};
+
+constexpr RankAction rank_actions[] = {
+    {"start", api::start_rank, "starting"},     {"stop", api::stop_rank, "stopping"},
+    {"restart", api::restart_rank, "restarting"}, {"drain", api::drain_rank, "draining"},
+    {"undrain", api::undrain_rank, "undraining"},
+};
+
+}  // namespace
+
+uint32_t parse_rank(const std::string& verb, const std::string& text) {
+    uint64_t value = 0;
+    bool ok = !text.empty() && text.size() <= 10;
+    for (char c : text) {
+        if (c < '0' || c > '9') ok = false;
+        if (ok) value = value * 10 + uint64_t(c - '0');
+    }
+    if (!ok || value > UINT32_MAX) {
+        throw Failure(exit_status::invalid_arguments,
+                      verb + ": '" + text + "' is not a rank: give the rank's number (0 to DP size - 1, see 'dpctl ranks')");
+    }
+    return static_cast<uint32_t>(value);
+}
+
+int rank_action_verb(const std::string& verb, const Options& options, const Args& args) {
+    const RankAction* action = nullptr;
+    for (const auto& a : rank_actions) {
+        if (verb == a.verb) action = &a;
+    }
+    if (!action) throw Failure(exit_status::invalid_arguments, "unknown command '" + verb + "'");
+    if (args.size() != 1) {
+        throw Failure(exit_status::invalid_arguments,
+                      verb + " takes exactly one RANK" + (args.empty() ? "" : " (got " + std::to_string(args.size()) + ")") +
+                          "; usage: dpctl " + verb + " RANK");
+    }
+    const uint32_t rank = parse_rank(verb, args[0]);
+    const std::string what = std::string(action->doing) + " rank " + std::to_string(rank);
+
+    auto bus = BusClient::connect();
+    // Before a restart: its count, to recognise the new process.
+    std::optional<uint64_t> restarts_before;
+    bool head = true;
+    if (options.block && (verb == "start" || verb == "restart" || verb == "stop")) {
+        head = bus.manager().role == "head";
+        if (verb == "restart") {
+            auto ranks = bus.ranks();
+            if (const RankRow* r = find(ranks, rank)) restarts_before = r->restarts;
+        }
+    }
+    bus.manage(action->method, rank, what);
+    if (!options.block || verb == "undrain") return exit_status::ok;
+
+    if (verb == "start") wait_for(bus, options, what, started(rank, head, std::nullopt));
+    else if (verb == "restart") wait_for(bus, options, what, started(rank, head, restarts_before));
+    else if (verb == "stop") wait_for(bus, options, what, stopped(rank, head));
+    else if (verb == "drain") wait_for(bus, options, what, drained(rank));
+    return exit_status::ok;
+}
+
+int node_action_verb(const std::string& verb, const Options& options, const Args& args) {
+    if (!args.empty()) {
+        throw Failure(exit_status::invalid_arguments, verb + " takes no arguments (got '" + args[0] + "'); see 'dpctl --help'");
+    }
+    const bool start = verb == "start-node";
+    auto bus = BusClient::connect();
+    ManagerInfo manager;
+    if (options.block) manager = bus.manager();
+    const std::string what = std::string(start ? "starting" : "stopping") + " the ranks of this node";
+    bus.manage(start ? api::start_node : api::stop_node, what);
+    if (!options.block) return exit_status::ok;
+
+    const bool head = manager.role == "head";
+    // This node's ranks: those with a process here (only the node that runs a rank knows its
+    // pid), and those that name this node.
+    auto local = [&](const RankRow& r) { return r.pid != 0 || r.node == manager.node; };
+    wait_for(bus, options, what, [&](const std::vector<RankRow>& ranks) -> Progress {
+        std::string pending, failed;
+        for (const auto& r : ranks) {
+            if (!local(r)) continue;
+            bool settled = start ? (head ? r.state == "ready" || r.state == "failed" || gone(r) : r.pid != 0)
+                                 : r.pid == 0;
+            if (!settled) pending += (pending.empty() ? "" : "; ") + describe(r);
+            else if (start && head && r.state != "ready") failed += (failed.empty() ? "" : "; ") + describe(r);
+        }
+        if (!pending.empty()) return {Progress::waiting, pending};
+        if (!failed.empty()) return {Progress::failed, failed};
+        return {Progress::done, ""};
+    });
+    return exit_status::ok;
+}
+
+}  // namespace dpctl

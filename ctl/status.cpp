@@ -1,0 +1,92 @@
+// dpctl status (the default) and dpctl ranks: read-only, open to everyone. One GetAll and one
+// ListRanks call, so that status answers fast however many ranks there are.
+#include "bus_client.hpp"
+#include "json.hpp"
+#include "table.hpp"
+#include "verbs.hpp"
+
+#include <cstdio>
+#include <string>
+
+namespace dpctl {
+
+namespace {
+
+void no_arguments(const char* verb, const Args& args) {
+    if (!args.empty()) {
+        throw Failure(exit_status::invalid_arguments,
+                      std::string(verb) + " takes no arguments (got '" + args[0] + "'); see 'dpctl --help'");
+    }
+}
+
+std::string error_cell(const RankRow& r) {
+    if (r.reason.empty()) return r.last_error;
+    if (r.last_error.empty()) return r.reason;
+    return r.reason + ": " + r.last_error;
+}
+
+void print_ranks_table(const std::vector<RankRow>& ranks, const Options& options, bool colour) {
+    using Align = Table::Align;
+    Table table({{"RANK", Align::right}, {"STATE"}, {"NODE"}, {"DEVICE"}, {"PID", Align::right},
+                 {"INFLIGHT", Align::right}, {"QUEUED", Align::right}, {"SERVED", Align::right},
+                 {"RESTARTS", Align::right}, {"ERROR"}});
+    for (const auto& r : ranks) {
+        std::string error = error_cell(r);
+        table.add_row({{std::to_string(r.rank)},
+                       {r.state, state_colour(r.state)},
+                       {r.node},
+                       {r.device},
+                       {r.pid ? std::to_string(r.pid) : ""},
+                       {std::to_string(r.in_flight)},
+                       {std::to_string(r.queued)},
+                       {std::to_string(r.served)},
+                       {std::to_string(r.restarts)},
+                       {error, error.empty() ? colour::none : colour::red}});
+    }
+    table.print(stdout, options.legend, colour);
+    if (options.legend) std::printf("\n%zu rank%s listed.\n", ranks.size(), ranks.size() == 1 ? "" : "s");
+}
+
+}  // namespace
+
+int ranks_verb(const Options& options, const Args& args) {
+    no_arguments("ranks", args);
+    auto bus = BusClient::connect();
+    auto ranks = bus.ranks();
+    if (options.json) {
+        std::printf("%s\n", ranks_json(ranks).c_str());
+    } else {
+        print_ranks_table(ranks, options, use_colour());
+    }
+    return exit_status::ok;
+}
+
+int status_verb(const Options& options, const Args& args) {
+    no_arguments("status", args);
+    auto bus = BusClient::connect();
+    auto manager = bus.manager();
+    auto ranks = bus.ranks();
+    if (options.json) {
+        std::printf("%s\n", status_json(manager, ranks).c_str());
+        return exit_status::ok;
+    }
+    const bool colour = use_colour();
+    const char* ready_colour = manager.ready_ranks == manager.dp_size ? colour::green
+                               : manager.ready_ranks == 0          ? colour::red
+                                                                   : colour::yellow;
+    auto field = [](const char* label, const std::string& value, const char* col) {
+        std::printf("%11s: %s%s%s\n", label, col ? col : "", printable(value).c_str(), col ? colour::reset : "");
+    };
+    field("Role", manager.role, nullptr);
+    field("Node", manager.node, nullptr);
+    field("DP size", std::to_string(manager.dp_size), nullptr);
+    field("Epoch", std::to_string(manager.epoch), nullptr);
+    field("Ready ranks", std::to_string(manager.ready_ranks) + "/" + std::to_string(manager.dp_size),
+          colour ? ready_colour : nullptr);
+    field("Version", manager.version, nullptr);
+    std::printf("\n");
+    print_ranks_table(ranks, options, colour);
+    return exit_status::ok;
+}
+
+}  // namespace dpctl

@@ -1,0 +1,375 @@
+"""D-Bus pieces for dpengine's integration tests (stdlib only; builds on harness.py).
+
+  - SystemBus:  a private dbus-daemon of type "system" on a unix socket in a temp directory
+                (EXTERNAL auth), with the essentials of the real system bus's default policy
+                (/usr/share/dbus-1/system.conf: anyone may connect, nobody may own names or
+                call methods unless a policy file punches a hole) and the repository's policy
+                file etc/dbus-1/org.dpengine1.conf included, so the tests exercise the policy
+                that ships. `.env` holds DBUS_SYSTEM_BUS_ADDRESS for the daemon and dpctl.
+                stop()/start() restart it at the same address (a bus restart).
+  - dpctl():    runs the built dpctl (optionally as another user, via setpriv) with the bus
+                address; returns harness.Completed.
+  - Monitor:    `busctl monitor --json=short` in the background, parsed into messages.
+  - busctl():   runs busctl against the private bus.
+  - helpers:    bus_has_name(), wait_for_name(), introspection_members() (method and property
+                signatures of an interface, from introspection XML).
+
+Every process started here is killed by the context managers and by harness.kill_everything()
+(they are registered with the harness's process registry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from typing import Optional
+
+import harness
+from harness import Completed, TestFailure, build_dir, kill_pid_and_group, log, slow_factor, tail, wait_until
+
+SOURCE_DIR = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+POLICY_FILE = os.path.join(SOURCE_DIR, "etc", "dbus-1", "org.dpengine1.conf")
+SERVICE = "org.dpengine1"
+MANAGER_PATH = "/org/dpengine1"
+MANAGER_INTERFACE = "org.dpengine1.Manager"
+RANK_INTERFACE = "org.dpengine1.Rank"
+NOBODY = 65534
+
+
+def dpctl_path() -> str:
+    return os.path.join(build_dir(), "ctl", "dpctl")
+
+
+def _register(proc: subprocess.Popen) -> None:
+    with harness._registry_lock:
+        harness._live_procs.add(proc)
+
+
+def _unregister(proc: subprocess.Popen) -> None:
+    with harness._registry_lock:
+        harness._live_procs.discard(proc)
+
+
+def bus_config(socket_path: str, policy_file: str = POLICY_FILE) -> str:
+    """The configuration of a private system bus: the defaults of the real one, our policy."""
+    return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path={socket_path}</listen>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Debug.Stats"/>
+  </policy>
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
+  <include>{policy_file}</include>
+</busconfig>
+"""
+
+
+class SystemBus:
+    """A private system bus. `with SystemBus() as bus:`; `bus.env` for the processes that
+    should use it. With `socket_path`, listens there (the directory must exist); else in a new
+    temp directory. start=False in the constructor: only the address is chosen (a bus that is
+    not up yet). policy_file: included instead of the shipped policy."""
+
+    def __init__(self, socket_path: Optional[str] = None, start: bool = True, policy_file: str = POLICY_FILE):
+        self.tmp = tempfile.mkdtemp(prefix="dpe-bus-")
+        os.chmod(self.tmp, 0o755)  # unprivileged clients (nobody) reach the socket
+        self.socket_path = socket_path or os.path.join(self.tmp, "system_bus_socket")
+        self.address = f"unix:path={self.socket_path}"
+        self.config_path = os.path.join(self.tmp, "system.conf")
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write(bus_config(self.socket_path, policy_file))
+        self.log_path = os.path.join(self.tmp, "dbus-daemon.log")
+        self.proc: Optional[subprocess.Popen] = None
+        self._autostart = start
+
+    @property
+    def env(self) -> dict:
+        return {"DBUS_SYSTEM_BUS_ADDRESS": self.address}
+
+    def start(self, timeout: float = 10.0) -> "SystemBus":
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        logf = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={self.config_path}",
+                                          "--print-address=1"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=logf, start_new_session=True)
+        finally:
+            logf.close()
+        _register(self.proc)
+        # It prints its address once it listens.
+        line = b""
+        deadline = time.monotonic() + timeout * slow_factor()
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        while not line.endswith(b"\n") and time.monotonic() < deadline and self.proc.poll() is None:
+            chunk = self.proc.stdout.read()
+            if chunk:
+                line += chunk
+            else:
+                time.sleep(0.02)
+        if not line.endswith(b"\n"):
+            self.stop()
+            raise TestFailure(f"dbus-daemon did not start; log:\n{tail(self.log_text())}")
+        os.chmod(self.socket_path, 0o666)
+        log(f"[dbus] private system bus pid {self.proc.pid} at {self.address}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        kill_pid_and_group(self.proc.pid, sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            kill_pid_and_group(self.proc.pid)
+            self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        _unregister(self.proc)
+        log(f"[dbus] stopped pid {self.proc.pid}")
+        self.proc = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "SystemBus":
+        if self._autostart:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if os.environ.get("DPENGINE_TEST_KEEP"):
+            log(f"[dbus] kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running clients
+
+
+def run(argv: list[str], env: Optional[dict] = None, timeout: float = 30.0, user: Optional[int] = None,
+        input_text: Optional[str] = None) -> Completed:
+    """Runs a program to completion with `env` added to ours; as uid/gid `user` (and no
+    supplementary groups) when given. Killed with its group after `timeout` (TestFailure)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *argv]
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, start_new_session=True)
+    _register(proc)
+    try:
+        out, err = proc.communicate(input_text.encode() if input_text is not None else None,
+                                    timeout=timeout * slow_factor())
+    except subprocess.TimeoutExpired:
+        kill_pid_and_group(proc.pid)
+        out, err = proc.communicate()
+        raise TestFailure(f"{' '.join(argv)} did not exit within {timeout * slow_factor():.0f} s; stderr:\n"
+                          f"{tail(err.decode('utf-8', 'replace'))}")
+    finally:
+        _unregister(proc)
+    return Completed(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                     time.monotonic() - start)
+
+
+def dpctl(bus: Optional[SystemBus], *args: str, user: Optional[int] = None, timeout: float = 60.0,
+          env: Optional[dict] = None) -> Completed:
+    """Runs dpctl against `bus` (None: leave DBUS_SYSTEM_BUS_ADDRESS as the caller's env says)."""
+    e = dict(bus.env) if bus else {}
+    e.update(env or {})
+    r = run([dpctl_path(), *args], env=e, timeout=timeout, user=user)
+    who = "" if user is None else f" (uid {user})"
+    log(f"  $ dpctl {' '.join(args)}{who} -> {r.returncode}"
+        + (f"; stderr: {r.stderr.strip()}" if r.stderr.strip() else ""))
+    return r
+
+
+def busctl(bus: SystemBus, *args: str, timeout: float = 30.0) -> Completed:
+    return run(["busctl", "--system", *args], env=bus.env, timeout=timeout)
+
+
+def bus_has_name(bus: SystemBus, name: str = SERVICE) -> bool:
+    r = busctl(bus, "--no-pager", "--no-legend", "list", "--acquired")
+    return r.returncode == 0 and any(line.split()[:1] == [name] for line in r.stdout.splitlines())
+
+
+def wait_for_name(bus: SystemBus, timeout: float, name: str = SERVICE) -> bool:
+    return bool(wait_until(lambda: bus_has_name(bus, name), timeout * slow_factor(), interval=0.2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching signals
+
+
+class Monitor:
+    """`busctl monitor --json=short SERVICE` in the background. `.messages()` are the parsed
+    JSON objects seen so far (type, path, interface, member, payload, ...)."""
+
+    def __init__(self, bus: SystemBus, service: str = SERVICE):
+        self.bus = bus
+        self.service = service
+        self.proc: Optional[subprocess.Popen] = None
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "Monitor":
+        env = dict(os.environ)
+        env.update(self.bus.env)
+        self.proc = subprocess.Popen(["busctl", "--system", "monitor", "--json=short", self.service],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        _register(self.proc)
+        self._thread = threading.Thread(target=self._read, name="bus-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        for raw in self.proc.stdout:
+            with self._lock:
+                self._lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def messages(self) -> list[dict]:
+        out = []
+        for line in self.lines():
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(m, dict):
+                out.append(m)
+        return out
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Returns once the monitor sees traffic to the service (it is then surely listening)."""
+        def seen() -> bool:
+            busctl(self.bus, "get-property", SERVICE, MANAGER_PATH, MANAGER_INTERFACE, "Version")
+            return any(m.get("destination") == SERVICE or m.get("sender") == SERVICE for m in self.messages()) \
+                or any(m.get("member") == "Get" for m in self.messages())
+        if not wait_until(seen, timeout * slow_factor(), interval=0.2):
+            raise TestFailure(f"busctl monitor saw nothing within {timeout} s; output:\n{tail(chr(10).join(self.lines()))}")
+
+    def mark(self) -> int:
+        """A position in the message stream, for property_changes(since=...)."""
+        return len(self.messages())
+
+    def property_changes(self, path: str, interface: str = RANK_INTERFACE, since: int = 0) -> list[dict]:
+        """The changed-property dictionaries of PropertiesChanged signals from `path` (after
+        mark `since`), in order, as {name: value}."""
+        out = []
+        for m in self.messages()[since:]:
+            if m.get("type") != "signal" or m.get("member") != "PropertiesChanged" or m.get("path") != path:
+                continue
+            data = (m.get("payload") or {}).get("data") or []
+            if len(data) < 2 or data[0] != interface:
+                continue
+            out.append({k: (v.get("data") if isinstance(v, dict) else v) for k, v in data[1].items()})
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        kill_pid_and_group(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            kill_pid_and_group(self.proc.pid)
+            self.proc.wait(5)
+        if self._thread:
+            self._thread.join(2)
+        _unregister(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> "Monitor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Introspection
+
+
+def introspection_members(xml_text: str, interface: str) -> dict[str, tuple]:
+    """{"method Name": ((in signatures), (out signatures)), "property Name": (type, access),
+    "signal Name": (signatures)} of `interface` in introspection XML (annotations and argument
+    names are left out: they are not part of the contract checked here)."""
+    root = ET.fromstring(xml_text)
+    found = None
+    for iface in root.iter("interface"):
+        if iface.get("name") == interface:
+            found = iface
+    if found is None:
+        raise TestFailure(f"interface {interface} is not in the XML:\n{tail(xml_text)}")
+    out: dict[str, tuple] = {}
+    for child in found:
+        kind, name = child.tag, child.get("name")
+        if kind == "method":
+            args = child.findall("arg")
+            ins = tuple(a.get("type") for a in args if a.get("direction", "in") == "in")
+            outs = tuple(a.get("type") for a in args if a.get("direction") == "out")
+            out[f"method {name}"] = (ins, outs)
+        elif kind == "property":
+            out[f"property {name}"] = (child.get("type"), child.get("access"))
+        elif kind == "signal":
+            out[f"signal {name}"] = tuple(a.get("type") for a in child.findall("arg"))
+    return out
+
+
+def dpctl_json(bus: SystemBus, *args: str, user: Optional[int] = None):
+    """`dpctl --json ARGS` (exit 0 required), parsed."""
+    r = dpctl(bus, "--json", *args, user=user)
+    if r.returncode != 0:
+        raise TestFailure(f"dpctl --json {' '.join(args)} exited {r.returncode}: {r.stderr}")
+    try:
+        return json.loads(r.stdout)
+    except ValueError as e:
+        raise TestFailure(f"dpctl --json {' '.join(args)} printed no JSON ({e}):\n{tail(r.stdout)}")
+
+
+def rank_by_number(status_or_ranks) -> dict[int, dict]:
+    ranks = status_or_ranks["ranks"] if isinstance(status_or_ranks, dict) else status_or_ranks
+    return {r["rank"]: r for r in ranks}
