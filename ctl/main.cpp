@@ -16,6 +16,7 @@ int dispatch(const dpctl::CommandLine& cl) {
         return dpctl::rank_action_verb(verb, cl.options, cl.args);
     }
     if (verb == "start-node" || verb == "stop-node") return dpctl::node_action_verb(verb, cl.options, cl.args);
+    if (verb == "reload") return dpctl::reload_verb(cl.options, cl.args);
     if (verb == "logs") return dpctl::logs_verb(cl.options, cl.args);
     if (verb == "keys") return dpctl::keys_verb(cl.args);
     if (verb == "version") {

@@ -30,6 +30,8 @@ const char* const help_text =
     "  undrain RANK            Route requests to a draining rank again\n"
     "  start-node              Start every stopped rank of this node; wait until ready\n"
     "  stop-node               Drain and stop every rank of this node; wait until exited\n"
+    "  reload                  Re-read the configuration; apply what can change while\n"
+    "                          running, refuse a broken file\n"
     "\n"
     "Keys:\n"
     "  keys generate PATH [--node NAME] [--force]\n"

@@ -187,4 +187,14 @@ int node_action_verb(const std::string& verb, const Options& options, const Args
     return exit_status::ok;
 }
 
+int reload_verb(const Options&, const Args& args) {
+    if (!args.empty()) {
+        throw Failure(exit_status::invalid_arguments, "reload takes no arguments (got '" + args[0] + "'); see 'dpctl --help'");
+    }
+    auto bus = BusClient::connect();
+    // The daemon answers after the new configuration is applied, or with why it was refused.
+    bus.manage(api::reload, "reloading the configuration");
+    return exit_status::ok;
+}
+
 }  // namespace dpctl

@@ -44,6 +44,7 @@ int status_verb(const Options& options, const Args& args);
 int ranks_verb(const Options& options, const Args& args);
 int rank_action_verb(const std::string& verb, const Options& options, const Args& args);  // start stop ...
 int node_action_verb(const std::string& verb, const Options& options, const Args& args);  // start-node stop-node
+int reload_verb(const Options& options, const Args& args);
 int logs_verb(const Options& options, const Args& args);
 int keys_verb(const Args& args);
 

@@ -420,12 +420,11 @@ void RankLink::set_state(Slot& slot, RankState state) {
     bool was_ready = slot.info.state == RankState::ready;
     bool changed = slot.info.state != state;
     slot.info.state = state;
-    if (changed && events_.rank_changed) events_.rank_changed(slot.info.rank);
     bool is_ready = state == RankState::ready;
-    if (was_ready != is_ready) {
-        ready_count_ += is_ready ? 1 : -1;
-        if (events_.ready_count_changed) events_.ready_count_changed();
-    }
+    if (was_ready != is_ready) ready_count_ += is_ready ? 1 : -1;
+    // Listeners see the new count with the new state.
+    if (changed && events_.rank_changed) events_.rank_changed(slot.info.rank);
+    if (was_ready != is_ready && events_.ready_count_changed) events_.ready_count_changed();
 }
 
 void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::string& code) {
