@@ -374,15 +374,15 @@ private:
         watching_ = true;
         socket_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
             self->watching_ = false;
-            if (ec == asio::error::operation_aborted && self->resume_after_cancel_) {
-                self->resume_after_cancel_ = false;
-                return self->read_request();
-            }
-            if (ec) return self->peer_gone();
-            self->buffer_.commit(n);
+            // After the exchange ended the session waits for this read to parse what comes next;
+            // the read may end either way: cancelled (bytes were already buffered) or with data.
+            bool cancelled_to_resume = std::exchange(self->resume_after_cancel_, false);
+            bool waiting_for_next = std::exchange(self->next_request_after_watch_, false);
+            bool resume = cancelled_to_resume || waiting_for_next;
+            if (ec && !(ec == asio::error::operation_aborted && resume)) return self->peer_gone();
+            if (!ec) self->buffer_.commit(n);
             if (self->request_) return self->watch_peer();
-            if (self->next_request_after_watch_) {
-                self->next_request_after_watch_ = false;
+            if (resume) {
                 self->timer_.cancel();
                 self->read_request();
             }
