@@ -1053,12 +1053,17 @@ def run_test(main: Callable[[], None], timeout: float = 120.0) -> None:
     def on_alarm(_sig, _frame):
         raise Overrun(f"{name} did not finish within {bound:.0f} s")
 
+    def on_term(sig, _frame):
+        raise Overrun(f"{name} was stopped by signal {signal.Signals(sig).name}")
+
     def backstop():
         log(f"FAIL: {name}: still running {bound + 30:.0f} s after start; killing everything")
         kill_everything()
         os._exit(3)
 
     signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)  # e.g. `timeout`: still clean up on the way out
+    signal.signal(signal.SIGHUP, on_term)
     signal.setitimer(signal.ITIMER_REAL, bound)
     guard = threading.Timer(bound + 30, backstop)
     guard.daemon = True
