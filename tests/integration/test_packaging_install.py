@@ -39,6 +39,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from busharness import bus_config  # noqa: E402
 from harness import NotifyListener, free_port, post_json, synthetic_text  # noqa: E402
 
 SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -161,38 +162,13 @@ def unit_setting(name: str) -> str:
     return values[-1].strip() if values else ""
 
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <!-- the default policy of Debian's /usr/share/dbus-1/system.conf -->
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-  </policy>
-  <include>/usr/share/dbus-1/system.d/org.dpengine1.conf</include>
-</busconfig>
-"""
-
-
 def start_bus(tmp: str) -> tuple[subprocess.Popen | None, str]:
     """A private system bus with the installed policy, as the daemon's and dpctl's bus."""
     if not shutil.which("dbus-daemon"):
         return None, ""
     conf = os.path.join(tmp, "bus.conf")
     with open(conf, "w", encoding="utf-8") as f:
-        f.write(BUS_CONF.format(socket=os.path.join(tmp, "bus")))
+        f.write(bus_config(os.path.join(tmp, "bus"), "/usr/share/dbus-1/system.d/org.dpengine1.conf"))
     bus = subprocess.Popen(["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={conf}", "--print-address=1"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     address = bus.stdout.readline().strip()

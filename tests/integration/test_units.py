@@ -24,6 +24,8 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
+from busharness import bus_config
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
 BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
@@ -208,29 +210,7 @@ def test_dbus_policy() -> None:
         sock = os.path.join(tmp, "bus")
         conf = os.path.join(tmp, "bus.conf")
         with open(conf, "w", encoding="utf-8") as f:
-            f.write(f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={sock}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <!-- the default policy of Debian's /usr/share/dbus-1/system.conf -->
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-""")
+            f.write(bus_config(sock, policy))
         bus = subprocess.Popen(["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={conf}", "--print-address=1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
