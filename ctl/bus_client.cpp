@@ -86,12 +86,14 @@ void BusClient::fail(const std::string& what, int r, const BusError& error, bool
         throw Failure(exit_status::not_running, not_running_message());
     }
     if (name == SD_BUS_ERROR_ACCESS_DENIED || name == SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED) {
-        if (mutating) {
+        // The bus's own refusal (its policy) says nothing useful; the daemon's says why.
+        if (mutating && (message.empty() || message.rfind("Rejected send message", 0) == 0)) {
             throw Failure(exit_status::access_denied, std::string("access denied: changing dpengine needs root or "
                                                                   "membership of the group '") +
                                                           api::manage_group + "'");
         }
-        throw Failure(exit_status::access_denied, "access denied: " + what + ": " + message);
+        throw Failure(exit_status::access_denied,
+                      mutating ? "access denied: " + message : "access denied: " + what + ": " + message);
     }
     if (name == SD_BUS_ERROR_INVALID_ARGS || name == api::error_bad_state || name == api::error_not_local ||
         name == api::error_invalid_rank) {

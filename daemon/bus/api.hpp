@@ -38,4 +38,12 @@ inline constexpr const char* error_failed = "org.dpengine1.Error.Failed";
 // The group whose members may change things (besides root).
 inline constexpr const char* manage_group = "dpengine";
 
+// polkit, asked about a group member's call while it runs; one action per kind of change
+// (etc/polkit-1/org.dpengine1.policy).
+inline constexpr const char* polkit_service = "org.freedesktop.PolicyKit1";
+inline constexpr const char* action_manage_ranks = "org.dpengine1.manage-ranks";
+inline constexpr const char* action_manage_node = "org.dpengine1.manage-node";
+inline constexpr const char* action_reload = "org.dpengine1.reload";
+inline constexpr const char* action_assign = "org.dpengine1.assign";
+
 }  // namespace dpengine::bus

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <charconv>
 #include <cstring>
 #include <vector>
@@ -24,18 +25,20 @@ namespace {
 
 NodeControl& node_of(void* userdata) { return *static_cast<NodeControl*>(userdata); }
 
-// Only root, the daemon's own user and members of the dpengine group may change anything.
+// Who may change anything: root and the daemon's own user always; members of the dpengine
+// group when polkit is not running, or when polkit grants the method's action (so an
+// administrator can narrow what the group may do with polkit rules). Everyone else is refused.
 // The bus policy says the same; this holds even on a bus without our policy file.
-int check_may_manage(sd_bus_message* m, sd_bus_error* error) {
+enum class Caller { privileged, member, other };
+
+Result<Caller> classify_caller(sd_bus_message* m) {
     sd_bus_creds* creds = nullptr;
     int r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
-    if (r < 0) return sd_bus_error_set_errno(error, r);
+    if (r < 0) return Error{"cannot tell who is calling: " + std::string(std::strerror(-r)), "denied"};
     std::unique_ptr<sd_bus_creds, decltype(&sd_bus_creds_unref)> owned(creds, &sd_bus_creds_unref);
     uid_t euid = 0;
-    if (sd_bus_creds_get_euid(creds, &euid) < 0) {
-        return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot tell who is calling");
-    }
-    if (euid == 0 || euid == ::geteuid()) return 0;
+    if (sd_bus_creds_get_euid(creds, &euid) < 0) return Error{"cannot tell who is calling", "denied"};
+    if (euid == 0 || euid == ::geteuid()) return Caller::privileged;
     // The caller's groups from the user database, not from /proc (which the unit hides with
     // ProtectProc=invisible).
     const group* g = ::getgrnam(bus::manage_group);
@@ -48,10 +51,9 @@ int check_may_manage(sd_bus_message* m, sd_bus_error* error) {
             ::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n);
         }
         groups.resize(std::max(n, 0));
-        if (std::find(groups.begin(), groups.end(), g->gr_gid) != groups.end()) return 0;
+        if (std::find(groups.begin(), groups.end(), g->gr_gid) != groups.end()) return Caller::member;
     }
-    return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                             "changing dpengine needs root or membership of the group '%s'", bus::manage_group);
+    return Caller::other;
 }
 
 int reply_status(sd_bus_message* m, sd_bus_error* error, const Status& status) {
@@ -64,18 +66,92 @@ int reply_status(sd_bus_message* m, sd_bus_error* error, const Status& status) {
     return sd_bus_error_set(error, name, e.message.c_str());
 }
 
-template <Status (NodeControl::*Action)(uint32_t)>
-int rank_method(sd_bus_message* m, void* userdata, sd_bus_error* error) {
-    if (int r = check_may_manage(m, error); r < 0) return r;
-    uint32_t rank = 0;
-    if (int r = sd_bus_message_read(m, "u", &rank); r < 0) return r;
-    return reply_status(m, error, (node_of(userdata).*Action)(rank));
+bool polkit_running(sd_bus* bus) {
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "NameHasOwner", nullptr, &reply, "s", bus::polkit_service);
+    std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> owned(reply, &sd_bus_message_unref);
+    int has_owner = 0;
+    return r >= 0 && sd_bus_message_read(reply, "b", &has_owner) >= 0 && has_owner;
 }
 
-template <Status (NodeControl::*Action)()>
+// A changing method waiting for polkit's answer: the call to answer and the change to make.
+struct PendingAuthorization {
+    std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> call;
+    std::string action;
+    std::function<Status()> change;
+};
+
+int polkit_answered(sd_bus_message* answer, void* userdata, sd_bus_error*) {
+    auto& pending = *static_cast<PendingAuthorization*>(userdata);
+    sd_bus_message* call = pending.call.get();
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    std::unique_ptr<sd_bus_error, decltype(&sd_bus_error_free)> owned(&error, &sd_bus_error_free);
+    int authorized = 0, challenge = 0;
+    if (const sd_bus_error* e = sd_bus_message_get_error(answer)) {
+        log::warning("D-Bus: polkit did not answer for {}: {}", pending.action, e->message ? e->message : e->name);
+        sd_bus_error_setf(&error, SD_BUS_ERROR_ACCESS_DENIED, "polkit could not authorize '%s': %s",
+                          pending.action.c_str(), e->message ? e->message : e->name);
+    } else if (sd_bus_message_enter_container(answer, 'r', "bba{ss}") < 0 ||
+               sd_bus_message_read(answer, "bb", &authorized, &challenge) < 0) {
+        sd_bus_error_setf(&error, SD_BUS_ERROR_ACCESS_DENIED, "polkit's answer for '%s' was unreadable",
+                          pending.action.c_str());
+    } else if (!authorized) {
+        sd_bus_error_setf(&error, challenge ? SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED : SD_BUS_ERROR_ACCESS_DENIED,
+                          "polkit denied the action '%s'%s", pending.action.c_str(),
+                          challenge ? " without authentication (retry interactively, e.g. with pkexec)" : "");
+    } else {
+        reply_status(call, &error, pending.change());
+    }
+    if (sd_bus_error_is_set(&error)) return sd_bus_reply_method_error(call, &error);
+    return sd_bus_reply_method_return(call, "");
+}
+
+// Runs `change` for the caller of `m` if it may make it, and answers the call; for a member of
+// the dpengine group while polkit runs, asks polkit about `action` first and answers later.
+int authorize_then(sd_bus_message* m, const char* action, std::function<Status()> change, sd_bus_error* error) {
+    auto caller = classify_caller(m);
+    if (!caller) return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, caller.error().message.c_str());
+    sd_bus* bus = sd_bus_message_get_bus(m);
+    if (*caller == Caller::privileged || (*caller == Caller::member && !polkit_running(bus))) {
+        return reply_status(m, error, change());
+    }
+    if (*caller == Caller::other) {
+        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                 "changing dpengine needs root or membership of the group '%s'", bus::manage_group);
+    }
+    auto* pending = new PendingAuthorization{{sd_bus_message_ref(m), &sd_bus_message_unref}, action, std::move(change)};
+    uint64_t flags = sd_bus_message_get_allow_interactive_authorization(m) > 0 ? 1 : 0;  // AllowUserInteraction
+    sd_bus_slot* slot = nullptr;
+    int r = sd_bus_call_method_async(bus, &slot, bus::polkit_service, "/org/freedesktop/PolicyKit1/Authority",
+                                     "org.freedesktop.PolicyKit1.Authority", "CheckAuthorization", polkit_answered,
+                                     pending, "(sa{sv})sa{ss}us", "system-bus-name", 1, "name", "s",
+                                     sd_bus_message_get_sender(m), action, 0, flags, "");
+    if (r < 0) {
+        delete pending;
+        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot ask polkit about '%s': %s", action,
+                                 std::strerror(-r));
+    }
+    // The slot lives as long as the bus connection; it frees the pending call with it, answered
+    // or not (a dropped connection drops the call too).
+    sd_bus_slot_set_destroy_callback(slot, [](void* p) { delete static_cast<PendingAuthorization*>(p); });
+    sd_bus_slot_set_floating(slot, 1);
+    sd_bus_slot_unref(slot);
+    return 1;
+}
+
+template <Status (NodeControl::*Action)(uint32_t)>
+int rank_method(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+    uint32_t rank = 0;
+    if (int r = sd_bus_message_read(m, "u", &rank); r < 0) return r;
+    NodeControl& node = node_of(userdata);
+    return authorize_then(m, bus::action_manage_ranks, [&node, rank] { return (node.*Action)(rank); }, error);
+}
+
+template <Status (NodeControl::*Action)(), const char* const& PolkitAction>
 int node_method(sd_bus_message* m, void* userdata, sd_bus_error* error) {
-    if (int r = check_may_manage(m, error); r < 0) return r;
-    return reply_status(m, error, (node_of(userdata).*Action)());
+    NodeControl& node = node_of(userdata);
+    return authorize_then(m, PolkitAction, [&node] { return (node.*Action)(); }, error);
 }
 
 int append_rank(sd_bus_message* reply, const RankInfo& r) {
@@ -132,9 +208,9 @@ const sd_bus_vtable manager_vtable[] = {
     SD_BUS_METHOD("RestartRank", "u", "", rank_method<&NodeControl::restart_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("DrainRank", "u", "", rank_method<&NodeControl::drain_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("UndrainRank", "u", "", rank_method<&NodeControl::undrain_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
-    SD_BUS_METHOD("StopNode", "", "", node_method<&NodeControl::stop_node>, SD_BUS_VTABLE_UNPRIVILEGED),
-    SD_BUS_METHOD("StartNode", "", "", node_method<&NodeControl::start_node>, SD_BUS_VTABLE_UNPRIVILEGED),
-    SD_BUS_METHOD("Reload", "", "", node_method<&NodeControl::reload>, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("StopNode", "", "", (node_method<&NodeControl::stop_node, bus::action_manage_node>), SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("StartNode", "", "", (node_method<&NodeControl::start_node, bus::action_manage_node>), SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("Reload", "", "", (node_method<&NodeControl::reload, bus::action_reload>), SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_VTABLE_END,
 };
 

@@ -20,8 +20,11 @@ Every process started here is killed by the context managers and by harness.kill
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -57,8 +60,9 @@ def _unregister(proc: subprocess.Popen) -> None:
         harness._live_procs.discard(proc)
 
 
-def bus_config(socket_path: str, policy_file: str = POLICY_FILE) -> str:
-    """The configuration of a private system bus: the defaults of the real one, our policy."""
+def bus_config(socket_path: str, policy_file: str = POLICY_FILE, extra_policy: str = "") -> str:
+    """The configuration of a private system bus: the defaults of the real one, our policy, and
+    `extra_policy` (<policy> elements, e.g. for a stand-in of another system service)."""
     return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -87,6 +91,7 @@ def bus_config(socket_path: str, policy_file: str = POLICY_FILE) -> str:
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
   </policy>
   <include>{policy_file}</include>
+  {extra_policy}
 </busconfig>
 """
 
@@ -95,16 +100,17 @@ class SystemBus:
     """A private system bus. `with SystemBus() as bus:`; `bus.env` for the processes that
     should use it. With `socket_path`, listens there (the directory must exist); else in a new
     temp directory. start=False in the constructor: only the address is chosen (a bus that is
-    not up yet). policy_file: included instead of the shipped policy."""
+    not up yet). policy_file: included instead of the shipped policy; extra_policy: added."""
 
-    def __init__(self, socket_path: Optional[str] = None, start: bool = True, policy_file: str = POLICY_FILE):
+    def __init__(self, socket_path: Optional[str] = None, start: bool = True, policy_file: str = POLICY_FILE,
+                 extra_policy: str = ""):
         self.tmp = tempfile.mkdtemp(prefix="dpe-bus-")
         os.chmod(self.tmp, 0o755)  # unprivileged clients (nobody) reach the socket
         self.socket_path = socket_path or os.path.join(self.tmp, "system_bus_socket")
         self.address = f"unix:path={self.socket_path}"
         self.config_path = os.path.join(self.tmp, "system.conf")
         with open(self.config_path, "w", encoding="utf-8") as f:
-            f.write(bus_config(self.socket_path, policy_file))
+            f.write(bus_config(self.socket_path, policy_file, extra_policy))
         self.log_path = os.path.join(self.tmp, "dbus-daemon.log")
         self.proc: Optional[subprocess.Popen] = None
         self._autostart = start
@@ -185,12 +191,19 @@ class SystemBus:
 
 def run(argv: list[str], env: Optional[dict] = None, timeout: float = 30.0, user: Optional[int] = None,
         input_text: Optional[str] = None) -> Completed:
-    """Runs a program to completion with `env` added to ours; as uid/gid `user` (and no
-    supplementary groups) when given. Killed with its group after `timeout` (TestFailure)."""
+    """Runs a program to completion with `env` added to ours; as uid `user` with its groups
+    when given. Killed with its group after `timeout` (TestFailure)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     if user is not None:
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *argv]
+        # The user's groups from the user database, as a login would have them (the bus policy
+        # looks at the connection's groups).
+        try:
+            account = pwd.getpwuid(user)
+            ids = [f"--reuid={user}", f"--regid={account.pw_gid}", "--init-groups"]
+        except KeyError:
+            ids = [f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+        argv = ["setpriv", *ids, "--", *argv]
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, start_new_session=True)
@@ -373,3 +386,30 @@ def dpctl_json(bus: SystemBus, *args: str, user: Optional[int] = None):
 def rank_by_number(status_or_ranks) -> dict[int, dict]:
     ranks = status_or_ranks["ranks"] if isinstance(status_or_ranks, dict) else status_or_ranks
     return {r["rank"]: r for r in ranks}
+
+
+# ---------------------------------------------------------------------------------------------
+# A member of the managing group
+
+@contextlib.contextmanager
+def group_member(name: str = "dpe-test-operator"):
+    """A user `name` whose supplementary group is 'dpengine' (created, with the group if this
+    machine has none, and removed again): the daemon looks callers' groups up in the user
+    database, so a member must be a real user. Yields its uid. Tests using it share the CTest
+    resource lock "system-users" with the package install test, which also creates them.
+    Enter it before starting a bus: dbus-daemon resolves group names in its policy at start."""
+    created_group = False
+    try:
+        grp.getgrnam("dpengine")
+    except KeyError:
+        subprocess.run(["groupadd", "--system", "dpengine"], check=True, capture_output=True, timeout=30)
+        created_group = True
+    subprocess.run(["userdel", name], capture_output=True, timeout=30)  # left over by a killed run
+    subprocess.run(["useradd", "-M", "-N", "-g", "nogroup", "-G", "dpengine", "-s", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        yield pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        if created_group:
+            subprocess.run(["groupdel", "dpengine"], capture_output=True, timeout=30)

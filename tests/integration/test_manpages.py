@@ -15,6 +15,9 @@
 - dpengine-protocol(7): every message type of daemon/core/wire.hpp (number and name), every
   field name the encoder writes, and every REFUSED/ERROR reason code the head and the ranks
   send appear in the page.
+- org.dpengine1(5): every interface, method (with its in and out signatures) and property
+  (with its type) of `dpengined --bus-introspect` is documented in the section of its
+  interface, and nothing else is; every polkit action of etc/polkit-1 is named.
 - The section order follows systemd's: NAME, SYNOPSIS, DESCRIPTION, OPTIONS, COMMANDS,
   EXIT STATUS, ENVIRONMENT, FILES, ..., EXAMPLES, SEE ALSO (those a page has).
 """
@@ -26,6 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -33,7 +37,7 @@ BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "
 MANDIR = os.path.join(BUILD, "man")
 DPENGINED = os.path.join(BUILD, "daemon", "dpengined")
 DPCTL = os.path.join(BUILD, "ctl", "dpctl")
-PAGES = ["dpengined.8", "dpctl.1", "dpengined.toml.5", "dpengine-protocol.7"]
+PAGES = ["dpengined.8", "dpctl.1", "dpengined.toml.5", "dpengine-protocol.7", "org.dpengine1.5"]
 ORDER = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "EXIT STATUS", "ENVIRONMENT",
          "FILES", "EXAMPLES", "SEE ALSO"]
 
@@ -301,6 +305,60 @@ def test_protocol_7() -> None:
         check(re.search(rf"(?<![\w-]){re.escape(code)}(?![\w-])", text) is not None, f"reason code {code} is in the page")
 
 
+def introspected_interfaces() -> dict[str, dict[str, str]]:
+    """--bus-introspect's interfaces: name -> {"Method(in)": out, "Property": type}."""
+    out = run([DPENGINED, "--bus-introspect"])
+    check(out.returncode == 0, "dpengined --bus-introspect runs", out.stderr)
+    interfaces: dict[str, dict[str, str]] = {}
+    for iface in ET.fromstring(out.stdout).iter("interface"):
+        members: dict[str, str] = {}
+        for method in iface.iter("method"):
+            args = method.findall("arg")
+            ins = "".join(a.get("type", "") for a in args if a.get("direction", "in") == "in")
+            members[f"{method.get('name')}({ins})"] = "".join(a.get("type", "") for a in args
+                                                            if a.get("direction") == "out")
+        for prop in iface.iter("property"):
+            members[prop.get("name")] = prop.get("type")
+        interfaces[iface.get("name")] = members
+    return interfaces
+
+
+def documented_interfaces(roff: str) -> dict[str, dict[str, str]]:
+    """The page's terms, by the interface its section names ("... implements interface
+    *org.dpengine1.X*"): "Method(u rank) -> out" and "Property (t, read-only)" lines."""
+    interfaces: dict[str, dict[str, str]] = {}
+    for name, lines in sections(roff).items():
+        m = re.search(r"implements interface (org\.dpengine1\.\w+)", plain(" ".join(lines)))
+        if not m:
+            continue
+        members = interfaces.setdefault(m[1], {})
+        for _, term, _ in terms(lines):
+            if mm := re.fullmatch(r"(\w+)\(([^)]*)\)(?: -> (\S+))?", term.strip()):
+                ins = "".join(arg.split()[0] for arg in mm[2].split(",") if arg.strip())
+                members[f"{mm[1]}({ins})"] = mm[3] or ""
+            elif mm := re.fullmatch(r"(\w+) \(([^,)]+)[,)].*", term.strip()):
+                members[mm[1]] = mm[2]
+    return interfaces
+
+
+def test_bus_5() -> None:
+    print("== org.dpengine1(5)", flush=True)
+    roff = read(os.path.join(MANDIR, "org.dpengine1.5"))
+    section_order("org.dpengine1.5", list(sections(roff)))
+    actual, documented = introspected_interfaces(), documented_interfaces(roff)
+    check(sorted(documented) == sorted(actual), "the page has a section per interface", (sorted(documented), sorted(actual)))
+    for iface, members in actual.items():
+        for member, signature in members.items():
+            check(documented.get(iface, {}).get(member) == signature,
+                  f"{iface}: {member} {signature or '-'} is documented", documented.get(iface, {}).get(member))
+        for member in set(documented.get(iface, {})) - set(members):
+            check(False, f"{iface}: documented {member} exists in --bus-introspect")
+    policy = read(os.path.join(SRC, "etc", "polkit-1", "org.dpengine1.policy"))
+    text = plain(roff)
+    for action in re.findall(r'<action id="([\w.-]+)"', policy):
+        check(action in text, f"polkit action {action} is in the page")
+
+
 def main() -> int:
     if not os.path.isdir(MANDIR) or not all(os.path.exists(os.path.join(MANDIR, p)) for p in PAGES):
         if not shutil.which("scdoc"):
@@ -317,7 +375,7 @@ def main() -> int:
             lint(page)
     else:
         print("note: mandoc is missing; lint skipped (scripts/install-deps installs it)")
-    for test in (test_dpengined_8, test_dpengined_toml_5, test_dpctl_1, test_protocol_7):
+    for test in (test_dpengined_8, test_dpengined_toml_5, test_dpctl_1, test_protocol_7, test_bus_5):
         try:
             test()
         except Exception as e:
