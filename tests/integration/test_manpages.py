@@ -27,38 +27,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
-BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
+from checklist import BUILD, DPENGINED, SRC, check, read, run, run_parts
+
 MANDIR = os.path.join(BUILD, "man")
-DPENGINED = os.path.join(BUILD, "daemon", "dpengined")
 DPCTL = os.path.join(BUILD, "ctl", "dpctl")
 PAGES = ["dpengined.8", "dpctl.1", "dpengined.toml.5", "dpengine-protocol.7", "org.dpengine1.5"]
 ORDER = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "EXIT STATUS", "ENVIRONMENT",
          "FILES", "EXAMPLES", "SEE ALSO"]
-
-failures: list[str] = []
-
-
-def check(cond: bool, what: str, detail: object = None) -> None:
-    if cond:
-        print(f"  ok: {what}", flush=True)
-    else:
-        print(f"FAILED: {what}" + (f"\n    detail: {detail}" if detail is not None else ""), flush=True)
-        failures.append(what)
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
 
 
 def plain(roff: str) -> str:
@@ -375,16 +353,7 @@ def main() -> int:
             lint(page)
     else:
         print("note: mandoc is missing; lint skipped (scripts/install-deps installs it)")
-    for test in (test_dpengined_8, test_dpengined_toml_5, test_dpctl_1, test_protocol_7, test_bus_5):
-        try:
-            test()
-        except Exception as e:
-            check(False, f"{test.__name__} ran", repr(e))
-    if failures:
-        print(f"FAIL: {len(failures)} check(s) failed")
-        return 1
-    print("PASS")
-    return 0
+    return run_parts([test_dpengined_8, test_dpengined_toml_5, test_dpctl_1, test_protocol_7, test_bus_5])
 
 
 if __name__ == "__main__":

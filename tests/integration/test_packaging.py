@@ -24,12 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
-BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
-DEADLINE = time.monotonic() + 280
+from checklist import BUILD, SRC, cache_value, check, run, set_deadline, verdict
+
+set_deadline(280)
 
 # Every path each package must contain (files), relative to /.
 EXPECTED = [
@@ -46,6 +44,7 @@ EXPECTED = [
     "usr/share/man/man8/dpengined.8.gz",
     "usr/share/man/man1/dpctl.1.gz",
     "usr/share/man/man5/dpengined.toml.5.gz",
+    "usr/share/man/man5/org.dpengine1.5.gz",
     "usr/share/man/man7/dpengine-protocol.7.gz",
     "usr/share/doc/dpengine/copyright",
 ]
@@ -54,32 +53,6 @@ DEB_ONLY = ["usr/share/doc/dpengine/changelog.Debian.gz", "usr/share/lintian/ove
 ALLOWED = re.compile(r"^(usr/(s?bin|libexec/dpengine|lib/systemd/system|lib/sysusers\.d|lib/tmpfiles\.d|"
                      r"share/(dbus-1/system\.d|polkit-1/(actions|rules\.d)|man/man[1-8]|doc/dpengine|"
                      r"lintian/overrides))|etc/dpengine)/[^/]+$")
-
-failures: list[str] = []
-
-
-def check(cond: bool, what: str, detail: object = None) -> None:
-    if cond:
-        print(f"  ok: {what}", flush=True)
-    else:
-        print(f"FAILED: {what}" + (f"\n    detail: {detail}" if detail is not None else ""), flush=True)
-        failures.append(what)
-
-
-def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    left = DEADLINE - time.monotonic()
-    if left < 5:
-        raise TimeoutError(f"out of time before {cmd[0]}")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=min(timeout, left), **kw)
-
-
-def cache_value(name: str) -> str | None:
-    try:
-        with open(os.path.join(BUILD, "CMakeCache.txt"), encoding="utf-8", errors="replace") as f:
-            m = re.search(rf"^{name}:\w+=(.*)$", f.read(), re.M)
-            return m[1].strip() if m else None
-    except OSError:
-        return None
 
 
 def skip(reason: str) -> int:
@@ -262,11 +235,7 @@ def main() -> int:
                 test(tmp)
             except Exception as e:
                 check(False, f"{test.__name__} ran", repr(e))
-    if failures:
-        print(f"FAIL: {len(failures)} check(s) failed")
-        return 1
-    print("PASS")
-    return 0
+    return verdict()
 
 
 if __name__ == "__main__":

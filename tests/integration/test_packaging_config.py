@@ -20,26 +20,10 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
-BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
-DPENGINED = os.path.join(BUILD, "daemon", "dpengined")
+from checklist import DPENGINED, SRC, check, run, verdict
+
 SHIPPED = os.path.join(SRC, "etc", "dpengine", "dpengined.toml")
 GENERATOR = os.path.join(SRC, "packaging", "gen-default-config.py")
-
-failures: list[str] = []
-
-
-def check(cond: bool, what: str, detail: object = None) -> None:
-    if cond:
-        print(f"  ok: {what}", flush=True)
-    else:
-        print(f"FAILED: {what}" + (f"\n    detail: {detail}" if detail is not None else ""), flush=True)
-        failures.append(what)
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def check_config(path: str) -> subprocess.CompletedProcess:
@@ -111,11 +95,7 @@ def main() -> int:
                   "dpengined --check-config", "dpengined.toml(5)"):
         check(words in header, f"the header mentions '{words}'")
 
-    if failures:
-        print(f"FAIL: {len(failures)} check(s) failed")
-        return 1
-    print("PASS")
-    return 0
+    return verdict()
 
 
 if __name__ == "__main__":

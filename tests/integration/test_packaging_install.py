@@ -35,16 +35,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from busharness import bus_config  # noqa: E402
-from harness import NotifyListener, free_port, post_json, synthetic_text  # noqa: E402
+from checklist import BUILD, cache_value, check, run, set_deadline, verdict
+from busharness import bus_config
+from harness import NotifyListener, free_port, post_json, synthetic_text
 
-SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
-BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
-DEADLINE = time.monotonic() + 270
+set_deadline(270)
+
 APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C")
 # What a snapshot covers: the places the package writes to, and where leftovers would be.
 WATCHED = ["/etc", "/usr/sbin", "/usr/bin", "/usr/libexec", "/usr/lib/systemd/system", "/usr/lib/sysusers.d",
@@ -58,33 +55,6 @@ NOISE = re.compile(r"^(/var/lib/(dpkg|apt|systemd|ucf|man-db|polkit-1)|/var/cach
 # Expected leftovers after purge: the account tools' backups and lock (the user and group
 # themselves are lines in /etc/passwd and /etc/group).
 LEFTOVERS = re.compile(r"^/etc/(passwd|group|shadow|gshadow|subuid|subgid)-$")
-
-failures: list[str] = []
-
-
-def check(cond: bool, what: str, detail: object = None) -> bool:
-    if cond:
-        print(f"  ok: {what}", flush=True)
-    else:
-        print(f"FAILED: {what}" + (f"\n    detail: {detail}" if detail is not None else ""), flush=True)
-        failures.append(what)
-    return bool(cond)
-
-
-def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    left = DEADLINE - time.monotonic()
-    if left < 5:
-        raise TimeoutError(f"out of time before {cmd[0]}")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=min(timeout, left), **kw)
-
-
-def cache_value(name: str) -> str | None:
-    try:
-        with open(os.path.join(BUILD, "CMakeCache.txt"), encoding="utf-8", errors="replace") as f:
-            m = re.search(rf"^{name}:\w+=(.*)$", f.read(), re.M)
-            return m[1].strip() if m else None
-    except OSError:
-        return None
 
 
 def installed() -> bool:
@@ -357,11 +327,7 @@ def main() -> int:
             if not group_existed and known(grp.getgrnam, "dpengine"):
                 subprocess.run(["groupdel", "dpengine"], capture_output=True, timeout=30)
 
-    if failures:
-        print(f"FAIL: {len(failures)} check(s) failed")
-        return 1
-    print("PASS")
-    return 0
+    return verdict()
 
 
 if __name__ == "__main__":

@@ -21,32 +21,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 
+from checklist import BUILD, SRC, check, run, run_parts, set_deadline
 from busharness import bus_config
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
-BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
+set_deadline(120)
+
 UNIT = os.path.join(SRC, "units", "dpengined.service")
 MAX_EXPOSURE = 2.0
-DEADLINE = time.monotonic() + 120
-
-failures: list[str] = []
-
-
-def check(cond: bool, what: str, detail: object = None) -> None:
-    if cond:
-        print(f"  ok: {what}", flush=True)
-    else:
-        print(f"FAILED: {what}" + (f"\n    detail: {detail}" if detail is not None else ""), flush=True)
-        failures.append(what)
-
-
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    left = max(5.0, DEADLINE - time.monotonic())
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=min(60.0, left), **kw)
 
 
 def unit_settings(path: str) -> dict[str, list[str]]:
@@ -297,17 +280,7 @@ def main() -> int:
     if not shutil.which("systemd-analyze"):
         print("skipped: systemd-analyze is missing (apt-get install systemd)")
         return 0
-    for test in (test_security_score, test_verify, test_directives, test_dbus_policy, test_polkit,
-                 test_sysusers_tmpfiles):
-        try:
-            test()
-        except Exception as e:  # a crash in one part should not hide the others
-            check(False, f"{test.__name__} ran", repr(e))
-    if failures:
-        print(f"FAIL: {len(failures)} check(s) failed")
-        return 1
-    print("PASS")
-    return 0
+    return run_parts([test_security_score, test_verify, test_directives, test_dbus_policy, test_polkit, test_sysusers_tmpfiles])
 
 
 if __name__ == "__main__":
