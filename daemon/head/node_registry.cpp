@@ -17,6 +17,13 @@ std::chrono::steady_clock::duration seconds(double s) {
     return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
 }
 
+// ZeroMQ names an IPv4 peer of a dual-stack socket "::ffff:A.B.C.D"; people know it as A.B.C.D.
+std::string plain_address(const std::string& peer) {
+    const std::string mapped = "::ffff:";
+    if (peer.rfind(mapped, 0) == 0 && peer.find('.') != std::string::npos) return peer.substr(mapped.size());
+    return peer;
+}
+
 bool overlaps(uint32_t a, uint32_t an, uint32_t b, uint32_t bn) { return an && bn && a < b + bn && b < a + an; }
 
 }  // namespace
@@ -120,8 +127,9 @@ void NodeRegistry::on_message(const std::string& routing_id, const wire::Envelop
 }
 
 void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello& hello, const std::string& key_node,
-                            const std::string& peer) {
+                            const std::string& peer_address) {
     const std::string& node = hello.node;
+    const std::string peer = plain_address(peer_address);
     // With CURVE the key names the node; a node may speak only for itself.
     if (!key_node.empty() && key_node != node) {
         return refuse(routing_id, node, "node-mismatch",
