@@ -21,7 +21,7 @@ import time
 
 from busharness import SystemBus, dpctl, dpctl_json, rank_by_number, wait_for_name
 from harness import check, check_eq, check_in, log, run_test, slow_factor, synthetic_completion, wait_until
-from netns import Cluster, Network
+from netns import Cluster, Network, rank_switches
 
 DP = 5
 
@@ -30,7 +30,7 @@ class RequestStream:
     """Completions sent back to back from `workers` threads in the head's namespace until
     stop(); each answer is checked against the synthetic backend."""
 
-    def __init__(self, head, workers: int = 4, max_tokens: int = 24):
+    def __init__(self, head, workers: int = 6, max_tokens: int = 48):
         self.head = head
         self.max_tokens = max_tokens
         self.ok = 0
@@ -152,12 +152,19 @@ def main() -> None:
             log(f"  assign took {time.monotonic() - t0:.1f} s; {stream.count()} requests so far")
             check_eq(moved.returncode, 0, "dpctl assign completes (the ranks are ready on node C)")
             served_at_move = stream.count()
-            check(wait_until(lambda: stream.count() >= served_at_move + 20, 30 * slow_factor(), interval=0.1),
+            c_ranks = node_c.ranks()
+            check_eq(sorted(c_ranks), [3, 4], "node C runs ranks 3 and 4 once dpctl assign returns")
+            c_work_before = rank_switches(c_ranks)
+            check(wait_until(lambda: stream.count() >= served_at_move + 30, 30 * slow_factor(), interval=0.1),
                   "the stream goes on after the move")
+            c_work = {r: v - c_work_before[r] for r, v in rank_switches(c_ranks).items()}
+            check(all(v >= 20 for v in c_work.values()), "node C's ranks 3 and 4 serve part of the stream", c_work)
             stream.stop()
             log(f"  {stream.ok} requests served during the test, {len(stream.problems)} problem(s)")
             check_eq(stream.problems[:10], [], "no request failed or was wrong during the move")
 
+            check_in("assigning ranks 3-4 to node 'node-c'", head.log_text(), "the head logs the move")
+            check_in("runs ranks 3-4", head.log_text(), "... and its completion")
             st = dpctl_json(bus_a, "status")
             check(st["epoch"] > epoch_before, f"the epoch went up ({epoch_before} -> {st['epoch']})")
             check_eq(placement(bus_a), {"head": "0-1", "node-b": "2", "node-c": "3-4"}, "the new placement")
