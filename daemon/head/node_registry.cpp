@@ -162,6 +162,7 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
     // Which block: the configured one; else the one it had; else the one it runs (this head
     // restarted); else the first free one.
     std::optional<uint32_t> start;
+    uint32_t count = hello.count;
     if (hello.start_rank) {
         if (auto problem = block_problem(node, *hello.start_rank, hello.count); !problem.empty()) {
             return refuse(routing_id, node, "rank-conflict", problem + "; fix data_parallel.start_rank or leave it unset");
@@ -169,9 +170,11 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
         start = hello.start_rank;
     } else if (existing != nodes_.end() && existing->second.count) {
         start = existing->second.start;
-    } else if (hello.held_start && hello.held_count == hello.count &&
-               block_problem(node, *hello.held_start, hello.count).empty()) {
+    } else if (hello.held_start && hello.held_count > 0 &&
+               block_problem(node, *hello.held_start, hello.held_count).empty()) {
+        // What it runs now, even when ranks were moved off it: its processes keep serving.
         start = hello.held_start;
+        count = hello.held_count;
     } else {
         start = free_block(node, hello.count);
     }
@@ -188,7 +191,7 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
     entry.since = unix_now();
     node_of_connection_[routing_id] = node;
     if (start && entry.count == 0) {
-        take_block(entry, *start, hello.count);
+        take_block(entry, *start, count);
     } else if (start) {
         take_block(entry, entry.start, entry.count);
     }

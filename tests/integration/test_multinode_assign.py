@@ -13,7 +13,10 @@ rank, so the head assigns their ranks. Checks:
     drains and stops ranks 3-4, node C starts them, the epoch goes up; dpctl returns once they
     are ready on node C; not one request fails and every answer is right;
   - afterwards status shows the new placement (B: 2, C: 3-4), 5 ready ranks, and node B's and
-    node C's rank processes match it; node B did not restart ranks 3-4 after they stopped.
+    node C's rank processes match it; node B did not restart ranks 3-4 after they stopped;
+  - the head restarts: node B's head link is "disconnected" meanwhile; both nodes register
+    with the new head (the node link reconnects) and keep the blocks they run, with the same
+    rank processes, and the new head serves.
 """
 
 import threading
@@ -21,7 +24,7 @@ import time
 
 from busharness import SystemBus, dpctl, dpctl_json, rank_by_number, wait_for_name
 from harness import check, check_eq, check_in, log, run_test, slow_factor, synthetic_completion, wait_until
-from netns import Cluster, Network, rank_switches
+from netns import Cluster, Network, completion_load, rank_switches
 
 DP = 5
 
@@ -181,6 +184,25 @@ def main() -> None:
             st_c = dpctl_json(bus_c, "status")
             check_eq(sorted(rank_by_number(st_c)), [3, 4], "node C's own status lists ranks 3 and 4")
             check_eq(st_c["epoch"], st["epoch"], "node C knows the new epoch")
+
+            # The head restarts: the nodes register again and keep the blocks they run.
+            pids = {**node_b.ranks(), **node_c.ranks()}
+            check_eq(head.stop(), 0, "the head stops cleanly")
+            check(wait_until(lambda: dpctl_json(bus_b, "nodes") and
+                             node_by_name(dpctl_json(bus_b, "nodes"))["head"]["state"] == "disconnected",
+                             15 * slow_factor(), interval=0.3),
+                  "node B reports its head link as disconnected", dpctl(bus_b, "status").stdout)
+            head = c.head(a, dp=DP, dpl=2, authorized=[("node-b", None), ("node-c", None)], env=bus_a.env)
+            head.start()
+            check(head.wait_ready_ranks(DP, 30), f"the new head has {DP} ready ranks", head.health())
+            check(wait_until(lambda: placement(bus_a) == {"head": "0-1", "node-b": "2", "node-c": "3-4"},
+                             15 * slow_factor(), interval=0.3),
+                  "the nodes register with the new head with the blocks they run", dpctl(bus_a, "nodes").stdout)
+            check_eq({**node_b.ranks(), **node_c.ranks()}, pids, "node B's and node C's rank processes are untouched")
+            check(node_by_name(dpctl_json(bus_b, "nodes"))["head"]["state"] == "connected",
+                  "node B's head link is connected again")
+            problems = completion_load(head, [f"after the head restart {i}" for i in range(10)], 16)
+            check_eq(problems, [], "the new head serves")
             for d in (node_c, node_b, head):
                 check_eq(d.stop(), 0, f"{d.name} stops cleanly")
             c.check_logs_clean()
