@@ -108,6 +108,8 @@ void NodeRegistry::on_message(const std::string& routing_id, const wire::Envelop
                               const std::string& key_node, const std::string& peer) {
     if (auto* hello = std::get_if<wire::NodeHello>(&envelope.message)) {
         on_hello(routing_id, *hello, key_node, peer);
+        // Epochs only go up, also across a restart of the head.
+        if (node_of_connection_.count(routing_id)) link_.raise_epoch(envelope.epoch);
         return;
     }
     auto known = node_of_connection_.find(routing_id);

@@ -577,7 +577,8 @@ void RankLink::shutdown() {
     for (Slot& slot : ranks_) {
         // Only this node's ranks stop with it. Ranks of headless nodes wait for the head to
         // come back and register again.
-        bool local = slot.info.rank >= first_local && slot.info.rank < end_local;
+        bool local = slot.info.rank >= first_local && slot.info.rank < end_local &&
+                     (slot.owner.empty() || slot.owner == config_.node.name);  // not moved to another node
         if (local && !slot.routing_id.empty()) send(slot.routing_id, wire::Shutdown{});
         slot.info.in_flight = 0;
         slot.routing_id.clear();

@@ -13,6 +13,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -118,6 +119,8 @@ public:
     RankState state_of(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].info.state : RankState::stopped; }
     // A new placement of ranks took effect.
     uint64_t bump_epoch() { return ++epoch_; }
+    // A node registers with the epoch it last knew (a previous head's): never go back.
+    void raise_epoch(uint64_t at_least) { epoch_ = std::max(epoch_, at_least); }
     // security.authorized_keys: the ranks=A-B of the node's key, when CURVE is on and it has one.
     std::optional<std::pair<uint32_t, uint32_t>> key_ranks(const std::string& node) const;
 

@@ -524,7 +524,9 @@ private:
             log::write(link_ ? log::Level::info : log::Level::warning,
                        fmt::format("rank {} (pid {}) {}", exit.rank, exit.pid, cause));
         }
-        if (link_) link_->rank_exited(exit.rank, cause);
+        // A rank that moved to another node may be registered from there already: its old
+        // process's exit says nothing about it.
+        if (link_ && local.assigned) link_->rank_exited(exit.rank, cause);
         bus_.rank_changed(exit.rank);
         if (node_link_) node_link_->report_soon();
         if (!local.assigned) {  // moved to another node: gone from here

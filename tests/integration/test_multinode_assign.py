@@ -17,6 +17,8 @@ rank, so the head assigns their ranks. Checks:
   - the head restarts: node B's head link is "disconnected" meanwhile; both nodes register
     with the new head (the node link reconnects) and keep the blocks they run, with the same
     rank processes, and the new head serves.
+  - one of the head's own ranks (1) moves to node B under load (assign node-b --start-rank 1
+    --count 2): the head stops its process, node B starts it, no request fails.
 """
 
 import threading
@@ -199,10 +201,38 @@ def main() -> None:
                              15 * slow_factor(), interval=0.3),
                   "the nodes register with the new head with the blocks they run", dpctl(bus_a, "nodes").stdout)
             check_eq({**node_b.ranks(), **node_c.ranks()}, pids, "node B's and node C's rank processes are untouched")
+            check(wait_until(lambda: dpctl_json(bus_a, "status")["epoch"] >= 2, 10 * slow_factor(), interval=0.2),
+                  "the new head's epoch does not go back behind the one the nodes knew (2)",
+                  dpctl_json(bus_a, "status")["epoch"])
             check(node_by_name(dpctl_json(bus_b, "nodes"))["head"]["state"] == "connected",
                   "node B's head link is connected again")
             problems = completion_load(head, [f"after the head restart {i}" for i in range(10)], 16)
             check_eq(problems, [], "the new head serves")
+
+            # One of the head's own ranks moves to node B, under load.
+            head_pids = head.ranks()
+            check_eq(sorted(head_pids), [0, 1], "the head runs ranks 0 and 1")
+            epoch_before = dpctl_json(bus_a, "status")["epoch"]
+            stream = RequestStream(head).start()
+            check(wait_until(lambda: stream.count() >= 20, 30 * slow_factor(), interval=0.1),
+                  "the request stream flows before the second move", stream.problems[:5])
+            moved = dpctl(bus_a, "assign", "node-b", "--start-rank", "1", "--count", "2", "--timeout", "60")
+            check_eq(moved.returncode, 0, "dpctl assign node-b --start-rank 1 --count 2 completes")
+            at_move = stream.count()
+            check(wait_until(lambda: stream.count() >= at_move + 30, 30 * slow_factor(), interval=0.1),
+                  "the stream goes on after the second move")
+            stream.stop()
+            check_eq(stream.problems[:10], [], "no request failed or was wrong while rank 1 left the head")
+            check_eq(placement(bus_a), {"head": "0", "node-b": "1-2", "node-c": "3-4"}, "rank 1 runs on node B")
+            check(wait_until(lambda: sorted(head.ranks()) == [0] and sorted(node_b.ranks()) == [1, 2],
+                             10 * slow_factor()),
+                  "the head's rank 1 process is gone; node B runs ranks 1 and 2", (head.ranks(), node_b.ranks()))
+            check_eq(head.ranks()[0], head_pids[0], "the head's rank 0 is the same process throughout")
+            st = dpctl_json(bus_a, "status")
+            check(st["epoch"] > epoch_before >= 2, f"the epoch went up again ({epoch_before} -> {st['epoch']})")
+            check_eq({r: (x["state"], x["node"]) for r, x in rank_by_number(st).items()},
+                     {0: ("ready", "head"), 1: ("ready", "node-b"), 2: ("ready", "node-b"), 3: ("ready", "node-c"),
+                      4: ("ready", "node-c")}, "every rank is ready where it now runs")
             for d in (node_c, node_b, head):
                 check_eq(d.stop(), 0, f"{d.name} stops cleanly")
             c.check_logs_clean()
