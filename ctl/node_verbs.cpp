@@ -130,6 +130,10 @@ int assign_verb(const Options& options, const Args& args) {
         for (const auto& r : bus.ranks()) {
             if (r.rank < *a.start || r.rank >= *a.start + *a.count) continue;
             if (r.state == "ready" && r.node == a.node) continue;
+            if (r.state == "failed" && r.node == a.node) {
+                throw Failure(exit_status::failure, what + " failed: rank " + std::to_string(r.rank) + " failed on node '" +
+                                                        a.node + "'" + (r.last_error.empty() ? "" : ": " + r.last_error));
+            }
             pending += (pending.empty() ? "" : "; ") + ("rank " + std::to_string(r.rank) + " is " + r.state +
                                                        (r.node.empty() ? "" : " on node '" + r.node + "'"));
         }

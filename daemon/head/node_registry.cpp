@@ -156,6 +156,13 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
                           std::to_string(config_.dp_size()));
     }
     auto existing = nodes_.find(node);
+    // Bounded: every node holds a rank or waits for one; more names than that are a mistake
+    // (or a peer inventing them, on a network without CURVE).
+    const size_t max_nodes = std::max<size_t>(64, 2 * size_t{config_.dp_size()});
+    if (existing == nodes_.end() && nodes_.size() >= max_nodes) {
+        return refuse(routing_id, node, "too-many-nodes",
+                      "the head already knows " + std::to_string(nodes_.size()) + " nodes, the most it keeps");
+    }
     if (existing != nodes_.end() && existing->second.connected && existing->second.routing_id != routing_id &&
         existing->second.incarnation != hello.incarnation) {
         return refuse(routing_id, node, "duplicate-node", "node '" + node + "' is already connected from " +
