@@ -323,9 +323,14 @@ private:
             return Error{"rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
                          "invalid-rank"};
         }
-        const uint32_t first = config_.first_local_rank();
-        return Error{"rank " + std::to_string(rank) + " does not run on this node (it runs ranks " + std::to_string(first) +
-                         "-" + std::to_string(first + config_.size_local() - 1) + "); use dpctl on the node that runs it",
+        // The ranks it runs now: the head may have assigned or moved them.
+        std::string runs;
+        for (const auto& [r, l] : local_) {
+            if (l.assigned) runs += (runs.empty() ? "" : ", ") + std::to_string(r);
+        }
+        return Error{"rank " + std::to_string(rank) + " does not run on this node (" +
+                         (runs.empty() ? std::string("it runs none") : "it runs ranks " + runs) +
+                         "); use dpctl on the node that runs it",
                      "not-local"};
     }
 

@@ -233,6 +233,9 @@ def main() -> None:
             check_eq({r: (x["state"], x["node"]) for r, x in rank_by_number(st).items()},
                      {0: ("ready", "head"), 1: ("ready", "node-b"), 2: ("ready", "node-b"), 3: ("ready", "node-c"),
                       4: ("ready", "node-c")}, "every rank is ready where it now runs")
+            not_here = dpctl(bus_a, "restart", "1")
+            check_eq(not_here.returncode, 5, "the head no longer controls rank 1's process (exit 5)")
+            check_in("it runs ranks 0)", not_here.stderr, "the refusal names the ranks the head runs now")
             for d in (node_c, node_b, head):
                 check_eq(d.stop(), 0, f"{d.name} stops cleanly")
             c.check_logs_clean()
