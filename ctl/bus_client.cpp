@@ -167,6 +167,46 @@ std::vector<RankRow> BusClient::ranks() {
     return rows;
 }
 
+std::vector<NodeRow> BusClient::nodes() {
+    BusError error;
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, api::list_nodes,
+                               error.get(), &raw, "");
+    MessagePtr reply(raw);
+    if (r < 0) fail("listing the nodes", r, error, false);
+    std::vector<NodeRow> rows;
+    const std::string entry = std::string(api::list_nodes_signature).substr(1);  // "(ssssuuutt)"
+    if ((r = sd_bus_message_enter_container(reply.get(), 'a', entry.c_str())) >= 0) {
+        for (;;) {
+            NodeRow row;
+            const char *name = nullptr, *role = nullptr, *state = nullptr, *address = nullptr;
+            r = sd_bus_message_read(reply.get(), entry.c_str(), &name, &role, &state, &address, &row.start_rank,
+                                    &row.count, &row.wanted, &row.since, &row.incarnation);
+            if (r <= 0) break;
+            row.name = name;
+            row.role = role;
+            row.state = state;
+            row.address = address;
+            rows.push_back(std::move(row));
+        }
+        if (r >= 0) r = sd_bus_message_exit_container(reply.get());
+    }
+    if (r < 0) {
+        throw Failure(exit_status::failure, std::string("cannot parse the answer to ListNodes (expected ") +
+                                                api::list_nodes_signature + "): " + std::strerror(-r));
+    }
+    return rows;
+}
+
+void BusClient::assign(const std::string& node, uint32_t start, uint32_t count, const std::string& what) {
+    BusError error;
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, api::assign_ranks,
+                               error.get(), &raw, "suu", node.c_str(), start, count);
+    MessagePtr reply(raw);
+    if (r < 0) fail(what, r, error, true);
+}
+
 void BusClient::manage(const char* method, uint32_t rank, const std::string& what) {
     BusError error;
     sd_bus_message* raw = nullptr;

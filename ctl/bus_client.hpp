@@ -67,6 +67,19 @@ struct RankRow {
     std::string reason;
 };
 
+// One entry of ListNodes() -> a(ssssuuutt).
+struct NodeRow {
+    std::string name;
+    std::string role;
+    std::string state;
+    std::string address;
+    uint32_t start_rank = 0;
+    uint32_t count = 0;
+    uint32_t wanted = 0;
+    uint64_t since = 0;  // Unix seconds
+    uint64_t incarnation = 0;
+};
+
 class BusClient {
 public:
     // Connects to the system bus; throws Failure (not running) when there is none.
@@ -74,6 +87,9 @@ public:
 
     ManagerInfo manager();
     std::vector<RankRow> ranks();
+    std::vector<NodeRow> nodes();
+    // AssignRanks(node, start, count); `what` as for manage().
+    void assign(const std::string& node, uint32_t start, uint32_t count, const std::string& what);
     // A Manager method that changes something, with a rank argument or none; `what` describes
     // it for error messages ("stopping rank 2").
     void manage(const char* method, uint32_t rank, const std::string& what);

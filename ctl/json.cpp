@@ -29,11 +29,39 @@ json::array ranks_array(const std::vector<RankRow>& ranks) {
     return out;
 }
 
+json::array nodes_array(const std::vector<NodeRow>& nodes) {
+    json::array out;
+    out.reserve(nodes.size());
+    for (const auto& n : nodes) {
+        out.push_back(json::object{
+            {"name", n.name},
+            {"role", n.role},
+            {"state", n.state},
+            {"address", n.address},
+            {"start_rank", n.start_rank},
+            {"count", n.count},
+            {"ranks", rank_block(n.start_rank, n.count)},
+            {"wanted", n.wanted},
+            {"since", n.since},
+            {"incarnation", n.incarnation},
+        });
+    }
+    return out;
+}
+
 }  // namespace
+
+std::string rank_block(uint32_t start, uint32_t count) {
+    if (count == 0) return "";
+    if (count == 1) return std::to_string(start);
+    return std::to_string(start) + "-" + std::to_string(start + count - 1);
+}
+
+std::string nodes_json(const std::vector<NodeRow>& nodes) { return json::serialize(nodes_array(nodes)); }
 
 std::string ranks_json(const std::vector<RankRow>& ranks) { return json::serialize(ranks_array(ranks)); }
 
-std::string status_json(const ManagerInfo& m, const std::vector<RankRow>& ranks) {
+std::string status_json(const ManagerInfo& m, const std::vector<RankRow>& ranks, const std::vector<NodeRow>& nodes) {
     return json::serialize(json::object{
         {"role", m.role},
         {"node", m.node},
@@ -42,6 +70,7 @@ std::string status_json(const ManagerInfo& m, const std::vector<RankRow>& ranks)
         {"ready_ranks", m.ready_ranks},
         {"version", m.version},
         {"ranks", ranks_array(ranks)},
+        {"nodes", nodes_array(nodes)},
     });
 }
 

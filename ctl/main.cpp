@@ -19,6 +19,8 @@ int dispatch(const dpctl::CommandLine& cl) {
     if (verb == "reload") return dpctl::reload_verb(cl.options, cl.args);
     if (verb == "logs") return dpctl::logs_verb(cl.options, cl.args);
     if (verb == "keys") return dpctl::keys_verb(cl.args);
+    if (verb == "nodes") return dpctl::nodes_verb(cl.options, cl.args);
+    if (verb == "assign") return dpctl::assign_verb(cl.options, cl.args);
     if (verb == "version") {
         std::printf("dpctl %s\n", DPENGINE_VERSION);
         return dpctl::exit_status::ok;

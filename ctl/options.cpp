@@ -20,6 +20,7 @@ const char* const help_text =
     "  status                  Show the node and its ranks (the default command)\n"
     "  ranks                   List the ranks in a table\n"
     "  logs RANK               Show a rank's lines from the systemd journal\n"
+    "  nodes                   List the nodes of the cluster and their ranks\n"
     "\n"
     "Rank control (root or members of the group 'dpengine'):\n"
     "  start RANK              Start a stopped rank; wait until it is ready\n"
@@ -32,6 +33,10 @@ const char* const help_text =
     "  stop-node               Drain and stop every rank of this node; wait until exited\n"
     "  reload                  Re-read the configuration; apply what can change while\n"
     "                          running, refuse a broken file\n"
+    "  assign NODE --start-rank R --count N\n"
+    "                          On the head: move ranks R to R+N-1 to the headless node\n"
+    "                          NODE (their old nodes drain and stop them); wait until\n"
+    "                          they are ready there\n"
     "\n"
     "Keys:\n"
     "  keys generate PATH [--node NAME] [--force]\n"
@@ -43,11 +48,12 @@ const char* const help_text =
     "Options:\n"
     "  -h --help               Show this help\n"
     "     --version            Show the version\n"
-    "     --json               status, ranks: print one JSON document\n"
-    "     --no-legend          status, ranks: print no column header and no\n"
+    "     --json               status, ranks, nodes: print one JSON document\n"
+    "     --no-legend          status, ranks, nodes: print no column header and no\n"
     "                          \"N ranks listed.\" line\n"
-    "     --no-block           start, stop, restart, drain, *-node: return once the\n"
-    "                          daemon has accepted the request, without waiting\n"
+    "     --no-block           start, stop, restart, drain, *-node, assign: return\n"
+    "                          once the daemon has accepted the request, without\n"
+    "                          waiting\n"
     "     --timeout SECONDS    ... wait at most this long (default 600)\n"
     "  -f --follow             logs: go on printing new lines\n"
     "  -n --lines N            logs: show the last N lines\n"
@@ -58,8 +64,8 @@ const char* const help_text =
     "  2  Invalid arguments: unknown command or option, malformed RANK; nothing was done\n"
     "  3  dpengined is not running: org.dpengine1 is not on the system bus, or no bus\n"
     "  4  Access denied\n"
-    "  5  Refused by the daemon as invalid: no such rank, not in a state that allows it,\n"
-    "     or not run by this node\n"
+    "  5  Refused by the daemon as invalid: no such rank or node, not in a state that\n"
+    "     allows it, not run by this node, or an assignment that conflicts\n"
     "\n"
     "See dpctl(1).\n";
 
@@ -128,7 +134,7 @@ CommandLine parse_command_line(int argc, char** argv) {
             options.follow = true;
         } else if (is_option(arg, "--lines", "-n")) {
             options.lines = parse_lines(option_value(argc, argv, i, arg, "--lines"));
-        } else if (verb == "keys") {
+        } else if (verb == "keys" || verb == "assign") {  // options of their own
             args.push_back(arg);
         } else {
             throw UsageError{"unknown option '" + arg + "'"};

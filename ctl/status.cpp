@@ -6,6 +6,7 @@
 #include "verbs.hpp"
 
 #include <cstdio>
+#include <ctime>
 #include <string>
 
 namespace dpctl {
@@ -66,8 +67,9 @@ int status_verb(const Options& options, const Args& args) {
     auto bus = BusClient::connect();
     auto manager = bus.manager();
     auto ranks = bus.ranks();
+    auto nodes = bus.nodes();
     if (options.json) {
-        std::printf("%s\n", status_json(manager, ranks).c_str());
+        std::printf("%s\n", status_json(manager, ranks, nodes).c_str());
         return exit_status::ok;
     }
     const bool colour = use_colour();
@@ -84,7 +86,25 @@ int status_verb(const Options& options, const Args& args) {
     field("Ready ranks", std::to_string(manager.ready_ranks) + "/" + std::to_string(manager.dp_size),
           colour ? ready_colour : nullptr);
     field("Version", manager.version, nullptr);
+    // A headless node: its link to the head.
+    for (const auto& n : nodes) {
+        if (manager.role != "headless" || n.role != "head") continue;
+        field("Head link", n.state + " to " + n.address + (n.name.empty() ? "" : " (node " + n.name + ")"),
+              colour ? (n.state == "connected" ? colour::green : colour::red) : nullptr);
+        if (n.since) {
+            std::time_t t = static_cast<std::time_t>(n.since);
+            std::tm tm{};
+            gmtime_r(&t, &tm);
+            char buf[40];
+            std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+            field("Since", buf, nullptr);
+        }
+    }
     std::printf("\n");
+    if (manager.role == "head" && nodes.size() > 1) {
+        print_nodes_table(nodes, options, colour);
+        std::printf("\n");
+    }
     print_ranks_table(ranks, options, colour);
     return exit_status::ok;
 }

@@ -47,5 +47,10 @@ int node_action_verb(const std::string& verb, const Options& options, const Args
 int reload_verb(const Options& options, const Args& args);
 int logs_verb(const Options& options, const Args& args);
 int keys_verb(const Args& args);
+int nodes_verb(const Options& options, const Args& args);
+struct NodeRow;
+// The nodes table of 'dpctl nodes', which 'dpctl status' shows too.
+void print_nodes_table(const std::vector<NodeRow>& nodes, const Options& options, bool colour);
+int assign_verb(const Options& options, const Args& args);  // assign NODE --start-rank R --count N
 
 }  // namespace dpctl

@@ -54,7 +54,7 @@ KEYS = {
     "node.name": "This node's name in logs and status; empty means the host name.",
     "data_parallel.size": "Ranks in the whole data-parallel group, on all nodes.",
     "data_parallel.size_local": "Ranks this node runs. Unset: size - start_rank on a head; a headless node must set it.",
-    "data_parallel.start_rank": "Global rank of this node's first rank.",
+    "data_parallel.start_rank": "Global rank of this node's first rank. Unset on a headless node: the head assigns its ranks.",
     "data_parallel.address": "The head's address (IPv4, IPv6 or host name) that ranks on other nodes connect to.",
     "data_parallel.rpc_port": "The head's TCP port for ranks on other nodes.",
     "frontend.host": "Address the HTTP API listens on.",

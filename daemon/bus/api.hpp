@@ -29,6 +29,14 @@ inline constexpr const char* reload = "Reload";
 
 inline constexpr const char* list_ranks_signature = "a(usssuuuttss)";
 
+// The cluster view.
+//   ListNodes() -> a(ssssuuutt)  name, role, state, address, start_rank, count, wanted,
+//                                since (Unix seconds), incarnation
+//   AssignRanks(s node, u start_rank, u count)  — head: move ranks to a headless node
+inline constexpr const char* list_nodes = "ListNodes";
+inline constexpr const char* assign_ranks = "AssignRanks";
+inline constexpr const char* list_nodes_signature = "a(ssssuuutt)";
+
 // Errors: org.dpengine1.Error.<Name>
 inline constexpr const char* error_invalid_rank = "org.dpengine1.Error.InvalidRank";
 inline constexpr const char* error_not_local = "org.dpengine1.Error.NotLocal";

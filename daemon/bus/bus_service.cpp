@@ -59,7 +59,7 @@ Result<Caller> classify_caller(sd_bus_message* m) {
 int reply_status(sd_bus_message* m, sd_bus_error* error, const Status& status) {
     if (status) return sd_bus_reply_method_return(m, "");
     const auto& e = status.error();
-    const char* name = e.code == "invalid-rank" ? SD_BUS_ERROR_INVALID_ARGS
+    const char* name = e.code == "invalid-rank" || e.code == "invalid-args" ? SD_BUS_ERROR_INVALID_ARGS
                        : e.code == "bad-state"  ? bus::error_bad_state
                        : e.code == "not-local"  ? bus::error_not_local
                                                 : bus::error_failed;
@@ -173,6 +173,34 @@ int list_ranks(sd_bus_message* m, void* userdata, sd_bus_error*) {
     return sd_bus_send(nullptr, reply, nullptr);
 }
 
+int list_nodes(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_message_new_method_return(m, &reply);
+    if (r < 0) return r;
+    std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> owned(reply, &sd_bus_message_unref);
+    const std::string entry = std::string(bus::list_nodes_signature).substr(1);
+    if ((r = sd_bus_message_open_container(reply, 'a', entry.c_str())) < 0) return r;
+    for (const auto& n : node_of(userdata).nodes()) {
+        r = sd_bus_message_append(reply, entry.c_str(), n.name.c_str(), n.role.c_str(), n.state.c_str(),
+                                  n.address.c_str(), n.start_rank, n.count, n.wanted, n.since, n.incarnation);
+        if (r < 0) return r;
+    }
+    if ((r = sd_bus_message_close_container(reply)) < 0) return r;
+    return sd_bus_send(nullptr, reply, nullptr);
+}
+
+int assign_ranks(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+    const char* node_name = nullptr;
+    uint32_t start = 0, count = 0;
+    if (int r = sd_bus_message_read(m, "suu", &node_name, &start, &count); r < 0) return r;
+    NodeControl& node = node_of(userdata);
+    return authorize_then(m, bus::action_assign,
+                          [&node, name = std::string(node_name), start, count] {
+                              return node.assign_ranks(name, start, count);
+                          },
+                          error);
+}
+
 // ---- manager properties ----
 
 int get_role(sd_bus*, const char*, const char*, const char*, sd_bus_message* reply, void* userdata, sd_bus_error*) {
@@ -211,6 +239,8 @@ const sd_bus_vtable manager_vtable[] = {
     SD_BUS_METHOD("StopNode", "", "", (node_method<&NodeControl::stop_node, bus::action_manage_node>), SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("StartNode", "", "", (node_method<&NodeControl::start_node, bus::action_manage_node>), SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("Reload", "", "", (node_method<&NodeControl::reload, bus::action_reload>), SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("ListNodes", "", bus::list_nodes_signature, list_nodes, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("AssignRanks", "suu", "", assign_ranks, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_VTABLE_END,
 };
 
@@ -307,6 +337,8 @@ const char* BusService::introspection_xml() {
   <method name="StopNode"/>
   <method name="StartNode"/>
   <method name="Reload"/>
+  <method name="ListNodes"><arg type="a(ssssuuutt)" direction="out"/></method>
+  <method name="AssignRanks"><arg type="s" direction="in"/><arg type="u" direction="in"/><arg type="u" direction="in"/></method>
  </interface>
  <interface name="org.dpengine1.Rank">
   <property name="Rank" type="u" access="read"/>
@@ -428,6 +460,14 @@ void BusService::rank_changed(uint32_t rank) {
                                    "Restarts", "LastError", "Reason", nullptr);
     sd_bus_emit_properties_changed(bus_.get(), bus::manager_path, bus::manager_interface, "ReadyRanks", nullptr);
     // Emitting queues messages: let the loop write them.
+    asio::post(io_, [this] {
+        if (bus_) process();
+    });
+}
+
+void BusService::nodes_changed() {
+    if (!bus_) return;
+    sd_bus_emit_properties_changed(bus_.get(), bus::manager_path, bus::manager_interface, "Epoch", nullptr);
     asio::post(io_, [this] {
         if (bus_) process();
     });

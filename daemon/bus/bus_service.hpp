@@ -26,6 +26,8 @@ public:
     void start();
     // Emits PropertiesChanged for the rank's object and the manager's counters.
     void rank_changed(uint32_t rank);
+    // A node registered or was lost, or ranks moved: the manager's Epoch may have changed.
+    void nodes_changed();
 
     // The interface description, as --bus-introspect prints it.
     static const char* introspection_xml();

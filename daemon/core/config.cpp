@@ -744,24 +744,27 @@ Status validate(Config& config)
     auto& dp = config.data_parallel;
     const bool headless = config.node.role == Role::headless;
     if (!dp.size && !headless) dp.size = 1;
+    if (!dp.start_rank && !headless) dp.start_rank = 0;
+    // Unset on a headless node: the head assigns the block; the checks below use 0.
+    const uint32_t start_rank = dp.start_rank.value_or(0);
     if (!dp.size_local) {
         if (headless)
             return Error{"a headless node needs data_parallel.size_local "
                          "(--data-parallel-size-local): the number of ranks it runs"};
-        dp.size_local = *dp.size - dp.start_rank;
+        dp.size_local = *dp.size - start_rank;
     }
     if (dp.size) {
-        if (dp.start_rank >= *dp.size)
-            return Error{"data_parallel.start_rank (" + std::to_string(dp.start_rank) +
+        if (start_rank >= *dp.size)
+            return Error{"data_parallel.start_rank (" + std::to_string(start_rank) +
                          ") must be less than data_parallel.size (" + std::to_string(*dp.size) +
                          "); ranks are numbered from 0"};
-        if (*dp.size_local > *dp.size - dp.start_rank)
+        if (*dp.size_local > *dp.size - start_rank)
             return Error{"data_parallel.size_local (" + std::to_string(*dp.size_local) +
                          ") is larger than data_parallel.size (" + std::to_string(*dp.size) +
-                         ") minus start_rank (" + std::to_string(dp.start_rank) +
+                         ") minus start_rank (" + std::to_string(start_rank) +
                          "); lower size_local or raise size"};
-    } else if (uint64_t{dp.start_rank} + *dp.size_local > max_dp_size) {
-        return Error{"data_parallel.start_rank (" + std::to_string(dp.start_rank) + ") plus size_local (" +
+    } else if (uint64_t{start_rank} + *dp.size_local > max_dp_size) {
+        return Error{"data_parallel.start_rank (" + std::to_string(start_rank) + ") plus size_local (" +
                      std::to_string(*dp.size_local) + ") is beyond the largest DP size, " +
                      std::to_string(max_dp_size)};
     }

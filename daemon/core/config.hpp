@@ -25,7 +25,9 @@ struct DataParallelSection {
     std::optional<uint32_t> size;
     // Ranks this node runs. Unset means "all of them" on a head (size - start_rank).
     std::optional<uint32_t> size_local;
-    uint32_t start_rank = 0;
+    // The first rank this node runs. A head defaults to 0; a headless node that leaves it
+    // unset gets a block of size_local ranks assigned by the head when it registers.
+    std::optional<uint32_t> start_rank;
     std::string address = "127.0.0.1";  // the head's address: IPv4, IPv6 or host name
     uint16_t rpc_port = 13345;
 };
@@ -93,6 +95,10 @@ struct Config {
 
     // Ranks this node runs, after defaults are applied (validate() guarantees it is set).
     uint32_t size_local() const { return data_parallel.size_local.value_or(0); }
+    // The first rank this node runs as configured (0 when unset: see start_rank).
+    uint32_t first_local_rank() const { return data_parallel.start_rank.value_or(0); }
+    // A headless node without a start rank: its ranks come from the head's assignment.
+    bool assigned_by_head() const { return node.role == Role::headless && !data_parallel.start_rank; }
     // The DP size; 0 on a headless node that did not state it.
     uint32_t dp_size() const { return data_parallel.size.value_or(0); }
     // True when any rank lives on another node, which selects tcp:// instead of ipc://.

@@ -27,6 +27,10 @@ template <> constexpr Type type_of<Outputs>() { return Type::outputs; }
 template <> constexpr Type type_of<Heartbeat>() { return Type::heartbeat; }
 template <> constexpr Type type_of<Shutdown>() { return Type::shutdown; }
 template <> constexpr Type type_of<ErrorReply>() { return Type::error; }
+template <> constexpr Type type_of<NodeHello>() { return Type::node_hello; }
+template <> constexpr Type type_of<NodeConfig>() { return Type::node_config; }
+template <> constexpr Type type_of<NodeStatus>() { return Type::node_status; }
+template <> constexpr Type type_of<Assign>() { return Type::assign; }
 
 // ---- encoding: one function per message body ----
 
@@ -124,6 +128,53 @@ void put(Writer& w, const Heartbeat& m) {
 }
 
 void put(Writer& w, const Shutdown&) { w.map(0); }
+
+void put(Writer& w, const NodeHello& m) {
+    w.map(7 + (m.start_rank ? 1 : 0) + (m.held_start ? 2 : 0));
+    w.str("node"); w.str(m.node);
+    w.str("incarnation"); w.uint(m.incarnation);
+    w.str("build"); w.str(m.build);
+    w.str("count"); w.uint(m.count);
+    if (m.start_rank) { w.str("start_rank"); w.uint(*m.start_rank); }
+    if (m.held_start) {
+        w.str("held_start"); w.uint(*m.held_start);
+        w.str("held_count"); w.uint(m.held_count);
+    }
+    w.str("dp_size"); w.uint(m.dp_size);
+    w.str("model"); w.str(m.model);
+    w.str("v"); w.uint(1);  // the node link's own revision, for a later minor version
+}
+
+void put(Writer& w, const NodeConfig& m) {
+    w.map(5);
+    w.str("dp_size"); w.uint(m.dp_size);
+    w.str("start_rank"); w.uint(m.start_rank);
+    w.str("count"); w.uint(m.count);
+    w.str("epoch"); w.uint(m.epoch);
+    w.str("head"); w.str(m.head);
+}
+
+// Ranks are arrays [rank, state, pid, restarts, last_error], like OUTPUTS items.
+void put(Writer& w, const NodeStatus& m) {
+    w.map(1);
+    w.str("ranks");
+    w.array(static_cast<uint32_t>(m.ranks.size()));
+    for (const auto& r : m.ranks) {
+        w.array(5);
+        w.uint(r.rank);
+        w.str(r.state);
+        w.uint(r.pid);
+        w.uint(r.restarts);
+        w.str(r.last_error);
+    }
+}
+
+void put(Writer& w, const Assign& m) {
+    w.map(3);
+    w.str("start_rank"); w.uint(m.start_rank);
+    w.str("count"); w.uint(m.count);
+    w.str("epoch"); w.uint(m.epoch);
+}
 
 // ---- decoding ----
 
@@ -303,6 +354,95 @@ Heartbeat get_heartbeat(Reader& r) {
     return m;
 }
 
+// A rank block must lie within the largest DP size.
+void check_block(uint64_t start, uint64_t count, const char* message) {
+    if (count > max_node_ranks || start + count > max_node_ranks) {
+        throw DecodeError(std::string(message) + ": rank block " + std::to_string(start) + "+" + std::to_string(count) +
+                          " is beyond the largest DP size");
+    }
+}
+
+NodeHello get_node_hello(Reader& r) {
+    NodeHello m;
+    std::optional<uint64_t> incarnation;
+    std::optional<uint32_t> count;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "node") m.node = r.str();
+        else if (k == "incarnation") incarnation = r.uint();
+        else if (k == "build") m.build = r.str();
+        else if (k == "count") count = u32(r);
+        else if (k == "start_rank") m.start_rank = u32(r);
+        else if (k == "held_start") m.held_start = u32(r);
+        else if (k == "held_count") m.held_count = u32(r);
+        else if (k == "dp_size") m.dp_size = u32(r);
+        else if (k == "model") m.model = r.str();
+        else return false;
+        return true;
+    });
+    if (m.node.empty()) throw DecodeError("NODE_HELLO: missing field 'node'");
+    m.incarnation = required(incarnation, "NODE_HELLO", "incarnation");
+    m.count = required(count, "NODE_HELLO", "count");
+    check_block(m.start_rank.value_or(0), m.count, "NODE_HELLO");
+    if (m.held_start) check_block(*m.held_start, m.held_count, "NODE_HELLO");
+    return m;
+}
+
+NodeConfig get_node_config(Reader& r) {
+    NodeConfig m;
+    std::optional<uint32_t> start, count;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "dp_size") m.dp_size = u32(r);
+        else if (k == "start_rank") start = u32(r);
+        else if (k == "count") count = u32(r);
+        else if (k == "epoch") m.epoch = r.uint();
+        else if (k == "head") m.head = r.str();
+        else return false;
+        return true;
+    });
+    m.start_rank = required(start, "NODE_CONFIG", "start_rank");
+    m.count = required(count, "NODE_CONFIG", "count");
+    check_block(m.start_rank, m.count, "NODE_CONFIG");
+    return m;
+}
+
+NodeStatus get_node_status(Reader& r) {
+    NodeStatus m;
+    read_fields(r, [&](std::string_view k) {
+        if (k != "ranks") return false;
+        uint32_t n = r.array();
+        if (n > max_node_ranks) throw DecodeError("NODE_STATUS: too many ranks");
+        m.ranks.resize(n);
+        for (auto& s : m.ranks) {
+            uint32_t fields = r.array();
+            if (fields < 5) throw DecodeError("NODE_STATUS: a rank needs 5 fields");
+            s.rank = u32(r);
+            s.state = r.str();
+            s.pid = u32(r);
+            s.restarts = r.uint();
+            s.last_error = r.str();
+            for (; fields > 5; --fields) r.skip();  // appended by a newer minor version
+        }
+        return true;
+    });
+    return m;
+}
+
+Assign get_assign(Reader& r) {
+    Assign m;
+    std::optional<uint32_t> start, count;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "start_rank") start = u32(r);
+        else if (k == "count") count = u32(r);
+        else if (k == "epoch") m.epoch = r.uint();
+        else return false;
+        return true;
+    });
+    m.start_rank = required(start, "ASSIGN", "start_rank");
+    m.count = required(count, "ASSIGN", "count");
+    check_block(m.start_rank, m.count, "ASSIGN");
+    return m;
+}
+
 Message get_body(Reader& r, uint64_t type) {
     switch (static_cast<Type>(type)) {
         case Type::hello: return get_hello(r);
@@ -315,15 +455,25 @@ Message get_body(Reader& r, uint64_t type) {
         case Type::heartbeat: return get_heartbeat(r);
         case Type::shutdown: r.skip(); return Shutdown{};
         case Type::error: return get_code_message<ErrorReply>(r);
+        case Type::node_hello: return get_node_hello(r);
+        case Type::node_config: return get_node_config(r);
+        case Type::node_status: return get_node_status(r);
+        case Type::assign: return get_assign(r);
     }
     throw DecodeError("unreachable");
 }
 
 }  // namespace
 
+bool is_node_link(const Message& message) {
+    return std::holds_alternative<NodeHello>(message) || std::holds_alternative<NodeConfig>(message) ||
+           std::holds_alternative<NodeStatus>(message) || std::holds_alternative<Assign>(message);
+}
+
 const char* type_name(const Message& message) {
     static constexpr const char* names[] = {"HELLO",  "CONFIG",    "REFUSED",  "READY", "ADD",
-                                            "ABORT",  "OUTPUTS",   "HEARTBEAT", "SHUTDOWN", "ERROR"};
+                                            "ABORT",  "OUTPUTS",   "HEARTBEAT", "SHUTDOWN", "ERROR",
+                                            "NODE_HELLO", "NODE_CONFIG", "NODE_STATUS", "ASSIGN"};
     return names[message.index()];
 }
 
@@ -356,7 +506,9 @@ Result<Envelope> decode(std::string_view bytes) {
                          "version-mismatch"};
         }
         uint64_t type = r.uint();
-        if (type < static_cast<uint8_t>(Type::hello) || type > static_cast<uint8_t>(Type::error)) {
+        const bool rank_type = type >= static_cast<uint8_t>(Type::hello) && type <= static_cast<uint8_t>(Type::error);
+        const bool node_type = type >= static_cast<uint8_t>(Type::node_hello) && type <= static_cast<uint8_t>(Type::assign);
+        if (!rank_type && !node_type) {
             return Error{"unknown message type " + std::to_string(type), "unknown-type"};
         }
         Envelope env;

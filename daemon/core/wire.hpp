@@ -7,6 +7,7 @@
 #include "error.hpp"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -28,6 +29,11 @@ enum class Type : uint8_t {
     heartbeat = 8,
     shutdown = 9,
     error = 10,
+    // The node link (a headless daemon ↔ the head), on the same socket as the ranks.
+    node_hello = 11,
+    node_config = 12,
+    node_status = 13,
+    assign = 14,
 };
 
 // rank → head: the first message on a connection.
@@ -122,8 +128,62 @@ struct ErrorReply {
     std::string message;
 };
 
+// ---- the node link: a headless daemon registers with the head and reports its ranks ----
+
+// The most ranks one node may ask for or report (the largest DP size).
+inline constexpr uint32_t max_node_ranks = 65536;
+
+// node → head: the first message of a node link (and again after the head forgot it).
+struct NodeHello {
+    std::string node;
+    uint64_t incarnation = 0;  // random per daemon start
+    std::string build;
+    uint32_t count = 0;        // ranks wanted (data_parallel.size_local)
+    // data_parallel.start_rank when configured: the node runs exactly these ranks. Unset: the
+    // head assigns a block.
+    std::optional<uint32_t> start_rank;
+    // The block the node runs now (a head that restarted hands it back when it is free).
+    std::optional<uint32_t> held_start;
+    uint32_t held_count = 0;
+    uint32_t dp_size = 0;  // 0: not stated
+    std::string model;
+};
+
+// head → node: the answer to NODE_HELLO, and to every NODE_STATUS (the head's current view).
+struct NodeConfig {
+    uint32_t dp_size = 0;
+    uint32_t start_rank = 0;
+    uint32_t count = 0;  // 0: no ranks assigned (yet)
+    uint64_t epoch = 0;
+    std::string head;    // the head's node name, for the node's status
+};
+
+// One of a node's ranks, as the node sees its process.
+struct NodeRankStatus {
+    uint32_t rank = 0;
+    std::string state;  // "running", "stopped", "restarting", "failed"
+    uint32_t pid = 0;
+    uint64_t restarts = 0;
+    std::string last_error;
+};
+
+// node → head: its ranks' processes; sent periodically (it doubles as the link's heartbeat).
+struct NodeStatus {
+    std::vector<NodeRankStatus> ranks;
+};
+
+// head → node: run exactly ranks start_rank .. start_rank + count - 1 from now on.
+struct Assign {
+    uint32_t start_rank = 0;
+    uint32_t count = 0;
+    uint64_t epoch = 0;
+};
+
 using Message = std::variant<Hello, Config, Refused, Ready, Add, Abort, Outputs, Heartbeat,
-                             Shutdown, ErrorReply>;
+                             Shutdown, ErrorReply, NodeHello, NodeConfig, NodeStatus, Assign>;
+
+// True for the node-link messages (NODE_HELLO ... ASSIGN).
+bool is_node_link(const Message& message);
 
 struct Envelope {
     uint64_t epoch = 0;

@@ -98,7 +98,7 @@ Result<std::vector<keys::AuthorizedKey>> RankLink::allow_list() const {
     if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
     keys::AuthorizedKey own{secret->public_z85, config_.node.name, std::nullopt};
     if (config_.size_local() > 0) {
-        own.ranks = {config_.data_parallel.start_rank, config_.data_parallel.start_rank + config_.size_local() - 1};
+        own.ranks = {config_.first_local_rank(), config_.first_local_rank() + config_.size_local() - 1};
     }
     authorized->push_back(own);
     return authorized;
@@ -228,6 +228,14 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
         }
         if (known == rank_of_connection_.end()) refuse(routing_id, env.error().code, env.error().message);
         else send(routing_id, wire::ErrorReply{env.error().code, env.error().message});
+        return;
+    }
+    if (wire::is_node_link(env->message)) {
+        if (node_handler_) {
+            node_handler_(routing_id, *env, frame_property(payload, "User-Id"), frame_property(payload, "Peer-Address"));
+        } else {
+            refuse(routing_id, "unexpected-type", "this head takes no node links");
+        }
         return;
     }
     if (auto* hello = std::get_if<wire::Hello>(&env->message)) {
@@ -565,11 +573,12 @@ void RankLink::shutdown() {
     requests_.clear();
     Error error{"the server is shutting down", "shutdown"};
     for (const auto& [id, request] : pending) request.sink->on_failure(request.choice, error);
-    const uint32_t first_local = config_.data_parallel.start_rank, end_local = first_local + config_.size_local();
+    const uint32_t first_local = config_.first_local_rank(), end_local = first_local + config_.size_local();
     for (Slot& slot : ranks_) {
         // Only this node's ranks stop with it. Ranks of headless nodes wait for the head to
         // come back and register again.
-        bool local = slot.info.rank >= first_local && slot.info.rank < end_local;
+        bool local = slot.info.rank >= first_local && slot.info.rank < end_local &&
+                     (slot.owner.empty() || slot.owner == config_.node.name);  // not moved to another node
         if (local && !slot.routing_id.empty()) send(slot.routing_id, wire::Shutdown{});
         slot.info.in_flight = 0;
         slot.routing_id.clear();
@@ -582,6 +591,17 @@ std::map<std::string, uint64_t> RankLink::refusals() const {
     auto out = refusals_;
     if (zap_ && zap_->refusals()) out["unauthorized-key"] += zap_->refusals();
     return out;
+}
+
+void RankLink::set_owner(uint32_t rank, const std::string& node) {
+    if (rank < ranks_.size()) ranks_[rank].owner = node;
+}
+
+std::optional<std::pair<uint32_t, uint32_t>> RankLink::key_ranks(const std::string& node) const {
+    if (!zap_) return std::nullopt;
+    auto key = zap_->find_node(node);
+    if (!key) return std::nullopt;
+    return key->ranks;
 }
 
 std::vector<RankInfo> RankLink::ranks() const {

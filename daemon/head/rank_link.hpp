@@ -13,10 +13,12 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -102,6 +104,26 @@ public:
     // Refused handshakes and connections by reason code (the ZAP handler's included).
     std::map<std::string, uint64_t> refusals() const;
 
+    // ---- the node link: NODE_* messages arrive on the same socket and go to the registry ----
+    // key_node: the node name CURVE authenticated ("" without CURVE); peer: the peer's address.
+    using NodeMessageHandler = std::function<void(const std::string& routing_id, const wire::Envelope& envelope,
+                                                  const std::string& key_node, const std::string& peer)>;
+    void set_node_handler(NodeMessageHandler handler) { node_handler_ = std::move(handler); }
+    bool send_to(const std::string& routing_id, const wire::Message& message) { return send(routing_id, message); }
+    void refuse_peer(const std::string& routing_id, const std::string& code, const std::string& message) {
+        refuse(routing_id, code, message);
+    }
+    // The node allowed to register a rank ("": the first to come); the registry moves ranks.
+    void set_owner(uint32_t rank, const std::string& node);
+    std::string owner_of(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].owner : std::string(); }
+    RankState state_of(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].info.state : RankState::stopped; }
+    // A new placement of ranks took effect.
+    uint64_t bump_epoch() { return ++epoch_; }
+    // A node registers with the epoch it last knew (a previous head's): never go back.
+    void raise_epoch(uint64_t at_least) { epoch_ = std::max(epoch_, at_least); }
+    // security.authorized_keys: the ranks=A-B of the node's key, when CURVE is on and it has one.
+    std::optional<std::pair<uint32_t, uint32_t>> key_ranks(const std::string& node) const;
+
 private:
     struct Slot {
         RankInfo info;
@@ -159,6 +181,7 @@ private:
     std::unordered_map<uint64_t, InFlight> requests_;
     std::map<std::string, uint64_t> refusals_;
     std::string send_buffer_;
+    NodeMessageHandler node_handler_;
 };
 
 }  // namespace dpengine

@@ -7,8 +7,10 @@
 #include "core/runtime_dir.hpp"
 #include "core/transport.hpp"
 #include "head/http_server.hpp"
+#include "head/node_registry.hpp"
 #include "head/rank_link.hpp"
 #include "node/node_control.hpp"
+#include "node/node_link.hpp"
 #include "node/notify.hpp"
 #include "node/supervisor.hpp"
 
@@ -38,6 +40,8 @@ std::chrono::milliseconds millis(double seconds) {
 struct LocalRank {
     uint32_t local_index = 0;
     bool running = false;
+    // False once the head moved the rank to another node: it stops and is not restarted.
+    bool assigned = true;
     uint64_t starts = 0;
     // An operator asked to stop (or restart) it: drain, then stop once idle or at the deadline.
     enum class Pending { none, stop, restart } pending = Pending::none;
@@ -61,8 +65,9 @@ public:
           pending_timer_(io_),
           supervisor_(io_, [this](const ProcessExit& exit) { on_rank_exit(exit); }),
           bus_(io_, *this) {
-        for (uint32_t i = 0; i < config_.size_local(); ++i) {
-            local_[config_.data_parallel.start_rank + i].local_index = i;
+        // A headless node without a start rank waits for the head's assignment.
+        for (uint32_t i = 0; !config_.assigned_by_head() && i < config_.size_local(); ++i) {
+            local_[config_.first_local_rank() + i].local_index = i;
         }
     }
 
@@ -83,8 +88,9 @@ public:
                 return exit_code::failure;
             }
         } else {
-            log::info("headless: {} rank(s) from rank {}, connecting to the head at {}{}", config_.size_local(),
-                      dp.start_rank, endpoint_, config_.uses_curve() ? " (CURVE)" : " (plaintext: security.insecure)");
+            log::info("headless: {} rank(s) {}, connecting to the head at {}{}", config_.size_local(),
+                      dp.start_rank ? "from rank " + std::to_string(*dp.start_rank) : std::string("where the head assigns them"),
+                      endpoint_, config_.uses_curve() ? " (CURVE)" : " (plaintext: security.insecure)");
         }
         signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
             if (!ec) stop(sig);
@@ -99,6 +105,12 @@ public:
         for (auto& [rank, local] : local_) {
             if (auto spawned = spawn(rank); !spawned) {
                 log::error("{}", spawned.error().message);
+                return exit_code::failure;
+            }
+        }
+        if (config_.node.role == Role::headless) {
+            if (auto linked = start_node_link(); !linked) {
+                log::error("{}", linked.error().message);
                 return exit_code::failure;
             }
         }
@@ -119,7 +131,7 @@ public:
     std::string role() const override { return link_ ? "head" : "headless"; }
     std::string node_name() const override { return config_.node.name; }
     uint32_t dp_size() const override { return config_.dp_size(); }
-    uint64_t epoch() const override { return link_ ? link_->epoch() : 0; }
+    uint64_t epoch() const override { return link_ ? link_->epoch() : node_link_ ? node_link_->epoch() : 0; }
     uint32_t ready_ranks() const override { return link_ ? link_->ready_count() : 0; }
 
     std::vector<RankInfo> ranks() const override {
@@ -147,7 +159,38 @@ public:
                 if (info.rank == rank) info.pid = static_cast<uint32_t>(pid);
             }
         }
+        // Ranks of headless nodes: their process as the node last reported it.
+        for (auto& info : out) {
+            if (!registry_ || local_.count(info.rank)) continue;
+            if (auto process = registry_->rank_process(info.rank)) {
+                info.pid = process->pid;
+                info.restarts = process->restarts;
+            }
+        }
         return out;
+    }
+
+    std::vector<NodeInfo> nodes() const override {
+        if (registry_) return registry_->nodes();
+        std::vector<NodeInfo> out;
+        if (!node_link_) return out;
+        NodeInfo self;
+        self.name = config_.node.name;
+        self.role = "headless";
+        self.state = node_link_->connected() ? "connected" : "disconnected";
+        self.wanted = config_.size_local();
+        if (auto block = node_link_->block()) {
+            self.start_rank = block->first;
+            self.count = block->second;
+        }
+        out.push_back(self);
+        out.push_back(node_link_->head());
+        return out;
+    }
+
+    Status assign_ranks(const std::string& node, uint32_t start, uint32_t count) override {
+        if (!registry_) return Error{"ranks are assigned on the head; run dpctl assign there", "not-local"};
+        return registry_->assign(node, start, count);
     }
 
     Status start_rank(uint32_t rank) override {
@@ -280,9 +323,14 @@ private:
             return Error{"rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
                          "invalid-rank"};
         }
-        const uint32_t first = config_.data_parallel.start_rank;
-        return Error{"rank " + std::to_string(rank) + " does not run on this node (it runs ranks " + std::to_string(first) +
-                         "-" + std::to_string(first + config_.size_local() - 1) + "); use dpctl on the node that runs it",
+        // The ranks it runs now: the head may have assigned or moved them.
+        std::string runs;
+        for (const auto& [r, l] : local_) {
+            if (l.assigned) runs += (runs.empty() ? "" : ", ") + std::to_string(r);
+        }
+        return Error{"rank " + std::to_string(rank) + " does not run on this node (" +
+                         (runs.empty() ? std::string("it runs none") : "it runs ranks " + runs) +
+                         "); use dpctl on the node that runs it",
                      "not-local"};
     }
 
@@ -322,6 +370,89 @@ private:
         });
     }
 
+    // ---- the cluster view ----
+
+    // Headless: register with the head and run the ranks it assigns.
+    Status start_node_link() {
+        NodeLink::Hooks hooks;
+        hooks.assigned = [this](const wire::NodeConfig& block) { apply_assignment(block.start_rank, block.count); };
+        hooks.status = [this] { return local_status(); };
+        hooks.changed = [this] { bus_.nodes_changed(); };
+        node_link_ = std::make_unique<NodeLink>(io_, config_, std::move(hooks));
+        return node_link_->connect(endpoint_);
+    }
+
+    wire::NodeStatus local_status() const {
+        wire::NodeStatus status;
+        auto pids = supervisor_.pids();
+        for (const auto& [rank, local] : local_) {
+            if (!local.assigned) continue;
+            wire::NodeRankStatus r;
+            r.rank = rank;
+            r.state = local.running ? "running" : "stopped";
+            for (auto [pid_rank, pid] : pids) {
+                if (pid_rank == rank) r.pid = static_cast<uint32_t>(pid);
+            }
+            r.restarts = local.starts > 0 ? local.starts - 1 : 0;
+            r.last_error = local.last_exit;
+            status.ranks.push_back(std::move(r));
+        }
+        return status;
+    }
+
+    // Headless: run exactly ranks start .. start + count - 1 from now on. Ranks that leave are
+    // stopped (their requests were drained by the head) and not restarted; new ones start.
+    void apply_assignment(uint32_t start, uint32_t count) {
+        if (stopping_) return;
+        auto in_block = [&](uint32_t rank) { return rank >= start && rank < start + count; };
+        std::vector<uint32_t> gone;
+        for (auto& [rank, local] : local_) {
+            if (in_block(rank)) continue;
+            if (local.assigned) log::info("rank {} moves off this node; stopping it", rank);
+            local.assigned = false;
+            if (local.restart_timer) local.restart_timer->cancel();
+            if (local.running) {
+                local.pending = LocalRank::Pending::stop;
+                supervisor_.signal(rank, SIGTERM);
+            } else {
+                gone.push_back(rank);
+            }
+        }
+        for (uint32_t rank : gone) local_.erase(rank);
+        for (uint32_t rank = start; rank < start + count; ++rank) {
+            auto [it, is_new] = local_.try_emplace(rank);
+            LocalRank& local = it->second;
+            local.local_index = rank - start;
+            // A rank this node already runs keeps its state (an operator may have stopped it,
+            // or it may wait for a restart).
+            if (!is_new && local.assigned) continue;
+            local.assigned = true;
+            if (!is_new) {  // it was stopping (moved away): it comes back once it has exited
+                local.pending = LocalRank::Pending::restart;
+                continue;
+            }
+            if (auto spawned = spawn(rank); !spawned) log::error("starting rank {}: {}", rank, spawned.error().message);
+        }
+        if (node_link_) node_link_->report_soon();
+    }
+
+    // Head: one of its own ranks moved to another node. The registry drained it already.
+    void release_local_rank(uint32_t rank) {
+        auto it = local_.find(rank);
+        if (it == local_.end()) return;
+        LocalRank& local = it->second;
+        local.assigned = false;
+        if (local.restart_timer) local.restart_timer->cancel();
+        link_->stop(rank);
+        if (local.running) {
+            local.pending = LocalRank::Pending::stop;
+            supervisor_.signal(rank, SIGTERM);
+        } else {
+            local_.erase(it);
+        }
+        log::info("rank {} moved to another node; its process here stops", rank);
+    }
+
     Status start_head() {
         RankLink::Events events;
         events.ready_count_changed = [this] { update_status(); };
@@ -329,6 +460,14 @@ private:
         events.deadline_missed = [this](uint32_t rank) { supervisor_.signal(rank, SIGKILL); };
         link_ = std::make_unique<RankLink>(io_, config_, std::move(events));
         if (auto bound = link_->bind(endpoint_); !bound) return bound;
+        NodeRegistry::Hooks node_hooks;
+        node_hooks.release_local = [this](uint32_t rank) { release_local_rank(rank); };
+        node_hooks.nodes_changed = [this] { bus_.nodes_changed(); };
+        registry_ = std::make_unique<NodeRegistry>(io_, config_, *link_, std::move(node_hooks));
+        link_->set_node_handler([this](const std::string& routing_id, const wire::Envelope& envelope,
+                                       const std::string& key_node, const std::string& peer) {
+            registry_->on_message(routing_id, envelope, key_node, peer);
+        });
         http_ = std::make_unique<HttpServer>(io_, config_, *link_, [this] { return ranks(); });
         if (auto listening = http_->listen(); !listening) return listening;
         log::info("head: DP size {}, {} local rank(s), ranks connect to {}, HTTP on {}:{}", config_.dp_size(),
@@ -373,6 +512,7 @@ private:
         log::info("rank {} started (pid {})", rank, *pid);
         if (link_) link_->rank_spawned(rank);
         bus_.rank_changed(rank);
+        if (node_link_) node_link_->report_soon();
         return Ok{};
     }
 
@@ -389,8 +529,15 @@ private:
             log::write(link_ ? log::Level::info : log::Level::warning,
                        fmt::format("rank {} (pid {}) {}", exit.rank, exit.pid, cause));
         }
-        if (link_) link_->rank_exited(exit.rank, cause);
+        // A rank that moved to another node may be registered from there already: its old
+        // process's exit says nothing about it.
+        if (link_ && local.assigned) link_->rank_exited(exit.rank, cause);
         bus_.rank_changed(exit.rank);
+        if (node_link_) node_link_->report_soon();
+        if (!local.assigned) {  // moved to another node: gone from here
+            local_.erase(exit.rank);
+            return;
+        }
         if (stopping_ || pending == LocalRank::Pending::stop) return;
         if (pending == LocalRank::Pending::restart) {
             if (auto spawned = spawn(exit.rank); !spawned) log::error("restarting rank {}: {}", exit.rank, spawned.error().message);
@@ -430,7 +577,9 @@ private:
         local.restart_timer->expires_after(millis(delay));
         local.restart_timer->async_wait([this, rank = exit.rank](const boost::system::error_code& ec) {
             if (ec || stopping_) return;
-            LocalRank& l = local_.at(rank);
+            auto it = local_.find(rank);
+            if (it == local_.end() || !it->second.assigned) return;
+            LocalRank& l = it->second;
             if (l.running || l.pending != LocalRank::Pending::none) return;
             if (auto spawned = spawn(rank); !spawned) log::error("restarting rank {}: {}", rank, spawned.error().message);
         });
@@ -535,6 +684,8 @@ private:
     asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_, pending_timer_;
     Supervisor supervisor_;
     std::unique_ptr<RankLink> link_;
+    std::unique_ptr<NodeRegistry> registry_;  // head: the cluster's nodes
+    std::unique_ptr<NodeLink> node_link_;     // headless: the link to the head
     std::unique_ptr<HttpServer> http_;
     BusService bus_;
     std::map<uint32_t, LocalRank> local_;

@@ -4,6 +4,7 @@
 
 #include "core/error.hpp"
 #include "head/rank_link.hpp"
+#include "node/node_info.hpp"
 
 #include <string>
 #include <vector>
@@ -31,6 +32,15 @@ public:
     virtual Status stop_node() = 0;
     virtual Status start_node() = 0;
     virtual Status reload() = 0;  // re-read the configuration; refuses a broken one
+
+    // The cluster: on a head every node (itself too); on a headless node itself and its head.
+    virtual std::vector<NodeInfo> nodes() const { return {}; }
+    // Head: give a headless node exactly ranks start .. start + count - 1, moving them from
+    // their holders. Errors carry a reason code: "invalid-args", "bad-state", "not-local".
+    virtual Status assign_ranks(const std::string& node, uint32_t start, uint32_t count) {
+        (void)node, (void)start, (void)count;
+        return Error{"ranks are assigned on the head", "not-local"};
+    }
 };
 
 }  // namespace dpengine

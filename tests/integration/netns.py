@@ -1129,9 +1129,10 @@ class Cluster:
 
     def head(self, ns: Namespace, dp: int, dpl: int, authorized: Iterable[tuple[str, Optional[str]]] = (),
              node: str = "head", bracketed: bool = False, config: Optional[dict] = None,
-             extra_args: Iterable[str] = ()) -> NodeDaemon:
+             extra_args: Iterable[str] = (), env: Optional[dict] = None) -> NodeDaemon:
         """The head's daemon (not started): `-dp DP -dpl DPL --data-parallel-address ADDR
-        --data-parallel-rpc-port PORT` with [security] from the cluster's keys."""
+        --data-parallel-rpc-port PORT` with [security] from the cluster's keys. `env`: added
+        to its environment (e.g. its own system bus)."""
         self.head_ns = ns
         security: dict = {"insecure": True} if self.insecure else {
             "key": self.key(node).path, "authorized_keys": self.authorize(authorized)}
@@ -1139,21 +1140,23 @@ class Cluster:
                              **({"handshake": self.handshake} if self.handshake else {})}, config)
         args = ["-dp", str(dp), "-dpl", str(dpl), "--data-parallel-address", self.head_address(bracketed),
                 "--data-parallel-rpc-port", str(self.rpc_port), *extra_args]
-        d = NodeDaemon(ns, cfg, args, name=node)
+        d = NodeDaemon(ns, cfg, args, name=node, env=env)
         self.daemons.append(d)
         return d
 
-    def headless(self, ns: Namespace, node: str, dp: int, dpl: int, dpr: int, bracketed: bool = False,
-                 key: Optional[Key] = None, config: Optional[dict] = None, extra_args: Iterable[str] = ()) -> NodeDaemon:
+    def headless(self, ns: Namespace, node: str, dp: int, dpl: int, dpr: Optional[int], bracketed: bool = False,
+                 key: Optional[Key] = None, config: Optional[dict] = None, extra_args: Iterable[str] = (),
+                 env: Optional[dict] = None) -> NodeDaemon:
         """A headless node's daemon (not started): `--headless -dp DP -dpl DPL -dpr DPR
-        --data-parallel-address HEAD --data-parallel-rpc-port PORT`."""
+        --data-parallel-address HEAD --data-parallel-rpc-port PORT`; dpr None: no -dpr (the
+        head assigns the node's ranks)."""
         security: dict = {"insecure": True} if self.insecure else {
             "key": (key or self.key(node)).path, "head_public_key": self.key("head").public}
         cfg = harness.merge({"node": {"name": node}, "security": security}, config)
-        args = ["--headless", "-dp", str(dp), "-dpl", str(dpl), "-dpr", str(dpr),
+        args = ["--headless", "-dp", str(dp), "-dpl", str(dpl), *(["-dpr", str(dpr)] if dpr is not None else []),
                 "--data-parallel-address", self.head_address(bracketed), "--data-parallel-rpc-port",
                 str(self.rpc_port), *extra_args]
-        d = NodeDaemon(ns, cfg, args, name=node)
+        d = NodeDaemon(ns, cfg, args, name=node, env=env)
         self.daemons.append(d)
         return d
 

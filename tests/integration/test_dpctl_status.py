@@ -25,7 +25,7 @@ DP = 4
 COMPLETIONS = 8
 RANK_KEYS = ["rank", "state", "node", "device", "pid", "in_flight", "queued", "served", "restarts", "last_error",
              "reason"]
-STATUS_KEYS = ["role", "node", "dp_size", "epoch", "ready_ranks", "version", "ranks"]
+STATUS_KEYS = ["role", "node", "dp_size", "epoch", "ready_ranks", "version", "ranks", "nodes"]
 COLUMNS = ["RANK", "STATE", "NODE", "DEVICE", "PID", "INFLIGHT", "QUEUED", "SERVED", "RESTARTS", "ERROR"]
 RIGHT = {"RANK", "PID", "INFLIGHT", "QUEUED", "SERVED", "RESTARTS"}
 

@@ -270,10 +270,10 @@ def test_protocol_7() -> None:
         check(f"version *{m[1]}.{m[2]}*" in read(os.path.join(SRC, "man", "dpengine-protocol.7.scd")),
               f"the page documents protocol version {m[1]}.{m[2]}")
     codes: set[str] = set()
-    for path in ("daemon/head/rank_link.cpp", "daemon/node/manager.cpp", "daemon/engine/rank.cpp",
-                 "daemon/core/wire.hpp"):
+    for path in ("daemon/head/rank_link.cpp", "daemon/head/node_registry.cpp", "daemon/node/manager.cpp",
+                 "daemon/engine/rank.cpp", "daemon/core/wire.hpp"):
         src = read(os.path.join(SRC, path))
-        codes |= set(re.findall(r'(?:refuse(?:_logged)?\((?:[\w.]+,\s*)?|(?:Refused|ErrorReply)\{)"([a-z-]+)"', src))
+        codes |= set(re.findall(r'(?:refuse(?:_logged|_peer)?\((?:[\w.]+,\s*){0,2}|(?:Refused|ErrorReply)\{)"([a-z-]+)"', src))
         # Failure codes the head logs and reports for a rank: fail_rank(slot, reason, "code").
         codes |= set(re.findall(r'(?:fail_rank|rank_failed)\([^;]*?,\s*"([a-z-]+)"\)', src, re.S))
         if path.endswith("wire.hpp"):

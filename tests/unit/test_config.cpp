@@ -770,3 +770,34 @@ TEST_CASE("config: a headless node may leave the DP size to the head", "[config]
     CHECK_THAT(validate(config).error().message,
                Catch::StartsWith("data_parallel.size_local (2) is larger than data_parallel.size (3)"));
 }
+
+TEST_CASE("config: start_rank is optional on a headless node, 0 by default on a head", "[config]")
+{
+    Config head;
+    head.data_parallel.size = 4;
+    REQUIRE(validate(head).ok());
+    CHECK(head.data_parallel.start_rank == std::optional<uint32_t>(0));
+    CHECK_FALSE(head.assigned_by_head());
+
+    Config node;
+    node.node.role = Role::headless;
+    node.data_parallel.size_local = 2;
+    node.security.insecure = true;
+    REQUIRE(validate(node).ok());
+    CHECK_FALSE(node.data_parallel.start_rank.has_value());
+    CHECK(node.assigned_by_head());
+    CHECK(node.first_local_rank() == 0);
+    CHECK_THAT(to_toml(node), Catch::Contains("# start_rank is unset\n"));
+
+    // A stated DP size still bounds the block the node wants.
+    node.data_parallel.size = 2;
+    node.data_parallel.size_local = 3;
+    CHECK_THAT(validate(node).error().message, Catch::Contains("size_local (3) is larger than data_parallel.size (2)"));
+
+    node.data_parallel.size_local = 2;
+    node.data_parallel.start_rank = 1;
+    CHECK_THAT(validate(node).error().message, Catch::Contains("minus start_rank (1)"));
+    node.data_parallel.start_rank = 0;
+    REQUIRE(validate(node).ok());
+    CHECK_FALSE(node.assigned_by_head());
+}
