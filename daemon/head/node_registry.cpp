@@ -168,22 +168,22 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
         return refuse(routing_id, node, "duplicate-node", "node '" + node + "' is already connected from " +
                                                               existing->second.address);
     }
-    // Which block: the configured one; else the one it had; else the one it runs (this head
-    // restarted); else the first free one.
+    // Which block: the one this head gave it before (it reconnected); else the one it runs
+    // now (this head restarted; ranks may have been moved since its configuration was
+    // written) when that is free; else the configured one; else the first free one.
     std::optional<uint32_t> start;
     uint32_t count = hello.count;
-    if (hello.start_rank) {
+    if (existing != nodes_.end() && existing->second.count) {
+        start = existing->second.start;
+    } else if (hello.held_start && hello.held_count > 0 &&
+               block_problem(node, *hello.held_start, hello.held_count).empty()) {
+        start = hello.held_start;
+        count = hello.held_count;
+    } else if (hello.start_rank) {
         if (auto problem = block_problem(node, *hello.start_rank, hello.count); !problem.empty()) {
             return refuse(routing_id, node, "rank-conflict", problem + "; fix data_parallel.start_rank or leave it unset");
         }
         start = hello.start_rank;
-    } else if (existing != nodes_.end() && existing->second.count) {
-        start = existing->second.start;
-    } else if (hello.held_start && hello.held_count > 0 &&
-               block_problem(node, *hello.held_start, hello.held_count).empty()) {
-        // What it runs now, even when ranks were moved off it: its processes keep serving.
-        start = hello.held_start;
-        count = hello.held_count;
     } else {
         start = free_block(node, hello.count);
     }
