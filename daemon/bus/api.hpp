@@ -10,6 +10,8 @@ inline constexpr const char* manager_path = "/org/dpengine1";
 inline constexpr const char* rank_path_prefix = "/org/dpengine1/rank";  // + "/N"
 inline constexpr const char* manager_interface = "org.dpengine1.Manager";
 inline constexpr const char* rank_interface = "org.dpengine1.Rank";
+inline constexpr const char* node_path_prefix = "/org/dpengine1/node";  // + "/" + escaped name
+inline constexpr const char* node_interface = "org.dpengine1.Node";
 
 // Manager methods. Ranks are global DP ranks.
 //   ListRanks() -> a(usssuuuttss)  rank, state, node, device, pid, in_flight, queued,

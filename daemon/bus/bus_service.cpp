@@ -317,6 +317,71 @@ const sd_bus_vtable rank_vtable[] = {
     SD_BUS_VTABLE_END,
 };
 
+// ---- node objects: /org/dpengine1/node/NAME (the name escaped as sd_bus_path_encode does) ----
+
+std::optional<NodeInfo> node_info(NodeControl& node, const char* path) {
+    char* name = nullptr;
+    if (sd_bus_path_decode(path, bus::node_path_prefix, &name) <= 0) return std::nullopt;
+    std::unique_ptr<char, decltype(&free)> owned(name, &free);
+    for (auto& info : node.nodes()) {
+        if (info.name == name) return info;
+    }
+    return std::nullopt;
+}
+
+int find_node(sd_bus*, const char* path, const char*, void* userdata, void** found, sd_bus_error*) {
+    if (!node_info(node_of(userdata), path)) return 0;
+    *found = userdata;
+    return 1;
+}
+
+int enumerate_nodes(sd_bus*, const char*, void* userdata, char*** paths, sd_bus_error*) {
+    auto nodes = node_of(userdata).nodes();
+    char** list = static_cast<char**>(calloc(nodes.size() + 1, sizeof(char*)));
+    if (!list) return -ENOMEM;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        if (sd_bus_path_encode(bus::node_path_prefix, nodes[i].name.c_str(), &list[i]) < 0) {
+            for (size_t j = 0; j < i; ++j) free(list[j]);
+            free(list);
+            return -ENOMEM;
+        }
+    }
+    *paths = list;
+    return 1;
+}
+
+int get_node_property(sd_bus*, const char* path, const char*, const char* property, sd_bus_message* reply,
+                      void* userdata, sd_bus_error* error) {
+    auto info = node_info(node_of(userdata), path);
+    if (!info) return sd_bus_error_setf(error, SD_BUS_ERROR_UNKNOWN_OBJECT, "no node at %s", path);
+    std::string_view p = property;
+    if (p == "Name") return sd_bus_message_append(reply, "s", info->name.c_str());
+    if (p == "Role") return sd_bus_message_append(reply, "s", info->role.c_str());
+    if (p == "State") return sd_bus_message_append(reply, "s", info->state.c_str());
+    if (p == "Address") return sd_bus_message_append(reply, "s", info->address.c_str());
+    if (p == "StartRank") return sd_bus_message_append(reply, "u", info->start_rank);
+    if (p == "Count") return sd_bus_message_append(reply, "u", info->count);
+    if (p == "Wanted") return sd_bus_message_append(reply, "u", info->wanted);
+    if (p == "Since") return sd_bus_message_append(reply, "t", info->since);
+    return sd_bus_message_append(reply, "t", info->incarnation);  // Incarnation
+}
+
+// Node state changes are rare but not signalled per property: Manager's Epoch signals a change
+// of placement; read the objects (or ListNodes) then.
+const sd_bus_vtable node_vtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_PROPERTY("Name", "s", get_node_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("Role", "s", get_node_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("State", "s", get_node_property, 0, 0),
+    SD_BUS_PROPERTY("Address", "s", get_node_property, 0, 0),
+    SD_BUS_PROPERTY("StartRank", "u", get_node_property, 0, 0),
+    SD_BUS_PROPERTY("Count", "u", get_node_property, 0, 0),
+    SD_BUS_PROPERTY("Wanted", "u", get_node_property, 0, 0),
+    SD_BUS_PROPERTY("Since", "t", get_node_property, 0, 0),
+    SD_BUS_PROPERTY("Incarnation", "t", get_node_property, 0, 0),
+    SD_BUS_VTABLE_END,
+};
+
 }  // namespace
 
 const char* BusService::introspection_xml() {
@@ -339,6 +404,17 @@ const char* BusService::introspection_xml() {
   <method name="Reload"/>
   <method name="ListNodes"><arg type="a(ssssuuutt)" direction="out"/></method>
   <method name="AssignRanks"><arg type="s" direction="in"/><arg type="u" direction="in"/><arg type="u" direction="in"/></method>
+ </interface>
+ <interface name="org.dpengine1.Node">
+  <property name="Name" type="s" access="read"/>
+  <property name="Role" type="s" access="read"/>
+  <property name="State" type="s" access="read"/>
+  <property name="Address" type="s" access="read"/>
+  <property name="StartRank" type="u" access="read"/>
+  <property name="Count" type="u" access="read"/>
+  <property name="Wanted" type="u" access="read"/>
+  <property name="Since" type="t" access="read"/>
+  <property name="Incarnation" type="t" access="read"/>
  </interface>
  <interface name="org.dpengine1.Rank">
   <property name="Rank" type="u" access="read"/>
@@ -369,32 +445,44 @@ void BusService::connect() {
     sd_bus* raw = nullptr;
     int r = sd_bus_open_system(&raw);
     std::unique_ptr<sd_bus, BusDeleter> bus(raw);
-    sd_bus_slot *manager = nullptr, *ranks = nullptr, *enumerator = nullptr;
+    std::vector<std::unique_ptr<sd_bus_slot, SlotDeleter>> slots;
     const char* step = "connect to the system bus";
-    if (r >= 0) {
-        step = "export the objects";
-        r = sd_bus_add_object_vtable(bus.get(), &manager, bus::manager_path, bus::manager_interface, manager_vtable, &node_);
-    }
-    if (r >= 0) r = sd_bus_add_fallback_vtable(bus.get(), &ranks, bus::rank_path_prefix, bus::rank_interface, rank_vtable, find_rank, &node_);
-    if (r >= 0) r = sd_bus_add_node_enumerator(bus.get(), &enumerator, bus::rank_path_prefix, enumerate_ranks, &node_);
+    // Each export makes a slot that keeps it; the first failure stops the rest.
+    auto add = [&](auto&& export_with_slot) {
+        sd_bus_slot* slot = nullptr;
+        if (r >= 0 && (r = export_with_slot(&slot)) >= 0) slots.emplace_back(slot);
+    };
+    if (r >= 0) step = "export the objects";
+    add([&](sd_bus_slot** slot) {
+        return sd_bus_add_object_vtable(bus.get(), slot, bus::manager_path, bus::manager_interface, manager_vtable, &node_);
+    });
+    add([&](sd_bus_slot** slot) {
+        return sd_bus_add_fallback_vtable(bus.get(), slot, bus::rank_path_prefix, bus::rank_interface, rank_vtable,
+                                          find_rank, &node_);
+    });
+    add([&](sd_bus_slot** slot) {
+        return sd_bus_add_node_enumerator(bus.get(), slot, bus::rank_path_prefix, enumerate_ranks, &node_);
+    });
+    add([&](sd_bus_slot** slot) {
+        return sd_bus_add_fallback_vtable(bus.get(), slot, bus::node_path_prefix, bus::node_interface, node_vtable,
+                                          find_node, &node_);
+    });
+    add([&](sd_bus_slot** slot) {
+        return sd_bus_add_node_enumerator(bus.get(), slot, bus::node_path_prefix, enumerate_nodes, &node_);
+    });
     if (r >= 0) {
         step = "own the name org.dpengine1 (is the bus policy file installed, and the daemon's user allowed?)";
         r = sd_bus_request_name(bus.get(), bus::service, 0);
     }
     if (r < 0) {
-        sd_bus_slot_unref(manager);
-        sd_bus_slot_unref(ranks);
-        sd_bus_slot_unref(enumerator);
         if (!warned_) {
             log::warning("D-Bus: cannot {}: {}; serving without the bus, retrying in the background", step, std::strerror(-r));
             warned_ = true;
         }
         schedule_reconnect();
-        return;
+        return;  // the slots go before the bus
     }
-    manager_slot_.reset(manager);
-    rank_slot_.reset(ranks);
-    enumerator_slot_.reset(enumerator);
+    slots_ = std::move(slots);
     bus_ = std::move(bus);
     fd_.assign(sd_bus_get_fd(bus_.get()));
     log::info("D-Bus: serving {} on the system bus", bus::service);
@@ -414,9 +502,7 @@ void BusService::disconnected(int error) {
     ++generation_;
     fd_.cancel();
     fd_.release();
-    manager_slot_.reset();
-    rank_slot_.reset();
-    enumerator_slot_.reset();
+    slots_.clear();
     bus_.reset();
     warned_ = true;
     schedule_reconnect();

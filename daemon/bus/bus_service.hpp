@@ -13,6 +13,7 @@
 #include <systemd/sd-bus.h>
 
 #include <memory>
+#include <vector>
 
 namespace dpengine {
 
@@ -49,7 +50,7 @@ private:
     boost::asio::io_context& io_;
     NodeControl& node_;
     std::unique_ptr<sd_bus, BusDeleter> bus_;
-    std::unique_ptr<sd_bus_slot, SlotDeleter> manager_slot_, rank_slot_, enumerator_slot_;
+    std::vector<std::unique_ptr<sd_bus_slot, SlotDeleter>> slots_;  // objects and enumerators
     boost::asio::posix::stream_descriptor fd_;
     boost::asio::steady_timer timer_;
     uint64_t generation_ = 0;

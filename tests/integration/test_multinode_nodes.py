@@ -9,7 +9,8 @@ machine would. Checks:
     reports them over the node link);
   - `dpctl nodes` (table and --json) says the same;
   - `busctl introspect` shows ListNodes and AssignRanks on org.dpengine1.Manager with their
-    signatures;
+    signatures; `busctl tree` lists an org.dpengine1.Node object per node, whose properties
+    say the same as ListNodes;
   - `dpctl status` on node B shows its own ranks (2 and 3, their pids) and the head link
     (connected, the head's endpoint, since when);
   - a plain user may read nodes but not assign (access denied, exit 4);
@@ -101,6 +102,15 @@ def main() -> None:
             check(re.search(r"\.AssignRanks\s+method\s+suu", plain.stdout) and
                   re.search(r"\.ListNodes\s+method\s+-\s+a\(ssssuuutt\)", plain.stdout),
                   "busctl introspect lists the new methods", plain.stdout)
+
+            # One object per node, the name escaped for the path ("node-b" -> "node_2db").
+            tree = busctl(bus_a, "tree", "--list", SERVICE)
+            check({"/org/dpengine1/node/head", "/org/dpengine1/node/node_2db"} <= set(tree.stdout.split()),
+                  "busctl tree lists an object per node", tree.stdout)
+            props = busctl(bus_a, "get-property", SERVICE, "/org/dpengine1/node/node_2db", "org.dpengine1.Node",
+                           "Name", "State", "StartRank", "Count", "Address")
+            check_eq(props.stdout.split("\n")[:5], ['s "node-b"', 's "connected"', "u 2", "u 2", f's "{b.ipv4}"'],
+                     "node-b's object: Name, State, StartRank, Count, Address")
 
             # Access: everyone reads, only root and group dpengine assign.
             check_eq(dpctl(bus_a, "nodes", user=NOBODY).returncode, 0, "a plain user may list the nodes")
