@@ -254,8 +254,19 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     } else if (auto* hb = std::get_if<wire::Heartbeat>(&env->message)) {
         slot.info.running = hb->running;
         slot.info.waiting = hb->waiting;
+        if (hb->progress != slot.progress) {
+            slot.progress = hb->progress;
+            slot.progress_at = slot.last_heard;
+        }
+        // The answer tells the rank that the head is there (supervision.head_grace_period).
+        send(routing_id, wire::Heartbeat{});
     } else if (auto* ready = std::get_if<wire::Ready>(&env->message)) {
         if (slot.info.state != RankState::initializing) return;
+        if (std::exchange(slot.lost_before, false)) {
+            count_event(slot, "rejoined");
+            log::notice("rank {} (node '{}') is back after its loss [rejoined]", slot.info.rank, slot.info.node);
+        }
+        slot.progress_at = Clock::now();
         slot.info.device = ready->device;
         log::info("rank {} is ready on node {} ({}), {}/{} ranks ready", slot.info.rank, slot.info.node,
                   ready->device, ready_count_ + 1, ranks_.size());
@@ -361,6 +372,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
 }
 
 void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
+    slot.progress_at = slot.last_heard;  // a step's outputs are progress
     slot.info.running = outputs.running;
     slot.info.waiting = outputs.waiting;
     for (const auto& out : outputs.items) {
@@ -394,6 +406,12 @@ RankLink::Slot* RankLink::pick_rank(uint32_t except) {
 }
 
 Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t choice) {
+    if (ready_count_ > 0 && !has_quorum()) {
+        return Error{std::to_string(ready_count_) + " of " + std::to_string(ranks_.size()) +
+                         " ranks are ready, fewer than data_parallel.min_ranks (" +
+                         std::to_string(config_.data_parallel.min_ranks) + "); see /health for the missing ones",
+                     "below-min-ranks"};
+    }
     Slot* best = pick_rank(UINT32_MAX);
     if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
     request.id = next_id_++;
@@ -431,6 +449,8 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
     log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason, code);
     slot.info.last_error = reason;
     slot.info.reason = code;
+    count_event(slot, code);
+    slot.lost_before = true;
     if (!slot.routing_id.empty()) rank_of_connection_.erase(slot.routing_id);
     slot.routing_id.clear();
     set_state(slot, RankState::failed);
@@ -506,6 +526,7 @@ void RankLink::rank_spawned(uint32_t rank) {
     Slot& slot = ranks_[rank];
     slot.info.last_error.clear();
     slot.info.reason.clear();
+    if (std::exchange(slot.spawned_before, true)) count_event(slot, "restarted");
     slot.deadline = Clock::now() + seconds(config_.handshake.connect_timeout);
     set_state(slot, RankState::connecting);
 }
@@ -526,8 +547,32 @@ void RankLink::rank_failed(uint32_t rank, const std::string& reason, const std::
     Slot& slot = ranks_[rank];
     slot.info.last_error = reason;
     slot.info.reason = code;
+    count_event(slot, code);
     set_state(slot, RankState::failed);
     if (events_.rank_changed) events_.rank_changed(rank);
+}
+
+bool RankLink::is_hung(Slot& slot, Clock::time_point now) {
+    bool has_work = slot.info.in_flight > 0 || slot.info.running > 0 || slot.info.waiting > 0;
+    bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::draining;
+    // The clock runs only while there is work: an idle rank takes no steps.
+    if (!has_work || !serving) {
+        slot.progress_at = now;
+        return false;
+    }
+    return now - slot.progress_at > seconds(config_.handshake.hang_timeout);
+}
+
+std::vector<std::string> RankLink::missing_ranks() const {
+    std::vector<std::string> out;
+    for (const auto& s : ranks_) {
+        if (s.info.state == RankState::ready) continue;
+        std::string text = "rank " + std::to_string(s.info.rank) + " (" + to_string(s.info.state);
+        if (!s.info.node.empty()) text += ", node '" + s.info.node + "'";
+        if (!s.info.reason.empty()) text += ", " + s.info.reason;
+        out.push_back(text + ")");
+    }
+    return out;
 }
 
 void RankLink::check_deadlines() {
@@ -539,6 +584,13 @@ void RankLink::check_deadlines() {
             fail_rank(slot, "went silent: no heartbeat for " + std::to_string(config_.handshake.heartbeat_timeout) +
                                 " s (handshake.heartbeat_timeout)",
                       "heartbeat-timeout");
+            if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
+            continue;
+        }
+        if (!slot.routing_id.empty() && is_hung(slot, now)) {
+            fail_rank(slot, fmt::format("is hung: it sends heartbeats but took no step for {} s while it had work "
+                                        "(handshake.hang_timeout)", config_.handshake.hang_timeout),
+                      "hung");
             if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
             continue;
         }
