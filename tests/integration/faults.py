@@ -8,6 +8,9 @@ and bench/recovery.
                an OpenAI error body, or an SSE error event followed by [DONE]), "bad" (wrong or
                duplicated text, truncation without an error, a transport failure) or "hung"
                (no end within the client timeout). A test wants no "bad" and no "hung".
+               When the test kills or stops the server process itself, requests whose
+               connection was open during that outage (Load.outage()) and broke are "cut":
+               no server can answer them.
   - Signals:   signal_pid() for SIGKILL/SIGSTOP/SIGCONT to a rank or a daemon, and
                signal_namespace() for every process of a node's namespace.
   - Metrics:   metrics() parses the head's /metrics; rank_events() reads
@@ -49,7 +52,7 @@ def default_clients() -> int:
 class Outcome:
     request: int
     stream: bool
-    kind: str  # ok | error | bad | hung
+    kind: str  # ok | error | bad | hung | cut
     detail: str = ""
     started: float = 0.0
     ended: float = 0.0
@@ -63,7 +66,7 @@ class LoadReport:
         return [o for o in self.outcomes if o.kind == kind]
 
     def counts(self) -> dict:
-        out = {"ok": 0, "error": 0, "bad": 0, "hung": 0}
+        out = {"ok": 0, "error": 0, "bad": 0, "hung": 0, "cut": 0}
         for o in self.outcomes:
             out[o.kind] += 1
         return out
@@ -109,6 +112,18 @@ class Load:
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True, name=f"load-{i}")
                          for i in range(self.clients)]
         self._open: dict[int, float] = {}  # requests under way → start time
+        self._outages: list[list[float]] = []  # [start, end] of server outages the test caused
+
+    def outage(self, start: bool = True) -> None:
+        """Marks the start (or end) of an outage of the server process the test caused."""
+        with self._lock:
+            if start:
+                self._outages.append([time.monotonic(), float("inf")])
+            elif self._outages:
+                self._outages[-1][1] = time.monotonic()
+
+    def _in_outage(self, started: float, ended: float) -> bool:
+        return any(started <= end and ended >= start for start, end in self._outages)
 
     def start(self) -> "Load":
         for t in self._threads:
@@ -159,6 +174,9 @@ class Load:
             outcome = self._one(rid, rid % 2 == 1)
             outcome.started, outcome.ended = started, time.monotonic()
             with self._lock:
+                if outcome.kind == "bad" and outcome.detail.startswith("transport") and \
+                        self._in_outage(outcome.started, outcome.ended):
+                    outcome.kind = "cut"
                 self._open.pop(rid, None)
                 self.report.outcomes.append(outcome)
             if self.pause:
