@@ -205,6 +205,7 @@ bool RankLink::send(const std::string& routing_id, const wire::Message& message)
         return sent;
     } catch (const zmq::error_t& e) {
         schedule_drain();
+        if (e.num() == EHOSTUNREACH) connection_gone(routing_id);
         return false;  // EHOSTUNREACH: the connection is gone
     }
 }
@@ -405,6 +406,20 @@ RankLink::Slot* RankLink::pick_rank(uint32_t except) {
     return best;
 }
 
+// ZeroMQ dropped the connection (the peer closed it: its process died, or it reconnected).
+// The rank behind it is lost now rather than after heartbeat_timeout. Handled after the
+// current send returns: send() is called from inside loops over the registry.
+void RankLink::connection_gone(const std::string& routing_id) {
+    auto known = rank_of_connection_.find(routing_id);
+    if (known == rank_of_connection_.end()) return;
+    asio::post(io_, [this, routing_id, rank = known->second] {
+        Slot& slot = ranks_[rank];
+        if (slot.routing_id != routing_id || shutting_down_) return;
+        fail_rank(slot, "lost its connection to the head", "connection-lost");
+        if (events_.deadline_missed) events_.deadline_missed(rank);
+    });
+}
+
 Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t choice) {
     if (ready_count_ > 0 && !has_quorum()) {
         return Error{std::to_string(ready_count_) + " of " + std::to_string(ranks_.size()) +
@@ -415,9 +430,16 @@ Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t
     Slot* best = pick_rank(UINT32_MAX);
     if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
     request.id = next_id_++;
-    if (!send(best->routing_id, request)) {
-        return Error{"rank " + std::to_string(best->info.rank) + " could not take the request (its queue is full or it went away)",
-                     "rank-unreachable"};
+    // A rank whose connection just went (not yet declared lost) does not fail the request
+    // while another rank can take it.
+    for (uint32_t tries = 1; !send(best->routing_id, request); ++tries) {
+        Slot* other = tries < ranks_.size() ? pick_rank(best->info.rank) : nullptr;
+        if (!other) {
+            return Error{"rank " + std::to_string(best->info.rank) +
+                             " could not take the request (its queue is full or it went away)",
+                         "rank-unreachable"};
+        }
+        best = other;
     }
     uint64_t id = request.id;
     requests_.emplace(id, InFlight{best->info.rank, sink, choice, false, false, std::move(request)});

@@ -151,6 +151,7 @@ private:
     void set_state(Slot& slot, RankState state);
     void fail_rank(Slot& slot, const std::string& reason, const std::string& code);
     void check_deadlines();
+    void connection_gone(const std::string& routing_id);
     // A heartbeat arrived while the rank has work but its progress counter stands still.
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
     void count_event(Slot& slot, const std::string& reason) { ++slot.info.events[reason]; }

@@ -181,6 +181,8 @@ class Load:
                 self.report.outcomes.append(outcome)
             if self.pause:
                 time.sleep(self.pause)
+            elif outcome.kind == "cut":
+                time.sleep(0.05)  # the server is down: do not spin on refused connections
 
     def _one(self, rid: int, stream: bool) -> Outcome:
         prompt = f"fault load request {rid} pid {os.getpid()}"
@@ -194,7 +196,8 @@ class Load:
             if s.status != 200:
                 return _judge_error(rid, True, s.status, s.events[0] if s.events else None)
             if not s.done:
-                return Outcome(rid, True, "bad", f"no [DONE] at the end: {s.events[-3:]}")
+                # The connection closed early: a broken transport, unless the server was killed.
+                return Outcome(rid, True, "bad", f"transport: the stream ended without [DONE]: {s.events[-3:]}")
             errors = stream_errors(s.events)
             text = stream_text(s.events)
             if errors:
@@ -344,3 +347,16 @@ def two_nodes(c, a, b, grace: float = 4.0, head_config: Optional[dict] = None,
                         config=harness.merge({"supervision": {"head_grace_period": grace, "restart_backoff": 0.2}},
                                              node_config))
     return head, node_b
+
+
+# The reasons dpengine_rank_events_total gives for losing a rank (dpengined(8), FAULT HANDLING).
+LOSS_REASONS = ("rank-exited", "connection-lost", "heartbeat-timeout", "hung", "handshake-timeout", "rank-replaced")
+
+
+def losses(port: int, rank: int, ns=None) -> int:
+    """How often the head lost `rank`, whatever the reason it saw first."""
+    return sum(v for (r, reason), v in rank_events(port, ns).items() if r == rank and reason in LOSS_REASONS)
+
+
+def wait_losses(port: int, rank: int, at_least: int, timeout: float, ns=None) -> bool:
+    return wait_until(lambda: losses(port, rank, ns) >= at_least, timeout * slow_factor(), 0.1) is not None

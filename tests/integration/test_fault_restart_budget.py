@@ -32,7 +32,7 @@ def main() -> None:
                     check(faults.wait_ready_ranks(d.port, 2, 15), f"kill {attempt + 1}: rank 1 is ready again")
                 seen.add(pid)
                 faults.signal_pid(pid, signal.SIGKILL)
-                check(faults.wait_event(d.port, 1, "rank-exited", attempt + 1, 5), f"kill {attempt + 1} counted")
+                check(faults.wait_losses(d.port, 1, attempt + 1, 5), f"kill {attempt + 1} counted")
             check(faults.wait_event(d.port, 1, "restart-budget-exhausted", 1, 10),
                   "rank 1's restart budget is exhausted (counted)")
             time.sleep(1.0)
