@@ -626,7 +626,7 @@ void RankLink::check_deadlines() {
         fail_rank(slot, reason, "handshake-timeout");
         if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
     }
-    deadline_timer_.expires_after(std::chrono::milliseconds(250));
+    deadline_timer_.expires_after(std::chrono::milliseconds(100));
     deadline_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (!ec) check_deadlines();
     });
