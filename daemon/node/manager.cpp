@@ -46,6 +46,7 @@ struct LocalRank {
     std::string last_exit;  // headless nodes: the last exit, for status
     std::deque<Clock::time_point> restarts;  // unplanned restarts within supervision.restart_window
     bool waiting_for_head = false;  // headless: exited for a lost head; starts when it answers
+    std::string last_reason;        // headless: the reason code of last_exit, for status
     std::unique_ptr<asio::steady_timer> restart_timer;
 };
 
@@ -137,6 +138,7 @@ public:
                 info.node = config_.node.name;
                 info.state = local.running ? RankState::starting : RankState::stopped;
                 info.last_error = local.last_exit;
+                info.reason = local.last_reason;
                 out.push_back(info);
             }
         }
@@ -387,6 +389,7 @@ private:
         LocalRank& local = local_.at(exit.rank);
         local.running = false;
         local.last_exit = cause;
+        local.last_reason = "rank-exited";
         auto pending = std::exchange(local.pending, LocalRank::Pending::none);
         if (stopping_ || pending != LocalRank::Pending::none) {
             log::info("rank {} (pid {}) stopped: {}", exit.rank, exit.pid, cause);
@@ -428,6 +431,7 @@ private:
                                  " s, supervision.restart_budget); 'dpctl start " + std::to_string(exit.rank) + "' tries again";
             log::error("rank {} {}", exit.rank, reason);
             local.last_exit = reason;
+            local.last_reason = "restart-budget-exhausted";
             if (link_) link_->rank_failed(exit.rank, reason, "restart-budget-exhausted");
             bus_.rank_changed(exit.rank);
             return;
@@ -452,6 +456,7 @@ private:
     void wait_for_head(uint32_t rank) {
         LocalRank& local = local_.at(rank);
         local.waiting_for_head = true;
+        local.last_reason = "head-grace-expired";
         local.last_exit = "stopped after losing the head for longer than supervision.head_grace_period "
                           "[head-grace-expired]; starts again when the head answers";
         log::warning("rank {} {}", rank, local.last_exit);

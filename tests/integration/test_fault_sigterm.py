@@ -1,8 +1,8 @@
 """Fault tolerance: SIGTERM to the daemon under steady load.
 
 DP=2, ~50 concurrent clients, requests of ~1 s (64 tokens x 15 ms steps), daemon.stop_timeout
-20 s. Checks: every request that was under way when SIGTERM arrived completes correctly (the
-drain), requests sent after it are refused (connection refused: "cut", or a clear 503), none
+20 s. Checks: every request that was under way when SIGTERM arrived (sent at least 0.3 s
+before it) completes correctly (the drain), requests sent after it are refused (connection refused: "cut", or a clear 503), none
 hangs and none is answered twice; the daemon exits 0 within the drain deadline plus a margin;
 no rank process (no orphan) remains.
 """
@@ -14,6 +14,7 @@ import faults
 from harness import Daemon, check, check_eq, log, run_test, slow_factor, wait_until
 
 STOP_TIMEOUT = 20.0
+ARRIVAL_MARGIN = 0.3  # seconds: a request sent this long before SIGTERM has reached the server
 
 
 def main() -> None:
@@ -33,7 +34,9 @@ def main() -> None:
         report = load.stop()
         check_eq(code, 0, "exit status after SIGTERM")
         faults.check_accounting(report, "SIGTERM under load")
-        before = [o for o in report.outcomes if o.started < term_at]
+        # A request sent in the last moments before SIGTERM may not have reached the server
+        # yet (its connection still in the listen backlog): the server never had it.
+        before = [o for o in report.outcomes if o.started < term_at - ARRIVAL_MARGIN * slow_factor()]
         check(all(o.kind == "ok" for o in before),
               f"every request under way at SIGTERM completed ({len(before)})",
               [(o.request, o.kind, o.detail) for o in before if o.kind != "ok"][:5])
