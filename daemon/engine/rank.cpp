@@ -11,10 +11,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <sys/eventfd.h>
 
 #include <atomic>
 #include <charconv>
