@@ -1152,10 +1152,7 @@ class Cluster:
         """No sanitizer report (ASan, LSan, UBSan) and no crash in any daemon's log (ranks log
         to their daemon's stderr)."""
         for d in self.daemons:
-            text = d.log_text()
-            bad = [l for l in text.splitlines()
-                   if re.search(r"AddressSanitizer|LeakSanitizer|runtime error:|killed by signal (SEGV|ABRT|BUS|ILL)", l)]
-            harness.check(not bad, f"[{d.name}] no sanitizer report or crash in the log", "\n".join(bad[:10]))
+            harness.check_log_clean(d)
 
     def key(self, node: str) -> Key:
         if node not in self.keys:

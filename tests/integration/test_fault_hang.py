@@ -11,7 +11,7 @@ Heartbeats come from a thread of the rank, so they keep arriving during a step.
 """
 
 import faults
-from harness import Daemon, check, check_eq, log, run_test, slow_factor, wait_until
+from harness import Daemon, check, check_eq, check_log_clean, log, run_test, slow_factor, wait_until
 
 
 def scenario(step_ms: float, hang_timeout: float, name: str):
@@ -36,6 +36,7 @@ def main() -> None:
         check(not events, "no loss, hang or restart is counted", events)
         check_eq(d.ranks(), pids, "the rank processes are the same ones")
         check_eq(d.stop(), 0, "exit status after SIGTERM")
+        check_log_clean(d)
 
     log("--- (2) a step longer than hang_timeout: hung")
     with scenario(6000.0, 2.5, "fault-hung") as d:
@@ -55,6 +56,7 @@ def main() -> None:
         check(wait_until(lambda: any_event("restarted"), 10 * slow_factor(), 0.1), "the hung rank was restarted")
         check(d.ranks() != pids, "a new process replaced the hung one", (pids, d.ranks()))
         check_eq(d.stop(), 0, "exit status after SIGTERM")
+        check_log_clean(d)
 
 
 if __name__ == "__main__":

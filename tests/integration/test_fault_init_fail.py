@@ -11,7 +11,7 @@ and no restart; /health answers 503 and names the missing ranks; requests get a 
 import time
 
 import faults
-from harness import Daemon, check, check_eq, log, post_json, run_test, slow_factor
+from harness import Daemon, check, check_eq, check_log_clean, log, post_json, run_test, slow_factor
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
         check(status == 503 and body["error"]["code"] == "no-ready-rank", "a request gets a clear 503", (status, body))
         check(d.running(), "the daemon keeps running (an operator fixes the setting)", first)
         check_eq(d.stop(), 0, "exit status after SIGTERM")
+        check_log_clean(d)
 
 
 if __name__ == "__main__":

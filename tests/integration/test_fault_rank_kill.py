@@ -12,7 +12,7 @@ afterwards.
 import signal
 
 import faults
-from harness import Daemon, check, check_eq, log, run_test, slow_factor, wait_until
+from harness import Daemon, check, check_eq, check_log_clean, log, run_test, slow_factor, wait_until
 
 RECOVERY_BOUND = 15.0  # seconds from the kill to 2 ready ranks again (restart_backoff 0.2 s)
 
@@ -43,6 +43,7 @@ def main() -> None:
         check(not any(r == 0 for r, _ in events), "rank 0 has no events", events)
         check(d.wait_log(r"rank 1 \(node '[^']*'\) is back after its loss \[rejoined\]", 5), "the log says rank 1 rejoined")
         check_eq(d.stop(), 0, "exit status after SIGTERM")
+        check_log_clean(d)
         check(not d.tagged_processes(), "no process of the daemon remains")
 
 

@@ -13,7 +13,7 @@ import signal
 import time
 
 import faults
-from harness import Daemon, check, check_eq, log, run_test, slow_factor, wait_until
+from harness import Daemon, check, check_eq, check_log_clean, log, run_test, slow_factor, wait_until
 
 
 def main() -> None:
@@ -46,6 +46,7 @@ def main() -> None:
         check(d.wait_log(r"rank 1 exhausted its restart budget", 5), "the log names the exhausted budget")
         log(f"  events: {faults.rank_events(d.port)}")
         check_eq(d.stop(), 0, "exit status after SIGTERM")
+        check_log_clean(d)
 
 
 if __name__ == "__main__":

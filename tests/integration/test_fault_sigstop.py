@@ -10,7 +10,7 @@ ranks are ready again within a bound, and the load has only completions and clea
 import signal
 
 import faults
-from harness import Daemon, check, check_eq, log, pid_alive, run_test, slow_factor, wait_until
+from harness import Daemon, check, check_eq, check_log_clean, log, pid_alive, run_test, slow_factor, wait_until
 
 
 def main() -> None:
@@ -41,6 +41,7 @@ def main() -> None:
         check(events.get((1, "rejoined"), 0) >= 1, "rank 1 rejoined", events)
         check(d.wait_log(r"rank 1 .*went silent: no heartbeat .*\[heartbeat-timeout\]", 2), "the log gives the reason")
         check_eq(d.stop(), 0, "exit status after SIGTERM")
+        check_log_clean(d)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import signal
 import time
 
 import faults
-from harness import Daemon, check, check_eq, log, run_test, slow_factor, wait_until
+from harness import Daemon, check, check_eq, check_log_clean, log, pid_alive, run_test, slow_factor, wait_until
 
 STOP_TIMEOUT = 20.0
 ARRIVAL_MARGIN = 0.3  # seconds: a request sent this long before SIGTERM has reached the server
@@ -33,6 +33,7 @@ def main() -> None:
         log(f"  the daemon exited {took:.1f} s after SIGTERM")
         report = load.stop()
         check_eq(code, 0, "exit status after SIGTERM")
+        check_log_clean(d)
         faults.check_accounting(report, "SIGTERM under load")
         # A request sent in the last moments before SIGTERM may not have reached the server
         # yet (its connection still in the listen backlog): the server never had it.
@@ -42,7 +43,7 @@ def main() -> None:
               [(o.request, o.kind, o.detail) for o in before if o.kind != "ok"][:5])
         check(wait_until(lambda: not d.tagged_processes(), 5 * slow_factor()), "no process of the daemon remains",
               d.tagged_processes())
-        check(all(not faults.harness.pid_alive(p) for p in ranks), "the rank processes are gone")
+        check(all(not pid_alive(p) for p in ranks), "the rank processes are gone")
 
 
 if __name__ == "__main__":
