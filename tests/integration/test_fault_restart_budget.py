@@ -5,8 +5,7 @@ DP=2, supervision.restart_budget = 2 within 60 s. Rank 1 is killed (SIGKILL) eac
 back, three times. Checks: two restarts happen, the third exit is final (no new process;
 state "failed" in /metrics; reason restart-budget-exhausted counted and logged); the load
 meanwhile has only completions and clear errors, and keeps completing on rank 0; /health says
-1 of 2 ready and names the missing rank. An operator's `dpctl`-equivalent start is not needed
-for the check (restarts have their own tests).
+1 of 2 ready and names the missing rank.
 """
 
 import signal
