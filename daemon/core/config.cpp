@@ -61,6 +61,7 @@ constexpr Field fields[] = {
     {"data_parallel", "start_rank", [](Config& c) -> Target { return &c.data_parallel.start_rank; }, 0, max_dp_size - 1},
     {"data_parallel", "address", [](Config& c) -> Target { return &c.data_parallel.address; }},
     {"data_parallel", "rpc_port", [](Config& c) -> Target { return &c.data_parallel.rpc_port; }, 0, u16_max},
+    {"data_parallel", "min_ranks", [](Config& c) -> Target { return &c.data_parallel.min_ranks; }, 1, max_dp_size},
     {"frontend", "host", [](Config& c) -> Target { return &c.frontend.host; }},
     {"frontend", "port", [](Config& c) -> Target { return &c.frontend.port; }, 1, u16_max},
     {"frontend", "max_body_bytes", [](Config& c) -> Target { return &c.frontend.max_body_bytes; }, 1 << 10, 1 << 30},
@@ -78,10 +79,12 @@ constexpr Field fields[] = {
     {"handshake", "ready_timeout", [](Config& c) -> Target { return &c.handshake.ready_timeout; }},
     {"handshake", "heartbeat_interval", [](Config& c) -> Target { return &c.handshake.heartbeat_interval; }},
     {"handshake", "heartbeat_timeout", [](Config& c) -> Target { return &c.handshake.heartbeat_timeout; }},
+    {"handshake", "hang_timeout", [](Config& c) -> Target { return &c.handshake.hang_timeout; }},
     {"supervision", "restart_backoff", [](Config& c) -> Target { return &c.supervision.restart_backoff; }},
     {"supervision", "restart_backoff_max", [](Config& c) -> Target { return &c.supervision.restart_backoff_max; }},
     {"supervision", "restart_budget", [](Config& c) -> Target { return &c.supervision.restart_budget; }, 0, u32_max, true},
     {"supervision", "restart_window", [](Config& c) -> Target { return &c.supervision.restart_window; }},
+    {"supervision", "head_grace_period", [](Config& c) -> Target { return &c.supervision.head_grace_period; }},
     {"security", "key", [](Config& c) -> Target { return &c.security.key; }},
     {"security", "authorized_keys", [](Config& c) -> Target { return &c.security.authorized_keys; }},
     {"security", "head_public_key", [](Config& c) -> Target { return &c.security.head_public_key; }},
@@ -811,6 +814,14 @@ Status validate(Config& config)
                          " is already in use; stop the other process or choose another port"};
         if (auto keys_ok = validate_keys(config); !keys_ok) return keys_ok;
     }
+    if (config.handshake.hang_timeout <= config.handshake.heartbeat_interval)
+        return Error{"handshake.hang_timeout (" + format_double(config.handshake.hang_timeout) +
+                     ") must be longer than handshake.heartbeat_interval (" +
+                     format_double(config.handshake.heartbeat_interval) + ")"};
+    if (!headless && dp.size && dp.min_ranks > *dp.size)
+        return Error{"data_parallel.min_ranks (" + std::to_string(dp.min_ranks) +
+                     ") is larger than data_parallel.size (" + std::to_string(*dp.size) +
+                     "); the head could never serve; lower min_ranks"};
     if (config.handshake.heartbeat_timeout <= config.handshake.heartbeat_interval)
         return Error{"handshake.heartbeat_timeout (" + format_double(config.handshake.heartbeat_timeout) +
                      ") must be longer than handshake.heartbeat_interval (" +

@@ -30,6 +30,9 @@ struct DataParallelSection {
     std::optional<uint32_t> start_rank;
     std::string address = "127.0.0.1";  // the head's address: IPv4, IPv6 or host name
     uint16_t rpc_port = 13345;
+    // The head serves only while at least this many ranks are READY; below it requests get
+    // 503 and /health names the missing ranks.
+    uint32_t min_ranks = 1;
 };
 
 struct FrontendSection {
@@ -56,6 +59,9 @@ struct HandshakeSection {
     double ready_timeout = 600.0;   // seconds from start until every rank should be READY
     double heartbeat_interval = 1.0;  // seconds between a rank's heartbeats when idle
     double heartbeat_timeout = 3.0;   // seconds of silence after which a rank is lost
+    // Seconds a rank with work may go without taking a step while its heartbeats still
+    // arrive; then it is hung and is killed and restarted. Longer than the longest step.
+    double hang_timeout = 60.0;
 };
 
 // What happens when a rank process dies: restarts with capped exponential back-off, up to a
@@ -65,6 +71,9 @@ struct SupervisionSection {
     double restart_backoff_max = 30.0;
     uint32_t restart_budget = 5;       // restarts allowed within restart_window
     double restart_window = 300.0;     // seconds
+    // Headless nodes: seconds a rank keeps its engine while the head is silent; then it stops
+    // (exit 75) and is started again once the head's rpc_port answers.
+    double head_grace_period = 60.0;
 };
 
 // CurveZMQ for every TCP socket between nodes. Unused when all ranks are local (ipc://).

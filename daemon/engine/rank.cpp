@@ -11,14 +11,19 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <charconv>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <stop_token>
+#include <thread>
 #include <zmq.hpp>
 
 namespace dpengine::engine {
@@ -94,6 +99,12 @@ bool same_engine(const wire::EngineConfig& a, const wire::EngineConfig& b) {
 
 // The rank's connection to the head: one DEALER, CURVE when keys are given, and a monitor
 // that reports connection events so the rank can say what it is waiting for.
+//
+// The DEALER is shared by the step loop and the heartbeat thread. Every use of it holds
+// mutex_ (a mutex is the full memory barrier ZeroMQ asks for when a socket is used from more
+// than one thread). The loop waits on the socket's descriptor without the lock, so neither a
+// wait nor a long step ever delays a heartbeat; after each heartbeat the thread wakes the loop
+// (wake_fd_), because its send may have consumed the edge-triggered readiness the loop waits for.
 class Connection {
 public:
     explicit Connection(const RankOptions& options)
@@ -119,12 +130,29 @@ public:
         }
         monitor_.connect("inproc://connection-monitor");
         socket_.connect(options.connect);
+        socket_fd_ = socket_.get(zmq::sockopt::fd);
+        monitor_fd_ = monitor_.get(zmq::sockopt::fd);
+        wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (wake_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
     }
 
-    // False when the message could not be queued (no connection to the head).
+    ~Connection() {
+        if (wake_fd_ >= 0) ::close(wake_fd_);
+    }
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    // False when the message could not be queued (no connection to the head). Any thread.
     bool send(const wire::Message& message, uint64_t epoch) {
         std::string bytes = wire::encode(message, epoch);
+        std::lock_guard lock(mutex_);
         return socket_.send(zmq::buffer(bytes), zmq::send_flags::dontwait).has_value();
+    }
+
+    // Makes the loop's wait() return and look at the socket again. Any thread.
+    void wake() {
+        uint64_t one = 1;
+        (void)!::write(wake_fd_, &one, sizeof one);
     }
 
     struct Event {
@@ -132,13 +160,18 @@ public:
         uint32_t value = 0;
     };
 
-    // Waits up to `timeout` for a message or a connection event.
+    // Waits up to `timeout` for a message, a connection event or a wake(). The descriptors
+    // are edge-triggered: what is already queued is checked first.
     void wait(std::chrono::milliseconds timeout) {
-        zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}, {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
-        try {
-            zmq::poll(items, 2, timeout);
-        } catch (const zmq::error_t& e) {
-            if (e.num() != EINTR) throw;
+        {
+            std::lock_guard lock(mutex_);
+            if (socket_.get(zmq::sockopt::events) & ZMQ_POLLIN) return;
+        }
+        if (monitor_.get(zmq::sockopt::events) & ZMQ_POLLIN) return;
+        pollfd fds[] = {{socket_fd_, POLLIN, 0}, {monitor_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+        if (::poll(fds, 3, static_cast<int>(timeout.count())) > 0 && (fds[2].revents & POLLIN)) {
+            uint64_t count = 0;
+            (void)!::read(wake_fd_, &count, sizeof count);
         }
     }
 
@@ -156,7 +189,11 @@ public:
 
     std::optional<wire::Envelope> next_message() {
         zmq::message_t msg;
-        while (socket_.recv(msg, zmq::recv_flags::dontwait)) {
+        while (true) {
+            {
+                std::lock_guard lock(mutex_);
+                if (!socket_.recv(msg, zmq::recv_flags::dontwait)) break;
+            }
             auto env = wire::decode(msg.to_string_view());
             if (env) return std::move(env).value();
             log::warning("ignoring a message from the head: {} ({})", env.error().message, env.error().code);
@@ -168,6 +205,74 @@ private:
     zmq::context_t context_;
     zmq::socket_t socket_;
     zmq::socket_t monitor_;
+    std::mutex mutex_;  // guards socket_
+    int socket_fd_ = -1;
+    int monitor_fd_ = -1;
+    int wake_fd_ = -1;
+};
+
+// Sends HEARTBEAT every interval from a thread of its own, with the step loop's progress
+// counter: the head tells a rank that is busy on a long step (heartbeats arrive, the counter
+// moves between steps) from one whose loop is stuck (heartbeats arrive, the counter stays, the
+// rank has work: handshake.hang_timeout) and from one that is gone or stopped (no heartbeats:
+// handshake.heartbeat_timeout). The loop only publishes figures; it never sends a heartbeat.
+class HeartbeatThread {
+public:
+    explicit HeartbeatThread(Connection& conn) : conn_(conn), thread_([this](std::stop_token stop) { run(stop); }) {}
+    ~HeartbeatThread() {
+        thread_.request_stop();
+        cv_.notify_all();
+    }
+
+    // Heartbeats go out while the rank is registered (between CONFIG and a new HELLO).
+    void start(uint64_t epoch, std::chrono::milliseconds interval) {
+        {
+            std::lock_guard lock(mutex_);
+            epoch_ = epoch;
+            interval_ = interval;
+            beating_ = true;
+        }
+        cv_.notify_all();
+    }
+    void pause() {
+        std::lock_guard lock(mutex_);
+        beating_ = false;
+    }
+    // The loop's figures after each step.
+    void publish(uint64_t progress, uint32_t running, uint32_t waiting) {
+        progress_.store(progress, std::memory_order_relaxed);
+        running_.store(running, std::memory_order_relaxed);
+        waiting_.store(waiting, std::memory_order_relaxed);
+    }
+
+private:
+    void run(std::stop_token stop) {
+        std::unique_lock lock(mutex_);
+        while (!stop.stop_requested()) {
+            if (!beating_) {
+                cv_.wait(lock, stop, [this] { return beating_; });
+                continue;
+            }
+            uint64_t epoch = epoch_;
+            lock.unlock();
+            conn_.send(wire::Heartbeat{progress_.load(std::memory_order_relaxed), running_.load(std::memory_order_relaxed),
+                                       waiting_.load(std::memory_order_relaxed)},
+                       epoch);
+            conn_.wake();
+            lock.lock();
+            cv_.wait_for(lock, stop, interval_, [] { return false; });
+        }
+    }
+
+    Connection& conn_;
+    std::mutex mutex_;
+    std::condition_variable_any cv_;
+    bool beating_ = false;
+    uint64_t epoch_ = 0;
+    std::chrono::milliseconds interval_{1000};
+    std::atomic<uint64_t> progress_{0};
+    std::atomic<uint32_t> running_{0}, waiting_{0};
+    std::jthread thread_;  // last: it starts in the constructor and uses the members above
 };
 
 class Rank {
@@ -183,7 +288,6 @@ public:
 
     int run() {
         const auto started = Clock::now();
-        auto next_heartbeat = Clock::now();
         wire::Outputs outputs;
         while (!stop_requested) {
             bool busy = serving() && loop_->has_work();
@@ -191,8 +295,10 @@ public:
             conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait));
             while (auto event = conn_.next_event()) on_event(*event);
             while (auto env = conn_.next_message()) {
+                heard_from_head();
                 if (int code = on_message(*env); code >= 0) return code;
             }
+            if (head_grace_expired()) return exit_code::unreachable;
             if (!serving()) {
                 if (!hello_sent_ && connected_ && Clock::now() >= hello_not_before_) hello_sent_ = conn_.send(hello_, 0);
                 if (options_.connect_timeout > 0 && !ever_configured_ &&
@@ -206,11 +312,8 @@ public:
             if (loop_->has_work()) {
                 outputs.items.clear();
                 loop_->step(outputs);
-                if (!outputs.items.empty() && conn_.send(outputs, epoch_)) next_heartbeat = Clock::now() + heartbeat_every_;
-            }
-            if (Clock::now() >= next_heartbeat) {
-                conn_.send(wire::Heartbeat{loop_->steps(), loop_->running(), loop_->waiting()}, epoch_);
-                next_heartbeat = Clock::now() + heartbeat_every_;
+                heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+                if (!outputs.items.empty()) conn_.send(outputs, epoch_);
             }
         }
         return exit_code::ok;
@@ -218,6 +321,39 @@ public:
 
 private:
     bool serving() const { return loop_ && configured_; }
+
+    // The head answers every HEARTBEAT, so a registered rank hears from it at least once per
+    // heartbeat interval; silence means the head is gone or cut off.
+    void heard_from_head() {
+        auto now = Clock::now();
+        if (head_silent_logged_) {
+            log::notice("the head at {} answers again after {:.1f} s [head-back]", options_.connect,
+                        std::chrono::duration<double>(now - last_from_head_).count());
+            head_silent_logged_ = false;
+        }
+        last_from_head_ = now;
+    }
+
+    // A rank that was registered keeps its engine (and its memory) while the head is away for
+    // up to supervision.head_grace_period, so a short outage costs no reload; past it, it
+    // exits and its node starts it again once the head answers.
+    bool head_grace_expired() {
+        if (!ever_configured_ || options_.head_grace_period <= 0) return false;
+        double silent = std::chrono::duration<double>(Clock::now() - last_from_head_).count();
+        double lost_after = 3 * std::chrono::duration<double>(heartbeat_every_).count();
+        if (!head_silent_logged_ && silent > lost_after) {
+            log::warning("nothing from the head at {} for {:.1f} s; keeping the engine for up to {} s "
+                         "(supervision.head_grace_period) [head-lost]",
+                         options_.connect, silent, options_.head_grace_period);
+            head_silent_logged_ = true;
+        }
+        if (silent <= options_.head_grace_period) return false;
+        log::error("nothing from the head at {} for {:.1f} s, longer than supervision.head_grace_period ({} s); "
+                   "stopping to free the engine; the node starts this rank again when the head answers "
+                   "[head-grace-expired]",
+                   options_.connect, silent, options_.head_grace_period);
+        return true;
+    }
 
     // A restarted rank may find the head still holding its predecessor until that one's
     // heartbeats time out; it retries for a while, then gives up (another process has it).
@@ -269,6 +405,7 @@ private:
                 // lost). Whatever was in flight is gone on its side too: start over.
                 log::notice("the head no longer knows this rank ({}); registering again", refused->message);
                 configured_ = false;
+                heartbeat_.pause();
                 hello_sent_ = false;
                 return -1;
             }
@@ -317,6 +454,8 @@ private:
         }
         configured_ = ever_configured_ = true;
         conn_.send(wire::Ready{config.engine.max_batch, loop_->backend().device()}, epoch_);
+        heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+        heartbeat_.start(epoch_, std::chrono::duration_cast<std::chrono::milliseconds>(heartbeat_every_));
         log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, config.dp_size, config.engine.backend,
                   loop_->backend().device());
         return -1;
@@ -324,6 +463,7 @@ private:
 
     const RankOptions& options_;
     Connection conn_;
+    HeartbeatThread heartbeat_{conn_};  // after conn_: it stops before the connection closes
     wire::Hello hello_;
     wire::EngineConfig engine_;
     std::unique_ptr<StepLoop> loop_;
@@ -334,6 +474,8 @@ private:
     bool configured_ = false;
     bool ever_configured_ = false;
     bool waiting_logged_ = false;
+    bool head_silent_logged_ = false;
+    Clock::time_point last_from_head_ = Clock::now();
     Clock::time_point last_wait_log_{};
     Clock::time_point hello_not_before_{};
     Clock::time_point first_duplicate_{};
@@ -364,6 +506,8 @@ std::optional<RankOptions> parse_rank_options(int argc, char** argv) {
             ok = parse_number(value, o.dp_size);
         } else if (arg == "--connect-timeout") {
             ok = parse_number(value, o.connect_timeout) && o.connect_timeout >= 0;
+        } else if (arg == "--head-grace-period") {
+            ok = parse_number(value, o.head_grace_period) && o.head_grace_period >= 0;
         } else if (arg == "--max-message-bytes") {
             ok = parse_number(value, o.max_message_bytes);
         } else if (arg == "--key") {

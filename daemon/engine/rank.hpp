@@ -17,6 +17,9 @@ struct RankOptions {
     uint32_t max_message_bytes = 16 << 20;
     std::string key_file;    // CURVE: this node's secret key file
     std::string server_key;  // CURVE: the head's public key (Z85)
+    // Seconds a configured rank keeps its engine while nothing comes from the head; then it
+    // exits with exit_code::unreachable so the engine's memory is freed. 0: wait for ever.
+    double head_grace_period = 0;
 };
 
 // Prints the problem and returns nothing on a bad command line.

@@ -10,6 +10,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <boost/json/array.hpp>
+#include <boost/json/serialize.hpp>
 
 #include <chrono>
 #include <memory>
@@ -43,6 +45,12 @@ const char* reason_phrase(int status) {
         case 504: return "Gateway Timeout";
         default: return "Error";
     }
+}
+
+std::string json_string_array(const std::vector<std::string>& items) {
+    boost::json::array out;
+    for (const auto& item : items) out.emplace_back(item);
+    return boost::json::serialize(out);
 }
 
 // How a failure inside the server reaches the client: its code picks the status.
@@ -169,9 +177,13 @@ private:
         if (target == "/health") {
             if (!get) return method_not_allowed("GET");
             uint32_t ready = server_.ranks_.ready_count();
-            std::string body = "{\"status\":\"" + std::string(ready ? "ok" : "unavailable") + "\",\"ready_ranks\":" +
-                               std::to_string(ready) + ",\"ranks\":" + std::to_string(server_.ranks_.size()) + "}";
-            return respond(ready ? 200 : 503, "application/json", body);
+            bool serving = ready > 0 && server_.ranks_.has_quorum();
+            std::string body = "{\"status\":\"" + std::string(serving ? "ok" : "unavailable") + "\",\"ready_ranks\":" +
+                               std::to_string(ready) + ",\"ranks\":" + std::to_string(server_.ranks_.size());
+            // Which ranks are missing, and where, so an operator sees what a partial start waits for.
+            if (ready < server_.ranks_.size()) body += ",\"missing\":" + json_string_array(server_.ranks_.missing_ranks());
+            body += "}";
+            return respond(serving ? 200 : 503, "application/json", body);
         }
         if (target == "/metrics") {
             if (!get) return method_not_allowed("GET");

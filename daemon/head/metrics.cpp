@@ -67,6 +67,14 @@ std::string render_metrics(const std::vector<RankInfo>& ranks, const std::map<st
              [](const RankInfo& r) { return r.waiting; });
     per_rank("dpengine_rank_restarts_total", "counter", "Times the rank's process was started again.",
              [](const RankInfo& r) { return r.restarts; });
+    header(out, "dpengine_rank_events_total", "counter",
+           "Losses, restarts and recoveries of the rank, by reason code (dpengined(8), FAULT HANDLING).");
+    for (const auto& r : ranks) {
+        for (const auto& [reason, count] : r.events) {
+            fmt::format_to(std::back_inserter(out), "dpengine_rank_events_total{{rank=\"{}\",node=\"{}\",reason=\"{}\"}} {}\n",
+                           r.rank, label_value(r.node), label_value(reason), count);
+        }
+    }
     header(out, "dpengine_rank_state", "gauge", "1 for the rank's current lifecycle state.");
     for (const auto& r : ranks) {
         fmt::format_to(std::back_inserter(out), "dpengine_rank_state{{rank=\"{}\",node=\"{}\",state=\"{}\"}} 1\n", r.rank,

@@ -205,6 +205,7 @@ bool RankLink::send(const std::string& routing_id, const wire::Message& message)
         return sent;
     } catch (const zmq::error_t& e) {
         schedule_drain();
+        if (e.num() == EHOSTUNREACH) connection_gone(routing_id);
         return false;  // EHOSTUNREACH: the connection is gone
     }
 }
@@ -262,8 +263,19 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     } else if (auto* hb = std::get_if<wire::Heartbeat>(&env->message)) {
         slot.info.running = hb->running;
         slot.info.waiting = hb->waiting;
+        if (hb->progress != slot.progress) {
+            slot.progress = hb->progress;
+            slot.progress_at = slot.last_heard;
+        }
+        // The answer tells the rank that the head is there (supervision.head_grace_period).
+        send(routing_id, wire::Heartbeat{});
     } else if (auto* ready = std::get_if<wire::Ready>(&env->message)) {
         if (slot.info.state != RankState::initializing) return;
+        if (std::exchange(slot.lost_before, false)) {
+            count_event(slot, "rejoined");
+            log::notice("rank {} (node '{}') is back after its loss [rejoined]", slot.info.rank, slot.info.node);
+        }
+        slot.progress_at = Clock::now();
         slot.info.device = ready->device;
         log::info("rank {} is ready on node {} ({}), {}/{} ranks ready", slot.info.rank, slot.info.node,
                   ready->device, ready_count_ + 1, ranks_.size());
@@ -369,6 +381,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
 }
 
 void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
+    slot.progress_at = slot.last_heard;  // a step's outputs are progress
     slot.info.running = outputs.running;
     slot.info.waiting = outputs.waiting;
     for (const auto& out : outputs.items) {
@@ -401,13 +414,40 @@ RankLink::Slot* RankLink::pick_rank(uint32_t except) {
     return best;
 }
 
+// ZeroMQ dropped the connection (the peer closed it: its process died, or it reconnected).
+// The rank behind it is lost now rather than after heartbeat_timeout. Handled after the
+// current send returns: send() is called from inside loops over the registry.
+void RankLink::connection_gone(const std::string& routing_id) {
+    auto known = rank_of_connection_.find(routing_id);
+    if (known == rank_of_connection_.end()) return;
+    asio::post(io_, [this, routing_id, rank = known->second] {
+        Slot& slot = ranks_[rank];
+        if (slot.routing_id != routing_id || shutting_down_) return;
+        fail_rank(slot, "lost its connection to the head", "connection-lost");
+        if (events_.deadline_missed) events_.deadline_missed(rank);
+    });
+}
+
 Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t choice) {
+    if (ready_count_ > 0 && !has_quorum()) {
+        return Error{std::to_string(ready_count_) + " of " + std::to_string(ranks_.size()) +
+                         " ranks are ready, fewer than data_parallel.min_ranks (" +
+                         std::to_string(config_.data_parallel.min_ranks) + "); see /health for the missing ones",
+                     "below-min-ranks"};
+    }
     Slot* best = pick_rank(UINT32_MAX);
     if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
     request.id = next_id_++;
-    if (!send(best->routing_id, request)) {
-        return Error{"rank " + std::to_string(best->info.rank) + " could not take the request (its queue is full or it went away)",
-                     "rank-unreachable"};
+    // A rank whose connection just went (not yet declared lost) does not fail the request
+    // while another rank can take it.
+    for (uint32_t tries = 1; !send(best->routing_id, request); ++tries) {
+        Slot* other = tries < ranks_.size() ? pick_rank(best->info.rank) : nullptr;
+        if (!other) {
+            return Error{"rank " + std::to_string(best->info.rank) +
+                             " could not take the request (its queue is full or it went away)",
+                         "rank-unreachable"};
+        }
+        best = other;
     }
     uint64_t id = request.id;
     requests_.emplace(id, InFlight{best->info.rank, sink, choice, false, false, std::move(request)});
@@ -439,6 +479,8 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
     log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason, code);
     slot.info.last_error = reason;
     slot.info.reason = code;
+    count_event(slot, code);
+    slot.lost_before = true;
     if (!slot.routing_id.empty()) rank_of_connection_.erase(slot.routing_id);
     slot.routing_id.clear();
     set_state(slot, RankState::failed);
@@ -514,6 +556,7 @@ void RankLink::rank_spawned(uint32_t rank) {
     Slot& slot = ranks_[rank];
     slot.info.last_error.clear();
     slot.info.reason.clear();
+    if (std::exchange(slot.spawned_before, true)) count_event(slot, "restarted");
     slot.deadline = Clock::now() + seconds(config_.handshake.connect_timeout);
     set_state(slot, RankState::connecting);
 }
@@ -534,8 +577,32 @@ void RankLink::rank_failed(uint32_t rank, const std::string& reason, const std::
     Slot& slot = ranks_[rank];
     slot.info.last_error = reason;
     slot.info.reason = code;
+    count_event(slot, code);
     set_state(slot, RankState::failed);
     if (events_.rank_changed) events_.rank_changed(rank);
+}
+
+bool RankLink::is_hung(Slot& slot, Clock::time_point now) {
+    bool has_work = slot.info.in_flight > 0 || slot.info.running > 0 || slot.info.waiting > 0;
+    bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::draining;
+    // The clock runs only while there is work: an idle rank takes no steps.
+    if (!has_work || !serving) {
+        slot.progress_at = now;
+        return false;
+    }
+    return now - slot.progress_at > seconds(config_.handshake.hang_timeout);
+}
+
+std::vector<std::string> RankLink::missing_ranks() const {
+    std::vector<std::string> out;
+    for (const auto& s : ranks_) {
+        if (s.info.state == RankState::ready) continue;
+        std::string text = "rank " + std::to_string(s.info.rank) + " (" + to_string(s.info.state);
+        if (!s.info.node.empty()) text += ", node '" + s.info.node + "'";
+        if (!s.info.reason.empty()) text += ", " + s.info.reason;
+        out.push_back(text + ")");
+    }
+    return out;
 }
 
 void RankLink::check_deadlines() {
@@ -550,6 +617,13 @@ void RankLink::check_deadlines() {
             if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
             continue;
         }
+        if (!slot.routing_id.empty() && is_hung(slot, now)) {
+            fail_rank(slot, fmt::format("is hung: it sends heartbeats but took no step for {} s while it had work "
+                                        "(handshake.hang_timeout)", config_.handshake.hang_timeout),
+                      "hung");
+            if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
+            continue;
+        }
         if ((state != RankState::connecting && state != RankState::initializing) || now < slot.deadline) continue;
         bool connecting = state == RankState::connecting;
         double limit = connecting ? config_.handshake.connect_timeout : config_.handshake.init_timeout;
@@ -560,7 +634,7 @@ void RankLink::check_deadlines() {
         fail_rank(slot, reason, "handshake-timeout");
         if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
     }
-    deadline_timer_.expires_after(std::chrono::milliseconds(250));
+    deadline_timer_.expires_after(std::chrono::milliseconds(100));
     deadline_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (!ec) check_deadlines();
     });

@@ -53,6 +53,9 @@ struct RankInfo {
     std::string reason;    // the reason code of last_error
     uint32_t pid = 0;      // filled in by the node that runs the rank
     uint64_t restarts = 0; // likewise
+    // Losses, restarts and recoveries by reason code (rank-exited, heartbeat-timeout, hung,
+    // restart-budget-exhausted, restarted, rejoined, ...): dpengine_rank_events_total.
+    std::map<std::string, uint64_t> events;
 };
 
 class RankLink {
@@ -95,6 +98,10 @@ public:
     void shutdown();
 
     uint32_t ready_count() const { return ready_count_; }
+    // Whether enough ranks are READY to serve (data_parallel.min_ranks).
+    bool has_quorum() const { return ready_count_ >= std::max<uint32_t>(1, config_.data_parallel.min_ranks); }
+    // The ranks that are not READY, as "rank 2 (connecting, node 'b')", for /health and the log.
+    std::vector<std::string> missing_ranks() const;
     uint64_t epoch() const { return epoch_; }
     size_t in_flight() const { return requests_.size(); }
     uint32_t size() const { return static_cast<uint32_t>(ranks_.size()); }
@@ -131,6 +138,12 @@ private:
         uint64_t incarnation = 0;
         std::chrono::steady_clock::time_point deadline{};  // of the current handshake phase
         std::chrono::steady_clock::time_point last_heard{};
+        // The rank's progress counter as its heartbeats last reported it, and since when the
+        // head has seen it stand still while the rank had work (handshake.hang_timeout).
+        uint64_t progress = 0;
+        std::chrono::steady_clock::time_point progress_at{};
+        bool lost_before = false;     // READY after a loss counts as "rejoined"
+        bool spawned_before = false;  // a second spawn counts as "restarted"
         std::string owner;  // the node that first registered this rank (CURVE: its key's name)
     };
     struct InFlight {
@@ -159,6 +172,10 @@ private:
     void set_state(Slot& slot, RankState state);
     void fail_rank(Slot& slot, const std::string& reason, const std::string& code);
     void check_deadlines();
+    void connection_gone(const std::string& routing_id);
+    // A heartbeat arrived while the rank has work but its progress counter stands still.
+    bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
+    void count_event(Slot& slot, const std::string& reason) { ++slot.info.events[reason]; }
 
     boost::asio::io_context& io_;
     const Config& config_;

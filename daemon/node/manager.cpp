@@ -9,6 +9,7 @@
 #include "head/http_server.hpp"
 #include "head/node_registry.hpp"
 #include "head/rank_link.hpp"
+#include "node/head_probe.hpp"
 #include "node/node_control.hpp"
 #include "node/node_link.hpp"
 #include "node/notify.hpp"
@@ -48,6 +49,8 @@ struct LocalRank {
     Clock::time_point stop_deadline{};
     std::string last_exit;  // headless nodes: the last exit, for status
     std::deque<Clock::time_point> restarts;  // unplanned restarts within supervision.restart_window
+    bool waiting_for_head = false;  // headless: exited for a lost head; starts when it answers
+    std::string last_reason;        // headless: the reason code of last_exit, for status
     std::unique_ptr<asio::steady_timer> restart_timer;
 };
 
@@ -64,6 +67,7 @@ public:
           drain_timer_(io_),
           pending_timer_(io_),
           supervisor_(io_, [this](const ProcessExit& exit) { on_rank_exit(exit); }),
+          head_probe_(io_, config_.data_parallel.address, config_.data_parallel.rpc_port),
           bus_(io_, *this) {
         // A headless node without a start rank waits for the head's assignment.
         for (uint32_t i = 0; !config_.assigned_by_head() && i < config_.size_local(); ++i) {
@@ -146,6 +150,7 @@ public:
                 info.node = config_.node.name;
                 info.state = local.running ? RankState::starting : RankState::stopped;
                 info.last_error = local.last_exit;
+                info.reason = local.last_reason;
                 out.push_back(info);
             }
         }
@@ -198,6 +203,7 @@ public:
         if (!local) return local.error();
         if ((*local)->running) return Error{"rank " + std::to_string(rank) + " is already running", "bad-state"};
         (*local)->pending = LocalRank::Pending::none;
+        (*local)->waiting_for_head = false;
         (*local)->restarts.clear();  // an operator's start is a fresh budget
         if ((*local)->restart_timer) (*local)->restart_timer->cancel();
         return spawn(rank);
@@ -488,6 +494,8 @@ private:
         // A headless node states the DP size it was given, so a mismatch with the head is
         // refused rather than silently overridden.
         if (headless && config_.dp_size()) args.insert(args.end(), {"--dp-size", std::to_string(config_.dp_size())});
+        // Only a headless node's ranks outlive their head; the head's own stop with it.
+        if (headless) args.insert(args.end(), {"--head-grace-period", fmt::format("{}", config_.supervision.head_grace_period)});
         if (config_.uses_curve()) {
             std::string server_key = config_.security.head_public_key;
             if (!headless) {
@@ -521,6 +529,7 @@ private:
         LocalRank& local = local_.at(exit.rank);
         local.running = false;
         local.last_exit = cause;
+        local.last_reason = "rank-exited";
         auto pending = std::exchange(local.pending, LocalRank::Pending::none);
         if (stopping_ || pending != LocalRank::Pending::none) {
             log::info("rank {} (pid {}) stopped: {}", exit.rank, exit.pid, cause);
@@ -556,6 +565,10 @@ private:
                        exit.exit_status == exit_code::config ? "configuration error" : "refused by the head", exit.rank);
             return;
         }
+        if (exit.exit_status == exit_code::unreachable && config_.node.role == Role::headless) {
+            wait_for_head(exit.rank);
+            return;
+        }
         const auto& sup = config_.supervision;
         auto now = Clock::now();
         while (!local.restarts.empty() && now - local.restarts.front() > millis(sup.restart_window)) local.restarts.pop_front();
@@ -565,6 +578,7 @@ private:
                                  " s, supervision.restart_budget); 'dpctl start " + std::to_string(exit.rank) + "' tries again";
             log::error("rank {} {}", exit.rank, reason);
             local.last_exit = reason;
+            local.last_reason = "restart-budget-exhausted";
             if (link_) link_->rank_failed(exit.rank, reason, "restart-budget-exhausted");
             bus_.rank_changed(exit.rank);
             return;
@@ -582,6 +596,26 @@ private:
             LocalRank& l = it->second;
             if (l.running || l.pending != LocalRank::Pending::none) return;
             if (auto spawned = spawn(rank); !spawned) log::error("restarting rank {}: {}", rank, spawned.error().message);
+        });
+    }
+
+    // The rank gave up on a silent head (supervision.head_grace_period). Restarting it at once
+    // would only wait again with a fresh engine; it starts when the head's port answers, and
+    // this costs nothing from its restart budget: the rank did not fail.
+    void wait_for_head(uint32_t rank) {
+        LocalRank& local = local_.at(rank);
+        local.waiting_for_head = true;
+        local.last_reason = "head-grace-expired";
+        local.last_exit = "stopped after losing the head for longer than supervision.head_grace_period "
+                          "[head-grace-expired]; starts again when the head answers";
+        log::warning("rank {} {}", rank, local.last_exit);
+        head_probe_.wait([this] {
+            if (stopping_) return;
+            for (auto& [r, l] : local_) {
+                if (!std::exchange(l.waiting_for_head, false) || l.running || l.pending != LocalRank::Pending::none) continue;
+                log::info("restarting rank {}: the head is back [head-back]", r);
+                if (auto spawned = spawn(r); !spawned) log::error("restarting rank {}: {}", r, spawned.error().message);
+            }
         });
     }
 
@@ -605,17 +639,23 @@ private:
         }
     }
 
-    // Start-up did not complete in time: say which ranks are missing, and serve with the rest.
+    // Start-up did not complete in time: say which ranks are missing, and serve with the rest,
+    // or, with fewer than data_parallel.min_ranks, refuse requests until enough are READY.
     void ready_deadline_passed() {
         if (!link_ || ready_sent_) return;
         std::string missing;
-        for (const auto& r : link_->ranks()) {
-            if (r.state == RankState::ready) continue;
-            missing += (missing.empty() ? "" : ", ") + std::to_string(r.rank) + " (" + to_string(r.state) +
-                       (r.node.empty() ? "" : ", node " + r.node) + ")";
+        for (const auto& m : link_->missing_ranks()) missing += (missing.empty() ? "" : ", ") + m;
+        if (!link_->has_quorum()) {
+            log::error("only {} of {} ranks are ready after {} s (handshake.ready_timeout), fewer than "
+                       "data_parallel.min_ranks ({}); refusing requests until enough are; missing: {} [below-min-ranks]",
+                       link_->ready_count(), link_->size(), config_.handshake.ready_timeout,
+                       config_.data_parallel.min_ranks, missing);
+            notify::status(std::to_string(link_->ready_count()) + "/" + std::to_string(link_->size()) +
+                           " ranks ready, below data_parallel.min_ranks; refusing requests");
+        } else {
+            log::warning("not every rank is ready after {} s (handshake.ready_timeout); missing: {}; serving with {} of {}",
+                         config_.handshake.ready_timeout, missing, link_->ready_count(), link_->size());
         }
-        log::warning("not every rank is ready after {} s (handshake.ready_timeout); missing: {}; serving with {} of {}",
-                     config_.handshake.ready_timeout, missing, link_->ready_count(), link_->size());
         ready_sent_ = true;
         notify::ready();
     }
@@ -638,6 +678,7 @@ private:
         notify::stopping();
         ready_timer_.cancel();
         pending_timer_.cancel();
+        head_probe_.cancel();
         for (auto& [rank, local] : local_) {
             if (local.restart_timer) local.restart_timer->cancel();
         }
@@ -683,6 +724,7 @@ private:
     asio::signal_set signals_, reload_signal_;
     asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_, pending_timer_;
     Supervisor supervisor_;
+    HeadProbe head_probe_;
     std::unique_ptr<RankLink> link_;
     std::unique_ptr<NodeRegistry> registry_;  // head: the cluster's nodes
     std::unique_ptr<NodeLink> node_link_;     // headless: the link to the head

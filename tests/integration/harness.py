@@ -735,6 +735,14 @@ class Daemon:
         return processes_tagged(self.tag)
 
 
+def check_log_clean(d: "Daemon") -> None:
+    """No sanitizer report (ASan, LSan, UBSan) and no crash in a daemon's log (its ranks log to
+    the daemon's stderr)."""
+    bad = [l for l in d.log_text().splitlines()
+           if re.search(r"AddressSanitizer|LeakSanitizer|runtime error:|killed by signal (SEGV|ABRT|BUS|ILL)", l)]
+    check(not bad, f"[{d.name}] no sanitizer report or crash in the log", "\n".join(bad[:10]))
+
+
 # ---------------------------------------------------------------------------------------------
 # HTTP
 

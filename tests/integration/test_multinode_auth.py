@@ -75,7 +75,7 @@ def main() -> None:
             check(node_c.wait_log(r"rank 3: error: the head at tcp://\S+ refused this node's key", 10),
                   "node C's rank says the head refused its key", harness.tail(node_c.log_text(), 2000))
             time.sleep(2.0)  # node C keeps retrying meanwhile
-            check_eq(head.health(), {"status": "ok", "ready_ranks": 3, "ranks": 4}, "/health after node C's attempts")
+            check_eq(head.health(), {"status": "ok", "ready_ranks": 3, "ranks": 4, "missing": ["rank 3 (starting)"]}, "/health after node C's attempts")
             check(3 not in ready_lines(head) and "joined from node 'node-c'" not in head.log_text(),
                   "rank 3 never joined", ready_lines(head))
             check(intruder_key.secret not in head.log_text() + node_c.log_text(), "no secret key in any log")
@@ -116,7 +116,7 @@ def main() -> None:
                                            f"({len(received)} bytes)", received)
 
             # --- nothing disturbed
-            check_eq(head.health(), {"status": "ok", "ready_ranks": 3, "ranks": 4}, "/health at the end")
+            check_eq(head.health(), {"status": "ok", "ready_ranks": 3, "ranks": 4, "missing": ["rank 3 (starting)"]}, "/health at the end")
             check_eq({**head.ranks(), **node_b.ranks()}, ranks, "the same rank processes serve")
             check(head.running() and node_b.running(), "the head and node B still run")
             problems = completion_load(head, [f"after the garbage {i}" for i in range(12)], 24)

@@ -801,3 +801,42 @@ TEST_CASE("config: start_rank is optional on a headless node, 0 by default on a 
     REQUIRE(validate(node).ok());
     CHECK_FALSE(node.assigned_by_head());
 }
+
+TEST_CASE("config: fault-handling keys", "[config]")
+{
+    Config config;
+    config.security.insecure = true;
+    CHECK(config.data_parallel.min_ranks == 1);
+    CHECK(config.handshake.hang_timeout == 60.0);
+    CHECK(config.supervision.head_grace_period == 60.0);
+
+    SECTION("min_ranks is at most the DP size")
+    {
+        config.data_parallel.size = 2;
+        config.data_parallel.min_ranks = 3;
+        CHECK_THAT(validate_error(config),
+                   Catch::StartsWith("data_parallel.min_ranks (3) is larger than data_parallel.size (2)"));
+        config.data_parallel.min_ranks = 2;
+        CHECK(validate(config).ok());
+    }
+    SECTION("hang_timeout is longer than the heartbeat interval")
+    {
+        config.handshake.heartbeat_interval = 2.0;
+        config.handshake.heartbeat_timeout = 5.0;
+        config.handshake.hang_timeout = 1.5;
+        CHECK_THAT(validate_error(config),
+                   Catch::StartsWith("handshake.hang_timeout (1.5) must be longer than handshake.heartbeat_interval (2.0)"));
+    }
+    SECTION("the keys are read from the file")
+    {
+        TempDir dir;
+        auto path = dir.path / "dpengined.toml";
+        std::ofstream(path) << "[data_parallel]\nmin_ranks = 2\n[handshake]\nhang_timeout = 7.5\n"
+                               "[supervision]\nhead_grace_period = 12\n";
+        std::vector<std::string> warnings;
+        REQUIRE(load_config_files(config, path.string(), true, true, warnings).ok());
+        CHECK(config.data_parallel.min_ranks == 2);
+        CHECK(config.handshake.hang_timeout == 7.5);
+        CHECK(config.supervision.head_grace_period == 12.0);
+    }
+}
