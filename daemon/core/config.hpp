@@ -28,6 +28,13 @@ struct DataParallelSection {
     uint32_t start_rank = 0;
     std::string address = "127.0.0.1";  // the head's address: IPv4, IPv6 or host name
     uint16_t rpc_port = 13345;
+    // How the ranks keep in step (head only; CONFIG carries it to every rank): "independent"
+    // (each rank steps on its own) or "lockstep" (every rank steps while any has work, idle
+    // ones on a dummy batch, as MoE / expert-parallel models need).
+    std::string dp_sync = "independent";
+    std::string group = "auto";      // the DP group's library in lockstep mode: auto, gloo
+    uint32_t sync_interval = 1;      // lockstep: steps between the group's all-reduces
+    double group_timeout = 1.5;      // seconds a collective or the group's rendezvous may take
 };
 
 struct FrontendSection {

@@ -27,6 +27,14 @@ template <> constexpr Type type_of<Outputs>() { return Type::outputs; }
 template <> constexpr Type type_of<Heartbeat>() { return Type::heartbeat; }
 template <> constexpr Type type_of<Shutdown>() { return Type::shutdown; }
 template <> constexpr Type type_of<ErrorReply>() { return Type::error; }
+template <> constexpr Type type_of<GroupKv>() { return Type::group_kv; }
+template <> constexpr Type type_of<GroupValue>() { return Type::group_value; }
+template <> constexpr Type type_of<GroupForm>() { return Type::group_form; }
+template <> constexpr Type type_of<StartWave>() { return Type::start_wave; }
+template <> constexpr Type type_of<GroupState>() { return Type::group_state; }
+
+// Bounds on the DP group's messages.
+constexpr uint32_t max_group_members = 65536;
 
 // ---- encoding: one function per message body ----
 
@@ -51,7 +59,7 @@ void put(Writer& w, const EngineConfig& m) {
 }
 
 void put(Writer& w, const Config& m) {
-    w.map(7);
+    w.map(10);
     w.str("dp_size"); w.uint(m.dp_size);
     w.str("rank"); w.uint(m.rank);
     w.str("epoch"); w.uint(m.epoch);
@@ -59,6 +67,9 @@ void put(Writer& w, const Config& m) {
     w.str("group_rendezvous"); w.str(m.group_rendezvous);
     w.str("heartbeat_interval"); w.float64(m.heartbeat_interval);
     w.str("engine"); put(w, m.engine);
+    w.str("sync"); w.str(m.sync);
+    w.str("sync_interval"); w.uint(m.sync_interval);
+    w.str("group_timeout"); w.float64(m.group_timeout);
 }
 
 void put(Writer& w, const Refused& m) {
@@ -124,6 +135,50 @@ void put(Writer& w, const Heartbeat& m) {
 }
 
 void put(Writer& w, const Shutdown&) { w.map(0); }
+
+void put(Writer& w, const GroupKv& m) {
+    w.map(m.value ? 3 : 2);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("key"); w.str(m.key);
+    if (m.value) {
+        w.str("value"); w.str(*m.value);
+    }
+}
+
+void put(Writer& w, const GroupValue& m) {
+    w.map(4);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("key"); w.str(m.key);
+    w.str("found"); w.boolean(m.found);
+    w.str("value"); w.str(m.value);
+}
+
+void put(Writer& w, const GroupForm& m) {
+    w.map(4);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("kind"); w.str(m.kind);
+    w.str("members");
+    w.array(static_cast<uint32_t>(m.members.size()));
+    for (uint32_t r : m.members) w.uint(r);
+    w.str("wave"); w.uint(m.wave);
+}
+
+void put(Writer& w, const StartWave& m) {
+    w.map(1);
+    w.str("wave"); w.uint(m.wave);
+}
+
+void put(Writer& w, const GroupState& m) {
+    w.map(8);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("kind"); w.str(m.kind);
+    w.str("state"); w.str(m.state);
+    w.str("wave"); w.uint(m.wave);
+    w.str("steps"); w.uint(m.steps);
+    w.str("dummy_steps"); w.uint(m.dummy_steps);
+    w.str("steps_per_second"); w.float64(m.steps_per_second);
+    w.str("error"); w.str(m.error);
+}
 
 // ---- decoding ----
 
@@ -203,6 +258,9 @@ Config get_config(Reader& r) {
         else if (k == "group_rendezvous") m.group_rendezvous = r.str();
         else if (k == "heartbeat_interval") m.heartbeat_interval = r.float64();
         else if (k == "engine") m.engine = get_engine_config(r);
+        else if (k == "sync") m.sync = r.str();
+        else if (k == "sync_interval") m.sync_interval = u32(r);
+        else if (k == "group_timeout") m.group_timeout = r.float64();
         else return false;
         return true;
     });
@@ -303,6 +361,81 @@ Heartbeat get_heartbeat(Reader& r) {
     return m;
 }
 
+GroupKv get_group_kv(Reader& r) {
+    GroupKv m;
+    std::optional<std::string> key;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") m.group_epoch = r.uint();
+        else if (k == "key") key = r.str();
+        else if (k == "value") m.value = std::string(r.str());
+        else return false;
+        return true;
+    });
+    m.key = required(key, "GROUP_KV", "key");
+    return m;
+}
+
+GroupValue get_group_value(Reader& r) {
+    GroupValue m;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") m.group_epoch = r.uint();
+        else if (k == "key") m.key = r.str();
+        else if (k == "found") m.found = r.boolean();
+        else if (k == "value") m.value = r.str();
+        else return false;
+        return true;
+    });
+    return m;
+}
+
+GroupForm get_group_form(Reader& r) {
+    GroupForm m;
+    std::optional<uint64_t> epoch;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") epoch = r.uint();
+        else if (k == "kind") m.kind = r.str();
+        else if (k == "members") {
+            uint32_t n = r.array();
+            if (n > max_group_members) throw DecodeError("GROUP_FORM: too many members");
+            m.members.reserve(n);
+            for (uint32_t i = 0; i < n; ++i) m.members.push_back(u32(r));
+        } else if (k == "wave") m.wave = r.uint();
+        else return false;
+        return true;
+    });
+    m.group_epoch = required(epoch, "GROUP_FORM", "group_epoch");
+    return m;
+}
+
+StartWave get_start_wave(Reader& r) {
+    StartWave m;
+    std::optional<uint64_t> wave;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "wave") wave = r.uint();
+        else return false;
+        return true;
+    });
+    m.wave = required(wave, "START_WAVE", "wave");
+    return m;
+}
+
+GroupState get_group_state(Reader& r) {
+    GroupState m;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") m.group_epoch = r.uint();
+        else if (k == "kind") m.kind = r.str();
+        else if (k == "state") m.state = r.str();
+        else if (k == "wave") m.wave = r.uint();
+        else if (k == "steps") m.steps = r.uint();
+        else if (k == "dummy_steps") m.dummy_steps = r.uint();
+        else if (k == "steps_per_second") m.steps_per_second = r.float64();
+        else if (k == "error") m.error = r.str();
+        else return false;
+        return true;
+    });
+    return m;
+}
+
 Message get_body(Reader& r, uint64_t type) {
     switch (static_cast<Type>(type)) {
         case Type::hello: return get_hello(r);
@@ -315,6 +448,11 @@ Message get_body(Reader& r, uint64_t type) {
         case Type::heartbeat: return get_heartbeat(r);
         case Type::shutdown: r.skip(); return Shutdown{};
         case Type::error: return get_code_message<ErrorReply>(r);
+        case Type::group_kv: return get_group_kv(r);
+        case Type::group_value: return get_group_value(r);
+        case Type::group_form: return get_group_form(r);
+        case Type::start_wave: return get_start_wave(r);
+        case Type::group_state: return get_group_state(r);
     }
     throw DecodeError("unreachable");
 }
@@ -323,7 +461,8 @@ Message get_body(Reader& r, uint64_t type) {
 
 const char* type_name(const Message& message) {
     static constexpr const char* names[] = {"HELLO",  "CONFIG",    "REFUSED",  "READY", "ADD",
-                                            "ABORT",  "OUTPUTS",   "HEARTBEAT", "SHUTDOWN", "ERROR"};
+                                            "ABORT",  "OUTPUTS",   "HEARTBEAT", "SHUTDOWN", "ERROR",
+                                            "GROUP_KV", "GROUP_VALUE", "GROUP_FORM", "START_WAVE", "GROUP_STATE"};
     return names[message.index()];
 }
 
@@ -356,7 +495,8 @@ Result<Envelope> decode(std::string_view bytes) {
                          "version-mismatch"};
         }
         uint64_t type = r.uint();
-        if (type < static_cast<uint8_t>(Type::hello) || type > static_cast<uint8_t>(Type::error)) {
+        bool dp_group_type = type >= static_cast<uint8_t>(Type::group_kv) && type <= static_cast<uint8_t>(Type::group_state);
+        if ((type < static_cast<uint8_t>(Type::hello) || type > static_cast<uint8_t>(Type::error)) && !dp_group_type) {
             return Error{"unknown message type " + std::to_string(type), "unknown-type"};
         }
         Envelope env;

@@ -1,6 +1,8 @@
 // The engine rank's life: connect, HELLO, CONFIG, backend init, READY, then the step loop.
 #pragma once
 
+#include "engine/dp_group.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -17,6 +19,8 @@ struct RankOptions {
     uint32_t max_message_bytes = 16 << 20;
     std::string key_file;    // CURVE: this node's secret key file
     std::string server_key;  // CURVE: the head's public key (Z85)
+    // Lockstep mode's DP group; empty: this program was built without one.
+    GroupFactory group_factory;
 };
 
 // Prints the problem and returns nothing on a bad command line.

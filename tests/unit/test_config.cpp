@@ -770,3 +770,32 @@ TEST_CASE("config: a headless node may leave the DP size to the head", "[config]
     CHECK_THAT(validate(config).error().message,
                Catch::StartsWith("data_parallel.size_local (2) is larger than data_parallel.size (3)"));
 }
+
+TEST_CASE("config: lockstep settings are checked", "[config]")
+{
+    Config config;
+    config.security.insecure = true;
+    CHECK(config.data_parallel.dp_sync == "independent");
+    CHECK(config.data_parallel.group == "auto");
+    CHECK(config.data_parallel.sync_interval == 1);
+    CHECK(config.data_parallel.group_timeout == 1.5);
+    SECTION("unknown mode")
+    {
+        config.data_parallel.dp_sync = "together";
+        CHECK_THAT(validate_error(config), Catch::Contains("data_parallel.dp_sync: unknown mode 'together'"));
+    }
+    SECTION("unknown group")
+    {
+        config.data_parallel.group = "mpi";
+        CHECK_THAT(validate_error(config), Catch::Contains("data_parallel.group: unknown group 'mpi'"));
+    }
+    SECTION("the group timeout must end before the head declares a waiting rank lost")
+    {
+        config.data_parallel.dp_sync = "lockstep";
+        config.data_parallel.group_timeout = 2.5;
+        CHECK_THAT(validate_error(config), Catch::Contains("must be shorter than handshake.heartbeat_timeout"));
+        config.handshake.heartbeat_timeout = 5;
+        Config ok = config;
+        CHECK(validate(ok));
+    }
+}
