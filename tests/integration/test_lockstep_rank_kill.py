@@ -99,6 +99,8 @@ def main() -> None:
                 status, r = post_json(d.port, "/v1/completions", body, timeout=30)
                 after.append(status == 200 and r["choices"][0]["text"] == synthetic_completion(text, i, 5).text)
         check(all(after), "new requests after the group re-formed all succeed", after)
+        log("  the group's history in the log:\n    " + "\n    ".join(
+            line for line in d.log_text().splitlines() if "DP group" in line))
         check_eq(d.stop(), 0, "exit status after SIGTERM")
 
 
