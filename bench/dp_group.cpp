@@ -6,6 +6,7 @@
 // difference per step in microseconds.
 //
 // usage: dpengine-dp-group-bench [--ranks N] [--steps S] [--interval K]... [--address A]
+//                                [--library 1]   (also measure gloo's all-reduce: "_library" keys)
 #include "engine/gloo_group.hpp"
 #include "engine/lockstep.hpp"
 #include "engine/synthetic.hpp"
@@ -101,13 +102,18 @@ double alone(uint32_t steps) {
 
 // One process of the lockstep run; returns rank 0's steps per second (others return 0).
 double lockstep_member(uint32_t rank, uint32_t ranks, uint32_t steps, uint32_t interval, uint64_t epoch,
-                       const std::string& address) {
+                       const std::string& address, bool library) {
     Lockstep::Settings settings;
     settings.rank = rank;
     settings.sync_interval = interval;
     settings.timeout = std::chrono::milliseconds(30000);
     settings.bind_address = address;
-    Lockstep lockstep(settings, make_gloo_group);
+    GroupFactory factory = [library](const GroupSpec& spec, RendezvousChannel& channel) {
+        GroupSpec s = spec;
+        if (library) s.direct_exchange_limit = 0;  // gloo's own all-reduce, as large groups use
+        return make_gloo_group(s, channel);
+    };
+    Lockstep lockstep(settings, factory);
     auto loop = make_loop();
     if (rank == 0) loop->add(long_request(steps));
     wire::GroupForm form;
@@ -140,12 +146,14 @@ int main(int argc, char** argv) {
     uint32_t ranks = 4, steps = 20000;
     std::vector<uint32_t> intervals;
     std::string address = "127.0.0.1";
+    bool with_library = false;
     for (int i = 1; i + 1 < argc; i += 2) {
         std::string a = argv[i];
         if (a == "--ranks") ranks = static_cast<uint32_t>(std::atoi(argv[i + 1]));
         else if (a == "--steps") steps = static_cast<uint32_t>(std::atoi(argv[i + 1]));
         else if (a == "--interval") intervals.push_back(static_cast<uint32_t>(std::atoi(argv[i + 1])));
         else if (a == "--address") address = argv[i + 1];
+        else if (a == "--library") with_library = std::string(argv[i + 1]) == "1";
         else {
             std::fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -160,7 +168,12 @@ int main(int argc, char** argv) {
     std::printf("ranks: %u\nsteps: %u\nsteps_per_s_alone: %.0f\n", ranks, steps, base);
     std::fflush(stdout);
     uint64_t epoch = 0;
-    for (uint32_t k : intervals) {
+    std::vector<std::pair<uint32_t, bool>> runs;
+    for (uint32_t k : intervals) runs.emplace_back(k, false);
+    if (with_library)
+        for (uint32_t k : intervals) runs.emplace_back(k, true);
+    for (auto [k, library] : runs) {
+        const char* suffix = library ? "_library" : "";
         ++epoch;
         fs::create_directories(BenchLink::dir_for(epoch));
         int pipefd[2];
@@ -170,7 +183,7 @@ int main(int argc, char** argv) {
             pid_t pid = fork();
             if (pid == 0) {
                 close(pipefd[0]);
-                double rate = lockstep_member(r, ranks, steps, k, epoch, address);
+                double rate = lockstep_member(r, ranks, steps, k, epoch, address, library);
                 if (r == 0) {
                     if (write(pipefd[1], &rate, sizeof rate) != sizeof rate) _exit(1);
                 }
@@ -194,7 +207,8 @@ int main(int argc, char** argv) {
             return 1;
         }
         double overhead_us = (1.0 / rate - 1.0 / base) * 1e6;
-        std::printf("steps_per_s_k%u: %.0f\nsync_overhead_us_per_step_k%u: %.2f\n", k, rate, k, overhead_us);
+        std::printf("steps_per_s_k%u%s: %.0f\nsync_overhead_us_per_step_k%u%s: %.2f\n", k, suffix, rate, k, suffix,
+                    overhead_us);
         std::fflush(stdout);
     }
     fs::remove_all(tmpl);
