@@ -6,7 +6,7 @@
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
-#include <gloo/transport/unbound_buffer.h>
+#include <gloo/transport/buffer.h>
 
 #include <map>
 #include <stdexcept>
@@ -110,8 +110,18 @@ public:
           direct_(spec.size <= spec.direct_exchange_limit),
           values_(spec.size, 0) {
         if (direct_) {
-            send_ = context_->createUnboundBuffer(&mine_, sizeof mine_);
-            recv_ = context_->createUnboundBuffer(values_.data(), values_.size() * sizeof(int64_t));
+            // Synchronous pairs: the waiting thread reads its socket itself, instead of gloo's
+            // event loop thread reading and then waking it (two context switches per value).
+            constexpr int slot = 1;
+            sends_.resize(spec.size);
+            recvs_.resize(spec.size);
+            for (int peer = 0; peer < context_->size; ++peer) {
+                if (peer == context_->rank) continue;
+                auto& pair = context_->getPair(peer);
+                pair->setSync(true, false);
+                sends_[peer] = pair->createSendBuffer(slot, &mine_, sizeof mine_);
+                recvs_[peer] = pair->createRecvBuffer(slot, &values_[peer], sizeof(int64_t));
+            }
         }
     }
 
@@ -125,23 +135,19 @@ public:
 
 private:
     int64_t exchange(int64_t value) {
-        constexpr uint64_t slot = 1;  // one exchange at a time: ordered per pair and slot
         const int size = context_->size, me = context_->rank;
         mine_ = value;
         for (int peer = 0; peer < size; ++peer) {
-            if (peer == me) continue;
-            recv_->recv(peer, slot, peer * sizeof(int64_t), sizeof(int64_t));
-            send_->send(peer, slot);
-        }
-        for (int i = 1; i < size; ++i) {
-            if (!recv_->waitRecv(timeout_)) throw std::runtime_error("receiving a member's value was aborted");
-        }
-        for (int i = 1; i < size; ++i) {
-            if (!send_->waitSend(timeout_)) throw std::runtime_error("sending this rank's value was aborted");
+            if (peer != me) sends_[peer]->send();
         }
         int64_t sum = value;
         for (int peer = 0; peer < size; ++peer) {
-            if (peer != me) sum += values_[peer];
+            if (peer == me) continue;
+            recvs_[peer]->waitRecv();
+            sum += values_[peer];
+        }
+        for (int peer = 0; peer < size; ++peer) {
+            if (peer != me) sends_[peer]->waitSend();
         }
         return sum;
     }
@@ -163,8 +169,8 @@ private:
     bool direct_;
     int64_t mine_ = 0;
     std::vector<int64_t> values_;
-    std::unique_ptr<gloo::transport::UnboundBuffer> send_;
-    std::unique_ptr<gloo::transport::UnboundBuffer> recv_;
+    std::vector<std::unique_ptr<gloo::transport::Buffer>> sends_;  // per peer, over mine_
+    std::vector<std::unique_ptr<gloo::transport::Buffer>> recvs_;  // per peer, into values_[peer]
 };
 
 // A group of one rank: nothing to agree with.

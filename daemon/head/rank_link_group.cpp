@@ -72,6 +72,8 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
     }
     if (auto* state = std::get_if<wire::GroupState>(&message)) {
         RankInfo& info = slot.info;
+        // Periodic reports repeat the state: act on changes only.
+        const bool repeated = info.group_epoch == state->group_epoch && info.group_state == state->state;
         info.group_kind = state->kind;
         info.group_state = state->state;
         info.group_epoch = state->group_epoch;
@@ -83,7 +85,7 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
         if (state->state == "paused" && state->wave > wave_started_) {
             group_paused_ = true;
             paused_wave_ = state->wave;
-        } else if (state->state == "failed") {
+        } else if (state->state == "failed" && !repeated) {
             log::warning("rank {} reports the DP group of epoch {} failed: {}", rank, state->group_epoch, state->error);
             schedule_regroup(true, std::chrono::milliseconds(100));
         }
