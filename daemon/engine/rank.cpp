@@ -18,11 +18,11 @@
 #include <arpa/inet.h>
 
 #include <atomic>
-#include <deque>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <zmq.hpp>
 
 namespace dpengine::engine {
