@@ -116,8 +116,9 @@ void RankLink::schedule_regroup(bool force, std::chrono::milliseconds delay) {
     regroup_scheduled_ = true;
     regroup_timer_.expires_after(delay);
     regroup_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec) return;  // cancelled: the link may be gone, touch nothing
         regroup_scheduled_ = false;
-        if (ec || shutting_down_) return;
+        if (shutting_down_) return;
         bool forced = regroup_forced_;
         regroup_forced_ = false;
         regroup(forced);
