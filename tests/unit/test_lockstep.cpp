@@ -133,7 +133,7 @@ TEST_CASE("lockstep: the all-reduce runs once per sync_interval steps", "[lockst
     CHECK(f.lockstep.report().state == "paused");
 }
 
-TEST_CASE("lockstep: a failed collective stops stepping and reports it; a newer group resumes", "[lockstep]") {
+TEST_CASE("lockstep: a failed collective stops stepping and reports it, a newer group resumes", "[lockstep]") {
     Fixture f;
     f.loop.add(request(1, 5));
     f.others = {};  // the first all-reduce fails
