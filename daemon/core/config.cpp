@@ -62,6 +62,10 @@ constexpr Field fields[] = {
     {"data_parallel", "address", [](Config& c) -> Target { return &c.data_parallel.address; }},
     {"data_parallel", "rpc_port", [](Config& c) -> Target { return &c.data_parallel.rpc_port; }, 0, u16_max},
     {"data_parallel", "min_ranks", [](Config& c) -> Target { return &c.data_parallel.min_ranks; }, 1, max_dp_size},
+    {"data_parallel", "dp_sync", [](Config& c) -> Target { return &c.data_parallel.dp_sync; }},
+    {"data_parallel", "group", [](Config& c) -> Target { return &c.data_parallel.group; }},
+    {"data_parallel", "sync_interval", [](Config& c) -> Target { return &c.data_parallel.sync_interval; }, 1, 4096},
+    {"data_parallel", "group_timeout", [](Config& c) -> Target { return &c.data_parallel.group_timeout; }},
     {"frontend", "host", [](Config& c) -> Target { return &c.frontend.host; }},
     {"frontend", "port", [](Config& c) -> Target { return &c.frontend.port; }, 1, u16_max},
     {"frontend", "max_body_bytes", [](Config& c) -> Target { return &c.frontend.max_body_bytes; }, 1 << 10, 1 << 30},
@@ -737,6 +741,8 @@ Status validate_keys(const Config& config)
     return Ok{};
 }
 
+static Status validate_dp_group(const Config& config);
+
 Status validate(Config& config)
 {
     for (const Field& f : fields)
@@ -826,6 +832,21 @@ Status validate(Config& config)
         return Error{"handshake.heartbeat_timeout (" + format_double(config.handshake.heartbeat_timeout) +
                      ") must be longer than handshake.heartbeat_interval (" +
                      format_double(config.handshake.heartbeat_interval) + ")"};
+    if (auto group_ok = validate_dp_group(config); !group_ok) return group_ok;
+    return Ok{};
+}
+
+// The DP group settings. A rank blocked in a collective sends no heartbeat, so the group's
+// timeout must end before the head would declare the rank lost.
+static Status validate_dp_group(const Config& config)
+{
+    const auto& dp = config.data_parallel;
+    if (dp.dp_sync != "independent" && dp.dp_sync != "lockstep")
+        return Error{"data_parallel.dp_sync: unknown mode '" + dp.dp_sync +
+                     "'; use \"independent\" or \"lockstep\""};
+    if (dp.group != "auto" && dp.group != "gloo")
+        return Error{"data_parallel.group: unknown group '" + dp.group +
+                     "'; use \"auto\" or \"gloo\" (NCCL is not available in this build)"};
     return Ok{};
 }
 

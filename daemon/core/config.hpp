@@ -33,6 +33,13 @@ struct DataParallelSection {
     // The head serves only while at least this many ranks are READY; below it requests get
     // 503 and /health names the missing ranks.
     uint32_t min_ranks = 1;
+    // How the ranks keep in step (head only; CONFIG carries it to every rank): "independent"
+    // (each rank steps on its own) or "lockstep" (every rank steps while any has work, idle
+    // ones on a dummy batch, as MoE / expert-parallel models need).
+    std::string dp_sync = "independent";
+    std::string group = "auto";      // the DP group's library in lockstep mode: auto, gloo
+    uint32_t sync_interval = 1;      // lockstep: steps between the group's all-reduces
+    double group_timeout = 1.5;      // seconds a collective or the group's rendezvous may take
 };
 
 struct FrontendSection {

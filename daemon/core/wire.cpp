@@ -31,6 +31,14 @@ template <> constexpr Type type_of<NodeHello>() { return Type::node_hello; }
 template <> constexpr Type type_of<NodeConfig>() { return Type::node_config; }
 template <> constexpr Type type_of<NodeStatus>() { return Type::node_status; }
 template <> constexpr Type type_of<Assign>() { return Type::assign; }
+template <> constexpr Type type_of<GroupKv>() { return Type::group_kv; }
+template <> constexpr Type type_of<GroupValue>() { return Type::group_value; }
+template <> constexpr Type type_of<GroupForm>() { return Type::group_form; }
+template <> constexpr Type type_of<StartWave>() { return Type::start_wave; }
+template <> constexpr Type type_of<GroupState>() { return Type::group_state; }
+
+// Bounds on the DP group's messages.
+constexpr uint32_t max_group_members = 65536;
 
 // ---- encoding: one function per message body ----
 
@@ -55,7 +63,7 @@ void put(Writer& w, const EngineConfig& m) {
 }
 
 void put(Writer& w, const Config& m) {
-    w.map(7);
+    w.map(10);
     w.str("dp_size"); w.uint(m.dp_size);
     w.str("rank"); w.uint(m.rank);
     w.str("epoch"); w.uint(m.epoch);
@@ -63,6 +71,9 @@ void put(Writer& w, const Config& m) {
     w.str("group_rendezvous"); w.str(m.group_rendezvous);
     w.str("heartbeat_interval"); w.float64(m.heartbeat_interval);
     w.str("engine"); put(w, m.engine);
+    w.str("sync"); w.str(m.sync);
+    w.str("sync_interval"); w.uint(m.sync_interval);
+    w.str("group_timeout"); w.float64(m.group_timeout);
 }
 
 void put(Writer& w, const Refused& m) {
@@ -176,6 +187,50 @@ void put(Writer& w, const Assign& m) {
     w.str("epoch"); w.uint(m.epoch);
 }
 
+void put(Writer& w, const GroupKv& m) {
+    w.map(m.value ? 3 : 2);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("key"); w.str(m.key);
+    if (m.value) {
+        w.str("value"); w.str(*m.value);
+    }
+}
+
+void put(Writer& w, const GroupValue& m) {
+    w.map(4);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("key"); w.str(m.key);
+    w.str("found"); w.boolean(m.found);
+    w.str("value"); w.str(m.value);
+}
+
+void put(Writer& w, const GroupForm& m) {
+    w.map(4);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("kind"); w.str(m.kind);
+    w.str("members");
+    w.array(static_cast<uint32_t>(m.members.size()));
+    for (uint32_t r : m.members) w.uint(r);
+    w.str("wave"); w.uint(m.wave);
+}
+
+void put(Writer& w, const StartWave& m) {
+    w.map(1);
+    w.str("wave"); w.uint(m.wave);
+}
+
+void put(Writer& w, const GroupState& m) {
+    w.map(8);
+    w.str("group_epoch"); w.uint(m.group_epoch);
+    w.str("kind"); w.str(m.kind);
+    w.str("state"); w.str(m.state);
+    w.str("wave"); w.uint(m.wave);
+    w.str("steps"); w.uint(m.steps);
+    w.str("dummy_steps"); w.uint(m.dummy_steps);
+    w.str("steps_per_second"); w.float64(m.steps_per_second);
+    w.str("error"); w.str(m.error);
+}
+
 // ---- decoding ----
 
 uint32_t u32(Reader& r) {
@@ -254,6 +309,9 @@ Config get_config(Reader& r) {
         else if (k == "group_rendezvous") m.group_rendezvous = r.str();
         else if (k == "heartbeat_interval") m.heartbeat_interval = r.float64();
         else if (k == "engine") m.engine = get_engine_config(r);
+        else if (k == "sync") m.sync = r.str();
+        else if (k == "sync_interval") m.sync_interval = u32(r);
+        else if (k == "group_timeout") m.group_timeout = r.float64();
         else return false;
         return true;
     });
@@ -443,6 +501,81 @@ Assign get_assign(Reader& r) {
     return m;
 }
 
+GroupKv get_group_kv(Reader& r) {
+    GroupKv m;
+    std::optional<std::string> key;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") m.group_epoch = r.uint();
+        else if (k == "key") key = r.str();
+        else if (k == "value") m.value = std::string(r.str());
+        else return false;
+        return true;
+    });
+    m.key = required(key, "GROUP_KV", "key");
+    return m;
+}
+
+GroupValue get_group_value(Reader& r) {
+    GroupValue m;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") m.group_epoch = r.uint();
+        else if (k == "key") m.key = r.str();
+        else if (k == "found") m.found = r.boolean();
+        else if (k == "value") m.value = r.str();
+        else return false;
+        return true;
+    });
+    return m;
+}
+
+GroupForm get_group_form(Reader& r) {
+    GroupForm m;
+    std::optional<uint64_t> epoch;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") epoch = r.uint();
+        else if (k == "kind") m.kind = r.str();
+        else if (k == "members") {
+            uint32_t n = r.array();
+            if (n > max_group_members) throw DecodeError("GROUP_FORM: too many members");
+            m.members.reserve(n);
+            for (uint32_t i = 0; i < n; ++i) m.members.push_back(u32(r));
+        } else if (k == "wave") m.wave = r.uint();
+        else return false;
+        return true;
+    });
+    m.group_epoch = required(epoch, "GROUP_FORM", "group_epoch");
+    return m;
+}
+
+StartWave get_start_wave(Reader& r) {
+    StartWave m;
+    std::optional<uint64_t> wave;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "wave") wave = r.uint();
+        else return false;
+        return true;
+    });
+    m.wave = required(wave, "START_WAVE", "wave");
+    return m;
+}
+
+GroupState get_group_state(Reader& r) {
+    GroupState m;
+    read_fields(r, [&](std::string_view k) {
+        if (k == "group_epoch") m.group_epoch = r.uint();
+        else if (k == "kind") m.kind = r.str();
+        else if (k == "state") m.state = r.str();
+        else if (k == "wave") m.wave = r.uint();
+        else if (k == "steps") m.steps = r.uint();
+        else if (k == "dummy_steps") m.dummy_steps = r.uint();
+        else if (k == "steps_per_second") m.steps_per_second = r.float64();
+        else if (k == "error") m.error = r.str();
+        else return false;
+        return true;
+    });
+    return m;
+}
+
 Message get_body(Reader& r, uint64_t type) {
     switch (static_cast<Type>(type)) {
         case Type::hello: return get_hello(r);
@@ -459,6 +592,11 @@ Message get_body(Reader& r, uint64_t type) {
         case Type::node_config: return get_node_config(r);
         case Type::node_status: return get_node_status(r);
         case Type::assign: return get_assign(r);
+        case Type::group_kv: return get_group_kv(r);
+        case Type::group_value: return get_group_value(r);
+        case Type::group_form: return get_group_form(r);
+        case Type::start_wave: return get_start_wave(r);
+        case Type::group_state: return get_group_state(r);
     }
     throw DecodeError("unreachable");
 }
@@ -473,7 +611,8 @@ bool is_node_link(const Message& message) {
 const char* type_name(const Message& message) {
     static constexpr const char* names[] = {"HELLO",  "CONFIG",    "REFUSED",  "READY", "ADD",
                                             "ABORT",  "OUTPUTS",   "HEARTBEAT", "SHUTDOWN", "ERROR",
-                                            "NODE_HELLO", "NODE_CONFIG", "NODE_STATUS", "ASSIGN"};
+                                            "NODE_HELLO", "NODE_CONFIG", "NODE_STATUS", "ASSIGN",
+                                            "GROUP_KV", "GROUP_VALUE", "GROUP_FORM", "START_WAVE", "GROUP_STATE"};
     return names[message.index()];
 }
 
@@ -508,7 +647,8 @@ Result<Envelope> decode(std::string_view bytes) {
         uint64_t type = r.uint();
         const bool rank_type = type >= static_cast<uint8_t>(Type::hello) && type <= static_cast<uint8_t>(Type::error);
         const bool node_type = type >= static_cast<uint8_t>(Type::node_hello) && type <= static_cast<uint8_t>(Type::assign);
-        if (!rank_type && !node_type) {
+        const bool dp_group_type = type >= static_cast<uint8_t>(Type::group_kv) && type <= static_cast<uint8_t>(Type::group_state);
+        if (!rank_type && !node_type && !dp_group_type) {
             return Error{"unknown message type " + std::to_string(type), "unknown-type"};
         }
         Envelope env;

@@ -34,6 +34,12 @@ enum class Type : uint8_t {
     node_config = 12,
     node_status = 13,
     assign = 14,
+    // The DP group (lockstep mode): rendezvous through the head, group formation and waves.
+    group_kv = 25,
+    group_value = 26,
+    group_form = 27,
+    start_wave = 28,
+    group_state = 29,
 };
 
 // rank → head: the first message on a connection.
@@ -66,6 +72,11 @@ struct Config {
     std::string group_rendezvous;
     double heartbeat_interval = 1.0;  // seconds between HEARTBEATs when idle
     EngineConfig engine;
+    // How the ranks keep in step: "independent" (no group) or "lockstep" (every rank steps
+    // while any has work; the group's all-reduce decides every sync_interval steps).
+    std::string sync = "independent";
+    uint32_t sync_interval = 1;
+    double group_timeout = 0;  // seconds a collective or the rendezvous may take; 0: the rank's default
 };
 
 // head → rank: the HELLO was not accepted; the rank must not retry (code says why).
@@ -179,8 +190,54 @@ struct Assign {
     uint64_t epoch = 0;
 };
 
-using Message = std::variant<Hello, Config, Refused, Ready, Add, Abort, Outputs, Heartbeat,
-                             Shutdown, ErrorReply, NodeHello, NodeConfig, NodeStatus, Assign>;
+// rank → head: the DP group's rendezvous store, one key space per group epoch. With `value`
+// the key is stored (set once; a second set of the same key is refused); without, the head
+// answers GROUP_VALUE.
+struct GroupKv {
+    uint64_t group_epoch = 0;
+    std::string key;
+    std::optional<std::string> value;
+};
+
+// head → rank: the answer to a GROUP_KV without value.
+struct GroupValue {
+    uint64_t group_epoch = 0;
+    std::string key;
+    bool found = false;
+    std::string value;
+};
+
+// head → rank: form (or re-form) the DP group of these ranks at this epoch; the rank's index
+// in the group is its position in `members`. The new group starts in wave `wave`, running.
+struct GroupForm {
+    uint64_t group_epoch = 0;
+    std::string kind;  // "gloo"
+    std::vector<uint32_t> members;
+    uint64_t wave = 0;
+};
+
+// head → rank: run wave `wave` (once the waves before it are done). rank → head: this rank has
+// work while the group is paused; start wave `wave` on every rank.
+struct StartWave {
+    uint64_t wave = 0;
+};
+
+// rank → head: the rank's DP group, on every change and with every heartbeat interval.
+struct GroupState {
+    uint64_t group_epoch = 0;
+    std::string kind;
+    std::string state;  // "forming", "running", "paused" or "failed"
+    uint64_t wave = 0;  // the wave running, or the next one while paused
+    uint64_t steps = 0;
+    uint64_t dummy_steps = 0;
+    double steps_per_second = 0;
+    std::string error;  // why the group failed
+};
+
+// The alternatives in the order of their type numbers (type_name() relies on it).
+using Message = std::variant<Hello, Config, Refused, Ready, Add, Abort, Outputs, Heartbeat, Shutdown, ErrorReply,
+                             NodeHello, NodeConfig, NodeStatus, Assign,
+                             GroupKv, GroupValue, GroupForm, StartWave, GroupState>;
 
 // True for the node-link messages (NODE_HELLO ... ASSIGN).
 bool is_node_link(const Message& message);

@@ -44,6 +44,9 @@ public:
     // One decoding step for the whole batch: appends one token's text to pieces[i] for
     // batch[i]. Called with a non-empty batch.
     virtual void step(std::span<Sequence* const> batch, std::vector<std::string>& pieces) = 0;
+    // Lockstep mode: a step on a dummy batch, for a rank with no work while others have some,
+    // so that the model's collectives see every rank. Produces nothing.
+    virtual void dummy_step() {}
 };
 
 // Creates the backend CONFIG names; errors name the backend and the setting at fault.

@@ -2,10 +2,12 @@
 // learns everything else from the head in the handshake, then runs the step loop until the
 // head says SHUTDOWN, SIGTERM arrives or the head goes away.
 #include "core/exit_codes.hpp"
+#include "engine/gloo_group.hpp"
 #include "engine/rank.hpp"
 
 int main(int argc, char** argv) {
     auto options = dpengine::engine::parse_rank_options(argc, argv);
     if (!options) return dpengine::exit_code::usage;
+    options->group_factory = dpengine::engine::make_gloo_group;
     return dpengine::engine::run_rank(*options);
 }

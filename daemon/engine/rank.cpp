@@ -5,6 +5,7 @@
 #include "core/log.hpp"
 #include "core/transport.hpp"
 #include "core/wire.hpp"
+#include "engine/lockstep.hpp"
 #include "engine/step_loop.hpp"
 
 #include <netdb.h>
@@ -15,12 +16,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+
 #include <atomic>
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <stop_token>
 #include <thread>
@@ -41,6 +45,8 @@ void install_signal_handlers() {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
+    // A DP group peer that dies mid-write must fail the collective, not kill this rank.
+    signal(SIGPIPE, SIG_IGN);
 }
 
 uint64_t random_u64() {
@@ -90,6 +96,36 @@ std::string probe_reason(const std::string& endpoint) {
     }
     freeaddrinfo(res);
     return reason;
+}
+
+// The address this node's DP group connections use: the local address that routes to the head
+// (so a peer on another node reaches it the way the head does), loopback for ipc://.
+std::string group_bind_address(const std::string& endpoint) {
+    constexpr std::string_view prefix = "tcp://";
+    if (endpoint.rfind(prefix, 0) != 0) return "127.0.0.1";
+    std::string rest = endpoint.substr(prefix.size());
+    size_t colon = rest.rfind(':');
+    if (colon == std::string::npos) return "127.0.0.1";
+    std::string host = rest.substr(0, colon), port = rest.substr(colon + 1);
+    if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_socktype = SOCK_DGRAM;
+    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) return "127.0.0.1";
+    std::string address = "127.0.0.1";
+    int fd = socket(res->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+        char text[INET6_ADDRSTRLEN] = {};
+        const void* raw = local.ss_family == AF_INET6
+                              ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
+                              : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
+        if (inet_ntop(local.ss_family, raw, text, sizeof text)) address = text;
+    }
+    if (fd >= 0) close(fd);
+    freeaddrinfo(res);
+    return address;
 }
 
 bool same_engine(const wire::EngineConfig& a, const wire::EngineConfig& b) {
@@ -275,7 +311,7 @@ private:
     std::jthread thread_;  // last: it starts in the constructor and uses the members above
 };
 
-class Rank {
+class Rank : private Lockstep::Link, private RendezvousChannel {
 public:
     explicit Rank(const RankOptions& options) : options_(options), conn_(options) {
         hello_.rank = options.rank;
@@ -290,11 +326,11 @@ public:
         const auto started = Clock::now();
         wire::Outputs outputs;
         while (!stop_requested) {
-            bool busy = serving() && loop_->has_work();
+            bool busy = serving() && (lockstep_ ? lockstep_->wants_to_run(*loop_) : loop_->has_work());
             auto wait = busy ? Clock::duration::zero() : std::chrono::milliseconds(100);
             conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait));
             while (auto event = conn_.next_event()) on_event(*event);
-            while (auto env = conn_.next_message()) {
+            while (auto env = next_message()) {
                 heard_from_head();
                 if (int code = on_message(*env); code >= 0) return code;
             }
@@ -309,7 +345,16 @@ public:
                 }
                 continue;
             }
-            if (loop_->has_work()) {
+            if (lockstep_) {
+                outputs.items.clear();
+                lockstep_->advance(*loop_, outputs, *this);
+                heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+                if (!outputs.items.empty()) conn_.send(outputs, epoch_);
+                if (Clock::now() >= next_group_report_) {
+                    conn_.send(lockstep_->report(), epoch_);
+                    next_group_report_ = Clock::now() + heartbeat_every_;
+                }
+            } else if (loop_->has_work()) {
                 outputs.items.clear();
                 loop_->step(outputs);
                 heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
@@ -353,6 +398,69 @@ private:
                    "[head-grace-expired]",
                    options_.connect, silent, options_.head_grace_period);
         return true;
+    }
+
+    // Messages set aside while the DP group's rendezvous waited for its answers come first.
+    std::optional<wire::Envelope> next_message() {
+        if (!deferred_.empty()) {
+            wire::Envelope env = std::move(deferred_.front());
+            deferred_.pop_front();
+            return env;
+        }
+        return conn_.next_message();
+    }
+
+    // Lockstep::Link
+    void send(const wire::Message& message) override { conn_.send(message, epoch_); }
+    RendezvousChannel& rendezvous(uint64_t group_epoch) override {
+        rendezvous_epoch_ = group_epoch;
+        return *this;
+    }
+
+    // RendezvousChannel: the head's key-value store for this group epoch.
+    Status set(const std::string& key, const std::string& value) override {
+        if (!conn_.send(wire::GroupKv{rendezvous_epoch_, key, value}, epoch_)) {
+            return Error{"no connection to the head for the DP group's rendezvous", "group-failed"};
+        }
+        return Ok{};
+    }
+
+    Result<std::string> get(const std::string& key, Clock::time_point deadline) override {
+        // The head answers once the key is set; asking again now and then covers a lost answer
+        // (a reconnection).
+        constexpr auto retry_every = std::chrono::milliseconds(500);
+        // Heartbeats go on meanwhile from the heartbeat thread.
+        auto next_ask = Clock::now();
+        while (!stop_requested) {
+            auto now = Clock::now();
+            if (now >= deadline) {
+                return Error{"the DP group's rendezvous (epoch " + std::to_string(rendezvous_epoch_) +
+                                 ") did not complete within data_parallel.group_timeout: rank key '" + key +
+                                 "' was not published",
+                             "group-timeout"};
+            }
+            if (now >= next_ask) {
+                conn_.send(wire::GroupKv{rendezvous_epoch_, key, std::nullopt}, epoch_);
+                next_ask = now + retry_every;
+            }
+            auto until = std::min(deadline, next_ask);
+            conn_.wait(std::max(std::chrono::milliseconds(0),
+                                std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now())) +
+                       std::chrono::milliseconds(1));
+            while (auto env = conn_.next_message()) {
+                heard_from_head();
+                if (auto* value = std::get_if<wire::GroupValue>(&env->message)) {
+                    if (value->group_epoch == rendezvous_epoch_ && value->key == key && value->found) return value->value;
+                    continue;
+                }
+                bool newer_group = std::holds_alternative<wire::GroupForm>(env->message) ||
+                                   std::holds_alternative<wire::Shutdown>(env->message) ||
+                                   std::holds_alternative<wire::Refused>(env->message);
+                deferred_.push_back(std::move(*env));
+                if (newer_group) return Error{"the head started a newer DP group formation", "superseded"};
+            }
+        }
+        return Error{"stopping", "superseded"};
     }
 
     // A restarted rank may find the head still holding its predecessor until that one's
@@ -424,6 +532,12 @@ private:
             loop_->add(*add);
         } else if (auto* abort = std::get_if<wire::Abort>(&env.message)) {
             for (uint64_t id : abort->ids) loop_->abort(id);
+        } else if (auto* form = std::get_if<wire::GroupForm>(&env.message)) {
+            if (lockstep_) lockstep_->on_group_form(*form);
+        } else if (auto* wave = std::get_if<wire::StartWave>(&env.message)) {
+            if (lockstep_) lockstep_->on_start_wave(wave->wave);
+        } else if (std::holds_alternative<wire::GroupValue>(env.message)) {
+            // an answer that came after its rendezvous ended: nothing waits for it
         } else if (std::holds_alternative<wire::Shutdown>(env.message)) {
             return exit_code::ok;
         } else if (auto* err = std::get_if<wire::ErrorReply>(&env.message)) {
@@ -452,6 +566,11 @@ private:
         } else {
             loop_->abort_all();
         }
+        if (auto made = make_lockstep(config); !made) {
+            log::error("{}", made.error().message);
+            conn_.send(wire::ErrorReply{"init-failed", made.error().message}, epoch_);
+            return exit_code::config;
+        }
         configured_ = ever_configured_ = true;
         conn_.send(wire::Ready{config.engine.max_batch, loop_->backend().device()}, epoch_);
         heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
@@ -461,9 +580,37 @@ private:
         return -1;
     }
 
+    // Lockstep mode from CONFIG; the group itself forms when the head sends GROUP_FORM.
+    Status make_lockstep(const wire::Config& config) {
+        lockstep_.reset();
+        if (config.sync != "lockstep") return Ok{};
+        if (config.group_kind != "gloo") {
+            return Error{"the head asks for a '" + config.group_kind + "' DP group, which this rank does not support (known: gloo)",
+                         "init-failed"};
+        }
+        if (!options_.group_factory) {
+            return Error{"lockstep mode needs a DP group, and this dpengine-rank was built without one", "init-failed"};
+        }
+        Lockstep::Settings settings;
+        settings.rank = options_.rank;
+        settings.sync_interval = config.sync_interval;
+        if (config.group_timeout > 0) {
+            settings.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.group_timeout * 1000));
+        }
+        settings.bind_address = group_bind_address(options_.connect);
+        lockstep_ = std::make_unique<Lockstep>(settings, options_.group_factory);
+        log::info("lockstep mode: {} DP group on {}, all-reduce every {} step(s)", config.group_kind,
+                  settings.bind_address, settings.sync_interval);
+        return Ok{};
+    }
+
     const RankOptions& options_;
     Connection conn_;
     HeartbeatThread heartbeat_{conn_};  // after conn_: it stops before the connection closes
+    std::unique_ptr<Lockstep> lockstep_;
+    std::deque<wire::Envelope> deferred_;
+    uint64_t rendezvous_epoch_ = 0;
+    Clock::time_point next_group_report_{};
     wire::Hello hello_;
     wire::EngineConfig engine_;
     std::unique_ptr<StepLoop> loop_;

@@ -1,6 +1,8 @@
 // The engine rank's life: connect, HELLO, CONFIG, backend init, READY, then the step loop.
 #pragma once
 
+#include "engine/dp_group.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -20,6 +22,8 @@ struct RankOptions {
     // Seconds a configured rank keeps its engine while nothing comes from the head; then it
     // exits with exit_code::unreachable so the engine's memory is freed. 0: wait for ever.
     double head_grace_period = 0;
+    // Lockstep mode's DP group; empty: this program was built without one.
+    GroupFactory group_factory;
 };
 
 // Prints the problem and returns nothing on a bad command line.

@@ -23,6 +23,12 @@ public:
     // One step of the whole batch. Appends an Output for every request that gained text or
     // finished, and sets the load figures.
     void step(wire::Outputs& out);
+    // Lockstep mode: a step on a dummy batch while this rank has no work.
+    void dummy_step() {
+        backend_->dummy_step();
+        ++dummy_steps_;
+    }
+    uint64_t dummy_steps() const { return dummy_steps_; }
 
     uint32_t running() const { return static_cast<uint32_t>(running_.size()); }
     uint32_t waiting() const { return static_cast<uint32_t>(waiting_.size()); }
@@ -43,6 +49,7 @@ private:
     std::vector<Sequence*> batch_;
     std::vector<std::string> pieces_;
     uint64_t steps_ = 0;
+    uint64_t dummy_steps_ = 0;
 };
 
 }  // namespace dpengine::engine

@@ -73,6 +73,10 @@ void SyntheticBackend::step(std::span<Sequence* const> batch, std::vector<std::s
     }
 }
 
+void SyntheticBackend::dummy_step() {
+    if (step_time_.count() > 0) std::this_thread::sleep_for(step_time_);
+}
+
 Result<std::unique_ptr<Backend>> make_backend(const wire::EngineConfig& config) {
     if (config.backend == "synthetic") {
         if (config.step_time_ms < 0 || config.step_time_ms > 3.6e6) {

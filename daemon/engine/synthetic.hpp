@@ -22,6 +22,8 @@ public:
     bool admit(Sequence& seq) override;
     void release(Sequence&) override {}
     void step(std::span<Sequence* const> batch, std::vector<std::string>& pieces) override;
+    // Takes a step's time, like a forward pass on a dummy batch.
+    void dummy_step() override;
 
     static uint64_t prompt_hash(std::string_view prompt);
     static uint32_t token(uint64_t prompt_hash, uint64_t seed, uint32_t position);

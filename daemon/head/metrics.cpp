@@ -75,6 +75,22 @@ std::string render_metrics(const std::vector<RankInfo>& ranks, const std::map<st
                            r.rank, label_value(r.node), label_value(reason), count);
         }
     }
+    per_rank("dpengine_rank_group_epoch", "gauge", "The epoch of the rank's DP group (lockstep mode), as it last reported.",
+             [](const RankInfo& r) { return r.group_epoch; });
+    per_rank("dpengine_rank_wave", "gauge", "The lockstep wave the rank runs, or the next one while paused.",
+             [](const RankInfo& r) { return r.wave; });
+    per_rank("dpengine_rank_lockstep_steps_total", "counter", "Lockstep steps the rank took on real work.",
+             [](const RankInfo& r) { return r.lockstep_steps; });
+    per_rank("dpengine_rank_dummy_steps_total", "counter", "Lockstep steps the rank took on a dummy batch (no work of its own).",
+             [](const RankInfo& r) { return r.dummy_steps; });
+    per_rank("dpengine_rank_steps_per_second", "gauge", "Lockstep steps per second (real and dummy), over the last report interval.",
+             [](const RankInfo& r) { return r.steps_per_second; });
+    header(out, "dpengine_rank_group", "gauge", "1 for the rank's DP group kind and state (lockstep mode).");
+    for (const auto& r : ranks) {
+        if (r.group_kind.empty()) continue;
+        fmt::format_to(std::back_inserter(out), "dpengine_rank_group{{rank=\"{}\",node=\"{}\",kind=\"{}\",state=\"{}\"}} 1\n",
+                       r.rank, label_value(r.node), label_value(r.group_kind), label_value(r.group_state));
+    }
     header(out, "dpengine_rank_state", "gauge", "1 for the rank's current lifecycle state.");
     for (const auto& r : ranks) {
         fmt::format_to(std::back_inserter(out), "dpengine_rank_state{{rank=\"{}\",node=\"{}\",state=\"{}\"}} 1\n", r.rank,

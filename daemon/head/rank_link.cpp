@@ -75,7 +75,8 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
       context_(1),
       router_(context_, zmq::socket_type::router),
       watcher_(io),
-      deadline_timer_(io) {
+      deadline_timer_(io),
+      regroup_timer_(io) {
     transport::configure(router_, config.daemon.max_message_bytes);
     // Sending to a connection that is gone is an error we see, not a silent drop.
     router_.set(zmq::sockopt::router_mandatory, 1);
@@ -258,6 +259,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     }
     Slot& slot = ranks_[known->second];
     slot.last_heard = Clock::now();
+    if (on_group_message(slot, env->message)) return;
     if (auto* outputs = std::get_if<wire::Outputs>(&env->message)) {
         on_outputs(slot, *outputs);
     } else if (auto* hb = std::get_if<wire::Heartbeat>(&env->message)) {
@@ -376,6 +378,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     reply.engine.max_batch = config_.engine.max_batch;
     reply.engine.step_time_ms = config_.engine.step_time_ms;
     reply.engine.max_model_len = config_.engine.max_model_len;
+    fill_group_config(reply);
     send(routing_id, reply);
     log::info("rank {} joined from {} (build {}), initializing", hello.rank, who, hello.build);
 }
@@ -438,6 +441,7 @@ Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t
     Slot* best = pick_rank(UINT32_MAX);
     if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
     request.id = next_id_++;
+    if (lockstep()) wake_group();
     // A rank whose connection just went (not yet declared lost) does not fail the request
     // while another rank can take it.
     for (uint32_t tries = 1; !send(best->routing_id, request); ++tries) {
@@ -473,6 +477,7 @@ void RankLink::set_state(Slot& slot, RankState state) {
     // Listeners see the new count with the new state.
     if (changed && events_.rank_changed) events_.rank_changed(slot.info.rank);
     if (was_ready != is_ready && events_.ready_count_changed) events_.ready_count_changed();
+    if (changed && lockstep() && !shutting_down_) schedule_regroup(false, std::chrono::milliseconds(50));
 }
 
 void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::string& code) {
@@ -643,6 +648,7 @@ void RankLink::check_deadlines() {
 void RankLink::shutdown() {
     shutting_down_ = true;
     deadline_timer_.cancel();
+    regroup_timer_.cancel();
     std::vector<std::pair<uint64_t, InFlight>> pending(requests_.begin(), requests_.end());
     requests_.clear();
     Error error{"the server is shutting down", "shutdown"};

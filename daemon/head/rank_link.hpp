@@ -56,6 +56,14 @@ struct RankInfo {
     // Losses, restarts and recoveries by reason code (rank-exited, heartbeat-timeout, hung,
     // restart-budget-exhausted, restarted, rejoined, ...): dpengine_rank_events_total.
     std::map<std::string, uint64_t> events;
+    // The rank's DP group (lockstep mode), as it last reported (GROUP_STATE).
+    std::string group_kind;   // empty: no group (independent mode)
+    std::string group_state;  // forming, running, paused, failed, idle
+    uint64_t group_epoch = 0;
+    uint64_t wave = 0;
+    uint64_t lockstep_steps = 0;
+    uint64_t dummy_steps = 0;
+    double steps_per_second = 0;
 };
 
 class RankLink {
@@ -177,6 +185,19 @@ private:
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
     void count_event(Slot& slot, const std::string& reason) { ++slot.info.events[reason]; }
 
+    // The DP group (lockstep mode; rank_link_group.cpp). The head keeps the group's rendezvous
+    // store, re-forms the group (bumping the epoch) when the set of serving ranks changes or a
+    // member reports it failed, and relays waves.
+    bool lockstep() const { return config_.data_parallel.dp_sync == "lockstep"; }
+    void fill_group_config(wire::Config& reply) const;
+    // True when the message was a DP group message (handled).
+    bool on_group_message(Slot& slot, const wire::Message& message);
+    void schedule_regroup(bool force, std::chrono::milliseconds delay);
+    void regroup(bool force);
+    // Front-end: a request is about to go to a rank; wakes every rank if the group is paused.
+    void wake_group();
+    void broadcast_wave(uint64_t wave);
+
     boost::asio::io_context& io_;
     const Config& config_;
     Events events_;
@@ -199,6 +220,17 @@ private:
     std::map<std::string, uint64_t> refusals_;
     std::string send_buffer_;
     NodeMessageHandler node_handler_;
+
+    // DP group state.
+    boost::asio::steady_timer regroup_timer_;
+    bool regroup_scheduled_ = false;
+    bool regroup_forced_ = false;
+    std::vector<uint32_t> group_members_;
+    std::map<std::string, std::string> group_kv_;  // this epoch's rendezvous store
+    std::multimap<std::string, uint32_t> group_waiters_;  // look-ups waiting for their key
+    uint64_t wave_started_ = 0;   // the newest wave START_WAVE announced (or a formation began)
+    bool group_paused_ = false;   // the group reported the end of a wave, none started since
+    uint64_t paused_wave_ = 0;    // the wave to start when it wakes
 };
 
 }  // namespace dpengine

@@ -1043,6 +1043,28 @@ def synthetic_completion(prompt: str | bytes, seed: int = 0, max_tokens: int = 1
             return Expected(text, generated, "length", ptoks)
 
 
+def metric_samples(port: int, name: str) -> list:
+    """The samples of one /metrics family (python3-prometheus-client's parser; counters lose
+    their "_total"), as a list of (labels, value)."""
+    r = request(port, "GET", "/metrics", None, None, 10)
+    check_eq(r.status, 200, "/metrics status")
+    return parse_metric_samples(r.body.decode(), name)
+
+
+def parse_metric_samples(text: str, name: str) -> list:
+    """metric_samples() for /metrics text fetched some other way (e.g. inside a namespace)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return [(s.labels, s.value) for s in family.samples]
+    return []
+
+
+def per_rank_metric(port: int, name: str) -> dict[int, float]:
+    """One per-rank /metrics family as {rank: value}."""
+    return {int(labels["rank"]): value for labels, value in metric_samples(port, name)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Running a test
 

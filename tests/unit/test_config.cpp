@@ -840,3 +840,23 @@ TEST_CASE("config: fault-handling keys", "[config]")
         CHECK(config.supervision.head_grace_period == 12.0);
     }
 }
+
+TEST_CASE("config: lockstep settings are checked", "[config]")
+{
+    Config config;
+    config.security.insecure = true;
+    CHECK(config.data_parallel.dp_sync == "independent");
+    CHECK(config.data_parallel.group == "auto");
+    CHECK(config.data_parallel.sync_interval == 1);
+    CHECK(config.data_parallel.group_timeout == 1.5);
+    SECTION("unknown mode")
+    {
+        config.data_parallel.dp_sync = "together";
+        CHECK_THAT(validate_error(config), Catch::Contains("data_parallel.dp_sync: unknown mode 'together'"));
+    }
+    SECTION("unknown group")
+    {
+        config.data_parallel.group = "mpi";
+        CHECK_THAT(validate_error(config), Catch::Contains("data_parallel.group: unknown group 'mpi'"));
+    }
+}

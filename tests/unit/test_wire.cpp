@@ -44,6 +44,9 @@ Config sample_config() {
     m.engine.max_batch = 64;
     m.engine.step_time_ms = 12.5;
     m.engine.max_model_len = 4096;
+    m.sync = "lockstep";
+    m.sync_interval = 32;
+    m.group_timeout = 2.5;
     return m;
 }
 
@@ -123,6 +126,9 @@ void check_same(const Config& a, const Config& b) {
     CHECK(a.engine.max_batch == b.engine.max_batch);
     CHECK(a.engine.step_time_ms == b.engine.step_time_ms);
     CHECK(a.engine.max_model_len == b.engine.max_model_len);
+    CHECK(a.sync == b.sync);
+    CHECK(a.sync_interval == b.sync_interval);
+    CHECK(a.group_timeout == b.group_timeout);
 }
 void check_same(const Refused& a, const Refused& b) {
     CHECK(a.code == b.code);
@@ -165,6 +171,34 @@ void check_same(const Heartbeat& a, const Heartbeat& b) {
     CHECK(a.waiting == b.waiting);
 }
 void check_same(const Shutdown&, const Shutdown&) {}
+void check_same(const GroupKv& a, const GroupKv& b) {
+    CHECK(a.group_epoch == b.group_epoch);
+    CHECK(a.key == b.key);
+    CHECK(a.value == b.value);
+}
+void check_same(const GroupValue& a, const GroupValue& b) {
+    CHECK(a.group_epoch == b.group_epoch);
+    CHECK(a.key == b.key);
+    CHECK(a.found == b.found);
+    CHECK(a.value == b.value);
+}
+void check_same(const GroupForm& a, const GroupForm& b) {
+    CHECK(a.group_epoch == b.group_epoch);
+    CHECK(a.kind == b.kind);
+    CHECK(a.members == b.members);
+    CHECK(a.wave == b.wave);
+}
+void check_same(const StartWave& a, const StartWave& b) { CHECK(a.wave == b.wave); }
+void check_same(const GroupState& a, const GroupState& b) {
+    CHECK(a.group_epoch == b.group_epoch);
+    CHECK(a.kind == b.kind);
+    CHECK(a.state == b.state);
+    CHECK(a.wave == b.wave);
+    CHECK(a.steps == b.steps);
+    CHECK(a.dummy_steps == b.dummy_steps);
+    CHECK(a.steps_per_second == b.steps_per_second);
+    CHECK(a.error == b.error);
+}
 
 void check_same(const Message& a, const Message& b) {
     REQUIRE(a.index() == b.index());
@@ -255,6 +289,45 @@ TEST_CASE("wire: defaults survive a round trip of default-constructed messages",
         INFO("message " << type_name(m));
         check_same(m, decode_ok(encode(m)).message);
     }
+}
+
+TEST_CASE("wire: the DP group's messages round trip with their type numbers", "[wire]") {
+    GroupKv set{7, "3", std::string("\x00\x01binary-ish address")};
+    GroupKv get{7, "2", std::nullopt};
+    GroupValue value{7, "2", true, "abcdef"};
+    GroupForm form{9, "gloo", {0, 2, 3}, 41};
+    StartWave wave{42};
+    GroupState state{9, "gloo", "failed", 42, 1000, 250, 812.5, "peer closed the connection"};
+    const std::pair<Message, uint64_t> cases[] = {{set, 25}, {get, 25}, {value, 26}, {form, 27}, {wave, 28}, {state, 29}};
+    const char* names[] = {"GROUP_KV", "GROUP_KV", "GROUP_VALUE", "GROUP_FORM", "START_WAVE", "GROUP_STATE"};
+    for (size_t i = 0; i < std::size(cases); ++i) {
+        const auto& [m, number] = cases[i];
+        INFO("message " << type_name(m));
+        CHECK(std::string(type_name(m)) == names[i]);
+        std::string bytes = encode(m, 5);
+        Reader r(bytes);
+        REQUIRE(r.array() == 5);
+        r.uint();
+        r.uint();
+        CHECK(r.uint() == number);
+        check_same(m, decode_ok(bytes).message);
+    }
+    // A look-up carries no value at all: absent, not empty.
+    Envelope env = decode_ok(encode(get));
+    CHECK_FALSE(std::get<GroupKv>(env.message).value.has_value());
+}
+
+TEST_CASE("wire: DP group messages without their required fields are malformed", "[wire]") {
+    decode_error(raw_body(25, [](Writer& w) { w.map(0); }), "malformed");  // GROUP_KV without key
+    decode_error(raw_body(27, [](Writer& w) { w.map(0); }), "malformed");  // GROUP_FORM without epoch
+    decode_error(raw_body(28, [](Writer& w) { w.map(0); }), "malformed");  // START_WAVE without wave
+    decode_error(raw_body(27, [](Writer& w) {
+        w.map(2);
+        w.str("group_epoch");
+        w.uint(1);
+        w.str("members");
+        w.array(70000);
+    }), "malformed");
 }
 
 TEST_CASE("wire: large lists round trip", "[wire]") {

@@ -1,0 +1,150 @@
+// The head's side of the DP group (lockstep mode): the group's rendezvous store, its
+// formation and re-formation, and waves. Part of RankLink (rank_link.hpp).
+#include "rank_link.hpp"
+
+#include "core/log.hpp"
+
+#include <algorithm>
+
+namespace dpengine {
+
+namespace {
+
+// Bounds on what one epoch's rendezvous store holds: gloo publishes one key per member.
+constexpr size_t max_keys_per_member = 4;
+constexpr size_t max_value_bytes = 1 << 20;
+
+std::string join_ranks(const std::vector<uint32_t>& ranks) {
+    std::string out;
+    for (uint32_t r : ranks) out += (out.empty() ? "" : ",") + std::to_string(r);
+    return out;
+}
+
+}  // namespace
+
+void RankLink::fill_group_config(wire::Config& reply) const {
+    reply.sync = config_.data_parallel.dp_sync;
+    reply.sync_interval = config_.data_parallel.sync_interval;
+    reply.group_timeout = config_.data_parallel.group_timeout;
+    if (lockstep()) {
+        // "auto" is gloo: it is the only group this build has.
+        reply.group_kind = "gloo";
+        reply.group_rendezvous = "head";  // GROUP_KV on this connection
+    }
+}
+
+bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
+    const uint32_t rank = slot.info.rank;
+    const bool member = std::find(group_members_.begin(), group_members_.end(), rank) != group_members_.end();
+    if (auto* kv = std::get_if<wire::GroupKv>(&message)) {
+        if (!member || kv->group_epoch != epoch_) {
+            // A rendezvous of an epoch that is over (or a rank outside the group): it will get
+            // a newer GROUP_FORM; answer "not found" so that nothing waits on the head.
+            if (!kv->value) send(slot.routing_id, wire::GroupValue{kv->group_epoch, kv->key, false, {}});
+            return true;
+        }
+        if (kv->value) {
+            if (kv->value->size() > max_value_bytes || group_kv_.size() >= max_keys_per_member * group_members_.size()) {
+                send(slot.routing_id, wire::ErrorReply{"group-store-full", "the DP group's rendezvous store is full"});
+                return true;
+            }
+            // First set wins: a member cannot replace what another published.
+            auto [it, added] = group_kv_.emplace(kv->key, *kv->value);
+            if (!added) return true;
+            // Answer the members that asked before it was there.
+            auto [first, last] = group_waiters_.equal_range(kv->key);
+            for (auto w = first; w != last; ++w) {
+                const Slot& waiter = ranks_[w->second];
+                if (!waiter.routing_id.empty()) send(waiter.routing_id, wire::GroupValue{epoch_, kv->key, true, it->second});
+            }
+            group_waiters_.erase(first, last);
+        } else if (auto it = group_kv_.find(kv->key); it != group_kv_.end()) {
+            send(slot.routing_id, wire::GroupValue{epoch_, kv->key, true, it->second});
+        } else if (group_waiters_.size() < max_keys_per_member * group_members_.size() * group_members_.size()) {
+            // Held until the key is set (or the epoch ends): no polling.
+            group_waiters_.emplace(kv->key, rank);
+        }
+        return true;
+    }
+    if (auto* wave = std::get_if<wire::StartWave>(&message)) {
+        if (member && wave->wave > wave_started_) broadcast_wave(wave->wave);
+        return true;
+    }
+    if (auto* state = std::get_if<wire::GroupState>(&message)) {
+        RankInfo& info = slot.info;
+        // Periodic reports repeat the state: act on changes only.
+        const bool repeated = info.group_epoch == state->group_epoch && info.group_state == state->state;
+        info.group_kind = state->kind;
+        info.group_state = state->state;
+        info.group_epoch = state->group_epoch;
+        info.wave = state->wave;
+        info.lockstep_steps = state->steps;
+        info.dummy_steps = state->dummy_steps;
+        info.steps_per_second = state->steps_per_second;
+        if (state->group_epoch != epoch_ || !member) return true;
+        if (state->state == "paused" && state->wave > wave_started_) {
+            group_paused_ = true;
+            paused_wave_ = state->wave;
+        } else if (state->state == "failed" && !repeated) {
+            log::warning("rank {} reports the DP group of epoch {} failed: {}", rank, state->group_epoch, state->error);
+            schedule_regroup(true, std::chrono::milliseconds(100));
+        }
+        return true;
+    }
+    if (std::holds_alternative<wire::GroupValue>(message) || std::holds_alternative<wire::GroupForm>(message)) {
+        send(slot.routing_id, wire::ErrorReply{"unexpected-type", std::string("a rank may not send ") + wire::type_name(message)});
+        return true;
+    }
+    return false;
+}
+
+void RankLink::broadcast_wave(uint64_t wave) {
+    wave_started_ = wave;
+    group_paused_ = false;
+    for (uint32_t r : group_members_) {
+        if (!ranks_[r].routing_id.empty()) send(ranks_[r].routing_id, wire::StartWave{wave});
+    }
+}
+
+void RankLink::wake_group() {
+    if (group_paused_ && paused_wave_ > wave_started_) broadcast_wave(paused_wave_);
+}
+
+void RankLink::schedule_regroup(bool force, std::chrono::milliseconds delay) {
+    regroup_forced_ = regroup_forced_ || force;
+    if (regroup_scheduled_) return;  // changes that come together make one new epoch
+    regroup_scheduled_ = true;
+    regroup_timer_.expires_after(delay);
+    regroup_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec) return;  // cancelled: the link may be gone, touch nothing
+        regroup_scheduled_ = false;
+        if (shutting_down_) return;
+        bool forced = regroup_forced_;
+        regroup_forced_ = false;
+        regroup(forced);
+    });
+}
+
+void RankLink::regroup(bool force) {
+    // Every rank that serves requests steps in lockstep, draining ones included.
+    std::vector<uint32_t> members;
+    for (const Slot& s : ranks_) {
+        bool serving = s.info.state == RankState::ready || s.info.state == RankState::draining;
+        if (serving && !s.routing_id.empty()) members.push_back(s.info.rank);
+    }
+    if (members == group_members_ && !force) return;
+    if (members.empty() && group_members_.empty()) return;
+    ++epoch_;
+    group_members_ = members;
+    group_kv_.clear();
+    group_waiters_.clear();
+    // The new group starts running a wave of its own, so that every member agrees where it is.
+    wave_started_ += 1;
+    group_paused_ = false;
+    wire::GroupForm form{epoch_, "gloo", members, wave_started_};
+    log::info("DP group epoch {}: {} rank(s) [{}], gloo, wave {}", epoch_, members.size(), join_ranks(members),
+              wave_started_);
+    for (uint32_t r : members) send(ranks_[r].routing_id, form);
+}
+
+}  // namespace dpengine
