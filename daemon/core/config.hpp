@@ -54,6 +54,10 @@ struct HandshakeSection {
     double ready_timeout = 600.0;   // seconds from start until every rank should be READY
     double heartbeat_interval = 1.0;  // seconds between a rank's heartbeats when idle
     double heartbeat_timeout = 3.0;   // seconds of silence after which a rank is lost
+    // A peer address refused more often than this per second is ignored for refusal_mute
+    // seconds (0: never).
+    uint32_t refusal_rate_limit = 20;
+    double refusal_mute = 10.0;
 };
 
 // What happens when a rank process dies: restarts with capped exponential back-off, up to a
@@ -122,6 +126,11 @@ struct CommandLine {
 // set in the file or `strict` is true.
 Status load_config_files(Config& config, const std::string& path, bool path_given, bool strict,
                          std::vector<std::string>& warnings);
+
+// Applies one TOML document held in memory, as load_config_files applies each file; `name`
+// stands for the file in errors.
+Status load_config_text(Config& config, const std::string& name, const std::string& text, bool strict,
+                        std::vector<std::string>& warnings);
 
 // Parses argv. Flags (all override the file):
 //   --config FILE, --check-config, --strict, -h/--help, --version,

@@ -7,6 +7,8 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
+#include "head/handshake_monitor.hpp"
+#include "head/refusal_limiter.hpp"
 #include "head/zap_handler.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -103,6 +105,7 @@ public:
     std::map<std::string, uint64_t> refusals() const;
 
 private:
+    friend struct RankLinkFuzzAccess;  // tests/fuzz/fuzz_handshake.cpp feeds on_message directly
     struct Slot {
         RankInfo info;
         std::string routing_id;  // the connection, once HELLO was accepted
@@ -159,6 +162,12 @@ private:
     std::unordered_map<uint64_t, InFlight> requests_;
     std::map<std::string, uint64_t> refusals_;
     std::string send_buffer_;
+    // Refusals per peer address, to mute a peer that keeps getting refused.
+    RefusalLimiter refusal_limiter_;
+    std::string message_routing_id_;  // the connection and address of the message on_message handles
+    std::string message_peer_;
+    // Declared after router_ so that it closes first.
+    std::unique_ptr<HandshakeMonitor> handshake_monitor_;
 };
 
 }  // namespace dpengine
