@@ -63,10 +63,10 @@ def rank_program_path() -> str:
 
 
 def is_sanitized_build() -> bool:
-    """True for an ASan/UBSan build (slower: tests may scale their loads and time bounds)."""
+    """True for an ASan/UBSan or TSan build (slower: tests may scale their loads and time bounds)."""
     try:
         with open(os.path.join(build_dir(), "CMakeCache.txt"), encoding="utf-8", errors="replace") as f:
-            return re.search(r"^DPENGINE_SANITIZE:\w+=(ON|1|TRUE|YES)\s*$", f.read(), re.M | re.I) is not None
+            return re.search(r"^DPENGINE_(SANITIZE|TSAN):\w+=(ON|1|TRUE|YES)\s*$", f.read(), re.M | re.I) is not None
     except OSError:
         return False
 

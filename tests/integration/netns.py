@@ -1107,7 +1107,7 @@ class Cluster:
         for d in self.daemons:
             text = d.log_text()
             bad = [l for l in text.splitlines()
-                   if re.search(r"AddressSanitizer|LeakSanitizer|runtime error:|killed by signal (SEGV|ABRT|BUS|ILL)", l)]
+                   if re.search(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error:|killed by signal (SEGV|ABRT|BUS|ILL)", l)]
             harness.check(not bad, f"[{d.name}] no sanitizer report or crash in the log", "\n".join(bad[:10]))
 
     def key(self, node: str) -> Key:
