@@ -151,11 +151,14 @@ def main() -> None:
                     peer.hello(1, node="node-b")
                     got = peer.recv(2.0)  # a negative: no need to scale it
                     check(got is None, f"a {label} peer's HELLO gets nothing back", got)
-            check(harness.wait_until(lambda: grew(before, refusal_counts(head), ("mechanism-mismatch",)) >= 2,
+            # Whichever side reads the other's greeting first hangs up: when it is the head, it
+            # names the mismatch; when it is the peer, the head sees a handshake cut short.
+            check(harness.wait_until(lambda: grew(before, refusal_counts(head),
+                                                  ("mechanism-mismatch", "handshake-incomplete")) >= 2,
                                      10 * slow_factor(), 0.2),
-                  "the head counts both peers (mechanism-mismatch)", refusal_counts(head))
-            logged(head, r"refused a connection on tcp://\S+: the peer uses another security mechanism.*"
-                         r"\(mechanism-mismatch\)", "the NULL and PLAIN peers")
+                  "the head counts both peers (mechanism-mismatch or handshake-incomplete)", refusal_counts(head))
+            logged(head, r"refused a connection on tcp://\S+: .*\((mechanism-mismatch|handshake-incomplete)\)",
+                   "the NULL and PLAIN peers")
             serves(head, "the NULL and PLAIN peers")
 
             # --- random bytes
@@ -163,9 +166,9 @@ def main() -> None:
             closed, received, took = raw_tcp_exchange(p, a.ipv4, c.rpc_port, os.urandom(4096), 15 * slow_factor())
             check(closed, f"random bytes: the head drops the connection ({took:.2f} s)")
             monitor_reasons = ("handshake-incomplete", "protocol-error", "mechanism-mismatch", "curve-handshake-failed")
-            check(harness.wait_until(lambda: grew(before, refusal_counts(head), monitor_reasons) >= 1,
-                                     10 * slow_factor(), 0.2),
-                  "the head counts the random bytes as a failed handshake", refusal_counts(head))
+            # Bytes that are not a ZMTP 3 greeting are dropped by libzmq without a monitor event
+            # (it takes them for ZMTP 1.0, which has no security): closed, but not counted.
+            log(f"  counted after the random bytes: {refusal_counts(head)}")
             serves(head, "random bytes")
 
             # --- a captured session replayed
@@ -187,7 +190,8 @@ def main() -> None:
                 check(peer.handshake_succeeded(10 * slow_factor()), "node-p completes the CURVE handshake")
                 for type_, body in ((READY, {"max_batch": 1, "device": "cpu"}),
                                     (HEARTBEAT, {"progress": 0, "running": 0, "waiting": 0}),
-                                    (OUTPUTS, [[], 0, 0]), (ADD, {"id": 1, "prompt": "x", "max_tokens": 1})):
+                                    (OUTPUTS, {"items": [], "running": 0, "waiting": 0}),
+                                    (ADD, {"id": 1, "prompt": "x", "max_tokens": 1})):
                     peer.send(type_, body)
                     m = peer.recv_type((CONFIG, REFUSED, ERROR), 10 * slow_factor())
                     check(m is not None and m.type == REFUSED and m.body.get("code") == "not-registered",
