@@ -373,6 +373,30 @@ class Footprint:
               f"{what}: resident memory within {rss_slack >> 20} MiB of the baseline {self.rss >> 20} MiB", now)
 
 
+def wait_closed_by_peer(socks: list, timeout: float) -> int:
+    """Reads each socket, discarding what arrives, until the other end closes it or `timeout`
+    passes; closes them all and returns how many the other end had not closed. Uses poll(2),
+    so thousands of sockets are fine."""
+    import select
+    open_socks = {s.fileno(): s for s in socks}
+    poller = select.poll()
+    for fd in open_socks:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while open_socks and time.monotonic() < deadline:
+        for fd, _ in poller.poll(200):
+            try:
+                data = open_socks[fd].recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                open_socks.pop(fd).close()
+    for s in socks:
+        s.close()
+    return len(open_socks)
+
+
 def raise_fd_limit(wanted: int) -> None:
     """Raises this process's soft RLIMIT_NOFILE (and so its children's) to `wanted`, within the
     hard limit, for tests that hold thousands of connections."""

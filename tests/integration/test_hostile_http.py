@@ -11,13 +11,13 @@ max_connections = 2500), one case after the other:
     413 body-too-large;
   - invalid UTF-8, deeply nested JSON, negative and absurd max_tokens on both endpoints:
     400 with the OpenAI error object naming the problem;
-  - 3000 idle connections (past max_connections): those over the limit are closed at once,
-    the rest after idle_timeout; a completion succeeds while they are open and afterwards.
+  - 2400 idle connections: a completion succeeds while they are open; 600 more, past
+    max_connections: closed at once, so the daemon's fds stay bounded; all of them are closed
+    after idle_timeout and completions succeed again.
 At the end the daemon's resident memory and fds are back to their baseline.
 """
 
 import json
-import select
 import socket
 import threading
 import time
@@ -37,26 +37,6 @@ def serves(d: Daemon, what: str) -> None:
     st, resp = post_json(d.port, COMPLETIONS, {"prompt": f"after {what}", "max_tokens": 4, "seed": 1})
     check(st == 200 and resp["choices"][0]["text"] == synthetic_completion(f"after {what}", 1, 4).text,
           f"a real completion succeeds after {what}", (st, resp))
-
-
-def wait_closed(socks: list[socket.socket], timeout: float) -> int:
-    """Reads each socket until the server closes it; returns how many stayed open."""
-    open_socks = {s.fileno(): s for s in socks}
-    deadline = time.monotonic() + timeout
-    while open_socks and time.monotonic() < deadline:
-        readable, _, _ = select.select(list(open_socks)[:1000], [], [], 0.2)
-        for fd in readable:
-            try:
-                data = open_socks[fd].recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                open_socks.pop(fd).close()
-    for s in open_socks.values():
-        s.close()
-    for s in socks:
-        s.close()
-    return len(open_socks)
 
 
 def slowloris(d: Daemon) -> None:
@@ -79,7 +59,7 @@ def slowloris(d: Daemon) -> None:
     t = threading.Thread(target=dribble, daemon=True)
     t.start()
     serves(d, "slowloris clients connected")
-    left = wait_closed(list(socks), IDLE_TIMEOUT * 10 * slow_factor())
+    left = harness.wait_closed_by_peer(list(socks), IDLE_TIMEOUT * 10 * slow_factor())
     stop.set()
     t.join(5)
     check(left == 0, f"every slowloris client is closed within the bound ({left} still open)")
@@ -129,7 +109,7 @@ def bad_values(d: Daemon) -> None:
     for path, body in ((COMPLETIONS, '{"prompt": "x", "stop": ' + "[" * 10000 + "]" * 10000 + "}"),
                        (CHAT, '{"messages": ' + '[{"content":' * 3000 + '"x"' + "}]" * 3000 + "}")):
         expect_error(d, path, body, 400, f"{path}: nested thousands deep", message_has="nests deeper")
-    for value in (-1, -(2**63), 0, 2**32, 2**64 + 5, 1e300, "16", None, [], True):
+    for value in (-1, -(2**63), 0, 2**32, 2**64 + 5, 1e300, -1e300, "16", [], {}, True):  # null is the default
         expect_error(d, COMPLETIONS, {"prompt": "x", "max_tokens": value}, 400,
                      f"completion max_tokens {json.dumps(value)}", param="max_tokens")
         expect_error(d, CHAT, chat(max_completion_tokens=value), 400,
@@ -138,18 +118,22 @@ def bad_values(d: Daemon) -> None:
 
 
 def idle_connections(d: Daemon) -> None:
-    log(f"{IDLE_CLIENTS} idle connections:")
-    socks = []
-    for _ in range(IDLE_CLIENTS):
+    under = MAX_CONNECTIONS - 100
+    log(f"{under} idle connections, then {IDLE_CLIENTS - under} over frontend.max_connections:")
+    socks = [socket.create_connection((HOST, d.port), timeout=5) for _ in range(under)]
+    log(f"  {len(socks)} connected; the daemon has {harness.fd_count(d.pid)} fds")
+    serves(d, f"{under} idle connections opened")
+    over = []
+    for _ in range(IDLE_CLIENTS - under):
         try:
-            socks.append(socket.create_connection((HOST, d.port), timeout=5))
-        except OSError as e:
-            check(False, f"connecting idle client {len(socks)}", e)
+            over.append(socket.create_connection((HOST, d.port), timeout=5))
+        except OSError:
+            pass  # refused outright: as good as closed
     fds = harness.fd_count(d.pid)
-    log(f"  {len(socks)} connected; the daemon has {fds} fds")
     check(fds <= MAX_CONNECTIONS + 100, f"the daemon holds at most frontend.max_connections connections ({fds} fds)")
-    serves(d, f"{IDLE_CLIENTS} idle connections opened")
-    left = wait_closed(socks, IDLE_TIMEOUT * 10 * slow_factor())
+    # Past the limit new connections are closed at once, so the daemon's fds stay bounded;
+    # the idle ones go after frontend.idle_timeout, and then clients are served again.
+    left = harness.wait_closed_by_peer(socks + over, IDLE_TIMEOUT * 10 * slow_factor())
     check(left == 0, f"every idle connection is closed within the bound ({left} still open)")
     serves(d, "idle connections")
 

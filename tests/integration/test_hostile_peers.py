@@ -58,20 +58,8 @@ def slowloris(ns, host: str, port: int, head) -> None:
             socks.append(socket.create_connection((host, port), timeout=5))
     log(f"  {len(socks)} silent connections open; head has {harness.fd_count(head.pid)} fds")
     serves(head, "opening 500 silent connections")
-    open_socks = {s.fileno(): s for s in socks}
-    deadline = time.monotonic() + 30 * slow_factor()
-    while open_socks and time.monotonic() < deadline:
-        readable, _, _ = select.select(list(open_socks), [], [], 0.5)
-        for fd in readable:
-            try:
-                data = open_socks[fd].recv(4096)
-            except OSError:
-                data = b""
-            if not data:
-                open_socks.pop(fd).close()
-    for s in open_socks.values():
-        s.close()
-    check_eq(len(open_socks), 0, "silent connections the head did not close within the bound")
+    left = harness.wait_closed_by_peer(socks, 30 * slow_factor())
+    check_eq(left, 0, "silent connections the head did not close within the bound")
 
 
 def record_session(ns, listen_host: str, target: tuple, key, server_key: str, endpoint_port: int) -> bytes:
