@@ -236,6 +236,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     // again with the next head.
     if (shutting_down_) return;
     auto known = rank_of_connection_.find(routing_id);
+    message_routing_id_.clear();  // refusals count against a peer only while it is unregistered
     if (known == rank_of_connection_.end()) {
         // A peer refused too often is not answered for a while: its flood costs no replies.
         std::string address = frame_property(payload, "Peer-Address");
@@ -244,8 +245,8 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
             ++refusals_["rate-limited"];
             return;
         }
+        message_routing_id_ = routing_id;
     }
-    message_routing_id_ = routing_id;
     auto env = wire::decode(payload.to_string_view());
     if (!env) {
         if (warned_peers.first_time(routing_id)) {
