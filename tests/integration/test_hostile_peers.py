@@ -6,8 +6,10 @@ namespace an attacker holding an authorized key (node-p) and attackers holding n
 case after the other:
   - 500 TCP connections that never say anything (slowloris): libzmq's handshake timer closes
     every one of them; the head logs and counts them (handshake-incomplete);
-  - a NULL-mechanism and a PLAIN-mechanism peer: never answered, logged (mechanism-mismatch);
-  - 4096 random bytes: the connection is dropped and the failure logged;
+  - a NULL-mechanism and a PLAIN-mechanism peer: never answered, logged (mechanism-mismatch,
+    or handshake-incomplete when the peer notices the mismatch first and hangs up);
+  - 4096 random bytes: the connection is dropped (libzmq takes them for ZMTP 1.0, which it
+    refuses on a secured socket without any monitor event, so this one is not counted);
   - a captured CURVE session (handshake and HELLO) replayed byte for byte: refused by the CURVE
     handshake, logged;
   - every message type but HELLO before HELLO: REFUSED not-registered, logged;
