@@ -80,6 +80,8 @@ KEYS = {
     "handshake.heartbeat_interval": "Seconds between a rank's heartbeats when idle.",
     "handshake.heartbeat_timeout": "Seconds of silence after which a rank counts as lost.",
     "handshake.hang_timeout": "Seconds a rank with work may take no step while its heartbeats arrive; then it is hung.",
+    "handshake.refusal_rate_limit": "A peer address refused more often than this per second is ignored for a while (0: never).",
+    "handshake.refusal_mute": "Seconds such a peer is ignored.",
     "supervision.restart_backoff": "Seconds before restarting a rank that exited; doubles with each recent restart.",
     "supervision.restart_backoff_max": "Longest wait before a restart, in seconds.",
     "supervision.restart_budget": "Restarts allowed per rank within restart_window; then it stays failed (0: never restart).",

@@ -84,6 +84,8 @@ constexpr Field fields[] = {
     {"handshake", "heartbeat_interval", [](Config& c) -> Target { return &c.handshake.heartbeat_interval; }},
     {"handshake", "heartbeat_timeout", [](Config& c) -> Target { return &c.handshake.heartbeat_timeout; }},
     {"handshake", "hang_timeout", [](Config& c) -> Target { return &c.handshake.hang_timeout; }},
+    {"handshake", "refusal_rate_limit", [](Config& c) -> Target { return &c.handshake.refusal_rate_limit; }, 0, u32_max, true},
+    {"handshake", "refusal_mute", [](Config& c) -> Target { return &c.handshake.refusal_mute; }},
     {"supervision", "restart_backoff", [](Config& c) -> Target { return &c.supervision.restart_backoff; }},
     {"supervision", "restart_backoff_max", [](Config& c) -> Target { return &c.supervision.restart_backoff_max; }},
     {"supervision", "restart_budget", [](Config& c) -> Target { return &c.supervision.restart_budget; }, 0, u32_max, true},
@@ -636,6 +638,17 @@ Status load_config_files(Config& config, const std::string& path, bool path_give
         if (!s) return s;
     }
     return Ok{};
+}
+
+Status load_config_text(Config& config, const std::string& name, const std::string& text, bool strict,
+                        std::vector<std::string>& warnings)
+{
+    auto table = parse_toml(name, text);
+    if (!table) return table.error();
+    const ConfigFile file{name, std::move(table.value())};
+    bool strict_file = strict || config.daemon.strict;
+    if (auto* b = file.table["daemon"]["strict"].as_boolean()) strict_file = strict || b->get();
+    return apply_file(config, file, strict_file, warnings);
 }
 
 Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine& cmdline)

@@ -69,6 +69,10 @@ struct HandshakeSection {
     // Seconds a rank with work may go without taking a step while its heartbeats still
     // arrive; then it is hung and is killed and restarted. Longer than the longest step.
     double hang_timeout = 60.0;
+    // A peer address refused more often than this per second is ignored for refusal_mute
+    // seconds (0: never).
+    uint32_t refusal_rate_limit = 20;
+    double refusal_mute = 10.0;
 };
 
 // What happens when a rank process dies: restarts with capped exponential back-off, up to a
@@ -144,6 +148,11 @@ struct CommandLine {
 // set in the file or `strict` is true.
 Status load_config_files(Config& config, const std::string& path, bool path_given, bool strict,
                          std::vector<std::string>& warnings);
+
+// Applies one TOML document held in memory, as load_config_files applies each file; `name`
+// stands for the file in errors.
+Status load_config_text(Config& config, const std::string& name, const std::string& text, bool strict,
+                        std::vector<std::string>& warnings);
 
 // Parses argv. Flags (all override the file):
 //   --config FILE, --check-config, --strict, -h/--help, --version,

@@ -118,7 +118,12 @@ Result<KeyPair> load_secret(const std::string& path) {
     }
     auto text = read_file(path);
     if (!text) return text.error();
-    std::string secret = first_content_line(*text);
+    return parse_secret(*text, path);
+}
+
+Result<KeyPair> parse_secret(const std::string& text, const std::string& origin) {
+    const std::string& path = origin;
+    std::string secret = first_content_line(text);
     if (!is_z85_key(secret)) {
         return Error{path + " does not hold a CURVE secret key (40 Z85 characters); create one with 'dpctl keys generate'"};
     }
@@ -156,8 +161,12 @@ std::string fingerprint(std::string_view public_z85) {
 Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path) {
     auto text = read_file(path);
     if (!text) return Error{text.error().message + "; list each node's public key there (see dpctl keys generate)"};
+    return parse_authorized_keys(*text, path);
+}
+
+Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text, const std::string& path) {
     std::vector<AuthorizedKey> keys;
-    std::istringstream in(*text);
+    std::istringstream in(text);
     int line_no = 0;
     for (std::string line; std::getline(in, line);) {
         ++line_no;
@@ -165,6 +174,7 @@ Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path)
         if (t.empty() || t[0] == '#') continue;
         auto where = path + ":" + std::to_string(line_no) + ": ";
         auto w = words(t);
+        if (w.empty()) continue;  // only whitespace trim() leaves, such as \v or \f
         if (!is_z85_key(w[0])) return Error{where + "expected a 40-character Z85 public key, got '" + w[0] + "'"};
         if (w.size() < 2) return Error{where + "name the node after the key, as in 'KEY node-b'"};
         AuthorizedKey key{w[0], w[1], std::nullopt};

@@ -28,6 +28,8 @@ Status write_key_pair(const std::string& path, const KeyPair& pair, const std::s
 // Reads a secret key file. Refuses a file that group or others can read, a malformed key, and
 // the example keys published with libzmq (anyone can impersonate those).
 Result<KeyPair> load_secret(const std::string& path);
+// The content checks of load_secret on a file's text; `origin` names it in errors.
+Result<KeyPair> parse_secret(const std::string& text, const std::string& origin);
 
 // Reads the public key from a PATH.pub file or a "KEY NODE" line.
 Result<std::string> load_public(const std::string& path);
@@ -47,5 +49,7 @@ struct AuthorizedKey {
 // Parses an authorized-keys file: blank lines and '#' comments are skipped; errors name the
 // file and line.
 Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path);
+// The same on a file's text; `origin` names it in errors.
+Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text, const std::string& origin);
 
 }  // namespace dpengine::keys

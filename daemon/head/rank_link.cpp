@@ -53,6 +53,13 @@ private:
 
 WarnedPeers warned_peers;
 
+// A connection's routing id, printable.
+std::string hex(std::string_view bytes) {
+    std::string out;
+    for (unsigned char c : bytes) out += fmt::format("{:02x}", c);
+    return out;
+}
+
 }  // namespace
 
 const char* to_string(RankState state) {
@@ -76,7 +83,8 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
       router_(context_, zmq::socket_type::router),
       watcher_(io),
       deadline_timer_(io),
-      regroup_timer_(io) {
+      regroup_timer_(io),
+      refusal_limiter_(config.handshake.refusal_rate_limit, config.handshake.refusal_mute) {
     transport::configure(router_, config.daemon.max_message_bytes);
     // Sending to a connection that is gone is an error we see, not a silent drop.
     router_.set(zmq::sockopt::router_mandatory, 1);
@@ -140,6 +148,8 @@ Status RankLink::start_security() {
 Status RankLink::bind(const std::string& endpoint) {
     if (auto secured = start_security(); !secured) return secured;
     try {
+        // Before bind(): no connection may escape the count of failed handshakes.
+        handshake_monitor_ = std::make_unique<HandshakeMonitor>(io_, context_, router_, "dpengine-rank-link-monitor");
         router_.bind(endpoint);
     } catch (const zmq::error_t& e) {
         return Error{"cannot bind the rank endpoint " + endpoint + ": " + e.what()};
@@ -213,6 +223,13 @@ bool RankLink::send(const std::string& routing_id, const wire::Message& message)
 
 void RankLink::refuse(const std::string& routing_id, const std::string& code, const std::string& message) {
     ++refusals_[code];
+    if (routing_id == message_routing_id_) {
+        refusal_limiter_.configure(config_.handshake.refusal_rate_limit, config_.handshake.refusal_mute);
+        if (refusal_limiter_.refused(message_peer_, Clock::now())) {
+            log::warning("ignoring {} for {}s: refused more than {} times within a second (rate-limited)",
+                         message_peer_, config_.handshake.refusal_mute, config_.handshake.refusal_rate_limit);
+        }
+    }
     send(routing_id, wire::Refused{code, message});
 }
 
@@ -220,8 +237,19 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     // A stopping head takes no registrations: ranks of other nodes would only have to do it
     // again with the next head.
     if (shutting_down_) return;
-    auto env = wire::decode(payload.to_string_view());
     auto known = rank_of_connection_.find(routing_id);
+    message_routing_id_.clear();  // refusals count against a peer only while it is unregistered
+    if (known == rank_of_connection_.end()) {
+        // A peer refused too often is not answered for a while: its flood costs no replies.
+        std::string address = frame_property(payload, "Peer-Address");
+        message_peer_ = address.empty() ? "connection " + hex(routing_id) : address;
+        if (refusal_limiter_.muted(message_peer_, Clock::now())) {
+            ++refusals_["rate-limited"];
+            return;
+        }
+        message_routing_id_ = routing_id;
+    }
+    auto env = wire::decode(payload.to_string_view());
     if (!env) {
         if (warned_peers.first_time(routing_id)) {
             log::warning("refusing a message from {}: {} ({})",
@@ -669,6 +697,9 @@ void RankLink::shutdown() {
 
 std::map<std::string, uint64_t> RankLink::refusals() const {
     auto out = refusals_;
+    if (handshake_monitor_) {
+        for (const auto& [reason, count] : handshake_monitor_->failures()) out[reason] += count;
+    }
     if (zap_ && zap_->refusals()) out["unauthorized-key"] += zap_->refusals();
     return out;
 }

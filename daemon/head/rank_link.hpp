@@ -7,6 +7,8 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
+#include "head/handshake_monitor.hpp"
+#include "head/refusal_limiter.hpp"
 #include "head/zap_handler.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -140,6 +142,7 @@ public:
     std::optional<std::pair<uint32_t, uint32_t>> key_ranks(const std::string& node) const;
 
 private:
+    friend struct RankLinkFuzzAccess;  // tests/fuzz/fuzz_handshake.cpp feeds on_message directly
     struct Slot {
         RankInfo info;
         std::string routing_id;  // the connection, once HELLO was accepted
@@ -231,6 +234,12 @@ private:
     uint64_t wave_started_ = 0;   // the newest wave START_WAVE announced (or a formation began)
     bool group_paused_ = false;   // the group reported the end of a wave, none started since
     uint64_t paused_wave_ = 0;    // the wave to start when it wakes
+    // Refusals per peer address, to mute a peer that keeps getting refused.
+    RefusalLimiter refusal_limiter_;
+    std::string message_routing_id_;  // the connection and address of the message on_message handles
+    std::string message_peer_;
+    // Declared after router_ so that it closes first.
+    std::unique_ptr<HandshakeMonitor> handshake_monitor_;
 };
 
 }  // namespace dpengine

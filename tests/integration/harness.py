@@ -63,10 +63,10 @@ def rank_program_path() -> str:
 
 
 def is_sanitized_build() -> bool:
-    """True for an ASan/UBSan build (slower: tests may scale their loads and time bounds)."""
+    """True for an ASan/UBSan or TSan build (slower: tests may scale their loads and time bounds)."""
     try:
         with open(os.path.join(build_dir(), "CMakeCache.txt"), encoding="utf-8", errors="replace") as f:
-            return re.search(r"^DPENGINE_SANITIZE:\w+=(ON|1|TRUE|YES)\s*$", f.read(), re.M | re.I) is not None
+            return re.search(r"^DPENGINE_(SANITIZE|TSAN):\w+=(ON|1|TRUE|YES)\s*$", f.read(), re.M | re.I) is not None
     except OSError:
         return False
 
@@ -334,6 +334,77 @@ def voluntary_switches(pid: int) -> int:
     except OSError:
         pass
     return total
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` (VmRSS in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of `pid` (/proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Footprint:
+    """A process's resident memory and open file descriptors at one moment, to check later
+    that hostile input left nothing behind: check_returned() waits (bounded) for the fds to
+    come back within `fd_slack` of this baseline, then checks both. The memory slack covers
+    what the allocator keeps for reuse, not growth with the number of attempts."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.rss = rss_bytes(pid)
+        self.fds = fd_count(pid)
+
+    def __repr__(self) -> str:
+        return f"{self.rss >> 20} MiB resident, {self.fds} fds"
+
+    def check_returned(self, what: str, rss_slack: int = 48 << 20, fd_slack: int = 4, timeout: float = 30.0) -> None:
+        wait_until(lambda: fd_count(self.pid) <= self.fds + fd_slack, timeout * slow_factor(), 0.2)
+        now = Footprint(self.pid)
+        log(f"  footprint {what}: {now} (baseline {self})")
+        check(now.fds <= self.fds + fd_slack, f"{what}: open fds back to the baseline {self.fds} (+{fd_slack})", now.fds)
+        check(now.rss <= self.rss + rss_slack,
+              f"{what}: resident memory within {rss_slack >> 20} MiB of the baseline {self.rss >> 20} MiB", now)
+
+
+def wait_closed_by_peer(socks: list, timeout: float) -> int:
+    """Reads each socket, discarding what arrives, until the other end closes it or `timeout`
+    passes; closes them all and returns how many the other end had not closed. Uses poll(2),
+    so thousands of sockets are fine."""
+    import select
+    open_socks = {s.fileno(): s for s in socks}
+    poller = select.poll()
+    for fd in open_socks:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while open_socks and time.monotonic() < deadline:
+        for fd, _ in poller.poll(200):
+            try:
+                data = open_socks[fd].recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                open_socks.pop(fd).close()
+    for s in socks:
+        s.close()
+    return len(open_socks)
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Raises this process's soft RLIMIT_NOFILE (and so its children's) to `wanted`, within the
+    hard limit, for tests that hold thousands of connections."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def kill_pid_and_group(pid: int, sig: int = signal.SIGKILL, group_only: bool = False) -> None:
@@ -736,10 +807,10 @@ class Daemon:
 
 
 def check_log_clean(d: "Daemon") -> None:
-    """No sanitizer report (ASan, LSan, UBSan) and no crash in a daemon's log (its ranks log to
+    """No sanitizer report (ASan, LSan, UBSan, TSan) and no crash in a daemon's log (its ranks log to
     the daemon's stderr)."""
     bad = [l for l in d.log_text().splitlines()
-           if re.search(r"AddressSanitizer|LeakSanitizer|runtime error:|killed by signal (SEGV|ABRT|BUS|ILL)", l)]
+           if re.search(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error:|killed by signal (SEGV|ABRT|BUS|ILL)", l)]
     check(not bad, f"[{d.name}] no sanitizer report or crash in the log", "\n".join(bad[:10]))
 
 
@@ -807,6 +878,25 @@ class HttpStatusError(TestFailure):
         super().__init__(f"HTTP {status}: {body!r}")
         self.status = status
         self.body = body
+
+
+def expect_error(d: "Daemon", path: str, body, status: int, what: str, param: str | None = None,
+                 message_has: str | None = None, type_: str = "invalid_request_error", code: str | None = None) -> dict:
+    """POSTs `body` to `path` and checks the answer is an OpenAI error object with `status`, `type_`
+    (and `param` named in the message, `message_has`, `code` when given), and that the daemon lives."""
+    st, resp = post_json(d.port, path, body)
+    err = resp.get("error") if isinstance(resp, dict) else None
+    ok = st == status and isinstance(err, dict) and err.get("type") == type_ and isinstance(err.get("message"), str)
+    if ok and param is not None:
+        ok = err.get("param") == param and param in err["message"]
+    if ok and message_has is not None:
+        ok = message_has in err["message"]
+    if ok and code is not None:
+        ok = err.get("code") == code
+    check(ok, f"{what}: {status} {type_}" + (f", param {param!r} named" if param else "")
+          + (f", code {code}" if code else ""), (st, resp))
+    check(d.running(), f"{what}: the daemon is alive")
+    return err
 
 
 DONE = "[DONE]"

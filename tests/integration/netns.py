@@ -1221,6 +1221,41 @@ def wait_log(d: Daemon, pattern: str, timeout: float = 10.0) -> Optional[re.Matc
 # Load and evidence of work
 
 
+def raw_tcp_exchange(ns: Namespace, host: str, port: int, data: bytes, timeout: float) -> tuple[bool, bytes, float]:
+    """Connects from `ns`, sends `data`, reads until the peer closes. Returns (closed by the
+    peer within `timeout`, what it sent, seconds taken)."""
+    start = time.monotonic()
+    sock = ns.connect_tcp(host, port)
+    received = b""
+    try:
+        sock.settimeout(0.5)
+        try:
+            sock.sendall(data)
+        except OSError:
+            return True, received, time.monotonic() - start
+        deadline = start + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:  # reset
+                return True, received, time.monotonic() - start
+            if not chunk:
+                return True, received, time.monotonic() - start
+            received += chunk
+        return False, received, time.monotonic() - start
+    finally:
+        sock.close()
+
+
+def refusal_counts(head: NodeDaemon) -> dict[str, int]:
+    """{reason code: count} of dpengine_handshake_refusals_total on the head's /metrics."""
+    text = head.request("GET", "/metrics").body.decode()
+    return {m.group(1): int(float(m.group(2)))
+            for m in re.finditer(r'^dpengine_handshake_refusals_total\{reason="([^"]+)"\} (\S+)$', text, re.M)}
+
+
 def run_concurrently(fn: Callable, items: list, workers: int = 32) -> list:
     """fn(item) for every item on `workers` threads; returns the results in order."""
     from concurrent.futures import ThreadPoolExecutor

@@ -14,30 +14,13 @@ import json
 import socket
 import time
 
-from harness import (DONE, HOST, Daemon, check, check_eq, expect, get, log, post_json, raw_exchange, request,
+from harness import (DONE, HOST, Daemon, check, check_eq, expect, expect_error, get, log, post_json, raw_exchange, request,
                      run_test, slow_factor, stream_sse, stream_text, synthetic_completion,
                      voluntary_switches)
 
 MAX_BODY = 4096
 IDLE_TIMEOUT = 2.0
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
-
-
-def expect_error(d: Daemon, path: str, body, status: int, what: str, param: str | None = None,
-                 message_has: str | None = None, type_: str = "invalid_request_error", code: str | None = None) -> dict:
-    st, resp = post_json(d.port, path, body)
-    err = resp.get("error") if isinstance(resp, dict) else None
-    ok = st == status and isinstance(err, dict) and err.get("type") == type_ and isinstance(err.get("message"), str)
-    if ok and param is not None:
-        ok = err.get("param") == param and param in err["message"]
-    if ok and message_has is not None:
-        ok = message_has in err["message"]
-    if ok and code is not None:
-        ok = err.get("code") == code
-    check(ok, f"{what}: {status} {type_}" + (f", param {param!r} named" if param else "")
-          + (f", code {code}" if code else ""), (st, resp))
-    check(d.running(), f"{what}: the daemon is alive")
-    return err
 
 
 def json_errors(d: Daemon) -> None:

@@ -13,40 +13,11 @@ is not in the head's authorized_keys (it claims rank 3). Checks that:
 """
 
 import random
-import socket
 import time
 
 import harness
 from harness import check, check_eq, log, run_test, slow_factor
-from netns import (Cluster, Network, Peer, completion_load, make_key, ready_lines)
-
-
-def raw_exchange(ns, host: str, port: int, data: bytes, timeout: float) -> tuple[bool, bytes, float]:
-    """Connects from `ns`, sends `data`, reads until the peer closes. Returns (closed by the
-    peer within `timeout`, what it sent, seconds taken)."""
-    start = time.monotonic()
-    sock = ns.connect_tcp(host, port)
-    received = b""
-    try:
-        sock.settimeout(0.5)
-        try:
-            sock.sendall(data)
-        except OSError:
-            return True, received, time.monotonic() - start
-        deadline = start + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:  # reset
-                return True, received, time.monotonic() - start
-            if not chunk:
-                return True, received, time.monotonic() - start
-            received += chunk
-        return False, received, time.monotonic() - start
-    finally:
-        sock.close()
+from netns import (Cluster, Network, Peer, completion_load, make_key, raw_tcp_exchange, ready_lines)
 
 
 def main() -> None:
@@ -110,7 +81,7 @@ def main() -> None:
                         ("4096 random bytes", rng.randbytes(4096)),
                         ("a ZMTP 3.0 NULL greeting and 1000 random bytes", greeting + rng.randbytes(1000))]
             for label, data in payloads:
-                closed, received, took = raw_exchange(cns, a.ipv4, c.rpc_port, data, 15 * slow_factor())
+                closed, received, took = raw_tcp_exchange(cns, a.ipv4, c.rpc_port, data, 15 * slow_factor())
                 check(closed, f"{label}: the head drops the connection ({took:.2f} s)")
                 check(len(received) <= 64, f"{label}: the head sent nothing beyond a ZMTP greeting "
                                            f"({len(received)} bytes)", received)

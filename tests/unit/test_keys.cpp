@@ -455,3 +455,13 @@ TEST_CASE("keys: a missing authorized keys file is an error naming it", "[keys]"
     REQUIRE_FALSE(r.ok());
     CHECK_THAT(r.error().message, Catch::Contains(path));
 }
+
+TEST_CASE("authorized keys from text: a line of only vertical whitespace is blank", "[keys]") {
+    // trim() leaves "\v", which splits into no words: reading the first word was out of bounds.
+    auto keys = keys::parse_authorized_keys("\v\n\f\n# comment\n", "authorized_keys");
+    REQUIRE(keys);
+    REQUIRE(keys->empty());
+    auto bad = keys::parse_authorized_keys("\v not-a-key node\n", "authorized_keys");
+    REQUIRE_FALSE(bad);
+    REQUIRE(bad.error().message.find("authorized_keys:1: expected a 40-character Z85 public key") != std::string::npos);
+}

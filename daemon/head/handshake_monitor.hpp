@@ -1,0 +1,52 @@
+// Watches a socket's ZeroMQ handshakes through libzmq's socket monitor, for the connections
+// libzmq itself drops before any message reaches the head: a peer speaking another security
+// mechanism (NULL or PLAIN against CURVE), bytes that are not ZMTP, a greeting that never
+// completes. Each is counted by reason code and logged (at most one line per reason per
+// interval, with the number of others, so a flood cannot flood the journal). CURVE key
+// refusals are the ZAP handler's to count and log. Runs on the daemon's event loop.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <zmq.hpp>
+
+namespace dpengine {
+
+class HandshakeMonitor {
+public:
+    // `name` is unique within `context` (it names the inproc endpoint of the monitor).
+    HandshakeMonitor(boost::asio::io_context& io, zmq::context_t& context, zmq::socket_t& watched,
+                     const std::string& name);
+    ~HandshakeMonitor();
+    HandshakeMonitor(const HandshakeMonitor&) = delete;
+    HandshakeMonitor& operator=(const HandshakeMonitor&) = delete;
+
+    // Failed handshakes by reason code.
+    const std::map<std::string, uint64_t>& failures() const { return failures_; }
+
+    // The reason code for a ZMQ_EVENT_HANDSHAKE_FAILED_* event and its value; empty for events
+    // that are not counted here (ZAP refusals).
+    static std::string reason_code(uint16_t event, uint32_t value);
+
+private:
+    void arm();
+    void drain();
+    void record(const std::string& reason, const std::string& detail, const std::string& endpoint);
+
+    zmq::socket_t pair_;
+    boost::asio::posix::stream_descriptor watcher_;
+    std::map<std::string, uint64_t> failures_;
+    struct LogState {
+        std::chrono::steady_clock::time_point last{};
+        uint64_t suppressed = 0;
+    };
+    std::map<std::string, LogState> log_state_;
+    bool armed_ = false;
+};
+
+}  // namespace dpengine

@@ -1,0 +1,72 @@
+// Writes the seed corpora of fuzz_wire, fuzz_msgpack and fuzz_handshake from real encoded
+// messages: one file per message type, and handshake sequences as a rank really sends them.
+// Usage: fuzz_seed_wire CORPUS_DIR (the directories corpus/<target>/ must exist).
+#include "core/wire.hpp"
+
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+using namespace dpengine::wire;
+
+namespace {
+
+void write(const std::string& path, const std::string& bytes) {
+    std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// One record of fuzz_handshake's input: [connection][length LE16][payload].
+std::string record(uint8_t connection, const std::string& payload) {
+    std::string out{char(connection), char(payload.size() & 0xff), char(payload.size() >> 8)};
+    return out + payload;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: fuzz_seed_wire CORPUS_DIR\n");
+        return 2;
+    }
+    const std::string dir = argv[1];
+    Hello hello{1, 0, "node-b", 0x1234, "0.1.0", 4, "synthetic"};
+    Config config;
+    config.dp_size = 4;
+    config.rank = 1;
+    config.epoch = 1;
+    config.engine = {"synthetic", "synthetic", 256, 0.5, 8192};
+    Output partial{7, "hello", 1, "", 3};
+    Output last{7, " world", 1, "length", 3};
+    std::vector<std::pair<std::string, Message>> messages = {
+        {"hello", hello},
+        {"config", config},
+        {"refused", Refused{"rank-not-owned", "rank 1 belongs to node 'node-c'"}},
+        {"ready", Ready{256, "cpu"}},
+        {"add", Add{7, "Once upon a time", 2, 0.7, 0.9, 42, {"\n", "END"}}},
+        {"abort", Abort{{7, 8}}},
+        {"outputs", Outputs{{partial, last}, 1, 0}},
+        {"heartbeat", Heartbeat{12, 0, 0}},
+        {"shutdown", Shutdown{}},
+        {"error", ErrorReply{"malformed", "expected an array"}},
+    };
+    for (const auto& [name, message] : messages) {
+        std::string bytes = encode(message, 1);
+        write(dir + "/fuzz_wire/" + name, bytes);
+        write(dir + "/fuzz_msgpack/" + name, bytes);
+    }
+    // A rank's whole life on one connection: HELLO, READY, a request's outputs, HEARTBEAT.
+    std::string life = record(1, encode(hello)) + record(1, encode(Ready{256, "cpu"})) + record(0x80, "") +
+                       record(1, encode(Outputs{{Output{1, "a", 1, "", 2}}, 1, 0})) +
+                       record(1, encode(Outputs{{Output{1, "b", 1, "stop", 2}}, 0, 0})) +
+                       record(1, encode(Heartbeat{3, 0, 0}));
+    write(dir + "/fuzz_handshake/rank-life", life);
+    // Messages before HELLO, a second HELLO for the same rank from another connection, and an
+    // abort of a request in flight.
+    Hello other = hello;
+    other.node = "node-c";
+    other.incarnation = 0x5678;
+    std::string contested = record(2, encode(Heartbeat{1, 0, 0})) + record(1, encode(hello)) + record(2, encode(other)) +
+                            record(1, encode(Ready{1, "cpu"})) + record(0xc0, "") + record(1, encode(hello));
+    write(dir + "/fuzz_handshake/contested", contested);
+    return 0;
+}

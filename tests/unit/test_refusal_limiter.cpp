@@ -1,0 +1,52 @@
+#include "head/handshake_monitor.hpp"
+#include "head/refusal_limiter.hpp"
+
+#include <catch2/catch.hpp>
+#include <zmq.h>
+
+using dpengine::RefusalLimiter;
+using namespace std::chrono_literals;
+
+TEST_CASE("a peer refused more than the limit within a second is muted, then let back", "[refusal_limiter]") {
+    RefusalLimiter limiter(3, 10.0);
+    auto t0 = RefusalLimiter::Clock::time_point{} + 1000s;
+    for (int i = 0; i < 3; ++i) REQUIRE_FALSE(limiter.refused("10.0.0.9", t0));
+    REQUIRE_FALSE(limiter.muted("10.0.0.9", t0));
+    REQUIRE(limiter.refused("10.0.0.9", t0 + 100ms));  // the fourth within the second: muted
+    REQUIRE(limiter.muted("10.0.0.9", t0 + 5s));
+    REQUIRE_FALSE(limiter.muted("10.0.0.8", t0 + 5s));  // others are not
+    REQUIRE_FALSE(limiter.muted("10.0.0.9", t0 + 100ms + 10s));
+}
+
+TEST_CASE("refusals spread over seconds never mute; limit 0 never mutes", "[refusal_limiter]") {
+    RefusalLimiter limiter(2, 10.0);
+    auto t = RefusalLimiter::Clock::time_point{} + 1000s;
+    for (int i = 0; i < 20; ++i, t += 600ms) REQUIRE_FALSE(limiter.refused("peer", t));
+    RefusalLimiter off(0, 10.0);
+    for (int i = 0; i < 1000; ++i) REQUIRE_FALSE(off.refused("peer", t));
+    REQUIRE_FALSE(off.muted("peer", t));
+}
+
+TEST_CASE("a flood of addresses does not grow the table past its bound", "[refusal_limiter]") {
+    RefusalLimiter limiter(1, 10.0);
+    auto t = RefusalLimiter::Clock::time_point{} + 1000s;
+    for (int i = 0; i < 20000; ++i) {
+        limiter.refused("10." + std::to_string(i), t);
+        if (i % 1000 == 0) t += 2s;
+    }
+    REQUIRE(limiter.tracked() <= RefusalLimiter::max_peers);
+}
+
+TEST_CASE("failed ZMTP handshakes map to reason codes", "[handshake_monitor]") {
+    using dpengine::HandshakeMonitor;
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0) == "handshake-incomplete");
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) ==
+            "mechanism-mismatch");
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) ==
+            "curve-handshake-failed");
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND) ==
+            "protocol-error");
+    // ZAP refusals are the ZAP handler's to count.
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, 400).empty());
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZAP_BAD_VERSION).empty());
+}
