@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -49,6 +50,14 @@ struct EngineConfig {
     uint32_t max_batch = 0;
     double step_time_ms = 0;
     uint32_t max_model_len = 0;
+    // http backend (dpengined.toml(5) engine.command ...): the server every rank starts.
+    std::vector<std::string> command;
+    std::vector<std::pair<std::string, std::string>> env;
+    std::string health_path;
+    double ready_timeout = 0;
+    uint32_t max_concurrency = 0;
+
+    bool operator==(const EngineConfig&) const = default;
 };
 
 // head → rank: the answer to a valid HELLO.

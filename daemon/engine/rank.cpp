@@ -5,7 +5,7 @@
 #include "core/log.hpp"
 #include "core/transport.hpp"
 #include "core/wire.hpp"
-#include "engine/step_loop.hpp"
+#include "engine/engine.hpp"
 
 #include <netdb.h>
 #include <poll.h>
@@ -87,10 +87,7 @@ std::string probe_reason(const std::string& endpoint) {
     return reason;
 }
 
-bool same_engine(const wire::EngineConfig& a, const wire::EngineConfig& b) {
-    return a.backend == b.backend && a.model == b.model && a.max_batch == b.max_batch &&
-           a.step_time_ms == b.step_time_ms && a.max_model_len == b.max_model_len;
-}
+bool same_engine(const wire::EngineConfig& a, const wire::EngineConfig& b) { return a == b; }
 
 // The rank's connection to the head: one DEALER, CURVE when keys are given, and a monitor
 // that reports connection events so the rank can say what it is waiting for.
@@ -132,11 +129,13 @@ public:
         uint32_t value = 0;
     };
 
-    // Waits up to `timeout` for a message or a connection event.
-    void wait(std::chrono::milliseconds timeout) {
-        zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}, {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
+    // Waits up to `timeout` for a message, a connection event or `wakeup_fd` (when not -1).
+    void wait(std::chrono::milliseconds timeout, int wakeup_fd = -1) {
+        zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
+                                   {monitor_.handle(), 0, ZMQ_POLLIN, 0},
+                                   {nullptr, wakeup_fd, ZMQ_POLLIN, 0}};
         try {
-            zmq::poll(items, 2, timeout);
+            zmq::poll(items, wakeup_fd >= 0 ? 3 : 2, timeout);
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
@@ -188,10 +187,17 @@ public:
         while (!stop_requested) {
             bool busy = serving() && loop_->has_work();
             auto wait = busy ? Clock::duration::zero() : std::chrono::milliseconds(100);
-            conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait));
+            conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait), loop_ ? loop_->wakeup_fd() : -1);
+            if (loop_) loop_->clear_wakeup();
             while (auto event = conn_.next_event()) on_event(*event);
             while (auto env = conn_.next_message()) {
                 if (int code = on_message(*env); code >= 0) return code;
+            }
+            if (starting_) {
+                if (int code = watch_start(next_heartbeat); code >= 0) return code;
+            }
+            if (serving()) {
+                if (auto state = loop_->state(); state.phase == EngineState::Phase::failed) return engine_failed(state);
             }
             if (!serving()) {
                 if (!hello_sent_ && connected_ && Clock::now() >= hello_not_before_) hello_sent_ = conn_.send(hello_, 0);
@@ -218,6 +224,32 @@ public:
 
 private:
     bool serving() const { return loop_ && configured_; }
+
+    // The engine is starting (a backend server may take minutes): heartbeats keep the head
+    // from counting the rank as silent until READY. Returns an exit code, or -1 to go on.
+    int watch_start(Clock::time_point& next_heartbeat) {
+        EngineState state = loop_->state();
+        if (state.phase == EngineState::Phase::failed) return engine_failed(state);
+        if (state.phase == EngineState::Phase::starting) {
+            if (Clock::now() >= next_heartbeat) {
+                conn_.send(wire::Heartbeat{0, 0, 0}, epoch_);
+                next_heartbeat = Clock::now() + heartbeat_every_;
+            }
+            return -1;
+        }
+        starting_ = false;
+        configured_ = true;
+        conn_.send(wire::Ready{loop_->capacity(), loop_->device()}, epoch_);
+        log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, dp_size_, engine_.backend, loop_->device());
+        return -1;
+    }
+
+    // The engine cannot go on: say why (log and head), and end the rank with its exit code.
+    int engine_failed(const EngineState& state) {
+        log::error("{} ({})", state.message, state.reason_code);
+        conn_.send(wire::ErrorReply{state.reason_code, state.message}, epoch_);
+        return state.exit_code;
+    }
 
     // A restarted rank may find the head still holding its predecessor until that one's
     // heartbeats time out; it retries for a while, then gives up (another process has it).
@@ -269,6 +301,7 @@ private:
                 // lost). Whatever was in flight is gone on its side too: start over.
                 log::notice("the head no longer knows this rank ({}); registering again", refused->message);
                 configured_ = false;
+                starting_ = false;
                 hello_sent_ = false;
                 return -1;
             }
@@ -303,22 +336,21 @@ private:
         // A re-registration with the same engine settings keeps the engine (and, on a GPU, its
         // loaded weights); anything else starts it afresh.
         if (!loop_ || !same_engine(engine_, config.engine)) {
-            auto backend = make_backend(config.engine);
-            if (!backend) {
-                log::error("{}", backend.error().message);
-                conn_.send(wire::ErrorReply{"init-failed", backend.error().message}, epoch_);
+            loop_.reset();  // the previous engine (and any server it runs) goes first
+            auto engine = make_engine(config.engine, RankIdentity{options_.rank, options_.local_rank});
+            if (!engine) {
+                log::error("{}", engine.error().message);
+                conn_.send(wire::ErrorReply{"init-failed", engine.error().message}, epoch_);
                 return exit_code::config;
             }
-            loop_ = std::make_unique<StepLoop>(std::move(backend).value(), config.engine.max_batch,
-                                               config.engine.max_model_len);
+            loop_ = std::move(engine).value();
             engine_ = config.engine;
         } else {
             loop_->abort_all();
         }
-        configured_ = ever_configured_ = true;
-        conn_.send(wire::Ready{config.engine.max_batch, loop_->backend().device()}, epoch_);
-        log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, config.dp_size, config.engine.backend,
-                  loop_->backend().device());
+        dp_size_ = config.dp_size;
+        ever_configured_ = true;
+        starting_ = true;  // READY once the engine's state says so (watch_start)
         return -1;
     }
 
@@ -326,8 +358,10 @@ private:
     Connection conn_;
     wire::Hello hello_;
     wire::EngineConfig engine_;
-    std::unique_ptr<StepLoop> loop_;
+    std::unique_ptr<Engine> loop_;
     uint64_t epoch_ = 0;
+    uint32_t dp_size_ = 0;
+    bool starting_ = false;  // configured by the head, engine not yet ready
     Clock::duration heartbeat_every_ = std::chrono::seconds(1);
     bool connected_ = false;
     bool hello_sent_ = false;
