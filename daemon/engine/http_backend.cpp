@@ -323,7 +323,7 @@ private:
             std::string how = describe_wait_status(*status);
             if (starting()) {
                 fail(exit_code::config, "backend-exited",
-                     fmt::format("the backend server (pid {}) {} while {} (phase); command: {}", child_.pid(), how,
+                     fmt::format("the backend server (pid {}) {}; phase: {}; command: {}", child_.pid(), how,
                                  waiting_phase, plan_.command_line));
             } else {
                 fail(exit_code::failure, "backend-exited",
@@ -401,7 +401,7 @@ private:
             if (Clock::now() - started_at_ > std::chrono::duration<double>(config_.ready_timeout)) {
                 return fail(exit_code::config, "backend-unhealthy",
                             fmt::format("the backend server (pid {}) did not pass its health check within {} s "
-                                        "(engine.ready_timeout) while {} (phase); last check: {}: {}; command: {}",
+                                        "(engine.ready_timeout); phase: {}; last check: {}: {}; command: {}",
                                         child_.pid(), config_.ready_timeout, waiting_phase, url, detail,
                                         plan_.command_line));
             }
