@@ -53,6 +53,9 @@ constexpr int serving_probe_failures = 3;
 // Largest error body of a refused request kept for the log.
 constexpr size_t error_body_limit = 64 << 10;
 constexpr size_t output_line_limit = 4096;
+// How long a lost connection waits for the server's exit to be noticed before its request is
+// ended on its own (see connection_lost()).
+constexpr auto connection_loss_grace = std::chrono::seconds(2);
 // How long a stopping server may take to exit after SIGTERM.
 constexpr auto stop_grace = std::chrono::seconds(5);
 
@@ -430,14 +433,14 @@ private:
         up->request.body() = completion_request_body(add, config_.model);
         up->request.prepare_payload();
         up->stream.async_connect(endpoint_, [this, up](const boost::system::error_code& ec) {
-            if (ec) return upstream_failed(*up, "cannot connect: " + ec.message());
+            if (ec) return connection_lost(*up, "cannot connect: " + ec.message());
             http::async_write(up->stream, up->request, [this, up](const boost::system::error_code& ec, size_t) {
-                if (ec) return upstream_failed(*up, "cannot send the request: " + ec.message());
+                if (ec) return connection_lost(*up, "cannot send the request: " + ec.message());
                 up->parser.emplace();
                 up->parser->body_limit(boost::none);  // the body is consumed as it arrives
                 http::async_read_header(up->stream, up->buffer, *up->parser,
                                         [this, up](const boost::system::error_code& ec, size_t) {
-                                            if (ec) return upstream_failed(*up, "no answer: " + ec.message());
+                                            if (ec) return connection_lost(*up, "no answer: " + ec.message());
                                             if (up->parser->get().result() != http::status::ok) return read_refusal(up);
                                             read_stream(up);
                                         });
@@ -472,8 +475,8 @@ private:
             if (ec || up->parser->is_done()) {
                 // The stream ended without [DONE]: fine if the choice had finished.
                 if (!up->finish_reason.empty()) return complete(*up);
-                return upstream_failed(*up, ec ? "the stream broke off: " + ec.message()
-                                               : std::string("the stream ended before the completion finished"));
+                if (ec) return connection_lost(*up, "the stream broke off: " + ec.message());
+                return upstream_failed(*up, "the stream ended before the completion finished");
             }
             read_stream(up);
         });
@@ -502,6 +505,23 @@ private:
         uint32_t extra = up.completion_tokens && *up.completion_tokens > up.tokens ? *up.completion_tokens - up.tokens : 0;
         deliver(up.key, "", extra, finish, up.prompt_tokens.value_or(0));
         end(up);
+    }
+
+    // The connection to the server failed. Most often the server is dying, and then the
+    // rank fails and the head handles the request as on any lost rank (retrying it if nothing
+    // was produced yet); only if the server is still running a moment later does the request
+    // end here.
+    void connection_lost(Upstream& up, const std::string& why) {
+        if (up.ended) return;
+        up.ended = true;
+        close(up);
+        auto timer = std::make_shared<asio::steady_timer>(io_, connection_loss_grace);
+        timer->async_wait([this, timer, key = up.key, id = up.id, why](const boost::system::error_code& ec) {
+            upstreams_.erase(key);
+            if (ec || stopping_ || state().phase == EngineState::Phase::failed) return;
+            log::warning("request {}: the backend server did not complete it: {}", id, why);
+            deliver(key, "", 0, "abort", 0);
+        });
     }
 
     // The server could not serve the request: it ends ("abort") and the log says why.

@@ -15,14 +15,18 @@ from typing import Optional
 from harness import Daemon, children_of, cmdline, dpengined_path, get
 
 
-def dpengined_server_engine(tmp: str, step_time_ms: float = 0.0, **extra) -> dict:
+def dpengined_server_engine(tmp: str, step_time_ms: float = 0.0, start_delay: float = 0.0, **extra) -> dict:
     """An [engine] table whose ranks each run `dpengined` as their server; runtime
-    directories go under `tmp` (one per rank)."""
+    directories go under `tmp` (one per rank). start_delay: the server only starts (execs
+    dpengined) after this many seconds, as a real engine loading a model would."""
+    command = [dpengined_path(), "--config", "/dev/null", "--host", "127.0.0.1", "--port", "{port}",
+               "--runtime-directory", os.path.join(tmp, "server-rank{rank}"),
+               "--step-time-ms", str(step_time_ms), "{model}"]
+    if start_delay:
+        command = ["/bin/sh", "-c", f'sleep {start_delay} && exec "$0" "$@"', *command]
     engine = {
         "backend": "http",
-        "command": [dpengined_path(), "--config", "/dev/null", "--host", "127.0.0.1", "--port", "{port}",
-                    "--runtime-directory", os.path.join(tmp, "server-rank{rank}"),
-                    "--step-time-ms", str(step_time_ms), "{model}"],
+        "command": command,
         # No system bus: the server must not compete for org.dpengine1 with anything.
         "env": {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=" + os.path.join(tmp, "no-bus-here")},
         "ready_timeout": 60.0,

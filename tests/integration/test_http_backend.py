@@ -1,7 +1,9 @@
 """The http backend end to end: DP=2, each rank runs a real OpenAI-compatible server (a second
 dpengined with the synthetic backend, 20 ms per token) and forwards its requests to it.
 
-Checks: each rank starts one server in a process group of its own, with CUDA_VISIBLE_DEVICES
+Checks: the ranks keep heartbeating while their servers start (3 s, three heartbeat timeouts)
+and become ready once the servers are healthy; each rank starts one server in a process group
+of its own, with CUDA_VISIBLE_DEVICES
 set to its local rank, listening on the loopback port named in its command line, and its log
 lines reach the daemon's log under the rank's name; completions through the head equal what
 the synthetic backend produces (asked directly of a server, and computed by the oracle), with
@@ -24,6 +26,7 @@ from httpbackend import backend_servers, dpengined_server_engine, metric, server
 
 DP = 2
 STEP_MS = 20.0
+START_DELAY = 3.0  # seconds before each server starts listening
 
 
 def completion(port: int, prompt: str, seed: int, max_tokens: int, stop=None) -> dict:
@@ -42,9 +45,16 @@ class ClientGone(Exception):
 def main() -> None:
     tmp = tempfile.mkdtemp(prefix="dpe-http-")
     try:
-        config = {"data_parallel": {"size": DP}, "engine": dpengined_server_engine(tmp, STEP_MS)}
+        # The servers take several heartbeat timeouts to start: the ranks must keep sending
+        # heartbeats meanwhile, or the head would count them lost before READY.
+        config = {"data_parallel": {"size": DP},
+                  "engine": dpengined_server_engine(tmp, STEP_MS, start_delay=START_DELAY),
+                  "handshake": {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}}
         with Daemon(config, name="http-backend") as d:
             d.wait_ready(90)
+            check("heartbeat-timeout" not in d.log_text(), "no rank went silent while its server started")
+            check(d.wait_log(r"backend server \(pid \d+\) is healthy after [3-9]", 1),
+                  "the server became healthy only after its start-up delay")
             servers = backend_servers(d)
             check_eq(sorted(servers), list(range(DP)), "a server per rank")
             ports = {rank: server_port(pid) for rank, pid in servers.items()}
