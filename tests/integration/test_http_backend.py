@@ -8,7 +8,9 @@ set to its local rank, listening on the loopback port named in its command line,
 lines reach the daemon's log under the rank's name; completions through the head equal what
 the synthetic backend produces (asked directly of a server, and computed by the oracle), with
 finish reasons and usage; streams through the head arrive token by token (many SSE chunks)
-and join to the same text; both servers took requests. Then a client that goes away in the
+and join to the same text; with 8 streams and engine.max_concurrency = 2 no server has more
+than 2 requests at once and the head sees requests waiting in the ranks' queues; both
+servers took requests. Then a client that goes away in the
 middle of a long stream: the server sees its upstream request end (in-flight back to 0) long
 before the request could have finished. Finally stopping the daemon leaves no server behind.
 """
@@ -27,6 +29,8 @@ from httpbackend import backend_servers, dpengined_server_engine, metric, server
 DP = 2
 STEP_MS = 20.0
 START_DELAY = 3.0  # seconds before each server starts listening
+MAX_CONCURRENCY = 2
+STREAMS = 8  # at once: 4 per rank, of which 2 wait in the rank's queue
 
 
 def completion(port: int, prompt: str, seed: int, max_tokens: int, stop=None) -> dict:
@@ -48,7 +52,8 @@ def main() -> None:
         # The servers take several heartbeat timeouts to start: the ranks must keep sending
         # heartbeats meanwhile, or the head would count them lost before READY.
         config = {"data_parallel": {"size": DP},
-                  "engine": dpengined_server_engine(tmp, STEP_MS, start_delay=START_DELAY),
+                  "engine": dpengined_server_engine(tmp, STEP_MS, start_delay=START_DELAY,
+                                                    max_concurrency=MAX_CONCURRENCY),
                   "handshake": {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}}
         with Daemon(config, name="http-backend") as d:
             d.wait_ready(90)
@@ -85,20 +90,32 @@ def main() -> None:
             check_eq(reply["choices"][0]["text"], expected.text, "text cut at the stop string")
             check_eq(reply["choices"][0]["finish_reason"], "stop", "finish reason with a stop string")
 
-            # Streaming, several at once so that both ranks stream: token by token, same text.
+            # Streaming, more at once than the ranks forward: token by token, same text, and
+            # never more than max_concurrency requests on a server while the rest wait.
             results = {}
+            most_in_flight = {r: 0 for r in range(DP)}
+            most_waiting = 0
 
             def stream(i: int) -> None:
                 body = {"model": "synthetic", "prompt": f"streamed prompt {i}", "seed": 100 + i, "max_tokens": 25,
                         "stream": True, "stream_options": {"include_usage": True}}
                 results[i] = stream_sse(d.port, "/v1/completions", body, timeout=60)
 
-            threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
+            threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
             for t in threads:
                 t.start()
+            while any(t.is_alive() for t in threads):
+                for r in range(DP):
+                    most_in_flight[r] = max(most_in_flight[r], metric(ports[r], "dpengine_rank_in_flight") or 0)
+                    most_waiting = max(most_waiting, metric(d.port, "dpengine_rank_queue_depth", r) or 0)
+                threads[0].join(0.02)
             for t in threads:
                 t.join(90)
-            for i in range(4):
+            check(all(0 < n <= MAX_CONCURRENCY for n in most_in_flight.values()),
+                  f"each server had at most {MAX_CONCURRENCY} requests at once", most_in_flight)
+            check(most_waiting > 0, "the others waited in a rank's queue (queue depth reported to the head)",
+                  most_waiting)
+            for i in range(STREAMS):
                 events = results.get(i)
                 check(events is not None, f"stream {i} ended")
                 expected = synthetic_completion(f"streamed prompt {i}", seed=100 + i, max_tokens=25)
