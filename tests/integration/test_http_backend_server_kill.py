@@ -5,7 +5,7 @@ Checks: rank 1 reports the server's death with the reason code "backend-exited" 
 the daemon restarts it, and the new rank starts a new server; the stream that was on rank 1
 ends (an error event naming the rank, then [DONE]) rather than hanging, the other completes
 with the right text; the daemon is ready with both ranks again and completions succeed on
-both servers, the new one included.
+both servers, the new one included. Last, a rank killed with SIGKILL takes its server with it.
 """
 
 import os
@@ -87,6 +87,12 @@ def main() -> None:
                          f"text of completion {i}")
             served = metric(server_port(new_servers[VICTIM]), "dpengine_rank_requests_total")
             check(served and served > 0, f"the new server served requests ({served})")
+
+            # A rank that dies without cleaning up: its server goes too (PR_SET_PDEATHSIG).
+            rank0, server0 = d.ranks()[0], new_servers[0]
+            os.kill(rank0, signal.SIGKILL)
+            log(f"  SIGKILL to rank 0 (pid {rank0}), whose server is pid {server0}")
+            check(wait_until(lambda: not pid_alive(server0), 20), "the server of a killed rank exits")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

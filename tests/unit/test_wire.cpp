@@ -44,6 +44,11 @@ Config sample_config() {
     m.engine.max_batch = 64;
     m.engine.step_time_ms = 12.5;
     m.engine.max_model_len = 4096;
+    m.engine.command = {"vllm", "serve", "{model}", "--port", "{port}"};
+    m.engine.env = {{"HF_HOME", "/srv/hf"}, {"VLLM_LOGGING_LEVEL", "WARNING"}};
+    m.engine.health_path = "/health";
+    m.engine.ready_timeout = 240.5;
+    m.engine.max_concurrency = 32;
     return m;
 }
 
@@ -123,6 +128,12 @@ void check_same(const Config& a, const Config& b) {
     CHECK(a.engine.max_batch == b.engine.max_batch);
     CHECK(a.engine.step_time_ms == b.engine.step_time_ms);
     CHECK(a.engine.max_model_len == b.engine.max_model_len);
+    CHECK(a.engine.command == b.engine.command);
+    CHECK(a.engine.env == b.engine.env);
+    CHECK(a.engine.health_path == b.engine.health_path);
+    CHECK(a.engine.ready_timeout == b.engine.ready_timeout);
+    CHECK(a.engine.max_concurrency == b.engine.max_concurrency);
+    CHECK(a.engine == b.engine);
 }
 void check_same(const Refused& a, const Refused& b) {
     CHECK(a.code == b.code);
