@@ -37,10 +37,14 @@ def main() -> None:
             victim = servers[VICTIM]
 
             streams = {}
+            # A stream that has produced text is lost with its rank (one that has not would
+            # move to another rank): kill only once both have.
+            started = [threading.Event() for _ in range(DP)]
 
             def stream(i: int) -> None:
                 body = {"prompt": f"long stream {i}", "seed": i, "max_tokens": LONG_TOKENS, "stream": True}
-                streams[i] = stream_sse_full(d.port, "/v1/completions", body, timeout=60)
+                streams[i] = stream_sse_full(d.port, "/v1/completions", body, timeout=60,
+                                             on_event=lambda _ev: started[i].set())
 
             threads = [threading.Thread(target=stream, args=(i,)) for i in range(DP)]
             for t in threads:
@@ -48,6 +52,7 @@ def main() -> None:
             busy = wait_until(lambda: all(metric(server_port(p), "dpengine_rank_in_flight") == 1
                                           for p in servers.values()), 15)
             check(busy, "both servers are streaming")
+            check(all(e.wait(15) for e in started), "both streams have produced text")
 
             os.kill(victim, signal.SIGKILL)
             log(f"  SIGKILL to rank {VICTIM}'s server (pid {victim})")
