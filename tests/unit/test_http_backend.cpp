@@ -2,6 +2,7 @@
 // sends, and the reading of the server's event stream (split anywhere, multi-line data,
 // [DONE], usage and errors).
 #include "core/placeholders.hpp"
+#include "engine/child_process.hpp"
 #include "engine/http_backend.hpp"
 #include "engine/openai_stream.hpp"
 
@@ -9,6 +10,11 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <poll.h>
+#include <unistd.h>
 
 using namespace dpengine;
 using namespace dpengine::engine;
@@ -31,6 +37,25 @@ std::vector<std::string> parse_in_pieces(std::string_view text, size_t size) {
     std::vector<std::string> events;
     for (size_t at = 0; at < text.size(); at += size) REQUIRE(parser.feed(text.substr(at, size), events));
     return events;
+}
+
+// Live (not zombie) processes whose process group is PGID, from /proc.
+int live_members(pid_t pgid) {
+    int n = 0;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+        std::string name = entry.path().filename();
+        if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+        std::ifstream stat(entry.path() / "stat");
+        std::string text((std::istreambuf_iterator<char>(stat)), {});
+        size_t close = text.rfind(')');
+        if (close == std::string::npos) continue;
+        char state = 0;
+        long ppid = 0, pgrp = 0;
+        if (std::sscanf(text.c_str() + close + 1, " %c %ld %ld", &state, &ppid, &pgrp) == 3 && pgrp == pgid &&
+            state != 'Z' && state != 'X')
+            ++n;
+    }
+    return n;
 }
 
 bool has_entry(const LaunchPlan& plan, const std::string& entry) {
@@ -195,4 +220,37 @@ TEST_CASE("completion chunks: text, finish reason, usage and errors", "[http]") 
     CHECK_THAT(parse_completion_chunk(R"({"choices":{}})").error().message, Catch::Contains("not an array"));
     CHECK_THAT(parse_completion_chunk(R"({"choices":[{"text":5}]})").error().message,
                Catch::Contains("\"text\" is not a string"));
+}
+
+TEST_CASE("child process: a missing program is named, and stop() ends the whole group", "[http]") {
+    auto missing = ChildProcess::start({"no-such-program-for-dpengine"}, {"PATH=/nonexistent"});
+    REQUIRE_FALSE(missing.ok());
+    CHECK_THAT(missing.error().message, Catch::Contains("'no-such-program-for-dpengine' is not an executable"));
+
+    // A leader and a background member that both ignore SIGTERM: only SIGKILL ends them.
+    auto child = ChildProcess::start({"sh", "-c", "trap '' TERM; sleep 60 & echo started; wait"},
+                                     {"PATH=/usr/bin:/bin"});
+    REQUIRE(child.ok());
+    pid_t leader = child->pid();
+    CHECK(getpgid(leader) == leader);
+    int out = child->take_stdout();
+    std::string said;
+    char buf[64];
+    pollfd p{out, POLLIN, 0};
+    while (said.find("started\n") == std::string::npos && poll(&p, 1, 10000) > 0) {
+        ssize_t n = read(out, buf, sizeof buf);
+        if (n <= 0) break;
+        said.append(buf, static_cast<size_t>(n));
+    }
+    close(out);
+    REQUIRE(said == "started\n");
+    CHECK(live_members(leader) == 2);
+    CHECK_FALSE(child->reap());
+
+    child->stop(std::chrono::milliseconds(200));
+    auto status = child->reap();
+    REQUIRE(status);
+    CHECK(describe_wait_status(*status) == "was killed by signal KILL");
+    for (int i = 0; i < 100 && live_members(leader) > 0; ++i) usleep(20000);
+    CHECK(live_members(leader) == 0);
 }
