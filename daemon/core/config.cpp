@@ -1,6 +1,7 @@
 #include "config.hpp"
 
 #include "keys.hpp"
+#include "placeholders.hpp"
 
 #include <toml++/toml.h>
 
@@ -29,8 +30,10 @@ namespace fs = std::filesystem;
 
 // Every key of the file, once. The loader, the command-line flags, validate() and to_toml()
 // all work from this table, so a key added here is read, checked and printed everywhere.
+using StringList = std::vector<std::string>;
+using StringTable = std::map<std::string, std::string>;
 using Target = std::variant<std::string*, bool*, Role*, uint16_t*, uint32_t*, uint64_t*,
-                            std::optional<uint32_t>*, double*>;
+                            std::optional<uint32_t>*, double*, StringList*, StringTable*>;
 
 struct Field {
     std::string_view section;
@@ -78,6 +81,11 @@ constexpr Field fields[] = {
     {"engine", "step_time_ms", [](Config& c) -> Target { return &c.engine.step_time_ms; }, 0, 0, true},
     {"engine", "default_max_tokens", [](Config& c) -> Target { return &c.engine.default_max_tokens; }, 1, u32_max},
     {"engine", "max_model_len", [](Config& c) -> Target { return &c.engine.max_model_len; }, 1, u32_max},
+    {"engine", "command", [](Config& c) -> Target { return &c.engine.command; }},
+    {"engine", "env", [](Config& c) -> Target { return &c.engine.env; }},
+    {"engine", "health_path", [](Config& c) -> Target { return &c.engine.health_path; }},
+    {"engine", "ready_timeout", [](Config& c) -> Target { return &c.engine.ready_timeout; }},
+    {"engine", "max_concurrency", [](Config& c) -> Target { return &c.engine.max_concurrency; }, 1, u32_max},
     {"handshake", "connect_timeout", [](Config& c) -> Target { return &c.handshake.connect_timeout; }},
     {"handshake", "init_timeout", [](Config& c) -> Target { return &c.handshake.init_timeout; }},
     {"handshake", "ready_timeout", [](Config& c) -> Target { return &c.handshake.ready_timeout; }},
@@ -103,7 +111,7 @@ constexpr Field fields[] = {
 };
 // clang-format on
 
-constexpr std::string_view known_backends[] = {"synthetic"};
+constexpr std::string_view known_backends[] = {"synthetic", "http"};
 
 std::string full_name(const Field& f) { return std::string(f.section) + "." + std::string(f.key); }
 
@@ -151,6 +159,15 @@ std::string toml_quote(std::string_view s)
     return out + "\"";
 }
 
+// A key of an inline table: bare when TOML allows it, else quoted.
+std::string toml_key(std::string_view key)
+{
+    bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-';
+    });
+    return bare ? std::string(key) : toml_quote(key);
+}
+
 // The shortest text that reads back as the same double, and still reads as a TOML float.
 std::string format_double(double v)
 {
@@ -177,6 +194,8 @@ std::string expected(Config& c, const Field& f)
             else if constexpr (std::is_same_v<T, Role>) return "\"head\" or \"headless\"";
             else if constexpr (std::is_same_v<T, double>)
                 return f.zero_allowed ? "a number from 0 up" : "a number greater than 0";
+            else if constexpr (std::is_same_v<T, StringList>) return "an array of strings";
+            else if constexpr (std::is_same_v<T, StringTable>) return "a table of strings";
             else
                 return "an integer from " + std::to_string(f.min) + " to " + std::to_string(f.max);
         },
@@ -193,7 +212,16 @@ std::optional<std::string> toml_value(Config& c, const Field& f)
             else if constexpr (std::is_same_v<T, bool>) return *p ? "true" : "false";
             else if constexpr (std::is_same_v<T, Role>) return toml_quote(role_name(*p));
             else if constexpr (std::is_same_v<T, double>) return format_double(*p);
-            else if constexpr (std::is_same_v<T, std::optional<uint32_t>>) {
+            else if constexpr (std::is_same_v<T, StringList>) {
+                std::string out = "[";
+                for (const auto& item : *p) out += (out.size() > 1 ? ", " : "") + toml_quote(item);
+                return out + "]";
+            } else if constexpr (std::is_same_v<T, StringTable>) {
+                std::string out;
+                for (const auto& [key, value] : *p)
+                    out += (out.empty() ? "{ " : ", ") + toml_key(key) + " = " + toml_quote(value);
+                return out.empty() ? "{}" : out + " }";
+            } else if constexpr (std::is_same_v<T, std::optional<uint32_t>>) {
                 if (!*p) return std::nullopt;
                 return std::to_string(**p);
             } else {
@@ -207,7 +235,7 @@ std::optional<std::string> toml_value(Config& c, const Field& f)
 struct Text {
     std::string_view text;
 };
-using Raw = std::variant<int64_t, double, bool, std::string, Text>;
+using Raw = std::variant<int64_t, double, bool, std::string, Text, StringList, StringTable>;
 
 std::optional<int64_t> as_integer(const Raw& raw)
 {
@@ -265,6 +293,10 @@ bool assign(Config& c, const Field& f, const Raw& raw)
                 if (!v || !number_ok(f, *v)) return false;
                 *p = *v;
                 return true;
+            } else if constexpr (std::is_same_v<T, StringList> || std::is_same_v<T, StringTable>) {
+                auto* v = std::get_if<T>(&raw);
+                if (v) *p = *v;
+                return v != nullptr;
             } else {
                 static_assert(is_integer_target<T>);
                 auto v = as_integer(raw);
@@ -301,6 +333,24 @@ std::optional<Raw> raw_from_toml(const toml::node& node)
     if (auto* v = node.as_floating_point()) return Raw(v->get());
     if (auto* v = node.as_boolean()) return Raw(v->get());
     if (auto* v = node.as_string()) return Raw(v->get());
+    if (auto* array = node.as_array()) {
+        StringList list;
+        for (const toml::node& item : *array) {
+            auto* text = item.as_string();
+            if (!text) return std::nullopt;
+            list.push_back(text->get());
+        }
+        return Raw(std::move(list));
+    }
+    if (auto* table = node.as_table()) {
+        StringTable entries;
+        for (auto&& [key, value] : *table) {
+            auto* text = value.as_string();
+            if (!text) return std::nullopt;
+            entries[std::string(key.str())] = text->get();
+        }
+        return Raw(std::move(entries));
+    }
     return std::nullopt;
 }
 
@@ -756,6 +806,51 @@ Status validate_keys(const Config& config)
 
 static Status validate_dp_group(const Config& config);
 
+// The http backend's server: a command to run, placeholders it can expand, a port it is told.
+Status validate_http_backend(const Config& config)
+{
+    const auto& engine = config.engine;
+    const std::string example =
+        "e.g. command = [\"vllm\", \"serve\", \"{model}\", \"--host\", \"127.0.0.1\", \"--port\", \"{port}\"]";
+    if (engine.command.empty() || engine.command.front().empty())
+        return Error{"engine.command is empty; the http backend needs the command line of the "
+                     "OpenAI-compatible server each rank starts, " + example};
+    // The port only reaches the server through a placeholder: one must expand differently
+    // for two different ports.
+    bool port_used = false;
+    auto uses_port = [](std::string_view text) {
+        PlaceholderValues a, b;
+        a.port = 1, b.port = 2;
+        auto x = expand_placeholders(text, a), y = expand_placeholders(text, b);
+        return x && y && *x != *y;
+    };
+    for (size_t i = 0; i < engine.command.size(); ++i) {
+        if (auto ok = check_placeholders(engine.command[i]); !ok)
+            return Error{"engine.command[" + std::to_string(i) + "]: " + ok.error().message};
+        port_used = port_used || uses_port(engine.command[i]);
+    }
+    for (const auto& [name, value] : engine.env) {
+        if (name.empty() || name.find('=') != std::string::npos || name.find('\0') != std::string::npos)
+            return Error{"engine.env: '" + name + "' is not an environment variable name"};
+        if (auto ok = check_placeholders(value); !ok)
+            return Error{"engine.env." + name + ": " + ok.error().message};
+        port_used = port_used || uses_port(value);
+    }
+    if (!port_used)
+        return Error{"engine.command does not use {port}: the server must listen on the loopback port "
+                     "the rank picks for it, " + example};
+    if (engine.health_path.empty() || engine.health_path.front() != '/')
+        return Error{"engine.health_path must be a path starting with '/', such as \"/health\"; got '" +
+                     engine.health_path + "'"};
+    if (engine.ready_timeout >= config.handshake.init_timeout)
+        return Error{"engine.ready_timeout (" + format_double(engine.ready_timeout) +
+                     ") must be shorter than handshake.init_timeout (" +
+                     format_double(config.handshake.init_timeout) +
+                     "), so that a server that never becomes healthy is reported by its rank; "
+                     "lower one or raise the other"};
+    return Ok{};
+}
+
 Status validate(Config& config)
 {
     for (const Field& f : fields)
@@ -821,6 +916,10 @@ Status validate(Config& config)
                      ") is larger than engine.max_model_len (" +
                      std::to_string(engine.max_model_len) + "); lower one or raise the other"};
 
+    if (engine.backend == "http") {
+        if (auto http_ok = validate_http_backend(config); !http_ok) return http_ok;
+    }
+
     if (config.node.name.empty()) config.node.name = host_name();
 
     if (config.has_remote_ranks()) {
@@ -860,6 +959,9 @@ static Status validate_dp_group(const Config& config)
     if (dp.group != "auto" && dp.group != "gloo")
         return Error{"data_parallel.group: unknown group '" + dp.group +
                      "'; use \"auto\" or \"gloo\" (NCCL is not available in this build)"};
+    if (dp.dp_sync == "lockstep" && config.engine.backend == "http")
+        return Error{"data_parallel.dp_sync = \"lockstep\" needs a backend that steps inside the rank, such as "
+                     "\"synthetic\"; the http backend's servers are independent engines: use \"independent\""};
     return Ok{};
 }
 

@@ -6,6 +6,7 @@
 #include "error.hpp"
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,6 +59,13 @@ struct EngineSection {
     double step_time_ms = 0.0;  // synthetic: time one step takes
     uint32_t default_max_tokens = 16;
     uint32_t max_model_len = 8192;  // prompt + completion tokens
+    // http backend: the OpenAI-compatible server each rank starts, supervises and forwards
+    // its requests to over loopback. Placeholders (core/placeholders.hpp) are expanded per rank.
+    std::vector<std::string> command;           // the server's argv
+    std::map<std::string, std::string> env;     // extra environment for the server
+    std::string health_path = "/health";        // GET → 200 means the server is healthy
+    double ready_timeout = 240.0;               // seconds for the server's first healthy answer
+    uint32_t max_concurrency = 256;             // requests forwarded at once; more wait in the rank
 };
 
 struct HandshakeSection {

@@ -13,6 +13,8 @@ using msgpack::Writer;
 
 // Bounds on lists inside one message, beyond the message size itself.
 constexpr uint32_t max_stop_strings = 16;
+constexpr uint32_t max_command_words = 4096;
+constexpr uint32_t max_env_entries = 4096;
 constexpr uint32_t max_items = 1 << 20;
 
 template <class T>
@@ -54,12 +56,24 @@ void put(Writer& w, const Hello& m) {
 }
 
 void put(Writer& w, const EngineConfig& m) {
-    w.map(5);
+    w.map(10);
     w.str("backend"); w.str(m.backend);
     w.str("model"); w.str(m.model);
     w.str("max_batch"); w.uint(m.max_batch);
     w.str("step_time_ms"); w.float64(m.step_time_ms);
     w.str("max_model_len"); w.uint(m.max_model_len);
+    w.str("command");
+    w.array(static_cast<uint32_t>(m.command.size()));
+    for (const auto& word : m.command) w.str(word);
+    w.str("env");
+    w.map(static_cast<uint32_t>(m.env.size()));
+    for (const auto& [name, value] : m.env) {
+        w.str(name);
+        w.str(value);
+    }
+    w.str("health_path"); w.str(m.health_path);
+    w.str("ready_timeout"); w.float64(m.ready_timeout);
+    w.str("max_concurrency"); w.uint(m.max_concurrency);
 }
 
 void put(Writer& w, const Config& m) {
@@ -292,6 +306,19 @@ EngineConfig get_engine_config(Reader& r) {
         else if (k == "max_batch") m.max_batch = u32(r);
         else if (k == "step_time_ms") m.step_time_ms = r.float64();
         else if (k == "max_model_len") m.max_model_len = u32(r);
+        else if (k == "command") m.command = string_list(r, max_command_words, "command words");
+        else if (k == "env") {
+            uint32_t n = r.map();
+            if (n > max_env_entries) throw DecodeError("too many environment entries");
+            m.env.reserve(n);
+            for (uint32_t i = 0; i < n; ++i) {
+                std::string name(r.str());
+                m.env.emplace_back(std::move(name), std::string(r.str()));
+            }
+        }
+        else if (k == "health_path") m.health_path = r.str();
+        else if (k == "ready_timeout") m.ready_timeout = r.float64();
+        else if (k == "max_concurrency") m.max_concurrency = u32(r);
         else return false;
         return true;
     });

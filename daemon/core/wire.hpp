@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -61,6 +62,14 @@ struct EngineConfig {
     uint32_t max_batch = 0;
     double step_time_ms = 0;
     uint32_t max_model_len = 0;
+    // http backend (dpengined.toml(5) engine.command ...): the server every rank starts.
+    std::vector<std::string> command;
+    std::vector<std::pair<std::string, std::string>> env;
+    std::string health_path;
+    double ready_timeout = 0;
+    uint32_t max_concurrency = 0;
+
+    bool operator==(const EngineConfig&) const = default;
 };
 
 // head → rank: the answer to a valid HELLO.

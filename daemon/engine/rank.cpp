@@ -5,6 +5,7 @@
 #include "core/log.hpp"
 #include "core/transport.hpp"
 #include "core/wire.hpp"
+#include "engine/engine.hpp"
 #include "engine/lockstep.hpp"
 #include "engine/step_loop.hpp"
 
@@ -128,10 +129,7 @@ std::string group_bind_address(const std::string& endpoint) {
     return address;
 }
 
-bool same_engine(const wire::EngineConfig& a, const wire::EngineConfig& b) {
-    return a.backend == b.backend && a.model == b.model && a.max_batch == b.max_batch &&
-           a.step_time_ms == b.step_time_ms && a.max_model_len == b.max_model_len;
-}
+bool same_engine(const wire::EngineConfig& a, const wire::EngineConfig& b) { return a == b; }
 
 // The rank's connection to the head: one DEALER, CURVE when keys are given, and a monitor
 // that reports connection events so the rank can say what it is waiting for.
@@ -196,16 +194,17 @@ public:
         uint32_t value = 0;
     };
 
-    // Waits up to `timeout` for a message, a connection event or a wake(). The descriptors
-    // are edge-triggered: what is already queued is checked first.
-    void wait(std::chrono::milliseconds timeout) {
+    // Waits up to `timeout` for a message, a connection event, a wake() or `engine_fd` (the
+    // engine's wake-up descriptor, when not -1). The sockets' descriptors are edge-triggered:
+    // what is already queued is checked first.
+    void wait(std::chrono::milliseconds timeout, int engine_fd = -1) {
         {
             std::lock_guard lock(mutex_);
             if (socket_.get(zmq::sockopt::events) & ZMQ_POLLIN) return;
         }
         if (monitor_.get(zmq::sockopt::events) & ZMQ_POLLIN) return;
-        pollfd fds[] = {{socket_fd_, POLLIN, 0}, {monitor_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-        if (::poll(fds, 3, static_cast<int>(timeout.count())) > 0 && (fds[2].revents & POLLIN)) {
+        pollfd fds[] = {{socket_fd_, POLLIN, 0}, {monitor_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}, {engine_fd, POLLIN, 0}};
+        if (::poll(fds, engine_fd >= 0 ? 4 : 3, static_cast<int>(timeout.count())) > 0 && (fds[2].revents & POLLIN)) {
             uint64_t count = 0;
             (void)!::read(wake_fd_, &count, sizeof count);
         }
@@ -326,15 +325,22 @@ public:
         const auto started = Clock::now();
         wire::Outputs outputs;
         while (!stop_requested) {
-            bool busy = serving() && (lockstep_ ? lockstep_->wants_to_run(*loop_) : loop_->has_work());
+            bool busy = serving() && (lockstep_ ? lockstep_->wants_to_run(*lockstep_loop_) : loop_->has_work());
             auto wait = busy ? Clock::duration::zero() : std::chrono::milliseconds(100);
-            conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait));
+            conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait), loop_ ? loop_->wakeup_fd() : -1);
+            if (loop_) loop_->clear_wakeup();
             while (auto event = conn_.next_event()) on_event(*event);
             while (auto env = next_message()) {
                 heard_from_head();
                 if (int code = on_message(*env); code >= 0) return code;
             }
             if (head_grace_expired()) return exit_code::unreachable;
+            if (starting_) {
+                if (int code = watch_start(); code >= 0) return code;
+            }
+            if (serving()) {
+                if (auto state = loop_->state(); state.phase == EngineState::Phase::failed) return engine_failed(state);
+            }
             if (!serving()) {
                 if (!hello_sent_ && connected_ && Clock::now() >= hello_not_before_) hello_sent_ = conn_.send(hello_, 0);
                 if (options_.connect_timeout > 0 && !ever_configured_ &&
@@ -347,7 +353,7 @@ public:
             }
             if (lockstep_) {
                 outputs.items.clear();
-                lockstep_->advance(*loop_, outputs, *this);
+                lockstep_->advance(*lockstep_loop_, outputs, *this);
                 heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
                 if (!outputs.items.empty()) conn_.send(outputs, epoch_);
                 if (Clock::now() >= next_group_report_) {
@@ -463,6 +469,28 @@ private:
         return Error{"stopping", "superseded"};
     }
 
+    // The engine is starting (a backend server may take minutes; the heartbeat thread keeps
+    // the head from counting the rank as silent): READY once it is ready. Returns an exit
+    // code, or -1 to go on.
+    int watch_start() {
+        EngineState state = loop_->state();
+        if (state.phase == EngineState::Phase::failed) return engine_failed(state);
+        if (state.phase == EngineState::Phase::starting) return -1;
+        starting_ = false;
+        configured_ = true;
+        conn_.send(wire::Ready{loop_->capacity(), loop_->device()}, epoch_);
+        heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+        log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, dp_size_, engine_.backend, loop_->device());
+        return -1;
+    }
+
+    // The engine cannot go on: say why (log and head), and end the rank with its exit code.
+    int engine_failed(const EngineState& state) {
+        log::error("{} ({})", state.message, state.reason_code);
+        conn_.send(wire::ErrorReply{state.reason_code, state.message}, epoch_);
+        return state.exit_code;
+    }
+
     // A restarted rank may find the head still holding its predecessor until that one's
     // heartbeats time out; it retries for a while, then gives up (another process has it).
     bool retry_duplicate() {
@@ -514,6 +542,7 @@ private:
                 log::notice("the head no longer knows this rank ({}); registering again", refused->message);
                 configured_ = false;
                 heartbeat_.pause();
+                starting_ = false;
                 hello_sent_ = false;
                 return -1;
             }
@@ -554,14 +583,14 @@ private:
         // A re-registration with the same engine settings keeps the engine (and, on a GPU, its
         // loaded weights); anything else starts it afresh.
         if (!loop_ || !same_engine(engine_, config.engine)) {
-            auto backend = make_backend(config.engine);
-            if (!backend) {
-                log::error("{}", backend.error().message);
-                conn_.send(wire::ErrorReply{"init-failed", backend.error().message}, epoch_);
+            loop_.reset();  // the previous engine (and any server it runs) goes first
+            auto engine = make_engine(config.engine, RankIdentity{options_.rank, options_.local_rank});
+            if (!engine) {
+                log::error("{}", engine.error().message);
+                conn_.send(wire::ErrorReply{"init-failed", engine.error().message}, epoch_);
                 return exit_code::config;
             }
-            loop_ = std::make_unique<StepLoop>(std::move(backend).value(), config.engine.max_batch,
-                                               config.engine.max_model_len);
+            loop_ = std::move(engine).value();
             engine_ = config.engine;
         } else {
             loop_->abort_all();
@@ -571,19 +600,25 @@ private:
             conn_.send(wire::ErrorReply{"init-failed", made.error().message}, epoch_);
             return exit_code::config;
         }
-        configured_ = ever_configured_ = true;
-        conn_.send(wire::Ready{config.engine.max_batch, loop_->backend().device()}, epoch_);
+        dp_size_ = config.dp_size;
+        ever_configured_ = true;
+        starting_ = true;  // READY once the engine's state says so (watch_start)
         heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
         heartbeat_.start(epoch_, std::chrono::duration_cast<std::chrono::milliseconds>(heartbeat_every_));
-        log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, config.dp_size, config.engine.backend,
-                  loop_->backend().device());
         return -1;
     }
 
     // Lockstep mode from CONFIG; the group itself forms when the head sends GROUP_FORM.
     Status make_lockstep(const wire::Config& config) {
         lockstep_.reset();
+        lockstep_loop_ = nullptr;
         if (config.sync != "lockstep") return Ok{};
+        lockstep_loop_ = dynamic_cast<StepLoop*>(loop_.get());
+        if (!lockstep_loop_) {
+            return Error{"lockstep mode needs an engine that steps inside the rank; the '" + config.engine.backend +
+                             "' backend runs independent engines (use data_parallel.dp_sync = \"independent\")",
+                         "init-failed"};
+        }
         if (config.group_kind != "gloo") {
             return Error{"the head asks for a '" + config.group_kind + "' DP group, which this rank does not support (known: gloo)",
                          "init-failed"};
@@ -608,13 +643,16 @@ private:
     Connection conn_;
     HeartbeatThread heartbeat_{conn_};  // after conn_: it stops before the connection closes
     std::unique_ptr<Lockstep> lockstep_;
+    StepLoop* lockstep_loop_ = nullptr;  // loop_ as the StepLoop lockstep mode drives
     std::deque<wire::Envelope> deferred_;
     uint64_t rendezvous_epoch_ = 0;
     Clock::time_point next_group_report_{};
     wire::Hello hello_;
     wire::EngineConfig engine_;
-    std::unique_ptr<StepLoop> loop_;
+    std::unique_ptr<Engine> loop_;
     uint64_t epoch_ = 0;
+    uint32_t dp_size_ = 0;
+    bool starting_ = false;  // configured by the head, engine not yet ready
     Clock::duration heartbeat_every_ = std::chrono::seconds(1);
     bool connected_ = false;
     bool hello_sent_ = false;

@@ -4,25 +4,30 @@
 #pragma once
 
 #include "backend.hpp"
+#include "engine.hpp"
 
 #include <deque>
 #include <memory>
 
 namespace dpengine::engine {
 
-class StepLoop {
+class StepLoop final : public Engine {
 public:
     StepLoop(std::unique_ptr<Backend> backend, uint32_t max_batch, uint32_t max_model_len);
 
-    void add(const wire::Add& request);
+    std::string device() const override { return backend_->device(); }
+    uint32_t capacity() const override { return max_batch_; }
+    EngineState state() override { return {}; }  // ready as soon as the backend exists
+
+    void add(const wire::Add& request) override;
     // Forgets the request; no further output is produced for it.
-    void abort(uint64_t id);
+    void abort(uint64_t id) override;
     // Forgets every request (the head that sent them is gone).
-    void abort_all();
-    bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+    void abort_all() override;
+    bool has_work() const override { return !running_.empty() || !waiting_.empty(); }
     // One step of the whole batch. Appends an Output for every request that gained text or
     // finished, and sets the load figures.
-    void step(wire::Outputs& out);
+    void step(wire::Outputs& out) override;
     // Lockstep mode: a step on a dummy batch while this rank has no work.
     void dummy_step() {
         backend_->dummy_step();
@@ -30,9 +35,9 @@ public:
     }
     uint64_t dummy_steps() const { return dummy_steps_; }
 
-    uint32_t running() const { return static_cast<uint32_t>(running_.size()); }
-    uint32_t waiting() const { return static_cast<uint32_t>(waiting_.size()); }
-    uint64_t steps() const { return steps_; }
+    uint32_t running() const override { return static_cast<uint32_t>(running_.size()); }
+    uint32_t waiting() const override { return static_cast<uint32_t>(waiting_.size()); }
+    uint64_t steps() const override { return steps_; }
     const Backend& backend() const { return *backend_; }
 
 private:

@@ -407,6 +407,11 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     reply.engine.step_time_ms = config_.engine.step_time_ms;
     reply.engine.max_model_len = config_.engine.max_model_len;
     fill_group_config(reply);
+    reply.engine.command = config_.engine.command;
+    reply.engine.env.assign(config_.engine.env.begin(), config_.engine.env.end());
+    reply.engine.health_path = config_.engine.health_path;
+    reply.engine.ready_timeout = config_.engine.ready_timeout;
+    reply.engine.max_concurrency = config_.engine.max_concurrency;
     send(routing_id, reply);
     log::info("rank {} joined from {} (build {}), initializing", hello.rank, who, hello.build);
 }

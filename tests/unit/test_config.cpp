@@ -649,7 +649,7 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
     {
         config.engine.backend = "cuda";
         CHECK(validate_error(config) ==
-              "engine.backend: unknown backend 'cuda'; known backends: synthetic");
+              "engine.backend: unknown backend 'cuda'; known backends: synthetic, http");
         config.engine.backend = "synthetic";
         config.engine.model = "";
         CHECK_THAT(validate_error(config), Catch::StartsWith("engine.model is empty"));
@@ -859,4 +859,69 @@ TEST_CASE("config: lockstep settings are checked", "[config]")
         config.data_parallel.group = "mpi";
         CHECK_THAT(validate_error(config), Catch::Contains("data_parallel.group: unknown group 'mpi'"));
     }
+}
+
+TEST_CASE("config: the http backend's command and env are read as an array and a table", "[config]")
+{
+    TempDir dir;
+    Config config;
+    std::vector<std::string> warnings;
+    std::string path = dir.write("a.toml", "[engine]\nbackend = \"http\"\n"
+                                           "command = [\"srv\", \"--port\", \"{port}\"]\n"
+                                           "env = { A = \"1\", \"B.C\" = \"{gpu}\" }\n");
+    REQUIRE(load(config, path, warnings).ok());
+    CHECK(config.engine.command == std::vector<std::string>{"srv", "--port", "{port}"});
+    CHECK(config.engine.env == std::map<std::string, std::string>{{"A", "1"}, {"B.C", "{gpu}"}});
+    REQUIRE(validate(config).ok());
+    // Printed so that it reads back the same (--check-config, reload's comparison).
+    std::string toml = to_toml(config);
+    CHECK_THAT(toml, Catch::Contains("command = [\"srv\", \"--port\", \"{port}\"]\n"));
+    CHECK_THAT(toml, Catch::Contains("env = { A = \"1\", \"B.C\" = \"{gpu}\" }\n"));
+    CHECK_THAT(to_toml(Config{}), Catch::Contains("command = []\nenv = {}\n"));
+
+    CHECK_THAT(load_error(dir.write("b.toml", "[engine]\ncommand = [\"a\", 1]\n")),
+               Catch::Contains("engine.command: expected an array of strings, got an array"));
+    CHECK_THAT(load_error(dir.write("c.toml", "[engine]\ncommand = \"vllm serve\"\n")),
+               Catch::Contains("engine.command: expected an array of strings, got \"vllm serve\""));
+    CHECK_THAT(load_error(dir.write("d.toml", "[engine]\nenv = { A = 1 }\n")),
+               Catch::Contains("engine.env: expected a table of strings, got a table"));
+}
+
+TEST_CASE("config: the http backend's settings are validated", "[config]")
+{
+    Config config;
+    config.engine.backend = "http";
+    CHECK_THAT(validate_error(config), Catch::StartsWith("engine.command is empty; the http backend needs"));
+
+    config.engine.command = {"srv", "--port", "{prot}"};
+    CHECK_THAT(validate_error(config),
+               Catch::StartsWith("engine.command[2]: unknown placeholder '{prot}' in '{prot}'") &&
+                   Catch::Contains("{port}, {gpu}, {rank}, {local_rank}, {model}"));
+
+    config.engine.command = {"srv", "--port", "{port"};
+    CHECK_THAT(validate_error(config), Catch::StartsWith("engine.command[2]: a '{' without its '}'"));
+
+    config.engine.command = {"srv", "--json", "{{\"port\": 1}}"};  // literal braces, but no port
+    CHECK_THAT(validate_error(config), Catch::StartsWith("engine.command does not use {port}"));
+
+    config.engine.env = {{"PORT", "{port}"}};  // the port may reach the server through env
+    CHECK(validate(config).ok());
+
+    config.engine.env = {{"X", "{nope}"}};
+    CHECK_THAT(validate_error(config), Catch::StartsWith("engine.env.X: unknown placeholder '{nope}'"));
+
+    config.engine.env = {};
+    config.engine.command = {"srv", "--port={port}"};
+    config.engine.health_path = "health";
+    CHECK_THAT(validate_error(config), Catch::StartsWith("engine.health_path must be a path starting with '/'"));
+
+    config.engine.health_path = "/v1/models";
+    config.engine.ready_timeout = 400;
+    CHECK_THAT(validate_error(config),
+               Catch::StartsWith("engine.ready_timeout (400.0) must be shorter than handshake.init_timeout (300.0)"));
+    config.engine.ready_timeout = 100;
+    CHECK(validate(config).ok());
+
+    config.data_parallel.dp_sync = "lockstep";  // its servers are independent engines
+    CHECK_THAT(validate_error(config), Catch::StartsWith("data_parallel.dp_sync = \"lockstep\" needs a backend"));
 }

@@ -47,6 +47,11 @@ Config sample_config() {
     m.sync = "lockstep";
     m.sync_interval = 32;
     m.group_timeout = 2.5;
+    m.engine.command = {"vllm", "serve", "{model}", "--port", "{port}"};
+    m.engine.env = {{"HF_HOME", "/srv/hf"}, {"VLLM_LOGGING_LEVEL", "WARNING"}};
+    m.engine.health_path = "/health";
+    m.engine.ready_timeout = 240.5;
+    m.engine.max_concurrency = 32;
     return m;
 }
 
@@ -129,6 +134,12 @@ void check_same(const Config& a, const Config& b) {
     CHECK(a.sync == b.sync);
     CHECK(a.sync_interval == b.sync_interval);
     CHECK(a.group_timeout == b.group_timeout);
+    CHECK(a.engine.command == b.engine.command);
+    CHECK(a.engine.env == b.engine.env);
+    CHECK(a.engine.health_path == b.engine.health_path);
+    CHECK(a.engine.ready_timeout == b.engine.ready_timeout);
+    CHECK(a.engine.max_concurrency == b.engine.max_concurrency);
+    CHECK(a.engine == b.engine);
 }
 void check_same(const Refused& a, const Refused& b) {
     CHECK(a.code == b.code);
