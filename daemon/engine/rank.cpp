@@ -538,7 +538,10 @@ private:
         if (auto* refused = std::get_if<wire::Refused>(&env.message)) {
             if (refused->code == "not-registered" && ever_configured_) {
                 // The head does not know this connection (it restarted, or declared this rank
-                // lost). Whatever was in flight is gone on its side too: start over.
+                // lost). Whatever was in flight is gone on its side too: start over. The head
+                // answers every message sent before the new HELLO the same way: one HELLO.
+                if (rejoining_) return -1;
+                rejoining_ = true;
                 log::notice("the head no longer knows this rank ({}); registering again", refused->message);
                 configured_ = false;
                 heartbeat_.pause();
@@ -577,6 +580,7 @@ private:
 
     int on_config(const wire::Config& config) {
         if (configured_) return -1;
+        rejoining_ = false;
         epoch_ = config.epoch;
         heartbeat_every_ = std::chrono::duration_cast<Clock::duration>(
             std::chrono::duration<double>(config.heartbeat_interval > 0 ? config.heartbeat_interval : 1.0));
@@ -658,6 +662,7 @@ private:
     bool hello_sent_ = false;
     bool configured_ = false;
     bool ever_configured_ = false;
+    bool rejoining_ = false;  // sent HELLO again after a not-registered refusal, no CONFIG yet
     bool waiting_logged_ = false;
     bool head_silent_logged_ = false;
     Clock::time_point last_from_head_ = Clock::now();

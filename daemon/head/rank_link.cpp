@@ -223,7 +223,10 @@ bool RankLink::send(const std::string& routing_id, const wire::Message& message)
 
 void RankLink::refuse(const std::string& routing_id, const std::string& code, const std::string& message) {
     ++refusals_[code];
-    if (routing_id == message_routing_id_) {
+    // Stale traffic from a peer the head has forgotten (a rank declared lost across a
+    // partition) is answered with not-registered and is no flood: counting it would mute the
+    // peer's address just as it registers again.
+    if (routing_id == message_routing_id_ && code != "not-registered") {
         refusal_limiter_.configure(config_.handshake.refusal_rate_limit, config_.handshake.refusal_mute);
         if (refusal_limiter_.refused(message_peer_, Clock::now())) {
             log::warning("ignoring {} for {}s: refused more than {} times within a second (rate-limited)",
