@@ -265,21 +265,35 @@ std::optional<RankInfo> rank_info(NodeControl& node, const char* path) {
     return std::nullopt;
 }
 
-int find_rank(sd_bus*, const char* path, const char*, void* userdata, void** found, sd_bus_error*) {
-    if (!rank_info(node_of(userdata), path)) return 0;
+// The object paths an enumerator returns, as the NULL-terminated array sd-bus takes over.
+int path_list(const std::vector<std::string>& paths, char*** out) {
+    char** list = static_cast<char**>(calloc(paths.size() + 1, sizeof(char*)));
+    if (!list) return -ENOMEM;
+    for (size_t i = 0; i < paths.size(); ++i) {
+        if (!(list[i] = strdup(paths[i].c_str()))) {
+            for (size_t j = 0; j < i; ++j) free(list[j]);
+            free(list);
+            return -ENOMEM;
+        }
+    }
+    *out = list;
+    return 1;
+}
+
+// A fallback vtable's object lookup: whether `path` names a rank (or node) that exists now.
+template <auto Lookup>
+int find_object(sd_bus*, const char* path, const char*, void* userdata, void** found, sd_bus_error*) {
+    if (!Lookup(node_of(userdata), path)) return 0;
     *found = userdata;
     return 1;
 }
 
-int enumerate_ranks(sd_bus*, const char*, void* userdata, char*** nodes, sd_bus_error*) {
-    auto ranks = node_of(userdata).ranks();
-    char** list = static_cast<char**>(calloc(ranks.size() + 1, sizeof(char*)));
-    if (!list) return -ENOMEM;
-    for (size_t i = 0; i < ranks.size(); ++i) {
-        list[i] = strdup((std::string(bus::rank_path_prefix) + "/" + std::to_string(ranks[i].rank)).c_str());
+int enumerate_ranks(sd_bus*, const char*, void* userdata, char*** paths, sd_bus_error*) {
+    std::vector<std::string> list;
+    for (const auto& info : node_of(userdata).ranks()) {
+        list.push_back(std::string(bus::rank_path_prefix) + "/" + std::to_string(info.rank));
     }
-    *nodes = list;
-    return 1;
+    return path_list(list, paths);
 }
 
 int get_rank_property(sd_bus*, const char* path, const char*, const char* property, sd_bus_message* reply,
@@ -329,25 +343,15 @@ std::optional<NodeInfo> node_info(NodeControl& node, const char* path) {
     return std::nullopt;
 }
 
-int find_node(sd_bus*, const char* path, const char*, void* userdata, void** found, sd_bus_error*) {
-    if (!node_info(node_of(userdata), path)) return 0;
-    *found = userdata;
-    return 1;
-}
-
 int enumerate_nodes(sd_bus*, const char*, void* userdata, char*** paths, sd_bus_error*) {
-    auto nodes = node_of(userdata).nodes();
-    char** list = static_cast<char**>(calloc(nodes.size() + 1, sizeof(char*)));
-    if (!list) return -ENOMEM;
-    for (size_t i = 0; i < nodes.size(); ++i) {
-        if (sd_bus_path_encode(bus::node_path_prefix, nodes[i].name.c_str(), &list[i]) < 0) {
-            for (size_t j = 0; j < i; ++j) free(list[j]);
-            free(list);
-            return -ENOMEM;
-        }
+    std::vector<std::string> list;
+    for (const auto& info : node_of(userdata).nodes()) {
+        char* path = nullptr;
+        if (sd_bus_path_encode(bus::node_path_prefix, info.name.c_str(), &path) < 0) return -ENOMEM;
+        list.emplace_back(path);
+        free(path);
     }
-    *paths = list;
-    return 1;
+    return path_list(list, paths);
 }
 
 int get_node_property(sd_bus*, const char* path, const char*, const char* property, sd_bus_message* reply,
@@ -458,14 +462,14 @@ void BusService::connect() {
     });
     add([&](sd_bus_slot** slot) {
         return sd_bus_add_fallback_vtable(bus.get(), slot, bus::rank_path_prefix, bus::rank_interface, rank_vtable,
-                                          find_rank, &node_);
+                                          find_object<rank_info>, &node_);
     });
     add([&](sd_bus_slot** slot) {
         return sd_bus_add_node_enumerator(bus.get(), slot, bus::rank_path_prefix, enumerate_ranks, &node_);
     });
     add([&](sd_bus_slot** slot) {
         return sd_bus_add_fallback_vtable(bus.get(), slot, bus::node_path_prefix, bus::node_interface, node_vtable,
-                                          find_node, &node_);
+                                          find_object<node_info>, &node_);
     });
     add([&](sd_bus_slot** slot) {
         return sd_bus_add_node_enumerator(bus.get(), slot, bus::node_path_prefix, enumerate_nodes, &node_);
