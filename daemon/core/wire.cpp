@@ -171,12 +171,15 @@ void put(Writer& w, const NodeHello& m) {
 }
 
 void put(Writer& w, const NodeConfig& m) {
-    w.map(5);
+    w.map(6);
     w.str("dp_size"); w.uint(m.dp_size);
     w.str("start_rank"); w.uint(m.start_rank);
     w.str("count"); w.uint(m.count);
     w.str("epoch"); w.uint(m.epoch);
     w.str("head"); w.str(m.head);
+    w.str("states");
+    w.array(static_cast<uint32_t>(m.states.size()));
+    for (const auto& state : m.states) w.str(state);
 }
 
 // Ranks are arrays [rank, state, pid, restarts, last_error], like OUTPUTS items.
@@ -481,7 +484,12 @@ NodeConfig get_node_config(Reader& r) {
         else if (k == "count") count = u32(r);
         else if (k == "epoch") m.epoch = r.uint();
         else if (k == "head") m.head = r.str();
-        else return false;
+        else if (k == "states") {
+            uint32_t n = r.array();
+            if (n > max_node_ranks) throw DecodeError("NODE_CONFIG: too many states");
+            m.states.reserve(n);
+            for (uint32_t i = 0; i < n; ++i) m.states.emplace_back(r.str());
+        } else return false;
         return true;
     });
     m.start_rank = required(start, "NODE_CONFIG", "start_rank");

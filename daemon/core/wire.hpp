@@ -176,6 +176,9 @@ struct NodeConfig {
     uint32_t count = 0;  // 0: no ranks assigned (yet)
     uint64_t epoch = 0;
     std::string head;    // the head's node name, for the node's status
+    // The protocol state of each rank of the block as the head sees it ("ready", ...), in
+    // rank order; empty from a head that does not send it.
+    std::vector<std::string> states;
 };
 
 // One of a node's ranks, as the node sees its process.

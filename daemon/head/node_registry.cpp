@@ -95,7 +95,11 @@ void NodeRegistry::take_block(Entry& entry, uint32_t start, uint32_t count) {
 }
 
 wire::NodeConfig NodeRegistry::config_for(const Entry& entry) const {
-    return wire::NodeConfig{config_.dp_size(), entry.start, entry.count, link_.epoch(), config_.node.name};
+    wire::NodeConfig block{config_.dp_size(), entry.start, entry.count, link_.epoch(), config_.node.name, {}};
+    for (const auto& info : link_.ranks()) {
+        if (info.rank >= entry.start && info.rank - entry.start < entry.count) block.states.push_back(to_string(info.state));
+    }
+    return block;
 }
 
 void NodeRegistry::refuse(const std::string& routing_id, const std::string& node, const std::string& code,

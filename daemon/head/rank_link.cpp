@@ -62,6 +62,14 @@ std::string hex(std::string_view bytes) {
 
 }  // namespace
 
+std::optional<RankState> rank_state_from_string(std::string_view name) {
+    for (auto state : {RankState::starting, RankState::connecting, RankState::initializing, RankState::ready,
+                       RankState::draining, RankState::stopped, RankState::failed}) {
+        if (name == to_string(state)) return state;
+    }
+    return std::nullopt;
+}
+
 const char* to_string(RankState state) {
     switch (state) {
         case RankState::starting: return "starting";

@@ -40,6 +40,7 @@ public:
 
 enum class RankState { starting, connecting, initializing, ready, draining, stopped, failed };
 const char* to_string(RankState state);
+std::optional<RankState> rank_state_from_string(std::string_view name);
 
 struct RankInfo {
     uint32_t rank = 0;

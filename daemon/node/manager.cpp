@@ -143,12 +143,16 @@ public:
         if (link_) {
             out = link_->ranks();
         } else {
-            // A headless node knows its processes; their protocol state lives on the head.
+            // A headless node knows its processes; their protocol state lives on the head, which
+            // reports it over the node link.
             for (const auto& [rank, local] : local_) {
                 RankInfo info;
                 info.rank = rank;
                 info.node = config_.node.name;
                 info.state = local.running ? RankState::starting : RankState::stopped;
+                if (local.running && node_link_) {
+                    if (auto reported = rank_state_from_string(node_link_->rank_state(rank))) info.state = *reported;
+                }
                 info.last_error = local.last_exit;
                 info.reason = local.last_reason;
                 out.push_back(info);

@@ -116,6 +116,12 @@ void NodeLink::set_connected(bool connected) {
     if (hooks_.changed) hooks_.changed();
 }
 
+std::string NodeLink::rank_state(uint32_t rank) const {
+    const auto& c = last_config_;
+    if (!connected_ || rank < c.start_rank || rank - c.start_rank >= c.states.size()) return "";
+    return c.states[rank - c.start_rank];
+}
+
 void NodeLink::on_message(zmq::message_t& payload) {
     auto env = wire::decode(payload.to_string_view());
     if (!env) {
@@ -129,6 +135,7 @@ void NodeLink::on_message(zmq::message_t& payload) {
         registered_ = true;
         last_refusal_.clear();
         head_name_ = block->head;
+        last_config_ = *block;
         set_connected(true);
         bool moved = !block_ || block_->first != block->start_rank || block_->second != block->count;
         epoch_ = block->epoch;

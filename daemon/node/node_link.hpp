@@ -51,6 +51,9 @@ public:
     NodeInfo head() const;
     // The block the head gave this node, once it did.
     std::optional<std::pair<uint32_t, uint32_t>> block() const { return block_; }
+    // The state of one of this node's ranks as the head last reported it ("" if unknown or
+    // while the link is down).
+    std::string rank_state(uint32_t rank) const;
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -72,6 +75,7 @@ private:
     uint64_t incarnation_ = 0;
     bool armed_ = false;
     bool registered_ = false;   // the head answered our NODE_HELLO since it last forgot us
+    wire::NodeConfig last_config_;  // the head's last answer: its view of this node's ranks
     bool connected_ = false;    // heard from the head within handshake.heartbeat_timeout
     bool report_pending_ = false;
     Clock::time_point last_heard_{}, last_hello_{};

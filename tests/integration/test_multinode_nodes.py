@@ -11,7 +11,8 @@ machine would. Checks:
   - `busctl introspect` shows ListNodes and AssignRanks on org.dpengine1.Manager with their
     signatures; `busctl tree` lists an org.dpengine1.Node object per node, whose properties
     say the same as ListNodes;
-  - `dpctl status` on node B shows its own ranks (2 and 3, their pids) and the head link
+  - `dpctl status` on node B shows its own ranks (2 and 3, their pids, ready as the head reports
+    it over the node link) and the head link
     (connected, the head's endpoint, since when);
   - a plain user may read nodes but not assign (access denied, exit 4);
   - after node B's daemon is stopped, the head reports node-b as lost.
@@ -125,6 +126,9 @@ def main() -> None:
             ranks_b = rank_by_number(st_b)
             check_eq(sorted(ranks_b), [2, 3], "node B lists its own ranks")
             check_eq({r: x["pid"] for r, x in ranks_b.items()}, node_b.ranks(), "node B's rank pids")
+            check(wait_until(lambda: {r: x["state"] for r, x in rank_by_number(dpctl_json(bus_b, "status")).items()}
+                             == {2: "ready", 3: "ready"}, 10 * slow_factor(), interval=0.2),
+                  "node B shows its ranks' state as the head reports it (ready)", dpctl_json(bus_b, "status")["ranks"])
             nodes_b = node_by_name(st_b["nodes"])
             check_eq((nodes_b["node-b"]["ranks"], nodes_b["node-b"]["state"]), ("2-3", "connected"),
                      "node B's own entry")

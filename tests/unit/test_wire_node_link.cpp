@@ -93,8 +93,9 @@ TEST_CASE("wire: NODE_HELLO round trips, with and without the optional blocks", 
 }
 
 TEST_CASE("wire: NODE_CONFIG, NODE_STATUS and ASSIGN round trip", "[wire][node-link]") {
-    auto config = std::get<NodeConfig>(decoded(encode(NodeConfig{8, 4, 2, 77, "head-a"})).message);
+    auto config = std::get<NodeConfig>(decoded(encode(NodeConfig{8, 4, 2, 77, "head-a", {"ready", "draining"}})).message);
     CHECK(config.head == "head-a");
+    CHECK(config.states == std::vector<std::string>{"ready", "draining"});
     CHECK(config.dp_size == 8);
     CHECK(config.start_rank == 4);
     CHECK(config.count == 2);
