@@ -87,7 +87,7 @@ TEST_CASE("wire: NODE_HELLO round trips, with and without the optional blocks", 
     dynamic.start_rank.reset();
     dynamic.held_start.reset();
     dynamic.held_count = 0;
-    const auto& back = std::get<NodeHello>(decoded(encode(dynamic)).message);
+    NodeHello back = std::get<NodeHello>(decoded(encode(dynamic)).message);  // a copy: the envelope is a temporary
     CHECK_FALSE(back.start_rank.has_value());
     CHECK_FALSE(back.held_start.has_value());
 }
