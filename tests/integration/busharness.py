@@ -166,11 +166,7 @@ class SystemBus:
         return self.proc is not None and self.proc.poll() is None
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return harness.file_text(self.log_path)
 
     def __enter__(self) -> "SystemBus":
         if self._autostart:

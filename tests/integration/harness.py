@@ -124,6 +124,15 @@ def check_in(needle: str, haystack: str, what: str) -> None:
     check(needle in haystack, f"{what} contains {needle!r}", f"text was:\n{tail(haystack, 3000)}")
 
 
+def file_text(path: str) -> str:
+    """A log file's text so far ("" while it does not exist), undecodable bytes replaced."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def tail(text: str, n: int = 4000) -> str:
     return text if len(text) <= n else "...\n" + text[-n:]
 
@@ -753,18 +762,10 @@ class Daemon:
     # -- observation -------------------------------------------------------------------------
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return file_text(self.log_path)
 
     def stdout_text(self) -> str:
-        try:
-            with open(self.stdout_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return file_text(self.stdout_path)
 
     def dump_log(self, n: int = 6000) -> None:
         log(f"----- [{self.name}] log (tail) -----\n{tail(self.log_text(), n)}\n----- end of log -----")

@@ -502,11 +502,7 @@ class Capture:
         return self
 
     def _err(self) -> str:
-        try:
-            with open(self.errpath, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return harness.file_text(self.errpath)
 
     def _af_packet(self, ready: threading.Event) -> None:
         with self.ns.entered():
