@@ -3,6 +3,7 @@
 #include "child_process.hpp"
 #include "core/exit_codes.hpp"
 #include "core/log.hpp"
+#include "core/quiet_thread.hpp"
 #include "core/placeholders.hpp"
 #include "openai_stream.hpp"
 
@@ -165,7 +166,7 @@ public:
         forward_output(stdout_);
         forward_output(stderr_);
         schedule_probe(std::chrono::milliseconds(0));
-        thread_ = std::thread([this] { io_.run(); });
+        thread_ = start_quiet_thread<std::thread>([this] { io_.run(); });
     }
 
     // The server gets SIGTERM and up to stop_grace to exit, while the I/O thread still

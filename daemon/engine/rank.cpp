@@ -3,6 +3,7 @@
 #include "core/exit_codes.hpp"
 #include "core/keys.hpp"
 #include "core/log.hpp"
+#include "core/quiet_thread.hpp"
 #include "core/transport.hpp"
 #include "core/wire.hpp"
 #include "engine/engine.hpp"
@@ -253,7 +254,7 @@ private:
 // handshake.heartbeat_timeout). The loop only publishes figures; it never sends a heartbeat.
 class HeartbeatThread {
 public:
-    explicit HeartbeatThread(Connection& conn) : conn_(conn), thread_([this](std::stop_token stop) { run(stop); }) {}
+    explicit HeartbeatThread(Connection& conn) : conn_(conn), thread_(start_quiet_thread<std::jthread>([this](std::stop_token stop) { run(stop); })) {}
     ~HeartbeatThread() {
         thread_.request_stop();
         cv_.notify_all();

@@ -1,6 +1,7 @@
 #include "zap_handler.hpp"
 
 #include "core/log.hpp"
+#include "core/quiet_thread.hpp"
 
 #include <unordered_set>
 
@@ -10,7 +11,7 @@ ZapHandler::ZapHandler(zmq::context_t& context, std::vector<keys::AuthorizedKey>
     : socket_(context, zmq::socket_type::rep), authorized_(std::move(authorized)) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.bind("inproc://zeromq.zap.01");
-    thread_ = std::thread([this] { run(); });
+    thread_ = start_quiet_thread<std::thread>([this] { run(); });
 }
 
 ZapHandler::~ZapHandler() {
