@@ -7,6 +7,7 @@ unit, the default config, the packages) rather than run a deployment: each check
   - run():       a program's output, bounded in time (and by a deadline, when one is set).
   - run_parts(): runs the script's parts in order (a crash in one does not hide the others)
                  and returns verdict(): the exit status, 0 when every check held.
+  - default_config(), int_constants(): facts from the build and the source to check against.
 """
 
 from __future__ import annotations
@@ -71,6 +72,26 @@ def verdict() -> int:
         return 1
     print("PASS")
     return 0
+
+
+def default_config() -> dict[str, str]:
+    """Every key `dpengined --config /dev/null --check-config` prints ("section.key") -> its
+    default value as TOML ("" for a key that is unset by default)."""
+    out = run([DPENGINED, "--config", "/dev/null", "--check-config"])
+    values, section = {}, ""
+    for line in out.stdout.splitlines():
+        if m := re.match(r"^\[(\w+)\]$", line):
+            section = m[1]
+        elif m := re.match(r"^(\w+) = (.*)$", line):
+            values[f"{section}.{m[1]}"] = m[2]
+        elif m := re.match(r"^# (\w+) is unset$", line):
+            values[f"{section}.{m[1]}"] = ""
+    return values
+
+
+def int_constants(path: str) -> dict[str, int]:
+    """The `constexpr int NAME = N;` constants of a source file (relative to SRC): NAME -> N."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"constexpr int (\w+) = (\d+);", read(os.path.join(SRC, path)))}
 
 
 def cache_value(name: str) -> Optional[str]:

@@ -30,7 +30,7 @@ import shutil
 import sys
 import xml.etree.ElementTree as ET
 
-from checklist import BUILD, DPENGINED, SRC, check, read, run, run_parts
+from checklist import BUILD, DPENGINED, SRC, check, default_config, int_constants, read, run, run_parts
 
 MANDIR = os.path.join(BUILD, "man")
 DPCTL = os.path.join(BUILD, "ctl", "dpctl")
@@ -96,6 +96,16 @@ def section_order(page: str, names: list[str]) -> None:
     check(names[-1] == "SEE ALSO", f"{page}: ends with SEE ALSO", names[-1:])
 
 
+def open_page(page: str) -> tuple[str, dict[str, list[str]]]:
+    """A rendered page ("dpctl.1") and its sections, after checking the sections' order."""
+    name, section = page.rsplit(".", 1)
+    print(f"== {name}({section})", flush=True)
+    roff = read(os.path.join(MANDIR, page))
+    secs = sections(roff)
+    section_order(page, list(secs))
+    return roff, secs
+
+
 def help_options() -> dict[str, str]:
     """--help's options: flag -> value name ("" for none), e.g. {"--port": "PORT", "-dp": "N"}."""
     out = run([DPENGINED, "--help"])
@@ -109,46 +119,44 @@ def help_options() -> dict[str, str]:
     return opts
 
 
-def test_dpengined_8() -> None:
-    print("== dpengined(8)", flush=True)
-    roff = read(os.path.join(MANDIR, "dpengined.8"))
-    secs = sections(roff)
-    section_order("dpengined.8", list(secs))
-    help_opts = help_options()
-    check(len(help_opts) >= 10, f"--help lists options ({len(help_opts)})", help_opts)
+def documented_options(lines: list[str]) -> dict[str, str]:
+    """An OPTIONS section's flags -> value name ("" for none): "--port=PORT, -p" terms."""
     documented: dict[str, str] = {}
-    for _, term, _ in terms(secs.get("OPTIONS", [])):
+    for _, term, _ in terms(lines):
         value = re.search(r"=(\S+)\s*$", term)
         for flag in re.findall(r"(?<![\w-])(-{1,2}[A-Za-z0-9][A-Za-z0-9-]*)", term):
             documented[flag] = value[1] if value else ""
-    for flag, value in sorted(help_opts.items()):
-        check(flag in documented, f"{flag} (from --help) is documented")
-        if flag in documented:
-            check(documented[flag] == value, f"{flag} takes {value or 'no value'} in both", documented[flag])
-    for flag in sorted(set(documented) - set(help_opts)):
-        check(False, f"documented option {flag} exists in --help")
+    return documented
 
-    codes = {}
-    for m in re.finditer(r"constexpr int (\w+) = (\d+);", read(os.path.join(SRC, "daemon", "core", "exit_codes.hpp"))):
-        codes[int(m[2])] = m[1]
-    listed = {int(t) for _, t, _ in terms(secs.get("EXIT STATUS", [])) if t.strip().isdigit()}
+
+def check_options(help_opts: dict[str, str], documented: dict[str, str], program: str = "") -> None:
+    """Every --help option is documented with the same value name, and nothing else is.
+    `program`: "dpctl " to name it in the checks."""
+    for flag, value in sorted(help_opts.items()):
+        check(flag in documented, f"{program}{flag} (from --help) is documented")
+        if flag in documented:
+            check(documented[flag] == value, f"{program}{flag} takes {value or 'no value'} in both", documented[flag])
+    for flag in sorted(set(documented) - set(help_opts)):
+        check(False, f"documented option {program}{flag} exists in --help")
+
+
+def documented_statuses(secs: dict[str, list[str]]) -> set[int]:
+    """The exit statuses listed under EXIT STATUS."""
+    return {int(t) for _, t, _ in terms(secs.get("EXIT STATUS", [])) if t.strip().isdigit()}
+
+
+def test_dpengined_8() -> None:
+    _, secs = open_page("dpengined.8")
+    help_opts = help_options()
+    check(len(help_opts) >= 10, f"--help lists options ({len(help_opts)})", help_opts)
+    check_options(help_opts, documented_options(secs.get("OPTIONS", [])))
+
+    codes = {value: name for name, value in int_constants("daemon/core/exit_codes.hpp").items()}
+    listed = documented_statuses(secs)
     for code, name in sorted(codes.items()):
         check(code in listed, f"exit status {code} ({name}) is documented")
     for code in sorted(listed - set(codes)):
         check(False, f"documented exit status {code} exists in exit_codes.hpp")
-
-
-def check_config() -> dict[str, str]:
-    out = run([DPENGINED, "--config", "/dev/null", "--check-config"])
-    values, section = {}, ""
-    for line in out.stdout.splitlines():
-        if m := re.match(r"^\[(\w+)\]$", line):
-            section = m[1]
-        elif m := re.match(r"^(\w+) = (.*)$", line):
-            values[f"{section}.{m[1]}"] = m[2]
-        elif m := re.match(r"^# (\w+) is unset$", line):
-            values[f"{section}.{m[1]}"] = ""
-    return values
 
 
 def same_value(documented: str, actual: str) -> bool:
@@ -162,11 +170,8 @@ def same_value(documented: str, actual: str) -> bool:
 
 
 def test_dpengined_toml_5() -> None:
-    print("== dpengined.toml(5)", flush=True)
-    roff = read(os.path.join(MANDIR, "dpengined.toml.5"))
-    secs = sections(roff)
-    section_order("dpengined.toml.5", list(secs))
-    actual = check_config()
+    _, secs = open_page("dpengined.toml.5")
+    actual = default_config()
     check(len(actual) >= 10, f"--check-config prints keys ({len(actual)})")
     documented: dict[str, str] = {}
     for sub, term, body in terms(secs.get("OPTIONS", [])):
@@ -209,10 +214,7 @@ def dpctl_help() -> tuple[set[str], dict[str, str], set[int]]:
 
 
 def test_dpctl_1() -> None:
-    print("== dpctl(1)", flush=True)
-    roff = read(os.path.join(MANDIR, "dpctl.1"))
-    secs = sections(roff)
-    section_order("dpctl.1", list(secs))
+    _, secs = open_page("dpctl.1")
     out = run([DPCTL, "version"])
     check(out.returncode == 0, "dpctl version exits 0")
 
@@ -227,21 +229,11 @@ def test_dpctl_1() -> None:
     for command in sorted(documented - help_commands):
         check(False, f"documented command dpctl {command} exists in --help")
 
-    doc_options: dict[str, str] = {}
-    for _, term, _ in terms(secs.get("OPTIONS", [])):
-        value = re.search(r"=(\S+)\s*$", term)
-        for flag in re.findall(r"(?<![\w-])(-{1,2}[A-Za-z0-9][A-Za-z0-9-]*)", term):
-            doc_options[flag] = value[1] if value else ""
-    for flag, value in sorted(help_options.items()):
-        check(flag in doc_options, f"dpctl {flag} (from --help) is documented")
-        if flag in doc_options:
-            check(doc_options[flag] == value, f"dpctl {flag} takes {value or 'no value'} in both", doc_options[flag])
-    for flag in sorted(set(doc_options) - set(help_options)):
-        check(False, f"documented option dpctl {flag} exists in --help")
+    check_options(help_options, documented_options(secs.get("OPTIONS", [])), "dpctl ")
 
-    code = {int(m[2]) for m in re.finditer(r"constexpr int (\w+) = (\d+);", read(os.path.join(SRC, "ctl", "verbs.hpp")))} \
+    code = set(int_constants(os.path.join("ctl", "verbs.hpp")).values()) \
         if os.path.exists(os.path.join(SRC, "ctl", "verbs.hpp")) else help_statuses
-    listed = {int(t) for _, t, _ in terms(secs.get("EXIT STATUS", [])) if t.strip().isdigit()}
+    listed = documented_statuses(secs)
     for status in sorted(code | help_statuses):
         check(status in listed, f"dpctl exit status {status} is documented")
     for status in sorted(listed - code - help_statuses):
@@ -249,9 +241,7 @@ def test_dpctl_1() -> None:
 
 
 def test_protocol_7() -> None:
-    print("== dpengine-protocol(7)", flush=True)
-    roff = read(os.path.join(MANDIR, "dpengine-protocol.7"))
-    section_order("dpengine-protocol.7", list(sections(roff)))
+    roff, _ = open_page("dpengine-protocol.7")
     text = plain(roff)
     wire_hpp = read(os.path.join(SRC, "daemon", "core", "wire.hpp"))
     wire_cpp = read(os.path.join(SRC, "daemon", "core", "wire.cpp"))
@@ -320,9 +310,7 @@ def documented_interfaces(roff: str) -> dict[str, dict[str, str]]:
 
 
 def test_bus_5() -> None:
-    print("== org.dpengine1(5)", flush=True)
-    roff = read(os.path.join(MANDIR, "org.dpengine1.5"))
-    section_order("org.dpengine1.5", list(sections(roff)))
+    roff, _ = open_page("org.dpengine1.5")
     actual, documented = introspected_interfaces(), documented_interfaces(roff)
     check(sorted(documented) == sorted(actual), "the page has a section per interface", (sorted(documented), sorted(actual)))
     for iface, members in actual.items():

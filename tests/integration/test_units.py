@@ -23,7 +23,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-from checklist import BUILD, SRC, check, run, run_parts, set_deadline
+from checklist import BUILD, SRC, check, default_config, int_constants, run, run_parts, set_deadline
 from busharness import bus_config
 
 set_deadline(120)
@@ -52,23 +52,6 @@ def seconds(value: str) -> float:
     for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
         total += float(number) * units[unit]
     return total
-
-
-def exit_codes() -> dict[str, int]:
-    with open(os.path.join(SRC, "daemon", "core", "exit_codes.hpp"), encoding="utf-8") as f:
-        return {m[1]: int(m[2]) for m in re.finditer(r"constexpr int (\w+) = (\d+);", f.read())}
-
-
-def check_config_defaults() -> dict[str, str]:
-    exe = os.path.join(BUILD, "daemon", "dpengined")
-    out = run([exe, "--config", "/dev/null", "--check-config"])
-    values, section = {}, ""
-    for line in out.stdout.splitlines():
-        if m := re.match(r"^\[(\w+)\]$", line):
-            section = m[1]
-        elif m := re.match(r"^(\w+) = (.*)$", line):
-            values[f"{section}.{m[1]}"] = m[2]
-    return values
 
 
 def test_security_score() -> None:
@@ -124,13 +107,13 @@ def test_directives() -> None:
     check(seconds(one("WatchdogSec")) > 0, "WatchdogSec= set")
     check(one("Restart") == "on-failure", "Restart=on-failure")
     check(seconds(one("StartLimitIntervalSec")) > 0 and int(one("StartLimitBurst") or 0) > 0, "start limit set")
-    codes = exit_codes()
+    codes = int_constants("daemon/core/exit_codes.hpp")
     prevent = set(" ".join(s.get("RestartPreventExitStatus", [])).split())
     for name in ("config", "refused"):
         check(str(codes[name]) in prevent, f"RestartPreventExitStatus= has {name} = {codes[name]}")
     check(str(codes["failure"]) not in prevent, "exit status 1 (failure) is still restarted")
     check(one("KillMode") == "mixed", "KillMode=mixed")
-    defaults = check_config_defaults()
+    defaults = default_config()
     stop = float(defaults.get("daemon.stop_timeout", "nan"))
     ready = float(defaults.get("handshake.ready_timeout", "nan"))
     # drain (stop_timeout) + ranks' SIGTERM grace (5 s, daemon/node/manager.cpp) + margin
