@@ -22,6 +22,35 @@ from harness import (HOST, Daemon, check, check_eq, check_in, expect, sockets_un
 
 EX_USAGE, EX_CONFIG, EX_FAILURE = 2, 78, 1
 
+RUNTIME = '[daemon]\nruntime_directory = "@RUNTIME@"\n'
+
+# Configs refused with EX_CONFIG: (the file, what the error says ("{path}": the file's path),
+# what is wrong).
+BAD_CONFIGS = [
+    ('# comment\n[data_parallel]\n\nsize = "four"\n\n' + RUNTIME,
+     ['{path}:4: data_parallel.size: expected an integer from 1 to 65536, got "four"'],
+     "wrong type (string for an integer)"),
+    ('[engine]\nstep_time_ms = "fast"\n' + RUNTIME, ["{path}:2: engine.step_time_ms: expected a number"],
+     "wrong type (string for a number)"),
+    ('[daemon]\nstrict = "yes"\nruntime_directory = "@RUNTIME@"\n', ["{path}:2: daemon.strict: expected true or false"],
+     "wrong type (string for a boolean)"),
+    ("[frontend]\nport = 70000\n" + RUNTIME, ["{path}:2: frontend.port: expected an integer from 1 to 65535, got 70000"],
+     "out of range"),
+    ("[frontend]\nidle_timeout = -1\n" + RUNTIME,
+     ["{path}:2: frontend.idle_timeout: expected a number greater than 0, got -1"], "negative timeout"),
+    ("[data_parallel\nsize = 2\n", ["{path}:1:"], "TOML syntax error (file and line)"),
+    ("[data_parallel]\nsize = 2\nsize_local = 3\n" + RUNTIME, ["data_parallel.size_local (3)", "data_parallel.size (2)"],
+     "size_local > size (both values)"),
+    ("[data_parallel]\nsize = 2\nstart_rank = 2\n" + RUNTIME, ["data_parallel.start_rank (2)", "data_parallel.size (2)"],
+     "start_rank out of range"),
+    ("[data_parallel]\nsize = 4\nsize_local = 2\nrpc_port = 0\n" + RUNTIME, ["data_parallel.rpc_port must not be 0"],
+     "rpc_port 0 with remote ranks"),
+    ('[node]\nrole = "headless"\n[data_parallel]\nsize = 4\n' + RUNTIME, ["headless node needs data_parallel.size_local"],
+     "headless node without size_local"),
+    ('[node]\nrole = "tail"\n' + RUNTIME, ['{path}:2: node.role: expected "head" or "headless"'], "bad role"),
+    ('[engine]\nbackend = "cuda-nope"\n' + RUNTIME, ["unknown backend 'cuda-nope'"], "unknown backend"),
+]
+
 
 class Scratch:
     """A temp directory for config files; each config gets a runtime directory that must not
@@ -128,46 +157,12 @@ def main() -> None:
         run_bad(path, runtime, ["--strict"], EX_CONFIG, [f"{path}:1: unknown section '[bogus]'"],
                 "unknown section with --strict")
 
-        log("wrong types and ranges:")
-        path, runtime = s.config('# comment\n[data_parallel]\n\nsize = "four"\n\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG,
-                [f"{path}:4: data_parallel.size: expected an integer from 1 to 65536, got \"four\""],
-                "wrong type (string for an integer)")
-        path, runtime = s.config('[engine]\nstep_time_ms = "fast"\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, [f"{path}:2: engine.step_time_ms: expected a number"],
-                "wrong type (string for a number)")
-        path, runtime = s.config('[daemon]\nstrict = "yes"\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, [f"{path}:2: daemon.strict: expected true or false"],
-                "wrong type (string for a boolean)")
-        path, runtime = s.config('[frontend]\nport = 70000\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, [f"{path}:2: frontend.port: expected an integer from 1 to 65535, got 70000"],
-                "out of range")
-        path, runtime = s.config('[frontend]\nidle_timeout = -1\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, [f"{path}:2: frontend.idle_timeout: expected a number greater than 0, got -1"],
-                "negative timeout")
-        path, runtime = s.config('[data_parallel\nsize = 2\n')
-        run_bad(path, runtime, [], EX_CONFIG, [f"{path}:1:"], "TOML syntax error (file and line)")
+        log("wrong types and ranges, inconsistent values:")
+        for text, needles, what in BAD_CONFIGS:
+            path, runtime = s.config(text)
+            run_bad(path, runtime, [], EX_CONFIG, [n.format(path=path) for n in needles], what)
         missing = os.path.join(s.dir, "does-not-exist.toml")
         run_bad(missing, os.path.join(s.dir, "none"), [], EX_CONFIG, [f"cannot read {missing}"], "missing config file")
-
-        log("inconsistent values:")
-        path, runtime = s.config('[data_parallel]\nsize = 2\nsize_local = 3\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, ["data_parallel.size_local (3)", "data_parallel.size (2)"],
-                "size_local > size (both values)")
-        path, runtime = s.config('[data_parallel]\nsize = 2\nstart_rank = 2\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, ["data_parallel.start_rank (2)", "data_parallel.size (2)"],
-                "start_rank out of range")
-        path, runtime = s.config('[data_parallel]\nsize = 4\nsize_local = 2\nrpc_port = 0\n'
-                                 '[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, ["data_parallel.rpc_port must not be 0"], "rpc_port 0 with remote ranks")
-        path, runtime = s.config('[node]\nrole = "headless"\n[data_parallel]\nsize = 4\n'
-                                 '[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, ["headless node needs data_parallel.size_local"],
-                "headless node without size_local")
-        path, runtime = s.config('[node]\nrole = "tail"\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, [f"{path}:2: node.role: expected \"head\" or \"headless\""], "bad role")
-        path, runtime = s.config('[engine]\nbackend = "cuda-nope"\n[daemon]\nruntime_directory = "@RUNTIME@"\n')
-        run_bad(path, runtime, [], EX_CONFIG, ["unknown backend 'cuda-nope'"], "unknown backend")
 
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind((HOST, 0))
