@@ -237,14 +237,20 @@ struct Text {
 };
 using Raw = std::variant<int64_t, double, bool, std::string, Text, StringList, StringTable>;
 
+// A command-line value as a number of type T when the whole text is one.
+template <class T>
+std::optional<T> parse_whole(std::string_view text)
+{
+    T v;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec == std::errc() && end == text.data() + text.size()) return v;
+    return std::nullopt;
+}
+
 std::optional<int64_t> as_integer(const Raw& raw)
 {
     if (auto* i = std::get_if<int64_t>(&raw)) return *i;
-    if (auto* t = std::get_if<Text>(&raw)) {
-        int64_t v;
-        auto [end, ec] = std::from_chars(t->text.data(), t->text.data() + t->text.size(), v);
-        if (ec == std::errc() && end == t->text.data() + t->text.size()) return v;
-    }
+    if (auto* t = std::get_if<Text>(&raw)) return parse_whole<int64_t>(t->text);
     return std::nullopt;
 }
 
@@ -253,11 +259,7 @@ std::optional<double> as_number(const Raw& raw)
 {
     if (auto* d = std::get_if<double>(&raw)) return *d;
     if (auto* i = std::get_if<int64_t>(&raw)) return static_cast<double>(*i);
-    if (auto* t = std::get_if<Text>(&raw)) {
-        double v;
-        auto [end, ec] = std::from_chars(t->text.data(), t->text.data() + t->text.size(), v);
-        if (ec == std::errc() && end == t->text.data() + t->text.size()) return v;
-    }
+    if (auto* t = std::get_if<Text>(&raw)) return parse_whole<double>(t->text);
     return std::nullopt;
 }
 

@@ -250,6 +250,23 @@ std::string raw_body(uint64_t type, const std::function<void(Writer&)>& body) {
     return raw(protocol_major, protocol_minor, type, 0, body);
 }
 
+// A body of message `type` that decoding must refuse as malformed, with an error message
+// that contains `mentions`.
+struct MalformedBody {
+    const char* what;
+    uint64_t type;
+    std::function<void(Writer&)> body;
+    std::string mentions = "";
+};
+
+void check_malformed(const std::vector<MalformedBody>& cases) {
+    for (const auto& c : cases) {
+        INFO(c.what);
+        Error e = decode_error(raw_body(c.type, c.body), "malformed");
+        CHECK_THAT(e.message, Catch::Contains(c.mentions));
+    }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -580,215 +597,173 @@ TEST_CASE("wire: the header must be an array of exactly 5 fields", "[wire]") {
 
 TEST_CASE("wire: wrong field types are malformed", "[wire]") {
     SECTION("header fields") {
-        std::string out;
-        Writer w(out);
-        w.array(5);
-        w.str("1");
-        w.uint(0);
-        w.uint(1);
-        w.uint(0);
-        w.map(0);
-        decode_error(out, "malformed");
-
-        std::string neg_epoch;
-        Writer w2(neg_epoch);
-        w2.array(5);
-        w2.uint(1);
-        w2.uint(0);
-        w2.uint(8);
-        w2.sint(-1);
-        w2.map(0);
-        decode_error(neg_epoch, "malformed");
-
-        std::string str_type;
-        Writer w3(str_type);
-        w3.array(5);
-        w3.uint(1);
-        w3.uint(0);
-        w3.str("hello");
-        w3.uint(0);
-        w3.map(0);
-        decode_error(str_type, "malformed");
+        // [major, minor, type, epoch] with one field of the wrong type, then an empty body.
+        const std::function<void(Writer&)> headers[] = {
+            [](Writer& w) { w.str("1"); w.uint(0); w.uint(1); w.uint(0); },      // major as a string
+            [](Writer& w) { w.uint(1); w.uint(0); w.uint(8); w.sint(-1); },      // a negative epoch
+            [](Writer& w) { w.uint(1); w.uint(0); w.str("hello"); w.uint(0); },  // type as a string
+        };
+        for (const auto& fields : headers) {
+            std::string out;
+            Writer w(out);
+            w.array(5);
+            fields(w);
+            w.map(0);
+            decode_error(out, "malformed");
+        }
     }
     SECTION("body that is not a map") {
         decode_error(raw_body(1, [](Writer& w) { w.array(0); }), "malformed");
         decode_error(raw_body(5, [](Writer& w) { w.str("id"); }), "malformed");
         decode_error(raw_body(7, [](Writer& w) { w.nil(); }), "malformed");
     }
-    SECTION("a key that is not a string") {
-        decode_error(raw_body(8, [](Writer& w) {
-                         w.map(1);
-                         w.uint(1);
-                         w.uint(2);
-                     }),
-                     "malformed");
-    }
-    SECTION("HELLO rank as a string") {
-        Error e = decode_error(raw_body(1, [](Writer& w) {
-                                   w.map(2);
-                                   w.str("rank"); w.str("3");
-                                   w.str("incarnation"); w.uint(1);
-                               }),
-                               "malformed");
-        CHECK_THAT(e.message, Catch::Contains("string"));
-    }
-    SECTION("HELLO node as an integer") {
-        decode_error(raw_body(1, [](Writer& w) {
-                         w.map(3);
-                         w.str("rank"); w.uint(3);
-                         w.str("incarnation"); w.uint(1);
-                         w.str("node"); w.uint(1);
-                     }),
-                     "malformed");
-    }
-    SECTION("a negative rank") {
-        decode_error(raw_body(1, [](Writer& w) {
-                         w.map(2);
-                         w.str("rank"); w.sint(-1);
-                         w.str("incarnation"); w.uint(1);
-                     }),
-                     "malformed");
-    }
-    SECTION("a 32-bit field given a value above 2^32-1") {
-        decode_error(raw_body(1, [](Writer& w) {
-                         w.map(2);
-                         w.str("rank"); w.uint(0x100000000ULL);
-                         w.str("incarnation"); w.uint(1);
-                     }),
-                     "malformed");
-        decode_error(raw_body(5, [](Writer& w) {
-                         w.map(2);
-                         w.str("id"); w.uint(1);
-                         w.str("max_tokens"); w.uint(0x100000000ULL);
-                     }),
-                     "malformed");
-    }
-    SECTION("ADD stop as a string instead of a list") {
-        decode_error(raw_body(5, [](Writer& w) {
-                         w.map(3);
-                         w.str("id"); w.uint(1);
-                         w.str("max_tokens"); w.uint(1);
-                         w.str("stop"); w.str("END");
-                     }),
-                     "malformed");
-        decode_error(raw_body(5, [](Writer& w) {
-                         w.map(3);
-                         w.str("id"); w.uint(1);
-                         w.str("max_tokens"); w.uint(1);
-                         w.str("stop"); w.array(1); w.uint(5);
-                     }),
-                     "malformed");
-    }
-    SECTION("ADD temperature as a string") {
-        decode_error(raw_body(5, [](Writer& w) {
-                         w.map(3);
-                         w.str("id"); w.uint(1);
-                         w.str("max_tokens"); w.uint(1);
-                         w.str("temperature"); w.str("hot");
-                     }),
-                     "malformed");
-    }
-    SECTION("ABORT ids with a negative id") {
-        decode_error(raw_body(6, [](Writer& w) {
-                         w.map(1);
-                         w.str("ids"); w.array(2); w.uint(1); w.sint(-2);
-                     }),
-                     "malformed");
-    }
-    SECTION("OUTPUTS item that is not an array, or too short") {
-        decode_error(raw_body(7, [](Writer& w) {
-                         w.map(1);
-                         w.str("items"); w.array(1); w.map(0);
-                     }),
-                     "malformed");
-        decode_error(raw_body(7, [](Writer& w) {
-                         w.map(1);
-                         w.str("items"); w.array(1);
-                         w.array(4); w.uint(1); w.str("t"); w.uint(1); w.str("");
-                     }),
-                     "malformed");
-        decode_error(raw_body(7, [](Writer& w) {
-                         w.map(1);
-                         w.str("items"); w.array(1);
-                         w.array(5); w.uint(1); w.uint(1); w.uint(1); w.str(""); w.uint(0);  // text not a string
-                     }),
-                     "malformed");
-    }
-    SECTION("CONFIG engine that is not a map") {
-        decode_error(raw_body(2, [](Writer& w) {
-                         w.map(3);
-                         w.str("dp_size"); w.uint(1);
-                         w.str("rank"); w.uint(0);
-                         w.str("engine"); w.str("synthetic");
-                     }),
-                     "malformed");
+    SECTION("body fields") {
+        check_malformed({
+            {"a key that is not a string", 8,
+             [](Writer& w) {
+                 w.map(1);
+                 w.uint(1); w.uint(2);
+             }},
+            {"HELLO rank as a string", 1,
+             [](Writer& w) {
+                 w.map(2);
+                 w.str("rank"); w.str("3");
+                 w.str("incarnation"); w.uint(1);
+             },
+             "string"},
+            {"HELLO node as an integer", 1,
+             [](Writer& w) {
+                 w.map(3);
+                 w.str("rank"); w.uint(3);
+                 w.str("incarnation"); w.uint(1);
+                 w.str("node"); w.uint(1);
+             }},
+            {"a negative rank", 1,
+             [](Writer& w) {
+                 w.map(2);
+                 w.str("rank"); w.sint(-1);
+                 w.str("incarnation"); w.uint(1);
+             }},
+            {"a 32-bit field (HELLO rank) given a value above 2^32-1", 1,
+             [](Writer& w) {
+                 w.map(2);
+                 w.str("rank"); w.uint(0x100000000ULL);
+                 w.str("incarnation"); w.uint(1);
+             }},
+            {"a 32-bit field (ADD max_tokens) given a value above 2^32-1", 5,
+             [](Writer& w) {
+                 w.map(2);
+                 w.str("id"); w.uint(1);
+                 w.str("max_tokens"); w.uint(0x100000000ULL);
+             }},
+            {"ADD stop as a string instead of a list", 5,
+             [](Writer& w) {
+                 w.map(3);
+                 w.str("id"); w.uint(1);
+                 w.str("max_tokens"); w.uint(1);
+                 w.str("stop"); w.str("END");
+             }},
+            {"ADD stop as a list of integers", 5,
+             [](Writer& w) {
+                 w.map(3);
+                 w.str("id"); w.uint(1);
+                 w.str("max_tokens"); w.uint(1);
+                 w.str("stop"); w.array(1); w.uint(5);
+             }},
+            {"ADD temperature as a string", 5,
+             [](Writer& w) {
+                 w.map(3);
+                 w.str("id"); w.uint(1);
+                 w.str("max_tokens"); w.uint(1);
+                 w.str("temperature"); w.str("hot");
+             }},
+            {"ABORT ids with a negative id", 6,
+             [](Writer& w) {
+                 w.map(1);
+                 w.str("ids"); w.array(2); w.uint(1); w.sint(-2);
+             }},
+            {"OUTPUTS item that is not an array", 7,
+             [](Writer& w) {
+                 w.map(1);
+                 w.str("items"); w.array(1); w.map(0);
+             }},
+            {"OUTPUTS item that is too short", 7,
+             [](Writer& w) {
+                 w.map(1);
+                 w.str("items"); w.array(1);
+                 w.array(4); w.uint(1); w.str("t"); w.uint(1); w.str("");
+             }},
+            {"OUTPUTS item whose text is not a string", 7,
+             [](Writer& w) {
+                 w.map(1);
+                 w.str("items"); w.array(1);
+                 w.array(5); w.uint(1); w.uint(1); w.uint(1); w.str(""); w.uint(0);
+             }},
+            {"CONFIG engine that is not a map", 2,
+             [](Writer& w) {
+                 w.map(3);
+                 w.str("dp_size"); w.uint(1);
+                 w.str("rank"); w.uint(0);
+                 w.str("engine"); w.str("synthetic");
+             }},
+        });
     }
 }
 
 TEST_CASE("wire: missing required fields are malformed and named", "[wire]") {
-    struct Case {
-        const char* what;
-        uint64_t type;
-        std::function<void(Writer&)> body;
-        const char* field;
-    };
-    const std::vector<Case> cases = {
+    // The error names the missing field.
+    check_malformed({
         {"HELLO without rank", 1,
          [](Writer& w) {
              w.map(2);
              w.str("node"); w.str("n");
              w.str("incarnation"); w.uint(1);
          },
-         "rank"},
+         "'rank'"},
         {"HELLO without incarnation", 1,
          [](Writer& w) {
              w.map(2);
              w.str("rank"); w.uint(1);
              w.str("local_rank"); w.uint(0);
          },
-         "incarnation"},
-        {"HELLO with an empty body", 1, [](Writer& w) { w.map(0); }, "rank"},
+         "'incarnation'"},
+        {"HELLO with an empty body", 1, [](Writer& w) { w.map(0); }, "'rank'"},
         {"ADD without id", 5,
          [](Writer& w) {
              w.map(2);
              w.str("prompt"); w.str("hi");
              w.str("max_tokens"); w.uint(3);
          },
-         "id"},
+         "'id'"},
         {"ADD without max_tokens", 5,
          [](Writer& w) {
              w.map(2);
              w.str("id"); w.uint(1);
              w.str("prompt"); w.str("hi");
          },
-         "max_tokens"},
+         "'max_tokens'"},
         {"CONFIG without dp_size", 2,
          [](Writer& w) {
              w.map(2);
              w.str("rank"); w.uint(0);
              w.str("epoch"); w.uint(1);
          },
-         "dp_size"},
+         "'dp_size'"},
         {"CONFIG without rank", 2,
          [](Writer& w) {
              w.map(2);
              w.str("dp_size"); w.uint(2);
              w.str("epoch"); w.uint(1);
          },
-         "rank"},
+         "'rank'"},
         {"HELLO whose rank is only inside an unknown key", 1,
          [](Writer& w) {
              w.map(2);
              w.str("other"); w.map(1); w.str("rank"); w.uint(1);
              w.str("incarnation"); w.uint(1);
          },
-         "rank"},
-    };
-    for (const auto& c : cases) {
-        INFO(c.what);
-        Error e = decode_error(raw_body(c.type, c.body), "malformed");
-        CHECK_THAT(e.message, Catch::Contains(std::string("'") + c.field + "'"));
-    }
+         "'rank'"},
+    });
 }
 
 TEST_CASE("wire: more than 16 stop strings are refused", "[wire]") {
