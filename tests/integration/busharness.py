@@ -35,7 +35,8 @@ import xml.etree.ElementTree as ET
 from typing import Optional
 
 import harness
-from harness import Completed, TestFailure, build_dir, kill_pid_and_group, log, slow_factor, tail, wait_until
+from harness import (Completed, TestFailure, build_dir, communicate_within, log, slow_factor,
+                     stop_process_group, tail, wait_until)
 
 SOURCE_DIR = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 POLICY_FILE = os.path.join(SOURCE_DIR, "etc", "dbus-1", "org.dpengine1.conf")
@@ -150,12 +151,7 @@ class SystemBus:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
             return
-        kill_pid_and_group(self.proc.pid, sig)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            kill_pid_and_group(self.proc.pid)
-            self.proc.wait(10)
+        stop_process_group(self.proc, sig, 10)
         if self.proc.stdout:
             self.proc.stdout.close()
         _unregister(self.proc)
@@ -205,13 +201,8 @@ def run(argv: list[str], env: Optional[dict] = None, timeout: float = 30.0, user
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, start_new_session=True)
     _register(proc)
     try:
-        out, err = proc.communicate(input_text.encode() if input_text is not None else None,
-                                    timeout=timeout * slow_factor())
-    except subprocess.TimeoutExpired:
-        kill_pid_and_group(proc.pid)
-        out, err = proc.communicate()
-        raise TestFailure(f"{' '.join(argv)} did not exit within {timeout * slow_factor():.0f} s; stderr:\n"
-                          f"{tail(err.decode('utf-8', 'replace'))}")
+        out, err = communicate_within(proc, timeout, " ".join(argv),
+                                      input_text.encode() if input_text is not None else None)
     finally:
         _unregister(proc)
     return Completed(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
@@ -320,12 +311,7 @@ class Monitor:
     def stop(self) -> None:
         if self.proc is None:
             return
-        kill_pid_and_group(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            kill_pid_and_group(self.proc.pid)
-            self.proc.wait(5)
+        stop_process_group(self.proc, signal.SIGTERM, 5)
         if self._thread:
             self._thread.join(2)
         _unregister(self.proc)

@@ -427,6 +427,29 @@ def kill_pid_and_group(pid: int, sig: int = signal.SIGKILL, group_only: bool = F
             pass
 
 
+def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    """Sends `sig` to a process and its group; SIGKILL if it has not exited after `grace` s."""
+    kill_pid_and_group(proc.pid, sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        kill_pid_and_group(proc.pid)
+        proc.wait(grace)
+
+
+def communicate_within(proc: subprocess.Popen, timeout: float, what: str,
+                       input_bytes: Optional[bytes] = None) -> tuple[bytes, bytes]:
+    """proc.communicate() bounded by `timeout` (times slow_factor()); past it the process and
+    its group are killed and the test fails with `what` and the end of its stderr."""
+    try:
+        return proc.communicate(input_bytes, timeout=timeout * slow_factor())
+    except subprocess.TimeoutExpired:
+        kill_pid_and_group(proc.pid)
+        _, err = proc.communicate()
+        raise TestFailure(f"{what} did not exit within {timeout * slow_factor():.0f} s; stderr:\n"
+                          f"{tail(err.decode('utf-8', 'replace'))}")
+
+
 def socket_inodes(pid: int) -> set[str]:
     """The sockets a process has open, as "socket:[inode]" (shared ones are the same socket)."""
     out = set()
@@ -570,12 +593,7 @@ def run_dpengined(args: Iterable[str], timeout: float = 20.0, env: Optional[dict
     with _registry_lock:
         _live_procs.add(proc)
     try:
-        out, err = proc.communicate(timeout=timeout * slow_factor())
-    except subprocess.TimeoutExpired:
-        kill_pid_and_group(proc.pid)
-        out, err = proc.communicate()
-        raise TestFailure(f"dpengined {' '.join(args)} did not exit within {timeout * slow_factor():.0f} s;"
-                          f" output:\n{tail(err.decode('utf-8', 'replace'))}")
+        out, err = communicate_within(proc, timeout, f"dpengined {' '.join(args)}")
     finally:
         elapsed = time.monotonic() - start
         leftovers: list[int] = []
@@ -813,6 +831,16 @@ def check_log_clean(d: "Daemon") -> None:
     bad = [l for l in d.log_text().splitlines()
            if re.search(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error:|killed by signal (SEGV|ABRT|BUS|ILL)", l)]
     check(not bad, f"[{d.name}] no sanitizer report or crash in the log", "\n".join(bad[:10]))
+
+
+def check_serves(d: "Daemon", what: str) -> None:
+    """The daemon still answers a completion with exactly the expected text, and still runs
+    (after or during `what`)."""
+    prompt = f"still serving: {what}"
+    status, body = post_json(d.port, "/v1/completions", {"prompt": prompt, "max_tokens": 5})
+    check(status == 200 and body["choices"][0]["text"] == synthetic_completion(prompt, 0, 5).text,
+          f"the daemon serves a completion ({what})", (status, body))
+    check(d.running(), f"the daemon is running ({what})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1154,6 +1182,12 @@ def parse_metric_samples(text: str, name: str) -> list:
 def per_rank_metric(port: int, name: str) -> dict[int, float]:
     """One per-rank /metrics family as {rank: value}."""
     return {int(labels["rank"]): value for labels, value in metric_samples(port, name)}
+
+
+def dp_group_epochs(d: "Daemon") -> list[tuple[int, list[int]]]:
+    """Lockstep mode: every DP group the head formed so far, from its log: (epoch, ranks)."""
+    return [(int(m[1]), [int(r) for r in m[2].split(",")])
+            for m in re.finditer(r"DP group epoch (\d+): \d+ rank\(s\) \[([\d,]*)\]", d.log_text())]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,21 +9,15 @@ completes with the right text or fails with a clear error naming rank 2.
 """
 
 import os
-import re
 import signal
 import threading
 
-from harness import (Daemon, check, log, run_test, slow_factor, stream_errors, stream_sse_full, stream_text,
-                     synthetic_completion, wait_until)
+from harness import (Daemon, check, dp_group_epochs, log, run_test, slow_factor, stream_errors, stream_sse_full,
+                     stream_text, synthetic_completion, wait_until)
 
 DP = 4
 VICTIM = 2
 MAX_TOKENS = 200
-
-
-def group_epochs(d: Daemon) -> list[tuple[int, list[int]]]:
-    return [(int(m[1]), [int(r) for r in m[2].split(",")])
-            for m in re.finditer(r"DP group epoch (\d+): \d+ rank\(s\) \[([\d,]*)\]", d.log_text())]
 
 
 def main() -> None:
@@ -32,7 +26,7 @@ def main() -> None:
               "supervision": {"restart_backoff": 0.5}}
     with Daemon(config, name="lockstep-stall") as d:
         d.wait_ready(30)
-        check(wait_until(lambda: [e for e, m in group_epochs(d) if m == list(range(DP))], 30),
+        check(wait_until(lambda: [e for e, m in dp_group_epochs(d) if m == list(range(DP))], 30),
               "the head forms the group of all four ranks")
         victim_pid = d.ranks()[VICTIM]
         results: dict[int, object] = {}
@@ -47,7 +41,7 @@ def main() -> None:
         for t in threads:
             t.start()
         check(all(e.wait(10 * slow_factor()) for e in started), "every stream produced its first token")
-        epoch_before = max(e for e, _ in group_epochs(d))
+        epoch_before = max(e for e, _ in dp_group_epochs(d))
 
         log(f"SIGSTOP to rank {VICTIM} (pid {victim_pid})")
         os.kill(victim_pid, signal.SIGSTOP)
@@ -56,7 +50,7 @@ def main() -> None:
             check(timed_out, "the other ranks' collective times out (no hang)",
                   "\n".join(l for l in d.log_text().splitlines() if "DP group" in l))
             survivors = [r for r in range(DP) if r != VICTIM]
-            check(wait_until(lambda: [e for e, m in group_epochs(d) if e > epoch_before and m == survivors], 30),
+            check(wait_until(lambda: [e for e, m in dp_group_epochs(d) if e > epoch_before and m == survivors], 30),
                   f"the group re-forms with ranks {survivors} once rank {VICTIM} is declared lost",
                   d.log_text()[-3000:])
         finally:
@@ -64,7 +58,7 @@ def main() -> None:
                 os.kill(victim_pid, signal.SIGCONT)  # if the supervisor has not replaced it yet
             except ProcessLookupError:
                 pass
-        check(wait_until(lambda: [e for e, m in group_epochs(d) if e > epoch_before and m == list(range(DP))], 40),
+        check(wait_until(lambda: [e for e, m in dp_group_epochs(d) if e > epoch_before and m == list(range(DP))], 40),
               "the group re-forms with all four ranks after the stalled rank was replaced", d.log_text()[-3000:])
 
         for t in threads:
