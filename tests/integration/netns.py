@@ -7,7 +7,7 @@ Builds on harness.py (Daemon, HTTP helpers, synthetic_text, run_test) and adds:
                "p-<node>" on the bridge). Node N gets 10.213.1.N/24 and fd00:213:1::N/64
                (nodad). Everything is removed by close(), which kills whatever still runs in
                the namespaces; namespaces of earlier runs whose test process is gone are swept
-               on the next start.
+               on the next start. add_nodes() adds a head's namespace and others that reach it.
   - Namespace: one node. run()/popen() run a program inside it (`ip netns exec`);
                entered() moves the *calling thread* into it with setns(2) (ctypes: Debian's
                Python 3.11 has no os.setns), so sockets made there live in the namespace and
@@ -26,7 +26,8 @@ Builds on harness.py (Daemon, HTTP helpers, synthetic_text, run_test) and adds:
                CURVE when given keys (NULL or PLAIN otherwise), that speaks the handshake;
                ServingPeer runs one as a rank in a thread (READY, HEARTBEAT, OUTPUTS).
   - Cluster:   a head and headless nodes with generated keys and config files; each node's
-               rank processes are NodeDaemon.ranks() ({rank: pid}; SIGSTOP them to hang one).
+               rank processes are NodeDaemon.ranks() ({rank: pid}; SIGSTOP them to hang one);
+               start_ready() starts daemons together and waits until each is ready.
   - Load:      completion_load() (concurrent completions checked against the synthetic
                backend), rank_switches() (evidence that a rank ran engine steps), and
                seed_example() (the seed's two examples, shared by the IPv4 and IPv6 tests).
@@ -265,6 +266,15 @@ class Network:
         ns.ip("addr", "add", f"{ns.ipv6}/64", "dev", ns.interface, "nodad")
         ns.ip("link", "set", ns.interface, "up")
         return ns
+
+    def add_nodes(self, first: str, *others: str) -> list[Namespace]:
+        """Namespaces `first` (the head, usually) and `others` on the LAN, each of the others
+        able to reach `first` when this returns."""
+        hub = self.add_node(first)
+        spokes = [self.add_node(short) for short in others]
+        for ns in spokes:
+            self.wait_reachable(ns, hub)
+        return [hub, *spokes]
 
     def wait_reachable(self, a: Namespace, b: Namespace, timeout: float = 10.0) -> None:
         """Waits until `a` can send to `b` over both families (links come up asynchronously):
@@ -1200,6 +1210,15 @@ class Cluster:
         self.daemons.append(d)
         return d
 
+    @staticmethod
+    def start_ready(*daemons: NodeDaemon, timeout: float = 30.0) -> None:
+        """Starts the daemons (together: a headless node's ranks wait for the head) and waits
+        until each is ready."""
+        for d in daemons:
+            d.start()
+        for d in daemons:
+            d.wait_ready(timeout)
+
 
 def ready_lines(head: Daemon) -> dict[int, str]:
     """{rank: node} from the head's "rank N is ready on node X" log lines (the last per rank)."""
@@ -1311,9 +1330,7 @@ def seed_example(example: int, family: str, bracketed: bool = False, insecure: b
     log(f"--- {what}")
     tag = f"e{example}{family[-1]}{'i' if insecure else ''}"
     with Network(tag) as net:
-        a = net.add_node("head")
-        b = net.add_node("b")
-        net.wait_reachable(b, a)
+        a, b = net.add_nodes("head", "b")
         with Cluster(net, family, insecure=insecure) as c:
             if example == 1:
                 head = c.head(a, dp=4, dpl=2, authorized=[("node-b", "2-3")], bracketed=bracketed)
@@ -1324,10 +1341,7 @@ def seed_example(example: int, family: str, bracketed: bool = False, insecure: b
                 node_b = c.headless(b, "node-b", dp=4, dpl=4, dpr=0, bracketed=bracketed)
                 where = {r: "node-b" for r in range(4)}
             capture = Capture(b, c.tmp, c.rpc_port).start()
-            head.start()
-            node_b.start()
-            head.wait_ready(30)
-            node_b.wait_ready(30)
+            c.start_ready(head, node_b)
             endpoint = c.endpoint()
             check(f"ranks connect to {endpoint}" in head.log_text(), f"the head binds {endpoint}")
             check_eq = harness.check_eq

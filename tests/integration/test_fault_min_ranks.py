@@ -16,8 +16,7 @@ from netns import Cluster, Network
 
 def main() -> None:
     with Network("fm") as net:
-        a, b = net.add_node("head"), net.add_node("b")
-        net.wait_reachable(b, a)
+        a, b = net.add_nodes("head", "b")
         with Cluster(net, "ipv4", handshake={"ready_timeout": 3.0}) as c:
             head, node_b = faults.two_nodes(c, a, b, head_config={"data_parallel": {"min_ranks": 2}})
             head.start()

@@ -107,9 +107,7 @@ def record_session(ns, listen_host: str, target: tuple, key, server_key: str, en
 def main() -> None:
     harness.raise_fd_limit(8192)
     with Network("hp") as net:
-        a, b, p = net.add_node("head"), net.add_node("b"), net.add_node("p")
-        net.wait_reachable(b, a)
-        net.wait_reachable(p, a)
+        a, b, p = net.add_nodes("head", "b", "p")
         with Cluster(net, "ipv4", handshake={"refusal_rate_limit": RATE_LIMIT, "refusal_mute": MUTE_SECONDS}) as c:
             head = c.head(a, dp=2, dpl=1, authorized=[("node-b", "1-1"), ("node-p", None)],
                           config={"daemon": {"max_message_bytes": MAX_MESSAGE_BYTES}})

@@ -94,17 +94,12 @@ def placement(bus) -> dict[str, str]:
 
 def main() -> None:
     with Network("as") as net, SystemBus() as bus_a, SystemBus() as bus_b, SystemBus() as bus_c:
-        a, b, cns = net.add_node("head"), net.add_node("b"), net.add_node("c")
-        net.wait_reachable(b, a)
-        net.wait_reachable(cns, a)
+        a, b, cns = net.add_nodes("head", "b", "c")
         with Cluster(net, "ipv4") as c:
             head = c.head(a, dp=DP, dpl=2, authorized=[("node-b", None), ("node-c", None)], env=bus_a.env)
             node_b = c.headless(b, "node-b", dp=DP, dpl=3, dpr=None, env=bus_b.env)
             node_c = c.headless(cns, "node-c", dp=DP, dpl=2, dpr=None, env=bus_c.env)
-            head.start()
-            node_b.start()
-            head.wait_ready(30)
-            node_b.wait_ready(30)
+            c.start_ready(head, node_b)
             check(head.wait_ready_ranks(DP, 30), f"the head has {DP} ready ranks", head.health())
             check(wait_for_name(bus_a, 10), "the head owns org.dpengine1")
             check_eq(placement(bus_a), {"head": "0-1", "node-b": "2-4"},

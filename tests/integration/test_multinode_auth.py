@@ -22,9 +22,7 @@ from netns import (Cluster, Network, Peer, completion_load, make_key, raw_tcp_ex
 
 def main() -> None:
     with Network("au") as net:
-        a, b, cns = net.add_node("head"), net.add_node("b"), net.add_node("c")
-        net.wait_reachable(b, a)
-        net.wait_reachable(cns, a)
+        a, b, cns = net.add_nodes("head", "b", "c")
         with Cluster(net, "ipv4") as c:
             head = c.head(a, dp=4, dpl=2, authorized=[("node-b", "2-2")])
             node_b = c.headless(b, "node-b", dp=4, dpl=1, dpr=2)

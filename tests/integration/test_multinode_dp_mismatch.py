@@ -20,8 +20,7 @@ MESSAGE = "data_parallel.size: this node says 8, the head has 4"
 
 def main() -> None:
     with Network("dm") as net:
-        a, b = net.add_node("head"), net.add_node("b")
-        net.wait_reachable(b, a)
+        a, b = net.add_nodes("head", "b")
         with Cluster(net, "ipv4") as c:
             head = c.head(a, dp=4, dpl=2, authorized=[("node-b", "2-3")])
             wrong = c.headless(b, "node-b", dp=8, dpl=2, dpr=2)

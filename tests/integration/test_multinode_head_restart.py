@@ -30,15 +30,11 @@ def serve_check(head, node_b, what: str) -> None:
 
 def main() -> None:
     with Network("hr") as net:
-        a, b = net.add_node("head"), net.add_node("b")
-        net.wait_reachable(b, a)
+        a, b = net.add_nodes("head", "b")
         with Cluster(net, "ipv4") as c:
             head = c.head(a, dp=4, dpl=2, authorized=[("node-b", "2-3")])
             node_b = c.headless(b, "node-b", dp=4, dpl=2, dpr=2)
-            head.start()
-            node_b.start()
-            head.wait_ready(30)
-            node_b.wait_ready(30)
+            c.start_ready(head, node_b)
             node_b_pid, node_b_ranks = node_b.pid, node_b.ranks()
             check_eq(sorted(node_b_ranks), [2, 3], "node B's ranks")
             serve_check(head, node_b, "before the restart")

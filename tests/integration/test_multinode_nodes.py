@@ -32,15 +32,11 @@ def node_by_name(nodes: list[dict]) -> dict[str, dict]:
 
 def main() -> None:
     with Network("nv") as net, SystemBus() as bus_a, SystemBus() as bus_b:
-        a, b = net.add_node("head"), net.add_node("b")
-        net.wait_reachable(b, a)
+        a, b = net.add_nodes("head", "b")
         with Cluster(net, "ipv4") as c:
             head = c.head(a, dp=4, dpl=2, authorized=[("node-b", "2-3")], env=bus_a.env)
             node_b = c.headless(b, "node-b", dp=4, dpl=2, dpr=2, env=bus_b.env)
-            head.start()
-            node_b.start()
-            head.wait_ready(30)
-            node_b.wait_ready(30)
+            c.start_ready(head, node_b)
             check(head.wait_ready_ranks(4, 30), "the head has 4 ready ranks", head.health())
             check(wait_for_name(bus_a, 10) and wait_for_name(bus_b, 10), "both daemons own org.dpengine1 on their bus")
 

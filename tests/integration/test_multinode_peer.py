@@ -34,8 +34,7 @@ def expected(prompt: str, rid: int, max_tokens: int) -> str:
 
 def main() -> None:
     with Network("pe") as net:
-        a, p = net.add_node("head"), net.add_node("p")
-        net.wait_reachable(p, a)
+        a, p = net.add_nodes("head", "p")
         with Cluster(net, "ipv6", handshake={"heartbeat_interval": 1.0, "heartbeat_timeout": 3.0}) as c:
             head = c.head(a, dp=1, dpl=0, authorized=[("node-p", "0-0")])
             head.start()

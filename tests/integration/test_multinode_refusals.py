@@ -37,16 +37,11 @@ def expect_refused(peer: Peer, what: str, codes: tuple, send, message_has: tuple
 
 def main() -> None:
     with Network("rf") as net:
-        a, b, p = net.add_node("head"), net.add_node("b"), net.add_node("p")
-        net.wait_reachable(b, a)
-        net.wait_reachable(p, a)
+        a, b, p = net.add_nodes("head", "b", "p")
         with Cluster(net, "ipv4") as c:
             head = c.head(a, dp=4, dpl=2, authorized=[("node-b", "2-3"), ("node-p", None), ("node-r", "3-3")])
             node_b = c.headless(b, "node-b", dp=4, dpl=2, dpr=2)
-            head.start()
-            node_b.start()
-            head.wait_ready(30)
-            node_b.wait_ready(30)
+            c.start_ready(head, node_b)
             ranks = {**head.ranks(), **node_b.ranks()}
             check_eq(sorted(ranks), [0, 1, 2, 3], "rank processes")
             node_b_log = node_b.log_text()
