@@ -9,53 +9,27 @@ reconnects, and `dpctl status` and `dpctl restart 0` work over the new bus. No r
 at any point, and requests completed in every phase.
 """
 
-import threading
 import time
 
+import faults
 from busharness import SystemBus, dpctl, dpctl_json, wait_for_name
-from harness import Daemon, check, check_eq, log, post_json, run_test, slow_factor, synthetic_completion, wait_until
+from harness import Daemon, check, check_eq, log, run_test
 
 DP = 2
-CLIENTS = 2
 RECONNECT_S = 8.0  # the daemon retries every 2 s; allow for a slow machine
 
 
-class Load:
-    def __init__(self, port: int):
-        self.port = port
-        self.stop_flag = threading.Event()
-        self.lock = threading.Lock()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(CLIENTS)]
+def start_bus(bus: SystemBus, which: str) -> None:
+    """Starts the bus; the daemon must come onto it by itself and answer dpctl there."""
+    bus.start()
+    start = time.monotonic()
+    check(wait_for_name(bus, RECONNECT_S), f"org.dpengine1 appears on {which}")
+    log(f"  org.dpengine1 appeared {time.monotonic() - start:.1f} s after {which} started")
+    check_eq(dpctl_json(bus, "status")["ready_ranks"], DP, f"dpctl status over {which}")
 
-    def run(self, client: int) -> None:
-        n = 0
-        while not self.stop_flag.is_set():
-            prompt, seed = f"reconnect client {client} request {n}", n
-            n += 1
-            try:
-                status, body = post_json(self.port, "/v1/completions",
-                                         {"prompt": prompt, "max_tokens": 4, "seed": seed}, timeout=30)
-                good = status == 200 and body["choices"][0]["text"] == synthetic_completion(prompt, seed, 4).text
-                detail = None if good else f"{status} {body}"
-            except Exception as e:  # noqa: BLE001
-                good, detail = False, f"{type(e).__name__}: {e}"
-            with self.lock:
-                if good:
-                    self.ok += 1
-                else:
-                    self.failures.append(detail)
-            time.sleep(0.01)
 
-    def count(self) -> int:
-        with self.lock:
-            return self.ok
-
-    def flowing(self, what: str, n: int = 10) -> None:
-        before = self.count()
-        check(wait_until(lambda: self.count() >= before + n, 20 * slow_factor()), f"requests complete {what}",
-              self.count() - before)
+def flowing(load: faults.Load, what: str) -> None:
+    check(load.wait_ok(10, 20), f"requests complete {what}", load.completed_ok())
 
 
 def main() -> None:
@@ -66,44 +40,31 @@ def main() -> None:
             d.wait_ready(30)
             check(d.wait_log(r"warning: D-Bus: cannot connect to the system bus", 5),
                   "the daemon warns that there is no bus", d.log_text())
-            load = Load(d.port)
-            for t in load.threads:
-                t.start()
-            try:
-                load.flowing("without a bus")
+            load = faults.Load(d.port, clients=2, max_tokens=4, client_timeout=30, pause=0.01, streams=False)
+            with load:
+                flowing(load, "without a bus")
                 r = dpctl(bus, "status")
                 check_eq(r.returncode, 3, "dpctl status without a bus: exit status")
 
                 # A bus appears.
-                bus.start()
-                start = time.monotonic()
-                check(wait_for_name(bus, RECONNECT_S), "org.dpengine1 appears once the bus is up")
-                log(f"  org.dpengine1 appeared {time.monotonic() - start:.1f} s after the bus started")
-                check_eq(dpctl_json(bus, "status")["ready_ranks"], DP, "dpctl status over the late bus")
+                start_bus(bus, "the late bus")
                 check(d.wait_log(r"D-Bus: serving org\.dpengine1", 5), "the daemon logs that it serves the bus")
-                load.flowing("with the bus up")
+                flowing(load, "with the bus up")
 
                 # The bus dies and comes back.
                 bus.stop(sig=9)
                 check(d.wait_log(r"D-Bus: connection lost", 10), "the daemon notices the lost bus", d.log_text())
-                load.flowing("while the bus is down")
+                flowing(load, "while the bus is down")
                 r = dpctl(bus, "status")
                 check_eq(r.returncode, 3, "dpctl status while the bus is down: exit status")
-                bus.start()
-                start = time.monotonic()
-                check(wait_for_name(bus, RECONNECT_S), "org.dpengine1 is back on the restarted bus")
-                log(f"  org.dpengine1 back {time.monotonic() - start:.1f} s after the bus restarted")
-                check_eq(dpctl_json(bus, "status")["ready_ranks"], DP, "dpctl status over the restarted bus")
+                start_bus(bus, "the restarted bus")
                 r = dpctl(bus, "restart", "0", timeout=60)
                 check_eq(r.returncode, 0, "dpctl restart 0 over the restarted bus")
                 check_eq(dpctl_json(bus, "status")["ranks"][0]["restarts"], 1, "rank 0 restarted once")
-                load.flowing("after the bus restart")
-            finally:
-                load.stop_flag.set()
-                for t in load.threads:
-                    t.join(30)
-            log(f"  {load.ok} requests completed, {len(load.failures)} failed")
-            check(not load.failures, "no request failed", load.failures[:5])
+                flowing(load, "after the bus restart")
+            failures = load.report.failures()
+            log(f"  {load.report.counts()['ok']} requests completed, {len(failures)} failed")
+            check(not failures, "no request failed", failures[:5])
             check(d.running(), "the daemon is still running")
 
 

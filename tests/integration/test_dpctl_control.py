@@ -10,60 +10,13 @@ against the synthetic backend's text). `busctl monitor` watches org.dpengine1. C
   - no request failed at any point, and the daemon kept every other rank's process.
 """
 
-import threading
-import time
-
+import faults
 from busharness import Monitor, SystemBus, dpctl, dpctl_json, rank_by_number, wait_for_name
-from harness import (Daemon, check, check_eq, log, post_json, run_test, slow_factor, synthetic_completion,
-                     wait_until)
+from harness import Daemon, check, check_eq, log, run_test, slow_factor, wait_until
 
 DP = 4
 CLIENTS = 8
 MAX_TOKENS = 8
-
-
-class Load:
-    """CLIENTS threads looping completions until stopped; every answer is checked."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.stop_flag = threading.Event()
-        self.lock = threading.Lock()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(CLIENTS)]
-
-    def run(self, client: int) -> None:
-        n = 0
-        while not self.stop_flag.is_set():
-            prompt, seed = f"client {client} request {n}", client * 100000 + n
-            n += 1
-            try:
-                status, body = post_json(self.port, "/v1/completions",
-                                         {"prompt": prompt, "max_tokens": MAX_TOKENS, "seed": seed}, timeout=60)
-                good = status == 200 and body["choices"][0]["text"] == synthetic_completion(prompt, seed, MAX_TOKENS).text
-                detail = None if good else f"{status} {body}"
-            except Exception as e:  # noqa: BLE001 - every failure is a finding
-                good, detail = False, f"{type(e).__name__}: {e}"
-            with self.lock:
-                if good:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"client {client} request {n - 1}: {detail}")
-
-    def count(self) -> int:
-        with self.lock:
-            return self.ok
-
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def states(changes: list[dict]) -> list[str]:
@@ -78,8 +31,9 @@ def main() -> None:
             check(wait_for_name(bus, 10), "org.dpengine1 is on the bus")
             monitor.sync()
             pids_before = d.ranks()
-            with Load(d.port) as load:
-                check(wait_until(lambda: load.count() >= 20, 20 * slow_factor()), "requests flow", load.count())
+            # CLIENTS threads looping plain completions until stopped; every answer is checked.
+            with faults.Load(d.port, clients=CLIENTS, max_tokens=MAX_TOKENS, streams=False) as load:
+                check(load.wait_ok(20, 20), "requests flow", load.completed_ok())
 
                 # --- restart rank 1
                 mark = monitor.mark()
@@ -99,9 +53,7 @@ def main() -> None:
                       "PropertiesChanged: rank 1's State went draining, stopped, ..., ready", seen)
                 restarts = [c["Restarts"] for c in monitor.property_changes("/org/dpengine1/rank/1", since=mark) if "Restarts" in c]
                 check(restarts and restarts[-1] == 1, "PropertiesChanged carries Restarts 1 for rank 1", restarts)
-                before = load.count()
-                check(wait_until(lambda: load.count() >= before + 20, 20 * slow_factor()),
-                      "requests flow after the restart")
+                check(load.wait_ok(20, 20), "requests flow after the restart")
 
                 # --- drain rank 2
                 mark = monitor.mark()
@@ -112,9 +64,7 @@ def main() -> None:
                          "rank 2 draining with nothing in flight when drain returns")
                 served_2 = ranks[2]["served"]
                 served_others = sum(r["served"] for n, r in ranks.items() if n != 2)
-                before = load.count()
-                check(wait_until(lambda: load.count() >= before + 40, 20 * slow_factor()),
-                      "40 more requests served while rank 2 drains")
+                check(load.wait_ok(40, 20), "40 more requests served while rank 2 drains")
                 ranks = rank_by_number(dpctl_json(bus, "ranks"))
                 check_eq((ranks[2]["served"], ranks[2]["in_flight"], ranks[2]["queued"]), (served_2, 0, 0),
                          "rank 2 got no new requests (Served, InFlight, Queued)")
@@ -131,9 +81,10 @@ def main() -> None:
                 seen = states(monitor.property_changes("/org/dpengine1/rank/2", since=mark))
                 check(seen == ["draining", "ready"], "PropertiesChanged: rank 2's State went draining, ready",
                       seen)
-            log(f"  {load.ok} requests completed, {len(load.failures)} failed")
-            check(not load.failures, "no request failed", load.failures[:5])
-            check(load.ok >= 100, "at least 100 requests completed", load.ok)
+            failures, completed = load.report.failures(), load.report.counts()["ok"]
+            log(f"  {completed} requests completed, {len(failures)} failed")
+            check(not failures, "no request failed", failures[:5])
+            check(completed >= 100, "at least 100 requests completed", completed)
             pids_after = d.ranks()
             check_eq({n: p for n, p in pids_after.items() if n != 1}, {n: p for n, p in pids_before.items() if n != 1},
                      "ranks 0, 2 and 3 kept their processes")

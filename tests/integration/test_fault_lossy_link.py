@@ -20,17 +20,14 @@ PROXY_PORT = 23345
 
 def main() -> None:
     with Network("fl") as net:
-        a, b = net.add_node("head"), net.add_node("b")
-        net.wait_reachable(b, a)
+        a, b = net.add_nodes("head", "b")
         handshake = {"heartbeat_interval": 0.5, "heartbeat_timeout": 2.5}
         with Cluster(net, "ipv4", handshake=handshake) as c:
-            head, node_b = faults.two_nodes(c, a, b, head_address="127.0.0.1", rpc_port=PROXY_PORT)
             proxy = TcpDelayProxy(b, "127.0.0.1", PROXY_PORT, a.ipv4, c.rpc_port, delay=0.2, target_ns=b,
                                   loss=0.05, loss_penalty=0.2)
             try:
-                head.start()
-                node_b.start()
-                head.wait_ready(40)
+                head, node_b = faults.start_two_nodes(c, a, b, ready_timeout=40, head_address="127.0.0.1",
+                                                      rpc_port=PROXY_PORT)
                 rank1 = node_b.ranks()[1]
                 load = faults.Load(head.port, ns=a, max_tokens=16).start()
                 try:

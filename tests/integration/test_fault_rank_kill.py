@@ -18,10 +18,7 @@ RECOVERY_BOUND = 15.0  # seconds from the kill to 2 ready ranks again (restart_b
 
 
 def main() -> None:
-    config = {"data_parallel": {"size": 2}, "engine": {"step_time_ms": 10.0, "max_batch": 64},
-              "handshake": {"heartbeat_interval": 0.3, "heartbeat_timeout": 1.5},
-              "supervision": {"restart_backoff": 0.2}}
-    with Daemon(config, name="fault-kill") as d:
+    with Daemon(faults.local_config(), name="fault-kill") as d:
         d.wait_ready(30)
         before = d.ranks()
         with faults.Load(d.port, max_tokens=24) as load:

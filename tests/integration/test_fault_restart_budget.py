@@ -16,9 +16,7 @@ from harness import Daemon, check, check_eq, check_log_clean, log, run_test, slo
 
 
 def main() -> None:
-    config = {"data_parallel": {"size": 2}, "engine": {"step_time_ms": 10.0, "max_batch": 64},
-              "handshake": {"heartbeat_interval": 0.3, "heartbeat_timeout": 1.5},
-              "supervision": {"restart_backoff": 0.2, "restart_budget": 2, "restart_window": 60.0}}
+    config = faults.local_config({"supervision": {"restart_budget": 2, "restart_window": 60.0}})
     with Daemon(config, name="fault-budget") as d:
         d.wait_ready(30)
         with faults.Load(d.port, max_tokens=16) as load:

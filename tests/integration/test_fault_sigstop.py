@@ -14,10 +14,7 @@ from harness import Daemon, check, check_eq, check_log_clean, log, pid_alive, ru
 
 
 def main() -> None:
-    config = {"data_parallel": {"size": 2}, "engine": {"step_time_ms": 10.0, "max_batch": 64},
-              "handshake": {"heartbeat_interval": 0.3, "heartbeat_timeout": 1.5, "hang_timeout": 5.0},
-              "supervision": {"restart_backoff": 0.2}}
-    with Daemon(config, name="fault-stop") as d:
+    with Daemon(faults.local_config({"handshake": {"hang_timeout": 5.0}}), name="fault-stop") as d:
         d.wait_ready(30)
         before = d.ranks()
         with faults.Load(d.port, max_tokens=24) as load:

@@ -10,19 +10,13 @@ the expected text, once: nothing is answered twice); new requests then succeed.
 """
 
 import os
-import re
 import signal
-import time
 
-from harness import (Daemon, check, check_eq, log, per_rank_metric, post_json, run_test, slow_factor,
-                     stream_errors, stream_sse_full, stream_text, synthetic_completion, wait_until)
-# The same request mix and outcome rules as the independent-mode kill test.
-from test_rank_kill import CLIENT_TIMEOUT, DP, PER_KIND, VICTIM, Call
+import faults
+from harness import Daemon, check, check_eq, dp_group_epochs, log, per_rank_metric, run_test, wait_until
 
-
-def group_epochs(d: Daemon) -> list[tuple[int, list[int]]]:
-    return [(int(m[1]), [int(r) for r in m[3].split(",")])
-            for m in re.finditer(r"DP group epoch (\d+): (\d+) rank\(s\) \[([\d,]*)\]", d.log_text())]
+DP = 4
+VICTIM = 1
 
 
 def main() -> None:
@@ -31,23 +25,14 @@ def main() -> None:
               "supervision": {"restart_backoff": 1.0}}
     with Daemon(config, name="lockstep-kill") as d:
         d.wait_ready(30)
-        full = wait_until(lambda: [e for e, m in group_epochs(d) if m == list(range(DP))], 30)
+        full = wait_until(lambda: [e for e, m in dp_group_epochs(d) if m == list(range(DP))], 30)
         check(full, "the head forms the group of all four ranks", d.log_text()[-3000:])
         ranks = d.ranks()
         victim_pid = ranks[VICTIM]
 
-        plain = [Call(i, False) for i in range(PER_KIND)]
-        streams = [Call(PER_KIND + i, True) for i in range(PER_KIND)]
-        for c in plain:
-            c.start(d.port)
-        time.sleep(0.3)
-        for c in streams:
-            c.start(d.port)
-        calls = plain + streams
-        check(all(c.started.wait(10 * slow_factor()) for c in streams), "every stream produced its first token")
-        time.sleep(0.3)
-        check(all(c.ended is None for c in calls), "no request finished before the kill")
-        epoch_before = max(e for e, _ in group_epochs(d))
+        # The same request mix and outcome rules as the independent-mode kill test.
+        calls = faults.start_kill_mix(d.port, VICTIM)
+        epoch_before = max(e for e, _ in dp_group_epochs(d))
 
         log(f"SIGKILL to rank {VICTIM} (pid {victim_pid}) during the lockstep run")
         os.kill(victim_pid, signal.SIGKILL)
@@ -56,22 +41,13 @@ def main() -> None:
         check(failed, "the other ranks' collective fails (no hang)", d.log_text()[-3000:])
 
         def reformed(members: list[int]):
-            return [e for e, m in group_epochs(d) if e > epoch_before and m == members]
+            return [e for e, m in dp_group_epochs(d) if e > epoch_before and m == members]
 
         survivors = [r for r in range(DP) if r != VICTIM]
         check(wait_until(lambda: reformed(survivors), 20), f"the group re-forms with ranks {survivors}",
               d.log_text()[-3000:])
 
-        for c in calls:
-            c.thread.join(CLIENT_TIMEOUT + 10)
-        hung = [c.i for c in calls if c.thread.is_alive()]
-        check(not hung, "no request hangs", hung)
-        outcomes = [(c, *c.outcome()) for c in calls]
-        bad = [f"request {c.i} ({'stream' if c.stream else 'plain'}): {detail}" for c, kind, detail in outcomes if kind == "bad"]
-        lost = [c for c, kind, _ in outcomes if kind == "lost"]
-        ok = [c for c, kind, _ in outcomes if kind == "ok"]
-        log(f"  {len(ok)} completed, {len(lost)} failed with rank {VICTIM}'s error, {len(bad)} other")
-        check(not bad, "every request either completed correctly or failed with a clear rank error", "\n".join(bad))
+        _, lost = faults.judge_kill_mix(calls, VICTIM)
         check(len(lost) <= len(calls) // DP, f"at most rank {VICTIM}'s share of the requests was lost", len(lost))
         if lost:
             log(f"  example error: {lost[0].outcome()[1]}")
@@ -87,17 +63,7 @@ def main() -> None:
         check(wait_until(all_report_latest, 20, 0.3), f"every rank reports group epoch {latest}",
               per_rank_metric(d.port, "dpengine_rank_group_epoch"))
 
-        after = []
-        for i in range(8):
-            text = f"after the kill {i}"
-            body = {"prompt": text, "max_tokens": 5, "seed": i}
-            if i % 2:
-                s = stream_sse_full(d.port, "/v1/completions", body | {"stream": True}, timeout=30)
-                after.append(s.status == 200 and s.done and not stream_errors(s.events)
-                             and stream_text(s.events) == synthetic_completion(text, i, 5).text)
-            else:
-                status, r = post_json(d.port, "/v1/completions", body, timeout=30)
-                after.append(status == 200 and r["choices"][0]["text"] == synthetic_completion(text, i, 5).text)
+        after = faults.fresh_requests_succeed(d.port, 8)
         check(all(after), "new requests after the group re-formed all succeed", after)
         log("  the group's history in the log:\n    " + "\n    ".join(
             line for line in d.log_text().splitlines() if "DP group" in line))

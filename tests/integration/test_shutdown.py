@@ -13,89 +13,31 @@
 import os
 import signal
 import socket
-import threading
 import time
 
-from harness import (HOST, Daemon, check, check_eq, expect, get, log, pid_alive, post_json, run_test,
-                     slow_factor, sockets_under, stream_errors, stream_finish_reason, stream_sse_full,
-                     stream_text, synthetic_completion, tail, wait_until)
-
-CLIENT_TIMEOUT = 40.0
+import faults
+from harness import (HOST, Daemon, check, check_eq, expect, get, log, pid_alive, post_json, run_test, slow_factor,
+                     sockets_under, synthetic_completion, tail, wait_until)
 
 
-class Call:
-    """One request on its own thread; `outcome()` judges it."""
+class Call(faults.Call):
+    """A request in flight while the daemon stops; started at once. Its clear error is any
+    server error (502/503/504 with an OpenAI error body, or an SSE error event)."""
 
     def __init__(self, port: int, i: int, stream: bool, max_tokens: int, step: str = ""):
-        self.i, self.stream, self.max_tokens = i, stream, max_tokens
-        self.prompt = f"shutdown test {step} {i}"
-        self.body = {"prompt": self.prompt, "max_tokens": max_tokens, "seed": i, "stream": stream}
-        self.expected = synthetic_completion(self.prompt, i, max_tokens)
-        self.port = port
-        self.started = threading.Event()
-        self.status = self.result = self.error = self.ended = None
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        super().__init__(i, stream, f"shutdown test {step} {i}", max_tokens)
+        self.start(port)
 
-    def run(self):
-        try:
-            if self.stream:
-                s = stream_sse_full(self.port, "/v1/completions", self.body, timeout=CLIENT_TIMEOUT,
-                                    on_event=lambda _e: self.started.set())
-                self.status, self.result, self.error = s.status, s, s.error
-            else:
-                self.status, self.result = post_json(self.port, "/v1/completions", self.body, timeout=CLIENT_TIMEOUT)
-        except Exception as e:  # noqa: BLE001
-            self.error = f"{type(e).__name__}: {e}"
-        finally:
-            self.ended = time.monotonic()
-            self.started.set()
-
-    def outcome(self) -> tuple[str, str]:
-        """("complete" | "error" | "bad", detail): complete and right, or a clear error."""
-        if self.error:
-            return "bad", f"transport trouble (truncated or reset): {self.error}"
-        if not self.stream:
-            if self.status == 200:
-                c = self.result["choices"][0]
-                if c["text"] == self.expected.text and c["finish_reason"] == "length":
-                    return "complete", ""
-                return "bad", f"200 but wrong/truncated: {self.result}"
-            err = self.result.get("error") if isinstance(self.result, dict) else None
-            if self.status in (502, 503, 504) and err and err.get("message") and err.get("type") == "server_error":
-                return "error", f"HTTP {self.status} {err}"
-            return "bad", f"HTTP {self.status}: {self.result}"
-        s = self.result
-        if self.status != 200:
-            return "bad", f"HTTP {self.status}: {s.events}"
-        if not s.done:
-            return "bad", f"stream ended without [DONE]: {s.events[-3:]}"
-        errors = stream_errors(s.events)
-        text = stream_text(s.events)
-        if not errors:
-            if text == self.expected.text and stream_finish_reason(s.events) == "length":
-                return "complete", ""
-            return "bad", f"stream truncated without an error: {len(text)} of {len(self.expected.text)} chars"
-        if len(errors) == 1 and s.events[-2] == {"error": errors[0]} and errors[0].get("message") \
-                and self.expected.text.startswith(text):
-            return "error", f"SSE error {errors[0]}"
-        return "bad", f"stream errors {errors}; last events {s.events[-3:]}"
+    def clear_error(self, error: dict, status: int | None) -> bool:
+        if status is None:
+            return bool(error.get("message"))
+        return status in (502, 503, 504) and bool(error.get("message")) and error.get("type") == "server_error"
 
 
-def join_all(calls: list) -> None:
-    for c in calls:
-        c.thread.join(CLIENT_TIMEOUT + 10)
-    hung = [c.i for c in calls if c.thread.is_alive()]
-    check(not hung, "no request hangs", hung)
-
-
-def judge(calls: list) -> dict:
-    out: dict = {"complete": [], "error": [], "bad": []}
-    for c in calls:
-        kind, detail = c.outcome()
-        out[kind].append((c, detail))
-    bad = [f"request {c.i} ({'stream' if c.stream else 'plain'}, {c.max_tokens} tokens): {d}" for c, d in out["bad"]]
-    check(not bad, "every request completed fully or ended with a clear error", "\n".join(bad))
+def join_and_judge(calls: list) -> dict:
+    faults.join_calls(calls)
+    out = faults.outcomes(calls)
+    faults.check_none_bad(out, "every request completed fully or ended with a clear error")
     return out
 
 
@@ -139,9 +81,8 @@ def part_a() -> None:
         t_exit = time.monotonic() - t_term
         check_eq(code, 0, f"exit status ({t_exit:.1f} s after SIGTERM)")
         check(t_exit < 15 * slow_factor(), "the daemon exited within the bound")
-        join_all(calls)
-        result = judge(calls)
-        check_eq(len(result["complete"]), len(calls), "every in-flight request completed (drained)")
+        result = join_and_judge(calls)
+        check_eq(len(result["ok"]), len(calls), "every in-flight request completed (drained)")
         check(long_call.ended - t_term < t_exit + 0.5, "the long request finished before the daemon exited")
         gone = wait_until(lambda: not any(pid_alive(p) for p in d.known_rank_pids()), 2)
         check(gone, "no rank process remains", [p for p in d.known_rank_pids() if pid_alive(p)])
@@ -169,9 +110,8 @@ def part_a2() -> None:
         t_exit = time.monotonic() - t_term
         check_eq(code, 0, f"exit status ({t_exit:.1f} s after SIGTERM)")
         check(t_exit < 1.0 + 7 * slow_factor(), "exit soon after stop_timeout (1 s) plus the ranks' grace")
-        join_all(calls)
-        result = judge(calls)
-        completed = {c.i for c, _ in result["complete"]}
+        result = join_and_judge(calls)
+        completed = {c.i for c, _ in result["ok"]}
         failed = {c.i: detail for c, detail in result["error"]}
         check_eq(completed, {c.i for c in shorts}, "the short requests completed during the drain")
         check_eq(set(failed), {c.i for c in longs}, "the long requests ended with an error")
@@ -200,8 +140,7 @@ def part_a3() -> None:
         os.kill(d.pid, signal.SIGTERM)
         code = d.wait(15)
         check_eq(code, 0, f"exit status ({time.monotonic() - t_term:.1f} s after the first SIGTERM)")
-        join_all(calls)
-        result = judge(calls)
+        result = join_and_judge(calls)
         check_eq(len(result["error"]), 2, "both requests ended with an error, not a truncation")
         check(not d.tagged_processes(), "no process started by the daemon remains")
 
@@ -225,7 +164,7 @@ def part_b() -> None:
         call.thread.join(10)
         check(not call.thread.is_alive() and call.ended - t_kill < 5,
               "the client's stream ended (connection closed), no hang")
-        check(call.outcome()[0] != "complete", "... and was not mistaken for a complete answer")
+        check(call.outcome()[0] != "ok", "... and was not mistaken for a complete answer")
 
         log("  restart on the same runtime directory (stale socket and lock left by the killed daemon)")
         again_cfg = {"data_parallel": {"size": 2}, "daemon": {"runtime_directory": d.runtime_dir}}
