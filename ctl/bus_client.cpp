@@ -173,8 +173,9 @@ void BusClient::add_activity(std::vector<RankRow>& rows) {
     int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface,
                                api::list_rank_activity, error.get(), &raw, "");
     MessagePtr reply(raw);
-    // A daemon from before the method: its ranks' activity is unknown, the rest still shows.
-    if (r < 0 && error.name() == SD_BUS_ERROR_UNKNOWN_METHOD) return;
+    // A daemon from before the method, or a bus policy from before it that does not let
+    // everyone call it: the ranks' activity is unknown ("-"), the rest still shows.
+    if (r < 0 && (error.name() == SD_BUS_ERROR_UNKNOWN_METHOD || error.name() == SD_BUS_ERROR_ACCESS_DENIED)) return;
     if (r < 0) fail("reading the ranks' activity", r, error, false);
     const std::string entry = std::string(api::list_rank_activity_signature).substr(1);  // "(ustttdd)"
     if ((r = sd_bus_message_enter_container(reply.get(), 'a', entry.c_str())) >= 0) {
