@@ -91,7 +91,7 @@ def lockstep(bus: SystemBus) -> None:
         with Load(d.port) as load:
             def imbalanced():
                 view = ranks(bus)
-                if one_group(view, DP, ("ready", "draining")) != epoch:
+                if not one_group(view, DP, ("ready", "draining")):
                     return None
                 busy, idle = view[BUSY], [view[n] for n in IDLE]
                 if not all(r["steps_per_second"] > 0 and r["dummy_step_share"] > 0 for r in idle):
@@ -104,6 +104,7 @@ def lockstep(bus: SystemBus) -> None:
                   ranks(bus))
             log("  " + "; ".join(f"rank {n}: {r['steps_per_second']:.1f} steps/s, dummy {r['dummy_step_share']:.2f}, "
                                  f"wave {r['wave']}" for n, r in sorted(seen.items())))
+            epoch = seen[BUSY]["group_epoch"]
             busy_share = seen[BUSY]["dummy_step_share"]
             check(busy_share < min(seen[n]["dummy_step_share"] for n in IDLE),
                   "the busy rank's dummy share is below every idle rank's", seen)
@@ -130,6 +131,8 @@ def lockstep(bus: SystemBus) -> None:
             check_eq(dpctl(bus, "undrain", str(n)).returncode, 0, f"dpctl undrain {n}")
 
         # A member lost and back: the group re-forms under a higher epoch, on every rank.
+        epoch = wait_until(lambda: one_group(ranks(bus), DP), 30 * slow_factor(), 0.3)
+        check(epoch, "after the undrain every rank is ready in one group", ranks(bus))
         victim_pid = d.ranks()[VICTIM]
         log(f"SIGKILL to rank {VICTIM} (pid {victim_pid})")
         os.kill(victim_pid, signal.SIGKILL)
