@@ -65,6 +65,15 @@ struct RankRow {
     uint64_t restarts = 0;
     std::string last_error;
     std::string reason;
+    // From ListRankActivity() -> a(ustttdd) (BusClient::add_activity). activity_known false:
+    // this daemon does not know them (a headless node, or a daemon without the method).
+    bool activity_known = false;
+    std::string group_kind;  // "none" without a DP group
+    uint64_t group_epoch = 0;
+    uint64_t wave = 0;
+    uint64_t memory_used = 0;  // bytes; 0: not measured
+    double steps_per_second = 0;
+    double dummy_step_share = 0;
 };
 
 // One entry of ListNodes() -> a(ssssuuutt).
@@ -87,6 +96,9 @@ public:
 
     ManagerInfo manager();
     std::vector<RankRow> ranks();
+    // Fills the DP group and activity fields of `rows` (ListRankActivity); leaves them unknown
+    // where the daemon does not know them.
+    void add_activity(std::vector<RankRow>& rows);
     std::vector<NodeRow> nodes();
     // AssignRanks(node, start, count); `what` as for manage().
     void assign(const std::string& node, uint32_t start, uint32_t count, const std::string& what);

@@ -8,6 +8,8 @@ namespace json = boost::json;
 
 namespace {
 
+json::value known(const RankRow& r, json::value v) { return r.activity_known ? v : json::value(nullptr); }
+
 json::array ranks_array(const std::vector<RankRow>& ranks) {
     json::array out;
     out.reserve(ranks.size());
@@ -24,6 +26,13 @@ json::array ranks_array(const std::vector<RankRow>& ranks) {
             {"restarts", r.restarts},
             {"last_error", r.last_error},
             {"reason", r.reason},
+            // null where the daemon does not know (a headless node: ask the head).
+            {"group_kind", known(r, json::value(r.group_kind))},
+            {"group_epoch", known(r, json::value(r.group_epoch))},
+            {"wave", known(r, json::value(r.wave))},
+            {"steps_per_second", known(r, json::value(r.steps_per_second))},
+            {"dummy_step_share", known(r, json::value(r.dummy_step_share))},
+            {"memory_used", known(r, json::value(r.memory_used))},
         });
     }
     return out;

@@ -1,5 +1,6 @@
-// dpctl status (the default) and dpctl ranks: read-only, open to everyone. One GetAll and one
-// ListRanks call, so that status answers fast however many ranks there are.
+// dpctl status (the default) and dpctl ranks: read-only, open to everyone. One GetAll, one
+// ListRanks and one ListRankActivity call, so that status answers fast however many ranks
+// there are.
 #include "bus_client.hpp"
 #include "json.hpp"
 #include "table.hpp"
@@ -7,6 +8,7 @@
 
 #include <cstdio>
 #include <ctime>
+#include <iterator>
 #include <string>
 
 namespace dpctl {
@@ -26,11 +28,43 @@ std::string error_cell(const RankRow& r) {
     return r.reason + ": " + r.last_error;
 }
 
+// Epoch, wave and dummy share mean something only for a rank in a DP group.
+bool grouped(const RankRow& r) { return r.activity_known && r.group_kind != "none"; }
+
+std::string steps_per_second_cell(double rate) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", rate);
+    return buf;
+}
+
+std::string percent_cell(double share) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.0f%%", share * 100);
+    return buf;
+}
+
+// Bytes as systemd prints sizes (1024-based, one decimal: "1.5G"); 0 (not measured) is empty.
+std::string bytes_cell(uint64_t bytes) {
+    if (bytes == 0) return "";
+    static constexpr const char* units[] = {"B", "K", "M", "G", "T", "P"};
+    double value = static_cast<double>(bytes);
+    size_t unit = 0;
+    while (value >= 1024 && unit + 1 < std::size(units)) {
+        value /= 1024;
+        ++unit;
+    }
+    char buf[32];
+    if (unit == 0) std::snprintf(buf, sizeof buf, "%lluB", static_cast<unsigned long long>(bytes));
+    else std::snprintf(buf, sizeof buf, "%.1f%s", value, units[unit]);
+    return buf;
+}
+
 void print_ranks_table(const std::vector<RankRow>& ranks, const Options& options, bool colour) {
     using Align = Table::Align;
     Table table({{"RANK", Align::right}, {"STATE"}, {"NODE"}, {"DEVICE"}, {"PID", Align::right},
                  {"INFLIGHT", Align::right}, {"QUEUED", Align::right}, {"SERVED", Align::right},
-                 {"RESTARTS", Align::right}, {"ERROR"}});
+                 {"RESTARTS", Align::right}, {"GROUP"}, {"EPOCH", Align::right}, {"WAVE", Align::right},
+                 {"STEPS/S", Align::right}, {"DUMMY", Align::right}, {"MEM", Align::right}, {"ERROR"}});
     for (const auto& r : ranks) {
         std::string error = error_cell(r);
         table.add_row({{std::to_string(r.rank)},
@@ -42,6 +76,12 @@ void print_ranks_table(const std::vector<RankRow>& ranks, const Options& options
                        {std::to_string(r.queued)},
                        {std::to_string(r.served)},
                        {std::to_string(r.restarts)},
+                       {r.activity_known ? r.group_kind : ""},
+                       {grouped(r) ? std::to_string(r.group_epoch) : ""},
+                       {grouped(r) ? std::to_string(r.wave) : ""},
+                       {r.activity_known ? steps_per_second_cell(r.steps_per_second) : ""},
+                       {grouped(r) ? percent_cell(r.dummy_step_share) : ""},
+                       {r.activity_known ? bytes_cell(r.memory_used) : ""},
                        {error, error.empty() ? colour::none : colour::red}});
     }
     table.print(stdout, options.legend, colour);
@@ -54,6 +94,7 @@ int ranks_verb(const Options& options, const Args& args) {
     no_arguments("ranks", args);
     auto bus = BusClient::connect();
     auto ranks = bus.ranks();
+    bus.add_activity(ranks);
     if (options.json) {
         std::printf("%s\n", ranks_json(ranks).c_str());
     } else {
@@ -67,6 +108,7 @@ int status_verb(const Options& options, const Args& args) {
     auto bus = BusClient::connect();
     auto manager = bus.manager();
     auto ranks = bus.ranks();
+    bus.add_activity(ranks);
     auto nodes = bus.nodes();
     if (options.json) {
         std::printf("%s\n", status_json(manager, ranks, nodes).c_str());

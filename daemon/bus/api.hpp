@@ -31,6 +31,15 @@ inline constexpr const char* reload = "Reload";
 
 inline constexpr const char* list_ranks_signature = "a(usssuuuttss)";
 
+// Each rank's DP group and engine activity, the Rank objects' GroupKind ... DummyStepShare
+// for every rank in one call:
+//   ListRankActivity() -> a(ustttdd)  rank, group_kind, group_epoch, wave, memory_used,
+//                                     steps_per_second, dummy_step_share
+// group_kind is "none" without a DP group, and "" where this daemon does not know (a headless
+// node before the head reported them over the node link).
+inline constexpr const char* list_rank_activity = "ListRankActivity";
+inline constexpr const char* list_rank_activity_signature = "a(ustttdd)";
+
 // The cluster view.
 //   ListNodes() -> a(ssssuuutt)  name, role, state, address, start_rank, count, wanted,
 //                                since (Unix seconds), incarnation

@@ -173,6 +173,28 @@ int list_ranks(sd_bus_message* m, void* userdata, sd_bus_error*) {
     return sd_bus_send(nullptr, reply, nullptr);
 }
 
+// The group kind status shows: "none" without a DP group, "" where this daemon does not know.
+std::string group_kind_of(const RankInfo& r) {
+    if (!r.activity_known) return "";
+    return r.group_kind.empty() ? "none" : r.group_kind;
+}
+
+int list_rank_activity(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_message_new_method_return(m, &reply);
+    if (r < 0) return r;
+    std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> owned(reply, &sd_bus_message_unref);
+    const std::string entry = std::string(bus::list_rank_activity_signature).substr(1);
+    if ((r = sd_bus_message_open_container(reply, 'a', entry.c_str())) < 0) return r;
+    for (const auto& info : node_of(userdata).ranks()) {
+        r = sd_bus_message_append(reply, entry.c_str(), info.rank, group_kind_of(info).c_str(), info.group_epoch,
+                                  info.wave, info.memory_used, info.steps_per_second, info.dummy_step_share);
+        if (r < 0) return r;
+    }
+    if ((r = sd_bus_message_close_container(reply)) < 0) return r;
+    return sd_bus_send(nullptr, reply, nullptr);
+}
+
 int list_nodes(sd_bus_message* m, void* userdata, sd_bus_error*) {
     sd_bus_message* reply = nullptr;
     int r = sd_bus_message_new_method_return(m, &reply);
@@ -231,6 +253,7 @@ const sd_bus_vtable manager_vtable[] = {
     SD_BUS_PROPERTY("ReadyRanks", "u", get_ready_ranks, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("Version", "s", get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
     SD_BUS_METHOD("ListRanks", "", bus::list_ranks_signature, list_ranks, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("ListRankActivity", "", bus::list_rank_activity_signature, list_rank_activity, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("StartRank", "u", "", rank_method<&NodeControl::start_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("StopRank", "u", "", rank_method<&NodeControl::stop_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD("RestartRank", "u", "", rank_method<&NodeControl::restart_rank>, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -311,6 +334,12 @@ int get_rank_property(sd_bus*, const char* path, const char*, const char* proper
     if (p == "Served") return sd_bus_message_append(reply, "t", info->served);
     if (p == "Restarts") return sd_bus_message_append(reply, "t", info->restarts);
     if (p == "LastError") return sd_bus_message_append(reply, "s", info->last_error.c_str());
+    if (p == "GroupKind") return sd_bus_message_append(reply, "s", group_kind_of(*info).c_str());
+    if (p == "GroupEpoch") return sd_bus_message_append(reply, "t", info->group_epoch);
+    if (p == "Wave") return sd_bus_message_append(reply, "t", info->wave);
+    if (p == "MemoryUsed") return sd_bus_message_append(reply, "t", info->memory_used);
+    if (p == "StepsPerSecond") return sd_bus_message_append(reply, "d", info->steps_per_second);
+    if (p == "DummyStepShare") return sd_bus_message_append(reply, "d", info->dummy_step_share);
     return sd_bus_message_append(reply, "s", info->reason.c_str());  // Reason
 }
 
@@ -328,6 +357,13 @@ const sd_bus_vtable rank_vtable[] = {
     SD_BUS_PROPERTY("Restarts", "t", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("LastError", "s", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("Reason", "s", get_rank_property, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    // The DP group and the engine's activity: they change with every heartbeat; read them.
+    SD_BUS_PROPERTY("GroupKind", "s", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("GroupEpoch", "t", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("Wave", "t", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("MemoryUsed", "t", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("StepsPerSecond", "d", get_rank_property, 0, 0),
+    SD_BUS_PROPERTY("DummyStepShare", "d", get_rank_property, 0, 0),
     SD_BUS_VTABLE_END,
 };
 
@@ -398,6 +434,7 @@ const char* BusService::introspection_xml() {
   <property name="ReadyRanks" type="u" access="read"/>
   <property name="Version" type="s" access="read"/>
   <method name="ListRanks"><arg type="a(usssuuuttss)" direction="out"/></method>
+  <method name="ListRankActivity"><arg type="a(ustttdd)" direction="out"/></method>
   <method name="StartRank"><arg type="u" direction="in"/></method>
   <method name="StopRank"><arg type="u" direction="in"/></method>
   <method name="RestartRank"><arg type="u" direction="in"/></method>
@@ -432,6 +469,12 @@ const char* BusService::introspection_xml() {
   <property name="Restarts" type="t" access="read"/>
   <property name="LastError" type="s" access="read"/>
   <property name="Reason" type="s" access="read"/>
+  <property name="GroupKind" type="s" access="read"/>
+  <property name="GroupEpoch" type="t" access="read"/>
+  <property name="Wave" type="t" access="read"/>
+  <property name="MemoryUsed" type="t" access="read"/>
+  <property name="StepsPerSecond" type="d" access="read"/>
+  <property name="DummyStepShare" type="d" access="read"/>
  </interface>
 </node>
 )xml";

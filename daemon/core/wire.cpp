@@ -146,10 +146,13 @@ void put(Writer& w, const Outputs& m) {
 }
 
 void put(Writer& w, const Heartbeat& m) {
-    w.map(3);
+    w.map(3 + (m.dummy_steps ? 1 : 0) + (m.wave ? 1 : 0) + (m.memory_used ? 1 : 0));
     w.str("progress"); w.uint(m.progress);
     w.str("running"); w.uint(m.running);
     w.str("waiting"); w.uint(m.waiting);
+    if (m.dummy_steps) { w.str("dummy_steps"); w.uint(m.dummy_steps); }
+    if (m.wave) { w.str("wave"); w.uint(m.wave); }
+    if (m.memory_used) { w.str("memory_used"); w.uint(m.memory_used); }
 }
 
 void put(Writer& w, const Shutdown&) { w.map(0); }
@@ -171,7 +174,7 @@ void put(Writer& w, const NodeHello& m) {
 }
 
 void put(Writer& w, const NodeConfig& m) {
-    w.map(6);
+    w.map(6 + (m.activity.empty() ? 0 : 1));
     w.str("dp_size"); w.uint(m.dp_size);
     w.str("start_rank"); w.uint(m.start_rank);
     w.str("count"); w.uint(m.count);
@@ -180,6 +183,20 @@ void put(Writer& w, const NodeConfig& m) {
     w.str("states");
     w.array(static_cast<uint32_t>(m.states.size()));
     for (const auto& state : m.states) w.str(state);
+    if (m.activity.empty()) return;
+    // Entries are arrays [group_kind, group_epoch, wave, memory_used, steps_per_second,
+    // dummy_step_share]; a newer minor version may append elements.
+    w.str("activity");
+    w.array(static_cast<uint32_t>(m.activity.size()));
+    for (const auto& a : m.activity) {
+        w.array(6);
+        w.str(a.group_kind);
+        w.uint(a.group_epoch);
+        w.uint(a.wave);
+        w.uint(a.memory_used);
+        w.float64(a.steps_per_second);
+        w.float64(a.dummy_step_share);
+    }
 }
 
 // Ranks are arrays [rank, state, pid, restarts, last_error], like OUTPUTS items.
@@ -436,6 +453,9 @@ Heartbeat get_heartbeat(Reader& r) {
         if (k == "progress") m.progress = r.uint();
         else if (k == "running") m.running = u32(r);
         else if (k == "waiting") m.waiting = u32(r);
+        else if (k == "dummy_steps") m.dummy_steps = r.uint();
+        else if (k == "wave") m.wave = r.uint();
+        else if (k == "memory_used") m.memory_used = r.uint();
         else return false;
         return true;
     });
@@ -489,6 +509,22 @@ NodeConfig get_node_config(Reader& r) {
             if (n > max_node_ranks) throw DecodeError("NODE_CONFIG: too many states");
             m.states.reserve(n);
             for (uint32_t i = 0; i < n; ++i) m.states.emplace_back(r.str());
+        } else if (k == "activity") {
+            uint32_t n = r.array();
+            if (n > max_node_ranks) throw DecodeError("NODE_CONFIG: too many activity entries");
+            m.activity.reserve(n);
+            for (uint32_t i = 0; i < n; ++i) {
+                uint32_t fields = r.array();
+                if (fields < 6) throw DecodeError("NODE_CONFIG: an activity entry needs 6 elements");
+                NodeRankActivity& a = m.activity.emplace_back();
+                a.group_kind = r.str();
+                a.group_epoch = r.uint();
+                a.wave = r.uint();
+                a.memory_used = r.uint();
+                a.steps_per_second = r.float64();
+                a.dummy_step_share = r.float64();
+                for (; fields > 6; --fields) r.skip();  // appended by a newer minor version
+            }
         } else return false;
         return true;
     });

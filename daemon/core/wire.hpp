@@ -137,6 +137,12 @@ struct Heartbeat {
     uint64_t progress = 0;  // steps taken so far
     uint32_t running = 0;
     uint32_t waiting = 0;
+    // Optional map fields (absent: 0; sent only when not 0, so a heartbeat without them is
+    // the same bytes as from a rank that predates them). The head derives steps per second
+    // and the dummy-step share from progress and dummy_steps over a few heartbeats.
+    uint64_t dummy_steps = 0;  // lockstep: steps taken on a dummy batch so far
+    uint64_t wave = 0;         // lockstep: the wave running, or the next one while paused
+    uint64_t memory_used = 0;  // bytes of device memory the engine holds; 0: not measured
 };
 
 // head → rank: exit now; the head has already answered what was in flight.
@@ -169,6 +175,19 @@ struct NodeHello {
     std::string model;
 };
 
+// The head's view of one rank's DP group and engine activity (NODE_CONFIG's activity), as
+// org.dpengine1.Rank shows it.
+struct NodeRankActivity {
+    std::string group_kind;  // "none" without a DP group
+    uint64_t group_epoch = 0;
+    uint64_t wave = 0;
+    uint64_t memory_used = 0;
+    double steps_per_second = 0;
+    double dummy_step_share = 0;
+
+    bool operator==(const NodeRankActivity&) const = default;
+};
+
 // head → node: the answer to NODE_HELLO, and to every NODE_STATUS (the head's current view).
 struct NodeConfig {
     uint32_t dp_size = 0;
@@ -179,6 +198,9 @@ struct NodeConfig {
     // The protocol state of each rank of the block as the head sees it ("ready", ...), in
     // rank order; empty from a head that does not send it.
     std::vector<std::string> states;
+    // Each rank's DP group and activity as the head sees it, in rank order like states;
+    // empty from a head that does not send it.
+    std::vector<NodeRankActivity> activity;
 };
 
 // One of a node's ranks, as the node sees its process.

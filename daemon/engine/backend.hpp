@@ -47,6 +47,10 @@ public:
     // Lockstep mode: a step on a dummy batch, for a rank with no work while others have some,
     // so that the model's collectives see every rank. Produces nothing.
     virtual void dummy_step() {}
+    // Bytes of device memory the backend holds now (weights, cache, workspace), for status.
+    // Called after every step, so it must be cheap (a figure the backend keeps, not a driver
+    // query per call). 0: not measured, as for CPU backends.
+    virtual uint64_t memory_used() const { return 0; }
 };
 
 // Creates the backend CONFIG names; errors name the backend and the setting at fault.

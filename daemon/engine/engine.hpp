@@ -44,6 +44,9 @@ public:
     virtual uint32_t running() const = 0;
     virtual uint32_t waiting() const = 0;
     virtual uint64_t steps() const = 0;  // progress counter for heartbeats
+    // Bytes of device memory the engine holds now, for status (see Backend::memory_used);
+    // 0: not measured.
+    virtual uint64_t memory_used() const { return 0; }
 
     // A descriptor that becomes readable when has_work() or state() may have changed without
     // a message from the head (-1: never). The loop polls it beside its socket and then calls

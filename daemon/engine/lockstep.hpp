@@ -46,6 +46,8 @@ public:
     bool wants_to_run(const StepLoop& loop) const;
     // The periodic report (steps per second since the previous call).
     wire::GroupState report();
+    // The wave running, or the next one while paused (0 before the first formation).
+    uint64_t wave() const { return wave_; }
 
 private:
     void form(Link& link);

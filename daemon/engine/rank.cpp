@@ -280,6 +280,12 @@ public:
         running_.store(running, std::memory_order_relaxed);
         waiting_.store(waiting, std::memory_order_relaxed);
     }
+    // Status figures for the head, likewise after each step.
+    void publish_activity(uint64_t dummy_steps, uint64_t wave, uint64_t memory_used) {
+        dummy_steps_.store(dummy_steps, std::memory_order_relaxed);
+        wave_.store(wave, std::memory_order_relaxed);
+        memory_used_.store(memory_used, std::memory_order_relaxed);
+    }
 
 private:
     void run(std::stop_token stop) {
@@ -291,9 +297,12 @@ private:
             }
             uint64_t epoch = epoch_;
             lock.unlock();
-            conn_.send(wire::Heartbeat{progress_.load(std::memory_order_relaxed), running_.load(std::memory_order_relaxed),
-                                       waiting_.load(std::memory_order_relaxed)},
-                       epoch);
+            wire::Heartbeat beat{progress_.load(std::memory_order_relaxed), running_.load(std::memory_order_relaxed),
+                                 waiting_.load(std::memory_order_relaxed)};
+            beat.dummy_steps = dummy_steps_.load(std::memory_order_relaxed);
+            beat.wave = wave_.load(std::memory_order_relaxed);
+            beat.memory_used = memory_used_.load(std::memory_order_relaxed);
+            conn_.send(beat, epoch);
             conn_.wake();
             lock.lock();
             cv_.wait_for(lock, stop, interval_, [] { return false; });
@@ -308,6 +317,7 @@ private:
     std::chrono::milliseconds interval_{1000};
     std::atomic<uint64_t> progress_{0};
     std::atomic<uint32_t> running_{0}, waiting_{0};
+    std::atomic<uint64_t> dummy_steps_{0}, wave_{0}, memory_used_{0};
     std::jthread thread_;  // last: it starts in the constructor and uses the members above
 };
 
@@ -355,7 +365,7 @@ public:
             if (lockstep_) {
                 outputs.items.clear();
                 lockstep_->advance(*lockstep_loop_, outputs, *this);
-                heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+                publish_progress();
                 if (!outputs.items.empty()) conn_.send(outputs, epoch_);
                 if (Clock::now() >= next_group_report_) {
                     conn_.send(lockstep_->report(), epoch_);
@@ -364,7 +374,7 @@ public:
             } else if (loop_->has_work()) {
                 outputs.items.clear();
                 loop_->step(outputs);
-                heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+                publish_progress();
                 if (!outputs.items.empty()) conn_.send(outputs, epoch_);
             }
         }
@@ -373,6 +383,13 @@ public:
 
 private:
     bool serving() const { return loop_ && configured_; }
+
+    // The figures the next HEARTBEAT carries.
+    void publish_progress() {
+        heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+        heartbeat_.publish_activity(lockstep_loop_ ? lockstep_loop_->dummy_steps() : 0, lockstep_ ? lockstep_->wave() : 0,
+                                    loop_->memory_used());
+    }
 
     // The head answers every HEARTBEAT, so a registered rank hears from it at least once per
     // heartbeat interval; silence means the head is gone or cut off.
@@ -480,7 +497,7 @@ private:
         starting_ = false;
         configured_ = true;
         conn_.send(wire::Ready{loop_->capacity(), loop_->device()}, epoch_);
-        heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+        publish_progress();
         log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, dp_size_, engine_.backend, loop_->device());
         return -1;
     }
@@ -608,7 +625,7 @@ private:
         dp_size_ = config.dp_size;
         ever_configured_ = true;
         starting_ = true;  // READY once the engine's state says so (watch_start)
-        heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
+        publish_progress();
         heartbeat_.start(epoch_, std::chrono::duration_cast<std::chrono::milliseconds>(heartbeat_every_));
         return -1;
     }

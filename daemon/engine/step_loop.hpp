@@ -38,6 +38,7 @@ public:
     uint32_t running() const override { return static_cast<uint32_t>(running_.size()); }
     uint32_t waiting() const override { return static_cast<uint32_t>(waiting_.size()); }
     uint64_t steps() const override { return steps_; }
+    uint64_t memory_used() const override { return backend_->memory_used(); }
     const Backend& backend() const { return *backend_; }
 
 private:

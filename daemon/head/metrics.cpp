@@ -83,8 +83,12 @@ std::string render_metrics(const std::vector<RankInfo>& ranks, const std::map<st
              [](const RankInfo& r) { return r.lockstep_steps; });
     per_rank("dpengine_rank_dummy_steps_total", "counter", "Lockstep steps the rank took on a dummy batch (no work of its own).",
              [](const RankInfo& r) { return r.dummy_steps; });
-    per_rank("dpengine_rank_steps_per_second", "gauge", "Lockstep steps per second (real and dummy), over the last report interval.",
+    per_rank("dpengine_rank_steps_per_second", "gauge", "Engine steps per second (real and dummy), over the last few seconds of heartbeats.",
              [](const RankInfo& r) { return r.steps_per_second; });
+    per_rank("dpengine_rank_dummy_step_share", "gauge", "The share of dummy steps (lockstep mode) among the rank's steps, 0 to 1, over the same window.",
+             [](const RankInfo& r) { return r.dummy_step_share; });
+    per_rank("dpengine_rank_memory_used_bytes", "gauge", "Device memory the rank's engine holds, as it last reported; 0: not measured (CPU backends).",
+             [](const RankInfo& r) { return r.memory_used; });
     header(out, "dpengine_rank_group", "gauge", "1 for the rank's DP group kind and state (lockstep mode).");
     for (const auto& r : ranks) {
         if (r.group_kind.empty()) continue;

@@ -97,7 +97,11 @@ void NodeRegistry::take_block(Entry& entry, uint32_t start, uint32_t count) {
 wire::NodeConfig NodeRegistry::config_for(const Entry& entry) const {
     wire::NodeConfig block{config_.dp_size(), entry.start, entry.count, link_.epoch(), config_.node.name, {}};
     for (const auto& info : link_.ranks()) {
-        if (info.rank >= entry.start && info.rank - entry.start < entry.count) block.states.push_back(to_string(info.state));
+        if (info.rank >= entry.start && info.rank - entry.start < entry.count) {
+            block.states.push_back(to_string(info.state));
+            block.activity.push_back({info.group_kind.empty() ? "none" : info.group_kind, info.group_epoch, info.wave,
+                                      info.memory_used, info.steps_per_second, info.dummy_step_share});
+        }
     }
     return block;
 }

@@ -308,6 +308,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
             slot.progress = hb->progress;
             slot.progress_at = slot.last_heard;
         }
+        note_activity(slot, *hb);
         // The answer tells the rank that the head is there (supervision.head_grace_period).
         send(routing_id, wire::Heartbeat{});
     } else if (auto* ready = std::get_if<wire::Ready>(&env->message)) {
@@ -399,6 +400,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     }
     slot.routing_id = routing_id;
     slot.incarnation = hello.incarnation;
+    slot.step_rate.reset();  // a new registration: its counters may start again
     slot.owner = node;
     slot.info.node = node;
     slot.info.last_error.clear();
@@ -516,6 +518,12 @@ void RankLink::set_state(Slot& slot, RankState state) {
     bool was_ready = slot.info.state == RankState::ready;
     bool changed = slot.info.state != state;
     slot.info.state = state;
+    if (state == RankState::stopped || state == RankState::failed || state == RankState::connecting) {
+        // No process (or not yet a registered one): no rate, no memory until it reports again.
+        slot.step_rate.reset();
+        slot.info.steps_per_second = slot.info.dummy_step_share = 0;
+        slot.info.memory_used = 0;
+    }
     bool is_ready = state == RankState::ready;
     if (was_ready != is_ready) ready_count_ += is_ready ? 1 : -1;
     // Listeners see the new count with the new state.
@@ -631,6 +639,14 @@ void RankLink::rank_failed(uint32_t rank, const std::string& reason, const std::
     if (events_.rank_changed) events_.rank_changed(rank);
 }
 
+void RankLink::note_activity(Slot& slot, const wire::Heartbeat& heartbeat) {
+    slot.step_rate.add(slot.last_heard, heartbeat.progress, heartbeat.dummy_steps);
+    slot.info.steps_per_second = slot.step_rate.steps_per_second();
+    slot.info.dummy_step_share = slot.step_rate.dummy_share();
+    slot.info.wave = heartbeat.wave;
+    slot.info.memory_used = heartbeat.memory_used;
+}
+
 bool RankLink::is_hung(Slot& slot, Clock::time_point now) {
     bool has_work = slot.info.in_flight > 0 || slot.info.running > 0 || slot.info.waiting > 0;
     bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::draining;
@@ -734,7 +750,10 @@ std::optional<std::pair<uint32_t, uint32_t>> RankLink::key_ranks(const std::stri
 std::vector<RankInfo> RankLink::ranks() const {
     std::vector<RankInfo> out;
     out.reserve(ranks_.size());
-    for (const auto& s : ranks_) out.push_back(s.info);
+    for (const auto& s : ranks_) {
+        out.push_back(s.info);
+        out.back().activity_known = true;
+    }
     return out;
 }
 

@@ -9,6 +9,7 @@
 #include "core/wire.hpp"
 #include "head/handshake_monitor.hpp"
 #include "head/refusal_limiter.hpp"
+#include "head/step_rate.hpp"
 #include "head/zap_handler.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -66,7 +67,14 @@ struct RankInfo {
     uint64_t wave = 0;
     uint64_t lockstep_steps = 0;
     uint64_t dummy_steps = 0;
+    // From the rank's heartbeats (step_rate.hpp): real and dummy steps per second, and the
+    // dummy share of them, over the last few seconds; the device memory the engine holds.
     double steps_per_second = 0;
+    double dummy_step_share = 0;
+    uint64_t memory_used = 0;
+    // True where the group and activity figures are known: always on the head; on a headless
+    // node once the head reported them over the node link.
+    bool activity_known = false;
 };
 
 class RankLink {
@@ -154,6 +162,7 @@ private:
         // head has seen it stand still while the rank had work (handshake.hang_timeout).
         uint64_t progress = 0;
         std::chrono::steady_clock::time_point progress_at{};
+        StepRate step_rate;  // steps per second and dummy share, from the heartbeats
         bool lost_before = false;     // READY after a loss counts as "rejoined"
         bool spawned_before = false;  // a second spawn counts as "restarted"
         std::string owner;  // the node that first registered this rank (CURVE: its key's name)
@@ -187,6 +196,8 @@ private:
     void connection_gone(const std::string& routing_id);
     // A heartbeat arrived while the rank has work but its progress counter stands still.
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
+    // A heartbeat's status figures (wave, memory, step counters for the step rate).
+    void note_activity(Slot& slot, const wire::Heartbeat& heartbeat);
     void count_event(Slot& slot, const std::string& reason) { ++slot.info.events[reason]; }
 
     // The DP group (lockstep mode; rank_link_group.cpp). The head keeps the group's rendezvous

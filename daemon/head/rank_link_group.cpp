@@ -74,13 +74,17 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
         RankInfo& info = slot.info;
         // Periodic reports repeat the state: act on changes only.
         const bool repeated = info.group_epoch == state->group_epoch && info.group_state == state->state;
-        info.group_kind = state->kind;
-        info.group_state = state->state;
-        info.group_epoch = state->group_epoch;
-        info.wave = state->wave;
+        // A report of an earlier epoch than the head formed since is stale (it was on its way,
+        // or the rank has not formed the new group yet): status keeps the newer epoch.
+        if (state->group_epoch >= info.group_epoch) {
+            info.group_kind = state->kind;
+            info.group_state = state->state;
+            info.group_epoch = state->group_epoch;
+            info.wave = state->wave;
+        }
         info.lockstep_steps = state->steps;
         info.dummy_steps = state->dummy_steps;
-        info.steps_per_second = state->steps_per_second;
+        // steps_per_second is the head's own figure, from the heartbeats (note_activity).
         if (state->group_epoch != epoch_ || !member) return true;
         if (state->state == "paused" && state->wave > wave_started_) {
             group_paused_ = true;
@@ -144,7 +148,14 @@ void RankLink::regroup(bool force) {
     wire::GroupForm form{epoch_, "gloo", members, wave_started_};
     log::info("DP group epoch {}: {} rank(s) [{}], gloo, wave {}", epoch_, members.size(), join_ranks(members),
               wave_started_);
-    for (uint32_t r : members) send(ranks_[r].routing_id, form);
+    for (uint32_t r : members) {
+        send(ranks_[r].routing_id, form);
+        // Status shows the group the head formed; the member's GROUP_STATE confirms it.
+        RankInfo& info = ranks_[r].info;
+        info.group_kind = form.kind;
+        info.group_epoch = epoch_;
+        info.group_state = "forming";
+    }
 }
 
 }  // namespace dpengine

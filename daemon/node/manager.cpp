@@ -152,6 +152,15 @@ public:
                 info.state = local.running ? RankState::starting : RankState::stopped;
                 if (local.running && node_link_) {
                     if (auto reported = rank_state_from_string(node_link_->rank_state(rank))) info.state = *reported;
+                    if (auto activity = node_link_->rank_activity(rank)) {
+                        info.activity_known = true;
+                        info.group_kind = activity->group_kind == "none" ? "" : activity->group_kind;
+                        info.group_epoch = activity->group_epoch;
+                        info.wave = activity->wave;
+                        info.memory_used = activity->memory_used;
+                        info.steps_per_second = activity->steps_per_second;
+                        info.dummy_step_share = activity->dummy_step_share;
+                    }
                 }
                 info.last_error = local.last_exit;
                 info.reason = local.last_reason;

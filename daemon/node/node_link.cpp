@@ -122,6 +122,12 @@ std::string NodeLink::rank_state(uint32_t rank) const {
     return c.states[rank - c.start_rank];
 }
 
+std::optional<wire::NodeRankActivity> NodeLink::rank_activity(uint32_t rank) const {
+    const auto& c = last_config_;
+    if (!connected_ || rank < c.start_rank || rank - c.start_rank >= c.activity.size()) return std::nullopt;
+    return c.activity[rank - c.start_rank];
+}
+
 void NodeLink::on_message(zmq::message_t& payload) {
     auto env = wire::decode(payload.to_string_view());
     if (!env) {

@@ -54,6 +54,8 @@ public:
     // The state of one of this node's ranks as the head last reported it ("" if unknown or
     // while the link is down).
     std::string rank_state(uint32_t rank) const;
+    // Likewise the rank's DP group and activity; nothing when the head did not send it.
+    std::optional<wire::NodeRankActivity> rank_activity(uint32_t rank) const;
 
 private:
     using Clock = std::chrono::steady_clock;

@@ -62,6 +62,8 @@ def shipped_policy() -> None:
             st = dpctl_json(bus, "status", user=NOBODY)
             check_eq((st["ready_ranks"], len(st["ranks"])), (DP, DP), "dpctl --json status as nobody")
             check_eq({x["rank"]: x["pid"] for x in st["ranks"]}, pids, "nobody sees the rank pids")
+            check_eq({x["group_kind"] for x in st["ranks"]}, {"none"},
+                     "nobody sees the ranks' DP group (the policy opens ListRankActivity to everyone)")
 
             check_eq(dpctl(bus, "drain", "3", "--timeout", "20", user=member).returncode, 0,
                      "a member of the group 'dpengine' may drain a rank")

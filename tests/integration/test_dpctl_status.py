@@ -24,10 +24,11 @@ from harness import (Daemon, check, check_eq, check_in, log, post_json, run_dpen
 DP = 4
 COMPLETIONS = 8
 RANK_KEYS = ["rank", "state", "node", "device", "pid", "in_flight", "queued", "served", "restarts", "last_error",
-             "reason"]
+             "reason", "group_kind", "group_epoch", "wave", "steps_per_second", "dummy_step_share", "memory_used"]
 STATUS_KEYS = ["role", "node", "dp_size", "epoch", "ready_ranks", "version", "ranks", "nodes"]
-COLUMNS = ["RANK", "STATE", "NODE", "DEVICE", "PID", "INFLIGHT", "QUEUED", "SERVED", "RESTARTS", "ERROR"]
-RIGHT = {"RANK", "PID", "INFLIGHT", "QUEUED", "SERVED", "RESTARTS"}
+COLUMNS = ["RANK", "STATE", "NODE", "DEVICE", "PID", "INFLIGHT", "QUEUED", "SERVED", "RESTARTS", "GROUP", "EPOCH",
+           "WAVE", "STEPS/S", "DUMMY", "MEM", "ERROR"]
+RIGHT = {"RANK", "PID", "INFLIGHT", "QUEUED", "SERVED", "RESTARTS", "EPOCH", "WAVE", "STEPS/S", "DUMMY", "MEM"}
 
 
 def run_in_pty(argv: list[str], env: dict, timeout: float = 20.0) -> str:
@@ -81,14 +82,19 @@ def check_table(text: str, ranks: dict[int, dict], legend: bool) -> None:
         values = {"RANK": str(n), "STATE": r["state"], "NODE": r["node"] or "-", "DEVICE": r["device"] or "-",
                   "PID": str(r["pid"]) if r["pid"] else "-", "INFLIGHT": str(r["in_flight"]),
                   "QUEUED": str(r["queued"]), "SERVED": str(r["served"]), "RESTARTS": str(r["restarts"]),
-                  "ERROR": error}
+                  "GROUP": r["group_kind"], "EPOCH": "-", "WAVE": "-", "DUMMY": "-", "MEM": "-", "ERROR": error}
         if positions is None:
             check(row.lstrip().startswith(f"{n} {r['state']} "), f"row of rank {n} starts with its number and state",
                   row)
             continue
         for col in COLUMNS:
-            v = values[col]
             start, end = positions[col]
+            if col == "STEPS/S":
+                # A rate over the last seconds: it may have moved since the JSON was read.
+                v = re.search(r"\S*$", row[:end])[0]
+                check(re.fullmatch(r"\d+\.\d", v), f"rank {n}: STEPS/S {v!r} is a rate", row)
+            else:
+                v = values[col]
             if col in RIGHT:
                 ok = row[end - len(v):end] == v and row[end - len(v) - 1:end - len(v)] in (" ", "") \
                     and row[end:end + 1] in (" ", "")
@@ -152,8 +158,13 @@ def main() -> None:
                 check(r["device"], f"rank {n} names its device", r)
                 check_eq((r["in_flight"], r["queued"], r["restarts"], r["last_error"], r["reason"]),
                          (0, 0, 0, "", ""), f"rank {n} idle, never restarted, no error")
+                check_eq((r["group_kind"], r["group_epoch"], r["wave"], r["dummy_step_share"], r["memory_used"]),
+                         ("none", 0, 0, 0, 0), f"rank {n}: no DP group in independent mode, no device memory measured")
             check_eq(sum(r["served"] for r in ranks.values()), COMPLETIONS, "served, summed over the ranks")
-            check_eq(dpctl_json(bus, "ranks"), st["ranks"], "ranks --json is the status's ranks array")
+            # (steps_per_second is a rate over the last seconds: it may move between the two reads)
+            def steady(listed: list[dict]) -> list[dict]:
+                return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in listed]
+            check_eq(steady(dpctl_json(bus, "ranks")), steady(st["ranks"]), "ranks --json is the status's ranks array")
 
             # --- text
             r = dpctl(bus, "status")

@@ -54,8 +54,9 @@ def hostile_calls(user) -> None:
     for method in NODE_METHODS:
         for args in [["uint32:0"], [f"string:{HUGE}"], ["int32:-1", "string:x"]]:
             expect_error(method, args, user, changing_denied or (INVALID_ARGS,))
-    for args in [["uint32:0"], [f"string:{HUGE}"], ["array:string:" + ",".join(["a"] * 5000)]]:
-        expect_error("ListRanks", args, user, (INVALID_ARGS,))
+    for method in ("ListRanks", "ListRankActivity"):
+        for args in [["uint32:0"], [f"string:{HUGE}"], ["array:string:" + ",".join(["a"] * 5000)]]:
+            expect_error(method, args, user, (INVALID_ARGS,))
     props = "org.freedesktop.DBus.Properties"
     expect_error("Get", [f"string:{MANAGER_INTERFACE}", "string:NoSuchProperty"], user,
                  ("org.freedesktop.DBus.Error.UnknownProperty", INVALID_ARGS), interface=props)

@@ -3,9 +3,11 @@ node B, CURVE between the nodes. The gloo DP group meets through the head's rend
 the ranks' authenticated connections) and connects the ranks over TCP on each node's own
 address; a single client's requests (one rank busy at a time) all come back right, the ranks
 on node B step on dummy batches while ranks on the head work (and the other way round), and
-every rank reports the same group epoch.
+every rank reports the same group epoch; `dpctl ranks` on node B shows its ranks in that gloo
+group as the head reports them over the node link.
 """
 
+from busharness import SystemBus, dpctl_json
 from harness import check, check_eq, log, parse_metric_samples, run_test, synthetic_completion, wait_until
 from netns import Cluster, Network
 
@@ -14,14 +16,14 @@ MAX_TOKENS = 10
 
 
 def main() -> None:
-    with Network("ls") as net:
+    with Network("ls") as net, SystemBus() as bus_b:
         a = net.add_node("head")
         b = net.add_node("b")
         net.wait_reachable(b, a)
         with Cluster(net, "ipv4", engine={"step_time_ms": 2}) as c:
             lockstep = {"data_parallel": {"dp_sync": "lockstep"}}
             head = c.head(a, dp=4, dpl=2, authorized=[("node-b", "2-3")], config=lockstep)
-            node_b = c.headless(b, "node-b", dp=4, dpl=2, dpr=2)
+            node_b = c.headless(b, "node-b", dp=4, dpl=2, dpr=2, env=bus_b.env)
             head.start()
             node_b.start()
             head.wait_ready(30)
@@ -69,6 +71,12 @@ def main() -> None:
                 log(f"  dummy steps per rank {seen[0]}, real steps {seen[1]}")
             epochs = metrics("dpengine_rank_group_epoch")
             check(len(set(epochs.values())) == 1, "one group epoch on every rank", epochs)
+            # The headless node's own status: the head's view of its ranks' group.
+            epoch = int(next(iter(epochs.values())))
+            shown = wait_until(lambda: {x["rank"]: (x["group_kind"], x["group_epoch"]) for x in dpctl_json(bus_b, "ranks")}
+                               == {2: ("gloo", epoch), 3: ("gloo", epoch)}, 10, 0.3)
+            check(shown, f"dpctl ranks on node B shows ranks 2-3 in the gloo group of epoch {epoch}",
+                  dpctl_json(bus_b, "ranks"))
             c.check_logs_clean()
 
 

@@ -12,7 +12,7 @@ machine would. Checks:
     signatures; `busctl tree` lists an org.dpengine1.Node object per node, whose properties
     say the same as ListNodes;
   - `dpctl status` on node B shows its own ranks (2 and 3, their pids, ready as the head reports
-    it over the node link) and the head link
+    it over the node link, and their DP group and activity likewise) and the head link
     (connected, the head's endpoint, since when);
   - a plain user may read nodes but not assign (access denied, exit 4);
   - after node B's daemon is stopped, the head reports node-b as lost.
@@ -125,6 +125,12 @@ def main() -> None:
             check(wait_until(lambda: {r: x["state"] for r, x in rank_by_number(dpctl_json(bus_b, "status")).items()}
                              == {2: "ready", 3: "ready"}, 10 * slow_factor(), interval=0.2),
                   "node B shows its ranks' state as the head reports it (ready)", dpctl_json(bus_b, "status")["ranks"])
+            activity = ("group_kind", "group_epoch", "wave", "dummy_step_share", "memory_used")
+            check(wait_until(lambda: [{k: x[k] for k in activity} for x in dpctl_json(bus_b, "ranks")]
+                             == [{"group_kind": "none", "group_epoch": 0, "wave": 0, "dummy_step_share": 0,
+                                  "memory_used": 0}] * 2, 10 * slow_factor(), interval=0.2),
+                  "node B shows its ranks' DP group and activity as the head reports it (no group)",
+                  dpctl_json(bus_b, "ranks"))
             nodes_b = node_by_name(st_b["nodes"])
             check_eq((nodes_b["node-b"]["ranks"], nodes_b["node-b"]["state"]), ("2-3", "connected"),
                      "node B's own entry")

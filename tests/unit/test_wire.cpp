@@ -98,6 +98,9 @@ Heartbeat sample_heartbeat() {
     m.progress = 99999999999ULL;
     m.running = 2;
     m.waiting = 1;
+    m.dummy_steps = 77777777777ULL;
+    m.wave = 42;
+    m.memory_used = 81920ULL << 20;
     return m;
 }
 
@@ -180,6 +183,9 @@ void check_same(const Heartbeat& a, const Heartbeat& b) {
     CHECK(a.progress == b.progress);
     CHECK(a.running == b.running);
     CHECK(a.waiting == b.waiting);
+    CHECK(a.dummy_steps == b.dummy_steps);
+    CHECK(a.wave == b.wave);
+    CHECK(a.memory_used == b.memory_used);
 }
 void check_same(const Shutdown&, const Shutdown&) {}
 void check_same(const GroupKv& a, const GroupKv& b) {
@@ -493,6 +499,58 @@ TEST_CASE("wire: a newer minor version of the same major is accepted", "[wire]")
     Envelope env = decode_ok(bytes);
     CHECK(env.epoch == 3);
     CHECK(std::get<Heartbeat>(env.message).progress == 5);
+}
+
+TEST_CASE("wire: HEARTBEAT's activity fields are optional both ways", "[wire]") {
+    // A rank that predates dummy_steps/wave/memory_used: its heartbeat decodes with them 0.
+    auto old_shape = raw(1, 0, 8, 4, [](Writer& w) {
+        w.map(3);
+        w.str("progress"); w.uint(12);
+        w.str("running"); w.uint(1);
+        w.str("waiting"); w.uint(2);
+    });
+    auto old_hb = std::get<Heartbeat>(decode_ok(old_shape).message);
+    CHECK(old_hb.progress == 12);
+    CHECK(old_hb.running == 1);
+    CHECK(old_hb.waiting == 2);
+    CHECK(old_hb.dummy_steps == 0);
+    CHECK(old_hb.wave == 0);
+    CHECK(old_hb.memory_used == 0);
+
+    // Zero fields are left out, so such a heartbeat is byte for byte what an older rank or
+    // head sends (and what an older peer reads without skipping anything).
+    Heartbeat zeros;
+    zeros.progress = 12;
+    zeros.running = 1;
+    zeros.waiting = 2;
+    CHECK(encode(zeros, 4) == old_shape);
+
+    // Each field travels on its own; the others stay 0.
+    Heartbeat only_wave;
+    only_wave.wave = 7;
+    auto wave_hb = std::get<Heartbeat>(decode_ok(encode(only_wave)).message);
+    CHECK(wave_hb.wave == 7);
+    CHECK(wave_hb.dummy_steps == 0);
+    CHECK(wave_hb.memory_used == 0);
+
+    // A field added after these is skipped, the known ones still read.
+    auto newer = raw(1, 0, 8, 4, [](Writer& w) {
+        w.map(3);
+        w.str("dummy_steps"); w.uint(5);
+        w.str("future_field"); w.array(2); w.uint(1); w.str("x");
+        w.str("memory_used"); w.uint(1ULL << 40);
+    });
+    auto newer_hb = std::get<Heartbeat>(decode_ok(newer).message);
+    CHECK(newer_hb.dummy_steps == 5);
+    CHECK(newer_hb.memory_used == (1ULL << 40));
+    CHECK(newer_hb.progress == 0);
+
+    // A field of the wrong type is refused, not misread.
+    auto wrong = raw(1, 0, 8, 4, [](Writer& w) {
+        w.map(1);
+        w.str("wave"); w.str("seven");
+    });
+    decode_error(wrong, "malformed");
 }
 
 // ---------------------------------------------------------------------------------------------

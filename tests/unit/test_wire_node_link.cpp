@@ -101,6 +101,14 @@ TEST_CASE("wire: NODE_CONFIG, NODE_STATUS and ASSIGN round trip", "[wire][node-l
     CHECK(config.count == 2);
     CHECK(config.epoch == 77);
 
+    CHECK(config.activity.empty());  // not sent: empty
+
+    NodeConfig with_activity{8, 4, 2, 77, "head-a", {"ready", "ready"}};
+    with_activity.activity = {{"gloo", 9, 1234, 81920ULL << 20, 412.5, 0.75}, {"none", 0, 0, 0, 0, 0}};
+    auto back = std::get<NodeConfig>(decoded(encode(with_activity)).message);
+    CHECK(back.activity == with_activity.activity);
+    CHECK(back.states == with_activity.states);
+
     auto status = std::get<NodeStatus>(decoded(encode(sample_status())).message);
     REQUIRE(status.ranks.size() == 2);
     CHECK(status.ranks[0].rank == 2);
@@ -152,6 +160,14 @@ TEST_CASE("wire: node-link messages missing required fields are malformed and na
     CHECK_THAT(e.message, Catch::Contains("count"));
     e = refused(raw(12, [](Writer& w) { w.map(0); }));
     CHECK_THAT(e.message, Catch::Contains("start_rank"));
+    // An activity entry short of its 6 elements.
+    e = refused(raw(12, [](Writer& w) {
+        w.map(3);
+        w.str("start_rank"); w.uint(0);
+        w.str("count"); w.uint(1);
+        w.str("activity"); w.array(1); w.array(2); w.str("gloo"); w.uint(3);
+    }));
+    CHECK_THAT(e.message, Catch::Contains("activity"));
 }
 
 TEST_CASE("wire: node-link rank blocks beyond the largest DP size are refused", "[wire][node-link]") {
