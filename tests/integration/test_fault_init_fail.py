@@ -11,7 +11,7 @@ and no restart; /health answers 503 and names the missing ranks; requests get a 
 import time
 
 import faults
-from harness import Daemon, check, check_eq, check_log_clean, log, post_json, run_test, slow_factor
+from harness import Daemon, check, check_eq, check_log_clean, log, post_json, run_test
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ middle of a long stream: the server sees its upstream request end (in-flight bac
 before the request could have finished. Finally stopping the daemon leaves no server behind.
 """
 
-import os
 import shutil
 import signal
 import tempfile

@@ -21,8 +21,8 @@ import signal
 
 from busharness import RANK_INTERFACE, SERVICE, SystemBus, busctl, dpctl, dpctl_json, rank_by_number, wait_for_name
 from harness import Daemon, check, check_eq, log, run_test, slow_factor, wait_until
+import faults
 # The same steady stream of checked completions as the dpctl control test.
-from test_dpctl_control import Load
 
 DP = 4
 BUSY = 0
@@ -88,7 +88,7 @@ def lockstep(bus: SystemBus) -> None:
 
         for n in IDLE:
             check_eq(dpctl(bus, "drain", str(n)).returncode, 0, f"dpctl drain {n}")
-        with Load(d.port) as load:
+        with faults.Load(d.port, clients=8, max_tokens=8, streams=False) as load:
             def imbalanced():
                 view = ranks(bus)
                 if not one_group(view, DP, ("ready", "draining")):
@@ -126,7 +126,7 @@ def lockstep(bus: SystemBus) -> None:
                 check_eq((cells[0], cells[1], cells[5]), ("gloo", str(epoch), "-"), f"rank {n}'s row: GROUP, EPOCH, MEM")
                 check(cells[4].endswith("%") and float(cells[3]) >= 0, f"rank {n}'s row: STEPS/S, DUMMY in percent",
                       cells)
-            check(not load.failures, "no completion failed", load.failures[:5])
+            check(not load.report.failures(), "no completion failed", load.report.failures()[:5])
         for n in IDLE:
             check_eq(dpctl(bus, "undrain", str(n)).returncode, 0, f"dpctl undrain {n}")
 
@@ -153,7 +153,7 @@ def independent(bus: SystemBus) -> None:
     with Daemon(config, env=bus.env, name="independent-status") as d:
         d.wait_ready(30)
         check(wait_for_name(bus, 10), f"{SERVICE} appears on the bus")
-        with Load(d.port) as load:
+        with faults.Load(d.port, clients=8, max_tokens=8, streams=False) as load:
             working = wait_until(lambda: [r for r in ranks(bus).values() if r["steps_per_second"] > 0],
                                  30 * slow_factor(), 0.5)
             check(working, "a rank with work shows steps per second in independent mode", ranks(bus))
@@ -168,7 +168,7 @@ def independent(bus: SystemBus) -> None:
             for n, cells in activity_cells(bus).items():
                 check_eq([cells[0], cells[1], cells[2], cells[4], cells[5]], ["none", "-", "-", "-", "-"],
                          f"rank {n}'s row: GROUP none, EPOCH, WAVE, DUMMY and MEM empty")
-            check(not load.failures, "no completion failed", load.failures[:5])
+            check(not load.report.failures(), "no completion failed", load.report.failures()[:5])
 
 
 def main() -> None:
