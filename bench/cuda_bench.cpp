@@ -132,11 +132,13 @@ double raw_all_reduce_us(uint32_t calls) {
     cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
     int64_t* value = nullptr;
     cudaMalloc(&value, sizeof *value);
-    int64_t host = 1;
+    int64_t* host = nullptr;  // pinned, as the group's
+    cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof *host, cudaHostAllocDefault);
+    *host = 1;
     auto once = [&] {
-        cudaMemcpyAsync(value, &host, sizeof host, cudaMemcpyHostToDevice, stream);
+        cudaMemcpyAsync(value, host, sizeof *host, cudaMemcpyHostToDevice, stream);
         n.all_reduce(value, value, 1, nccl::int64, nccl::sum, comm, stream);
-        cudaMemcpyAsync(&host, value, sizeof host, cudaMemcpyDeviceToHost, stream);
+        cudaMemcpyAsync(host, value, sizeof *host, cudaMemcpyDeviceToHost, stream);
         cudaStreamSynchronize(stream);
     };
     for (int w = 0; w < 100; ++w) once();
@@ -144,6 +146,7 @@ double raw_all_reduce_us(uint32_t calls) {
     for (uint32_t i = 0; i < calls; ++i) once();
     double us = seconds_since(t0) * 1e6 / calls;
     cudaFree(value);
+    cudaFreeHost(host);
     cudaStreamDestroy(stream);
     n.comm_destroy(comm);
     return us;

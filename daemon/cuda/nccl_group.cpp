@@ -23,6 +23,7 @@ public:
     NcclGroup(const nccl::Library& library, std::chrono::milliseconds timeout) : nccl_(library), timeout_(timeout) {}
 
     ~NcclGroup() override {
+        if (host_value_) cudaFreeHost(host_value_);
         if (active == this) active = nullptr;
         // Abort rather than finalize: finalize waits for the peers, which may be gone. The
         // members still in a collective with this one see it fail and time out.
@@ -35,6 +36,13 @@ public:
         auto buffer = DeviceBuffer::allocate(sizeof(int64_t), "the NCCL group");
         if (!buffer) return buffer.error();
         value_ = std::move(buffer).value();
+        // Pinned: a copy to pageable memory would block the thread until the all-reduce
+        // before it finishes, past every deadline, when a member is gone.
+        if (auto e = cudaHostAlloc(reinterpret_cast<void**>(&host_value_), sizeof(int64_t), cudaHostAllocDefault);
+            e != cudaSuccess) {
+            host_value_ = nullptr;
+            return Error{"allocating pinned host memory for the NCCL group failed: " + cuda_text(e), "group-failed"};
+        }
 
         nccl::UniqueId id{};
         const std::string key = "nccl-unique-id";
@@ -69,13 +77,13 @@ public:
 
     Result<int64_t> all_reduce_sum(int64_t value) override {
         if (!failed_.empty()) return Error{failed_, "group-failed"};
-        host_value_ = value;
+        *host_value_ = value;
         cudaStream_t stream = stream_.get();
-        cudaMemcpyAsync(value_.as<int64_t>(), &host_value_, sizeof host_value_, cudaMemcpyHostToDevice, stream);
+        cudaMemcpyAsync(value_.as<int64_t>(), host_value_, sizeof(int64_t), cudaMemcpyHostToDevice, stream);
         if (auto done = collective(value_.as<int64_t>(), 1, nccl::int64, stream); !done) return done.error();
-        cudaMemcpyAsync(&host_value_, value_.as<int64_t>(), sizeof host_value_, cudaMemcpyDeviceToHost, stream);
+        cudaMemcpyAsync(host_value_, value_.as<int64_t>(), sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
         if (auto done = wait_stream(stream, Clock::now() + timeout_); !done) return done.error();
-        return host_value_;
+        return *host_value_;
     }
 
     void all_reduce_floats(float* data, size_t count, cudaStream_t stream) {
@@ -141,7 +149,7 @@ private:
     nccl::Comm comm_ = nullptr;
     Stream stream_;
     DeviceBuffer value_;
-    int64_t host_value_ = 0;
+    int64_t* host_value_ = nullptr;  // pinned
     std::string failed_;
 };
 
