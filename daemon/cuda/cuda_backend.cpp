@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <random>
 
@@ -213,22 +214,32 @@ private:
         tokens_.assign(rows_, 1);
 
         // Synthetic weights: one random layer (uniform, scaled so that activations keep their
-        // size through the layers) copied into every layer, and a random embedding.
+        // size through the layers) copied into every layer, and a random embedding, made in
+        // pieces of at most 16 Mi floats so that a large model needs little host memory.
         std::mt19937 random(12345);
         std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
-        std::vector<float> host(std::max(h * h, size_t{vocab_} * h));
-        for (size_t i = 0; i < h * h; ++i) host[i] = uniform(random) * std::sqrt(3.0f / static_cast<float>(h));
-        for (uint32_t l = 0; l < layers_; ++l) {
-            if (auto e = cudaMemcpy(weights_.as<float>() + l * h * h, host.data(), h * h * sizeof(float),
-                                    cudaMemcpyHostToDevice);
+        const size_t piece = size_t{16} << 20;
+        std::vector<float> host(std::min(piece, std::max(h * h, size_t{vocab_} * h)));
+        auto fill = [&](float* device_at, size_t count, float scale, const char* what) -> Status {
+            for (size_t done = 0; done < count;) {
+                size_t n = std::min(host.size(), count - done);
+                for (size_t i = 0; i < n; ++i) host[i] = uniform(random) * scale;
+                if (auto e = cudaMemcpy(device_at + done, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+                    e != cudaSuccess)
+                    return Error{std::string("copying ") + what + " to the GPU failed: " + cuda_text(e), "no-gpu"};
+                done += n;
+            }
+            return Ok{};
+        };
+        if (auto ok = fill(weights_.as<float>(), h * h, std::sqrt(3.0f / static_cast<float>(h)), "the weights"); !ok)
+            return ok;
+        for (uint32_t l = 1; l < layers_; ++l) {
+            if (auto e = cudaMemcpy(weights_.as<float>() + l * h * h, weights_.as<float>(), h * h * sizeof(float),
+                                    cudaMemcpyDeviceToDevice);
                 e != cudaSuccess)
-                return Error{"copying the weights to the GPU failed: " + cuda_text(e), "no-gpu"};
+                return Error{"copying the weights on the GPU failed: " + cuda_text(e), "no-gpu"};
         }
-        for (size_t i = 0; i < size_t{vocab_} * h; ++i) host[i] = uniform(random);
-        if (auto e = cudaMemcpy(embedding_.as<float>(), host.data(), size_t{vocab_} * h * sizeof(float),
-                                cudaMemcpyHostToDevice);
-            e != cudaSuccess)
-            return Error{"copying the embedding to the GPU failed: " + cuda_text(e), "no-gpu"};
+        if (auto ok = fill(embedding_.as<float>(), size_t{vocab_} * h, 1.0f, "the embedding"); !ok) return ok;
         if (auto e = cudaMemset(x_.as<float>(), 0, x_.bytes()); e != cudaSuccess)
             return Error{"clearing the activations failed: " + cuda_text(e), "no-gpu"};
         return Ok{};

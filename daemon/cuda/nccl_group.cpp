@@ -23,11 +23,14 @@ public:
     NcclGroup(const nccl::Library& library, std::chrono::milliseconds timeout) : nccl_(library), timeout_(timeout) {}
 
     ~NcclGroup() override {
-        if (host_value_) cudaFreeHost(host_value_);
         if (active == this) active = nullptr;
         // Abort rather than finalize: finalize waits for the peers, which may be gone. The
         // members still in a collective with this one see it fail and time out.
         if (comm_) nccl_.comm_abort(comm_);
+        if (host_value_) {
+            cudaStreamSynchronize(stream_.get());  // nothing copies into it any more
+            cudaFreeHost(host_value_);
+        }
     }
 
     Status init(const engine::GroupSpec& spec, engine::RendezvousChannel& channel) {
