@@ -118,8 +118,9 @@ class Daemon:
     """dpengined from the bundle with CONFIG (sections merged over a private runtime
     directory, loopback HTTP on a free port, generous start-up times)."""
 
-    def __init__(self, config: dict, name: str):
+    def __init__(self, config: dict, name: str, env: dict | None = None):
         self.name = name
+        self.extra_env = dict(env or {})
         self.tmp = tempfile.mkdtemp(prefix=f"dpe-gpu-{name}-")
         self.port = free_port()
         base = {"frontend": {"host": "127.0.0.1", "port": self.port},
@@ -136,7 +137,8 @@ class Daemon:
     def __enter__(self) -> "Daemon":
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([os.path.join(BIN, "dpengined"), "--config", self.config_path],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=program_env(),
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env=program_env() | self.extra_env,
                                          start_new_session=True)
         return self
 
@@ -205,6 +207,14 @@ class Daemon:
                 return True
             time.sleep(0.5)
         return False
+
+    def wait_log(self, needle: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return True
+            time.sleep(0.5)
+        return needle in self.log_text()
 
     def stop(self, timeout: float = 60.0) -> int | None:
         if not self.proc:
