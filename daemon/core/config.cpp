@@ -86,6 +86,12 @@ constexpr Field fields[] = {
     {"engine", "health_path", [](Config& c) -> Target { return &c.engine.health_path; }},
     {"engine", "ready_timeout", [](Config& c) -> Target { return &c.engine.ready_timeout; }},
     {"engine", "max_concurrency", [](Config& c) -> Target { return &c.engine.max_concurrency; }, 1, u32_max},
+    {"engine", "hidden_size", [](Config& c) -> Target { return &c.engine.hidden_size; }, 16, 65536},
+    {"engine", "num_layers", [](Config& c) -> Target { return &c.engine.num_layers; }, 1, 1024},
+    {"engine", "vocab_size", [](Config& c) -> Target { return &c.engine.vocab_size; }, 2, 1 << 20},
+    {"engine", "gpu_memory_fraction", [](Config& c) -> Target { return &c.engine.gpu_memory_fraction; }},
+    {"engine", "gpus", [](Config& c) -> Target { return &c.engine.gpus; }},
+    {"engine", "gpu_sharing", [](Config& c) -> Target { return &c.engine.gpu_sharing; }},
     {"handshake", "connect_timeout", [](Config& c) -> Target { return &c.handshake.connect_timeout; }},
     {"handshake", "init_timeout", [](Config& c) -> Target { return &c.handshake.init_timeout; }},
     {"handshake", "ready_timeout", [](Config& c) -> Target { return &c.handshake.ready_timeout; }},
@@ -111,7 +117,7 @@ constexpr Field fields[] = {
 };
 // clang-format on
 
-constexpr std::string_view known_backends[] = {"synthetic", "http"};
+constexpr std::string_view known_backends[] = {"synthetic", "http", "cuda"};
 
 std::string full_name(const Field& f) { return std::string(f.section) + "." + std::string(f.key); }
 
@@ -807,6 +813,7 @@ Status validate_keys(const Config& config)
 }
 
 static Status validate_dp_group(const Config& config);
+static Status validate_gpu_settings(const Config& config);
 
 // The http backend's server: a command to run, placeholders it can expand, a port it is told.
 Status validate_http_backend(const Config& config)
@@ -947,6 +954,36 @@ Status validate(Config& config)
                      ") must be longer than handshake.heartbeat_interval (" +
                      format_double(config.handshake.heartbeat_interval) + ")"};
     if (auto group_ok = validate_dp_group(config); !group_ok) return group_ok;
+    if (auto gpu_ok = validate_gpu_settings(config); !gpu_ok) return gpu_ok;
+    return Ok{};
+}
+
+// The cuda backend's GPU settings. Whether the node has the GPUs is for the rank to find out
+// (it may run elsewhere); what can be wrong in the file is caught here.
+static Status validate_gpu_settings(const Config& config)
+{
+    const auto& engine = config.engine;
+    if (engine.gpu_memory_fraction > 1)
+        return Error{"engine.gpu_memory_fraction must be greater than 0 and at most 1 (a share of each GPU's "
+                     "memory), got " + format_double(engine.gpu_memory_fraction)};
+    std::vector<std::string> seen;
+    for (const std::string& gpu : engine.gpus) {
+        uint32_t index = 0;
+        auto [end, ec] = std::from_chars(gpu.data(), gpu.data() + gpu.size(), index);
+        if (gpu.empty() || ec != std::errc() || end != gpu.data() + gpu.size() || index > 1023)
+            return Error{"engine.gpus: '" + gpu + "' is not a CUDA device number; list device numbers as "
+                         "strings, one per local rank, such as [\"0\", \"1\"]"};
+        if (std::find(seen.begin(), seen.end(), gpu) != seen.end() && !engine.gpu_sharing)
+            return Error{"engine.gpus lists device " + gpu + " twice: ranks would share it; set "
+                         "engine.gpu_sharing = true to allow that"};
+        seen.push_back(gpu);
+    }
+    if (config.data_parallel.group == "nccl" && engine.backend != "cuda")
+        return Error{"data_parallel.group = \"nccl\" needs engine.backend = \"cuda\" (NCCL runs between "
+                     "GPUs); use \"gloo\" or \"auto\" with the '" + engine.backend + "' backend"};
+    if (config.data_parallel.group == "nccl" && engine.gpu_sharing)
+        return Error{"data_parallel.group = \"nccl\" cannot run with engine.gpu_sharing = true: NCCL needs a "
+                     "GPU per rank; use data_parallel.group = \"gloo\" (or \"auto\") to share GPUs"};
     return Ok{};
 }
 
@@ -958,13 +995,20 @@ static Status validate_dp_group(const Config& config)
     if (dp.dp_sync != "independent" && dp.dp_sync != "lockstep")
         return Error{"data_parallel.dp_sync: unknown mode '" + dp.dp_sync +
                      "'; use \"independent\" or \"lockstep\""};
-    if (dp.group != "auto" && dp.group != "gloo")
+    if (dp.group != "auto" && dp.group != "gloo" && dp.group != "nccl")
         return Error{"data_parallel.group: unknown group '" + dp.group +
-                     "'; use \"auto\" or \"gloo\" (NCCL is not available in this build)"};
+                     "'; use \"auto\", \"gloo\" or \"nccl\""};
     if (dp.dp_sync == "lockstep" && config.engine.backend == "http")
         return Error{"data_parallel.dp_sync = \"lockstep\" needs a backend that steps inside the rank, such as "
                      "\"synthetic\"; the http backend's servers are independent engines: use \"independent\""};
     return Ok{};
+}
+
+std::string dp_group_kind(const Config& config)
+{
+    const auto& group = config.data_parallel.group;
+    if (group != "auto") return group;
+    return config.engine.backend == "cuda" && !config.engine.gpu_sharing ? "nccl" : "gloo";
 }
 
 std::string to_toml(const Config& config)

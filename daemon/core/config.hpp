@@ -38,7 +38,9 @@ struct DataParallelSection {
     // (each rank steps on its own) or "lockstep" (every rank steps while any has work, idle
     // ones on a dummy batch, as MoE / expert-parallel models need).
     std::string dp_sync = "independent";
-    std::string group = "auto";      // the DP group's library in lockstep mode: auto, gloo
+    // The DP group's library in lockstep mode: "gloo", "nccl", or "auto" (nccl when the
+    // backend is "cuda" and every rank has a GPU of its own, else gloo).
+    std::string group = "auto";
     uint32_t sync_interval = 1;      // lockstep: steps between the group's all-reduces
     double group_timeout = 1.5;      // seconds a collective or the group's rendezvous may take
 };
@@ -66,6 +68,13 @@ struct EngineSection {
     std::string health_path = "/health";        // GET → 200 means the server is healthy
     double ready_timeout = 240.0;               // seconds for the server's first healthy answer
     uint32_t max_concurrency = 256;             // requests forwarded at once; more wait in the rank
+    // cuda backend: the model's shape (synthetic weights) and the rank's GPU.
+    uint32_t hidden_size = 1024;
+    uint32_t num_layers = 4;
+    uint32_t vocab_size = 4096;
+    double gpu_memory_fraction = 0.9;  // of the GPU's memory, for weights and cache
+    std::vector<std::string> gpus;     // CUDA device per local rank; empty: local rank N → device N
+    bool gpu_sharing = false;          // more ranks than devices: ranks share GPUs
 };
 
 struct HandshakeSection {
@@ -179,6 +188,12 @@ Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine
 Status validate(Config& config);
 
 // The effective config as TOML, for --check-config.
+// The DP group library of lockstep mode, with data_parallel.group = "auto" decided: "nccl"
+// when the ranks run the cuda backend each on a GPU of its own (NCCL refuses two ranks on one
+// device), else "gloo". The head decides it, as every rank gets the same CONFIG; a rank that
+// then finds no GPU fails with a clear error.
+std::string dp_group_kind(const Config& config);
+
 std::string to_toml(const Config& config);
 
 // The text of --help.

@@ -15,6 +15,7 @@ using msgpack::Writer;
 constexpr uint32_t max_stop_strings = 16;
 constexpr uint32_t max_command_words = 4096;
 constexpr uint32_t max_env_entries = 4096;
+constexpr uint32_t max_gpus = 1024;
 constexpr uint32_t max_items = 1 << 20;
 
 template <class T>
@@ -56,7 +57,7 @@ void put(Writer& w, const Hello& m) {
 }
 
 void put(Writer& w, const EngineConfig& m) {
-    w.map(10);
+    w.map(16);
     w.str("backend"); w.str(m.backend);
     w.str("model"); w.str(m.model);
     w.str("max_batch"); w.uint(m.max_batch);
@@ -74,6 +75,14 @@ void put(Writer& w, const EngineConfig& m) {
     w.str("health_path"); w.str(m.health_path);
     w.str("ready_timeout"); w.float64(m.ready_timeout);
     w.str("max_concurrency"); w.uint(m.max_concurrency);
+    w.str("hidden_size"); w.uint(m.hidden_size);
+    w.str("num_layers"); w.uint(m.num_layers);
+    w.str("vocab_size"); w.uint(m.vocab_size);
+    w.str("gpu_memory_fraction"); w.float64(m.gpu_memory_fraction);
+    w.str("gpus");
+    w.array(static_cast<uint32_t>(m.gpus.size()));
+    for (uint32_t gpu : m.gpus) w.uint(gpu);
+    w.str("gpu_sharing"); w.boolean(m.gpu_sharing);
 }
 
 void put(Writer& w, const Config& m) {
@@ -339,6 +348,17 @@ EngineConfig get_engine_config(Reader& r) {
         else if (k == "health_path") m.health_path = r.str();
         else if (k == "ready_timeout") m.ready_timeout = r.float64();
         else if (k == "max_concurrency") m.max_concurrency = u32(r);
+        else if (k == "hidden_size") m.hidden_size = u32(r);
+        else if (k == "num_layers") m.num_layers = u32(r);
+        else if (k == "vocab_size") m.vocab_size = u32(r);
+        else if (k == "gpu_memory_fraction") m.gpu_memory_fraction = r.float64();
+        else if (k == "gpus") {
+            uint32_t n = r.array();
+            if (n > max_gpus) throw DecodeError("too many GPUs");
+            m.gpus.reserve(n);
+            for (uint32_t i = 0; i < n; ++i) m.gpus.push_back(u32(r));
+        }
+        else if (k == "gpu_sharing") m.gpu_sharing = r.boolean();
         else return false;
         return true;
     });

@@ -68,6 +68,13 @@ struct EngineConfig {
     std::string health_path;
     double ready_timeout = 0;
     uint32_t max_concurrency = 0;
+    // cuda backend (dpengined.toml(5) engine.hidden_size ...): model shape and GPU placement.
+    uint32_t hidden_size = 0;
+    uint32_t num_layers = 0;
+    uint32_t vocab_size = 0;
+    double gpu_memory_fraction = 0;
+    std::vector<uint32_t> gpus;
+    bool gpu_sharing = false;
 
     bool operator==(const EngineConfig&) const = default;
 };

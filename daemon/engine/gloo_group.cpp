@@ -1,5 +1,7 @@
 #include "engine/gloo_group.hpp"
 
+#include "engine/hex.hpp"
+
 #include <gloo/allreduce.h>
 #include <gloo/common/error.h>
 #include <gloo/math.h>
@@ -25,35 +27,6 @@ struct StoreFailure : std::runtime_error {
     Error error;
 };
 
-// The wire carries text: gloo's binary addresses travel hex-encoded.
-std::string to_hex(const std::vector<char>& data) {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string out;
-    out.reserve(data.size() * 2);
-    for (char c : data) {
-        auto b = static_cast<unsigned char>(c);
-        out += digits[b >> 4];
-        out += digits[b & 15];
-    }
-    return out;
-}
-
-std::vector<char> from_hex(const std::string& text) {
-    auto nibble = [](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        return -1;
-    };
-    if (text.size() % 2) throw StoreFailure(Error{"the group's rendezvous value is not hex", "malformed"});
-    std::vector<char> out(text.size() / 2);
-    for (size_t i = 0; i < out.size(); ++i) {
-        int hi = nibble(text[2 * i]), lo = nibble(text[2 * i + 1]);
-        if (hi < 0 || lo < 0) throw StoreFailure(Error{"the group's rendezvous value is not hex", "malformed"});
-        out[i] = static_cast<char>(hi << 4 | lo);
-    }
-    return out;
-}
-
 // gloo's rendezvous store backed by the head's key-value store (GROUP_KV over the rank's
 // connection). Every wait ends at one deadline for the whole rendezvous.
 class HeadStore : public gloo::rendezvous::Store {
@@ -61,14 +34,16 @@ public:
     HeadStore(RendezvousChannel& channel, Clock::time_point deadline) : channel_(channel), deadline_(deadline) {}
 
     void set(const std::string& key, const std::vector<char>& data) override {
-        if (auto done = channel_.set(key, to_hex(data)); !done) throw StoreFailure(done.error());
+        if (auto done = channel_.set(key, to_hex(data.data(), data.size())); !done) throw StoreFailure(done.error());
     }
 
     std::vector<char> get(const std::string& key) override {
         if (auto it = cache_.find(key); it != cache_.end()) return it->second;
         auto value = channel_.get(key, deadline_);
         if (!value) throw StoreFailure(value.error());
-        return cache_[key] = from_hex(*value);
+        auto bytes = from_hex(*value);
+        if (!bytes) throw StoreFailure(bytes.error());
+        return cache_[key] = std::move(bytes).value();
     }
 
     void wait(const std::vector<std::string>& keys) override {

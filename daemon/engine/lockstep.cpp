@@ -137,7 +137,12 @@ void Lockstep::advance(StepLoop& loop, wire::Outputs& out, Link& link) {
     }
     --steps_left_;
     if (loop.has_work()) {
+        uint64_t before = loop.steps();
         loop.step(out);
+        // Every request it had ended before reaching the backend (a prompt longer than
+        // max_model_len): step the dummy batch, so that the backend's own collectives (the
+        // cuda backend's NCCL all-reduce) still see this rank this round.
+        if (loop.steps() == before) loop.dummy_step();
         ++steps_;
     } else {
         loop.dummy_step();

@@ -641,8 +641,8 @@ private:
                              "' backend runs independent engines (use data_parallel.dp_sync = \"independent\")",
                          "init-failed"};
         }
-        if (config.group_kind != "gloo") {
-            return Error{"the head asks for a '" + config.group_kind + "' DP group, which this rank does not support (known: gloo)",
+        if (config.group_kind != "gloo" && config.group_kind != "nccl") {
+            return Error{"the head asks for a '" + config.group_kind + "' DP group, which this rank does not support (known: gloo, nccl)",
                          "init-failed"};
         }
         if (!options_.group_factory) {

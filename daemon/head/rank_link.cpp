@@ -425,6 +425,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     reply.engine.health_path = config_.engine.health_path;
     reply.engine.ready_timeout = config_.engine.ready_timeout;
     reply.engine.max_concurrency = config_.engine.max_concurrency;
+    fill_gpu_config(reply.engine);
     send(routing_id, reply);
     log::info("rank {} joined from {} (build {}), initializing", hello.rank, who, hello.build);
 }

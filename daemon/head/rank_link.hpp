@@ -205,6 +205,7 @@ private:
     // member reports it failed, and relays waves.
     bool lockstep() const { return config_.data_parallel.dp_sync == "lockstep"; }
     void fill_group_config(wire::Config& reply) const;
+    void fill_gpu_config(wire::EngineConfig& engine) const;
     // True when the message was a DP group message (handled).
     bool on_group_message(Slot& slot, const wire::Message& message);
     void schedule_regroup(bool force, std::chrono::milliseconds delay);

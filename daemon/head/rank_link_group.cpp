@@ -27,10 +27,19 @@ void RankLink::fill_group_config(wire::Config& reply) const {
     reply.sync_interval = config_.data_parallel.sync_interval;
     reply.group_timeout = config_.data_parallel.group_timeout;
     if (lockstep()) {
-        // "auto" is gloo: it is the only group this build has.
-        reply.group_kind = "gloo";
+        reply.group_kind = dp_group_kind(config_);
         reply.group_rendezvous = "head";  // GROUP_KV on this connection
     }
+}
+
+void RankLink::fill_gpu_config(wire::EngineConfig& engine) const {
+    engine.hidden_size = config_.engine.hidden_size;
+    engine.num_layers = config_.engine.num_layers;
+    engine.vocab_size = config_.engine.vocab_size;
+    engine.gpu_memory_fraction = config_.engine.gpu_memory_fraction;
+    engine.gpu_sharing = config_.engine.gpu_sharing;
+    engine.gpus.clear();
+    for (const auto& gpu : config_.engine.gpus) engine.gpus.push_back(static_cast<uint32_t>(std::stoul(gpu)));
 }
 
 bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
@@ -145,8 +154,8 @@ void RankLink::regroup(bool force) {
     // The new group starts running a wave of its own, so that every member agrees where it is.
     wave_started_ += 1;
     group_paused_ = false;
-    wire::GroupForm form{epoch_, "gloo", members, wave_started_};
-    log::info("DP group epoch {}: {} rank(s) [{}], gloo, wave {}", epoch_, members.size(), join_ranks(members),
+    wire::GroupForm form{epoch_, dp_group_kind(config_), members, wave_started_};
+    log::info("DP group epoch {}: {} rank(s) [{}], {}, wave {}", epoch_, members.size(), join_ranks(members), form.kind,
               wave_started_);
     for (uint32_t r : members) {
         send(ranks_[r].routing_id, form);

@@ -635,9 +635,9 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
     }
     SECTION("engine")
     {
-        config.engine.backend = "cuda";
+        config.engine.backend = "rocm";
         CHECK(validate_error(config) ==
-              "engine.backend: unknown backend 'cuda'; known backends: synthetic, http");
+              "engine.backend: unknown backend 'rocm'; known backends: synthetic, http, cuda");
         config.engine.backend = "synthetic";
         config.engine.model = "";
         CHECK_THAT(validate_error(config), Catch::StartsWith("engine.model is empty"));
