@@ -35,6 +35,15 @@ int main(int argc, char** argv) {
     config.rank = 1;
     config.epoch = 1;
     config.engine = {"synthetic", "synthetic", 256, 0.5, 8192};
+    Config cuda_config = config;
+    cuda_config.group_kind = "nccl";
+    cuda_config.sync = "lockstep";
+    cuda_config.engine.backend = "cuda";
+    cuda_config.engine.hidden_size = 2048;
+    cuda_config.engine.num_layers = 8;
+    cuda_config.engine.vocab_size = 32000;
+    cuda_config.engine.gpu_memory_fraction = 0.5;
+    cuda_config.engine.gpus = {0, 1};
     Output partial{7, "hello", 1, "", 3};
     Output last{7, " world", 1, "length", 3};
     std::vector<std::pair<std::string, Message>> messages = {
@@ -46,6 +55,8 @@ int main(int argc, char** argv) {
         {"abort", Abort{{7, 8}}},
         {"outputs", Outputs{{partial, last}, 1, 0}},
         {"heartbeat", Heartbeat{12, 0, 0}},
+        {"heartbeat-lockstep", Heartbeat{40, 2, 1, 30, 5, uint64_t{1} << 30}},
+        {"config-cuda", cuda_config},
         {"shutdown", Shutdown{}},
         {"error", ErrorReply{"malformed", "expected an array"}},
     };
