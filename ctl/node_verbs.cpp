@@ -36,18 +36,11 @@ const char* node_state_colour(const std::string& state) {
     return colour::none;
 }
 
-// A count as typed: decimal digits only (exit 2 otherwise, before any bus call).
+// An assign option's number (exit 2 otherwise, before any bus call).
 uint32_t parse_number(const std::string& option, const std::string& text) {
-    uint64_t value = 0;
-    bool ok = !text.empty() && text.size() <= 10;
-    for (char c : text) {
-        if (c < '0' || c > '9') ok = false;
-        if (ok) value = value * 10 + uint64_t(c - '0');
-    }
-    if (!ok || value > UINT32_MAX) {
-        throw Failure(exit_status::invalid_arguments, "assign: " + option + ": '" + text + "' is not a number");
-    }
-    return static_cast<uint32_t>(value);
+    auto value = parse_uint32(text);
+    if (!value) throw Failure(exit_status::invalid_arguments, "assign: " + option + ": '" + text + "' is not a number");
+    return *value;
 }
 
 struct AssignArgs {

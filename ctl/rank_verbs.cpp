@@ -106,18 +106,24 @@ constexpr RankAction rank_actions[] = {
 
 }  // namespace
 
-uint32_t parse_rank(const std::string& verb, const std::string& text) {
+std::optional<uint32_t> parse_uint32(const std::string& text) {
     uint64_t value = 0;
     bool ok = !text.empty() && text.size() <= 10;
     for (char c : text) {
         if (c < '0' || c > '9') ok = false;
         if (ok) value = value * 10 + uint64_t(c - '0');
     }
-    if (!ok || value > UINT32_MAX) {
+    if (!ok || value > UINT32_MAX) return std::nullopt;
+    return static_cast<uint32_t>(value);
+}
+
+uint32_t parse_rank(const std::string& verb, const std::string& text) {
+    auto rank = parse_uint32(text);
+    if (!rank) {
         throw Failure(exit_status::invalid_arguments,
                       verb + ": '" + text + "' is not a rank: give the rank's number (0 to DP size - 1, see 'dpctl ranks')");
     }
-    return static_cast<uint32_t>(value);
+    return *rank;
 }
 
 int rank_action_verb(const std::string& verb, const Options& options, const Args& args) {

@@ -37,7 +37,11 @@ struct Options {
     std::optional<unsigned> lines;     // logs
 };
 
-// A rank number as typed: decimal digits only (exit 2 otherwise, before any bus call).
+// A number as typed on the command line: decimal digits only, at most UINT32_MAX; nullopt
+// otherwise, for the caller to name what it expected (exit 2, before any bus call).
+std::optional<uint32_t> parse_uint32(const std::string& text);
+
+// A rank number as typed (exit 2 otherwise, before any bus call).
 uint32_t parse_rank(const std::string& verb, const std::string& text);
 
 int status_verb(const Options& options, const Args& args);
