@@ -39,7 +39,11 @@ def check_elf() -> None:
         bad = [lib for lib in libs if lib.startswith(CUDA_LIBRARIES)]
         check(not bad, f"{os.path.basename(program)} links no CUDA/NCCL library", bad)
     module = os.path.join(build_dir(), "daemon", "dpengine-cuda.so")
-    if os.path.exists("/usr/local/cuda/include/cuda_runtime.h") and os.path.exists("/usr/local/cuda/lib64/libcublas.so"):
+    with open(os.path.join(build_dir(), "CMakeCache.txt")) as f:
+        switched_off = "DPENGINE_CUDA:BOOL=OFF" in f.read()
+    if switched_off:
+        check(not os.path.exists(module), "built with -DDPENGINE_CUDA=OFF: no cuda backend module", module)
+    elif os.path.exists("/usr/local/cuda/include/cuda_runtime.h") and os.path.exists("/usr/local/cuda/lib64/libcublas.so"):
         check(os.path.exists(module), "the CUDA toolkit is installed: the cuda backend module is built", module)
         libs = needed(module)
         check(any(lib.startswith("libcublas") for lib in libs), "the module links cuBLAS", libs)
