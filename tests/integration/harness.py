@@ -799,7 +799,12 @@ class Daemon:
             return []
         pids = children_of(self.proc.pid)
         for p in pids:
-            self._known_ranks.setdefault(p, rank_of_pid(p))
+            if p not in self._known_ranks:
+                # A child caught between fork and exec still shows the daemon's command line;
+                # remember it only once it names its rank, or it would never count as a rank.
+                rank = rank_of_pid(p)
+                if rank is not None:
+                    self._known_ranks[p] = rank
         return pids
 
     def ranks(self) -> dict[int, int]:
