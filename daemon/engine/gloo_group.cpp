@@ -5,57 +5,61 @@
 #include <gloo/allreduce.h>
 #include <gloo/common/error.h>
 #include <gloo/math.h>
-#include <gloo/rendezvous/context.h>
-#include <gloo/rendezvous/store.h>
+#include <gloo/context.h>
+#include <gloo/transport/context.h>
+#include <gloo/transport/pair.h>
 #include <gloo/transport/tcp/device.h>
 #include <gloo/transport/buffer.h>
 
 #include <map>
-#include <stdexcept>
-#include <vector>
 #include <mutex>
+#include <string>
+#include <vector>
 
 namespace dpengine::engine {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A rendezvous failure inside gloo's connectFullMesh, which only knows exceptions; turned back
-// into an Error value at the edge of this module.
-struct StoreFailure : std::runtime_error {
-    explicit StoreFailure(Error e) : std::runtime_error(e.message), error(std::move(e)) {}
-    Error error;
-};
-
-// gloo's rendezvous store backed by the head's key-value store (GROUP_KV over the rank's
-// connection). Every wait ends at one deadline for the whole rendezvous.
-class HeadStore : public gloo::rendezvous::Store {
+// A gloo context whose full mesh is wired through the head's rendezvous store one pair at a
+// time: member i publishes its end of the pair with member j under "pair-i-j", and j fetches
+// only that entry. Each member sends and fetches n-1 small values, so a formation moves O(n^2)
+// bytes through the head; gloo's own connectFullMesh has every member fetch every member's whole
+// address list, O(n^3) bytes (gigabytes at DP 256, on every re-formation).
+class HeadMeshContext : public gloo::Context {
 public:
-    HeadStore(RendezvousChannel& channel, Clock::time_point deadline) : channel_(channel), deadline_(deadline) {}
+    using gloo::Context::Context;
 
-    void set(const std::string& key, const std::vector<char>& data) override {
-        if (auto done = channel_.set(key, to_hex(data.data(), data.size())); !done) throw StoreFailure(done.error());
+    Status connect(RendezvousChannel& channel, const std::shared_ptr<gloo::transport::Device>& device,
+                   Clock::time_point deadline) {
+        auto mesh = device->createContext(rank, size);
+        mesh->setTimeout(getTimeout());
+        for (int peer = 0; peer < size; ++peer) {
+            if (peer == rank) continue;
+            auto address = mesh->createPair(peer)->address().bytes();
+            if (auto done = channel.set(pair_key(rank, peer), to_hex(address.data(), address.size())); !done) {
+                return done.error();
+            }
+        }
+        // Peers in rank order on every member, as gloo's connectFullMesh does: each pair's
+        // connecting end and accepting end then reach it in an order that cannot deadlock.
+        for (int peer = 0; peer < size; ++peer) {
+            if (peer == rank) continue;
+            auto value = channel.get(pair_key(peer, rank), deadline);
+            if (!value) return value.error();
+            auto address = from_hex(*value);
+            if (!address) return address.error();
+            mesh->getPair(peer)->connect(*address);
+        }
+        device_ = device;
+        transportContext_ = std::move(mesh);
+        return Ok{};
     }
-
-    std::vector<char> get(const std::string& key) override {
-        if (auto it = cache_.find(key); it != cache_.end()) return it->second;
-        auto value = channel_.get(key, deadline_);
-        if (!value) throw StoreFailure(value.error());
-        auto bytes = from_hex(*value);
-        if (!bytes) throw StoreFailure(bytes.error());
-        return cache_[key] = std::move(bytes).value();
-    }
-
-    void wait(const std::vector<std::string>& keys) override {
-        for (const auto& key : keys) get(key);
-    }
-
-    void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) override { wait(keys); }
 
 private:
-    RendezvousChannel& channel_;
-    Clock::time_point deadline_;
-    std::map<std::string, std::vector<char>> cache_;
+    static std::string pair_key(int from, int to) {
+        return "pair-" + std::to_string(from) + "-" + std::to_string(to);
+    }
 };
 
 // One TCP device per bind address for the life of the process: it owns the listening socket
@@ -160,13 +164,12 @@ Result<std::unique_ptr<DpGroup>> make_gloo_group(const GroupSpec& spec, Rendezvo
     if (spec.size <= 1) return std::unique_ptr<DpGroup>(std::make_unique<SoloGroup>());
     try {
         auto device = device_for(spec.bind_address);
-        auto context = std::make_shared<gloo::rendezvous::Context>(static_cast<int>(spec.index), static_cast<int>(spec.size));
+        auto context = std::make_shared<HeadMeshContext>(static_cast<int>(spec.index), static_cast<int>(spec.size));
         context->setTimeout(spec.timeout);
-        HeadStore store(channel, Clock::now() + spec.timeout);
-        context->connectFullMesh(store, device);
+        if (auto connected = context->connect(channel, device, Clock::now() + spec.timeout); !connected) {
+            return connected.error();
+        }
         return std::unique_ptr<DpGroup>(std::make_unique<GlooGroup>(std::move(context), spec));
-    } catch (const StoreFailure& e) {
-        return e.error;
     } catch (const std::exception& e) {
         return Error{std::string("forming the gloo DP group on ") + spec.bind_address + " failed: " + e.what(),
                      "group-failed"};

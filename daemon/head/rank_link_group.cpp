@@ -10,9 +10,10 @@ namespace dpengine {
 
 namespace {
 
-// Bounds on what one epoch's rendezvous store holds: gloo publishes one key per member.
-constexpr size_t max_keys_per_member = 4;
-constexpr size_t max_value_bytes = 1 << 20;
+// Bounds on what one epoch's rendezvous store holds (and on the gets waiting for a key): a gloo
+// member publishes one address per peer, an NCCL group one unique id in all.
+size_t max_group_keys(size_t members) { return members * members + 4; }
+constexpr size_t max_value_bytes = 4096;  // a gloo pair address or an NCCL unique id, in hex
 
 std::string join_ranks(const std::vector<uint32_t>& ranks) {
     std::string out;
@@ -53,7 +54,7 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
             return true;
         }
         if (kv->value) {
-            if (kv->value->size() > max_value_bytes || group_kv_.size() >= max_keys_per_member * group_members_.size()) {
+            if (kv->value->size() > max_value_bytes || group_kv_.size() >= max_group_keys(group_members_.size())) {
                 send(slot.routing_id, wire::ErrorReply{"group-store-full", "the DP group's rendezvous store is full"});
                 return true;
             }
@@ -69,7 +70,7 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
             group_waiters_.erase(first, last);
         } else if (auto it = group_kv_.find(kv->key); it != group_kv_.end()) {
             send(slot.routing_id, wire::GroupValue{epoch_, kv->key, true, it->second});
-        } else if (group_waiters_.size() < max_keys_per_member * group_members_.size() * group_members_.size()) {
+        } else if (group_waiters_.size() < max_group_keys(group_members_.size())) {
             // Held until the key is set (or the epoch ends): no polling.
             group_waiters_.emplace(kv->key, rank);
         }
