@@ -43,7 +43,7 @@ inline constexpr const char* list_rank_activity_signature = "a(ustttdd)";
 // The cluster view.
 //   ListNodes() -> a(ssssuuutt)  name, role, state, address, start_rank, count, wanted,
 //                                since (Unix seconds), incarnation
-//   AssignRanks(s node, u start_rank, u count)  — head: move ranks to a headless node
+//   AssignRanks(s node, u start_rank, u count)  — head: move ranks to a node (or to the head)
 inline constexpr const char* list_nodes = "ListNodes";
 inline constexpr const char* assign_ranks = "AssignRanks";
 inline constexpr const char* list_nodes_signature = "a(ssssuuutt)";

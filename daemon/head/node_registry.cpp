@@ -274,11 +274,6 @@ Status NodeRegistry::assign(const std::string& node, uint32_t start, uint32_t co
         return Error{"unknown node '" + node + "'; the nodes are: " + known + " ('dpctl nodes')", "invalid-args"};
     }
     Entry& target = it->second;
-    if (target.local) {
-        return Error{"the head's own ranks are set by its configuration (data_parallel.start_rank, size_local); "
-                     "assign ranks to a headless node",
-                     "invalid-args"};
-    }
     if (count == 0) return Error{"count must be 1 or more", "invalid-args"};
     const uint32_t size = config_.dp_size();
     if (uint64_t{start} + count > size) {
@@ -365,7 +360,8 @@ void NodeRegistry::finish_move() {
     target.start = move.start;
     target.count = move.count;
     for (uint32_t r = move.start; r < move.start + move.count; ++r) link_.set_owner(r, target.name);
-    link_.send_to(target.routing_id, wire::Assign{target.start, target.count, epoch});
+    if (!target.local) link_.send_to(target.routing_id, wire::Assign{target.start, target.count, epoch});
+    else if (hooks_.assign_local) hooks_.assign_local(target.start, target.count);
     log::notice("epoch {}: node '{}' runs ranks {}", epoch, target.name, describe_block(target.start, target.count));
     changed();
 }

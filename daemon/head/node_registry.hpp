@@ -30,6 +30,8 @@ public:
     struct Hooks {
         // One of the head's own ranks moves to another node: stop its process for good.
         std::function<void(uint32_t rank)> release_local;
+        // Ranks move to the head: it runs exactly ranks start .. start + count - 1 from now on.
+        std::function<void(uint32_t start, uint32_t count)> assign_local;
         // A node registered, was lost, or its ranks changed.
         std::function<void()> nodes_changed;
     };

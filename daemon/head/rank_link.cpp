@@ -113,11 +113,9 @@ Result<std::vector<keys::AuthorizedKey>> RankLink::allow_list() const {
     if (!secret) return Error{"security.key: " + secret.error().message};
     auto authorized = keys::load_authorized_keys(config_.security.authorized_keys);
     if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
-    keys::AuthorizedKey own{secret->public_z85, config_.node.name, std::nullopt};
-    if (config_.size_local() > 0) {
-        own.ranks = {config_.first_local_rank(), config_.first_local_rank() + config_.size_local() - 1};
-    }
-    authorized->push_back(own);
+    // No rank range on the head's own key: the head runs its configured block and whatever
+    // 'dpctl assign' moves to it, and rank ownership (RankLink::ownership_problem) holds it to that.
+    authorized->push_back(keys::AuthorizedKey{secret->public_z85, config_.node.name, std::nullopt});
     return authorized;
 }
 

@@ -419,15 +419,17 @@ private:
         return status;
     }
 
-    // Headless: run exactly ranks start .. start + count - 1 from now on. Ranks that leave are
-    // stopped (their requests were drained by the head) and not restarted; new ones start.
+    // Run exactly ranks start .. start + count - 1 from now on (a headless node: as the head
+    // assigns; the head: after ranks moved to it). Ranks that leave are stopped (their requests
+    // were drained by the head) and not restarted; new ones start.
     void apply_assignment(uint32_t start, uint32_t count) {
         if (stopping_) return;
         auto in_block = [&](uint32_t rank) { return rank >= start && rank < start + count; };
         std::vector<uint32_t> gone;
         for (auto& [rank, local] : local_) {
-            if (in_block(rank)) continue;
-            if (local.assigned) log::info("rank {} moves off this node; stopping it", rank);
+            // Ranks no longer assigned here are stopping already (released by the head).
+            if (in_block(rank) || !local.assigned) continue;
+            log::info("rank {} moves off this node; stopping it", rank);
             local.assigned = false;
             if (local.restart_timer) local.restart_timer->cancel();
             if (local.running) {
@@ -481,6 +483,7 @@ private:
         if (auto bound = link_->bind(endpoint_); !bound) return bound;
         NodeRegistry::Hooks node_hooks;
         node_hooks.release_local = [this](uint32_t rank) { release_local_rank(rank); };
+        node_hooks.assign_local = [this](uint32_t start, uint32_t count) { apply_assignment(start, count); };
         node_hooks.nodes_changed = [this] { bus_.nodes_changed(); };
         registry_ = std::make_unique<NodeRegistry>(io_, config_, *link_, std::move(node_hooks));
         link_->set_node_handler([this](const std::string& routing_id, const wire::Envelope& envelope,

@@ -7,8 +7,8 @@ rank, so the head assigns their ranks. Checks:
   - invalid assignments are refused with InvalidArgs and a message naming the problem, dpctl
     exits 5 (refused by the daemon) and the daemon keeps serving: ranks out of range, an
     unknown node, a block that would split node B's ranks in two (overlap with ranks that are
-    not moved), count 0, the head as target; and a malformed count is refused by dpctl itself
-    (exit 2);
+    not moved), count 0, the head as target when that would split node B's block; and a
+    malformed count is refused by dpctl itself (exit 2);
   - `dpctl assign node-c --start-rank 3 --count 2` while a stream of completions flows: node B
     drains and stops ranks 3-4, node C starts them, the epoch goes up; dpctl returns once they
     are ready on node C; not one request fails and every answer is right;
@@ -19,6 +19,8 @@ rank, so the head assigns their ranks. Checks:
     rank processes, and the new head serves.
   - one of the head's own ranks (1) moves to node B under load (assign node-b --start-rank 1
     --count 2): the head stops its process, node B starts it, no request fails.
+  - rank 1 moves back to the head under load (assign head --start-rank 0 --count 2): node B
+    stops it, the head starts it and controls it again, no request fails.
 """
 
 import threading
@@ -127,7 +129,8 @@ def main() -> None:
                 (["node-c", "--start-rank", "3", "--count", "1"], "would split node 'node-b' ranks 2-4",
                  "a block inside node B's (overlapping ranks that are not moved)"),
                 (["node-c", "--start-rank", "3", "--count", "0"], "count must be 1 or more", "count 0"),
-                (["head", "--start-rank", "3", "--count", "1"], "head's own ranks", "the head as target"),
+                (["head", "--start-rank", "3", "--count", "1"], "would split node 'node-b' ranks 2-4",
+                 "the head as target, splitting node B's block"),
             ]:
                 r = dpctl(bus_a, "assign", *args)
                 check_eq(r.returncode, 5, f"assign refused for {what} (exit 5: refused as invalid)")
@@ -231,6 +234,33 @@ def main() -> None:
             not_here = dpctl(bus_a, "restart", "1")
             check_eq(not_here.returncode, 5, "the head no longer controls rank 1's process (exit 5)")
             check_in("it runs ranks 0)", not_here.stderr, "the refusal names the ranks the head runs now")
+
+            # Rank 1 moves back to the head, under load.
+            b_rank_2 = node_b.ranks()[2]
+            epoch_before = st["epoch"]
+            stream = RequestStream(head).start()
+            check(wait_until(lambda: stream.count() >= 20, 30 * slow_factor(), interval=0.1),
+                  "the request stream flows before rank 1 moves back", stream.problems[:5])
+            moved = dpctl(bus_a, "assign", "head", "--start-rank", "0", "--count", "2", "--timeout", "60")
+            check_eq(moved.returncode, 0, "dpctl assign head --start-rank 0 --count 2 completes")
+            at_move = stream.count()
+            check(wait_until(lambda: stream.count() >= at_move + 30, 30 * slow_factor(), interval=0.1),
+                  "the stream goes on after rank 1 moved back")
+            stream.stop()
+            check_eq(stream.problems[:10], [], "no request failed or was wrong while rank 1 moved to the head")
+            check_eq(placement(bus_a), {"head": "0-1", "node-b": "2", "node-c": "3-4"}, "rank 1 runs on the head again")
+            check(wait_until(lambda: sorted(head.ranks()) == [0, 1] and sorted(node_b.ranks()) == [2],
+                             10 * slow_factor()),
+                  "the head runs ranks 0 and 1; node B runs rank 2 only", (head.ranks(), node_b.ranks()))
+            check_eq((head.ranks()[0], node_b.ranks()[2]), (head_pids[0], b_rank_2),
+                     "the ranks that did not move are the same processes")
+            st = dpctl_json(bus_a, "status")
+            check(st["epoch"] > epoch_before, f"the epoch went up again ({epoch_before} -> {st['epoch']})")
+            check_eq({r: (x["state"], x["node"]) for r, x in rank_by_number(st).items()},
+                     {0: ("ready", "head"), 1: ("ready", "head"), 2: ("ready", "node-b"), 3: ("ready", "node-c"),
+                      4: ("ready", "node-c")}, "every rank is ready where it now runs")
+            check_eq(dpctl(bus_a, "restart", "1", "--timeout", "60").returncode, 0,
+                     "the head controls rank 1's process again (dpctl restart 1)")
             for d in (node_c, node_b, head):
                 check_eq(d.stop(), 0, f"{d.name} stops cleanly")
             c.check_logs_clean()
