@@ -110,7 +110,7 @@ double lockstep_member(uint32_t rank, uint32_t ranks, uint32_t steps, uint32_t i
     settings.bind_address = address;
     GroupFactory factory = [library](const GroupSpec& spec, RendezvousChannel& channel) {
         GroupSpec s = spec;
-        if (library) s.direct_exchange_limit = 0;  // gloo's own all-reduce, as large groups use
+        if (library) s.star_limit = 0;  // gloo's own all-reduce, as large groups use
         return make_gloo_group(s, channel);
     };
     Lockstep lockstep(settings, factory);

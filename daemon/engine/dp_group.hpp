@@ -31,9 +31,9 @@ struct GroupSpec {
     uint32_t size = 0;
     std::string bind_address;  // the address the group's TCP connections use on this node
     std::chrono::milliseconds timeout{1500};  // rendezvous and every collective
-    // Groups up to this size all-reduce by exchanging values directly (one network hop, n-1
-    // messages per member); larger ones use the library's all-reduce (fewer messages, more hops).
-    uint32_t direct_exchange_limit = 32;
+    // Groups up to this size all-reduce through member 0 (2(n-1) messages a step, member 0
+    // handling n-1 of them); larger ones use the library's all-reduce (2 log n hops).
+    uint32_t star_limit = 32;
 };
 
 class DpGroup {
