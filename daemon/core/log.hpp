@@ -1,5 +1,5 @@
 // Logging to stderr, systemd style: when stderr is connected to the journal ($JOURNAL_STREAM
-// names it) entries go through sd_journal_send with a priority and structured fields;
+// names it) entries go to journald's native socket with a priority and structured fields;
 // otherwise they are plain lines with a "<level>: " prefix a human can read.
 #pragma once
 
@@ -15,6 +15,12 @@ enum class Level { error = 3, warning = 4, notice = 5, info = 6, debug = 7 };
 void set_identity(std::string identity);
 void set_min_level(Level level);
 void write(Level level, std::string_view message);
+
+// journald's native protocol (systemd's "Native Journal Protocol"): one datagram of fields per
+// entry. Exposed for the tests.
+inline constexpr const char* journal_socket = "/run/systemd/journal/socket";
+std::string journal_entry(Level level, std::string_view identity, std::string_view message);
+bool send_journal_entry(const std::string& socket_path, const std::string& entry);
 
 template <class... A>
 void error(fmt::format_string<A...> f, A&&... a) { write(Level::error, fmt::format(f, std::forward<A>(a)...)); }
