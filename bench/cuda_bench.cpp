@@ -12,7 +12,7 @@
 //
 // usage: dpengine-cuda-bench --mode bare|lockstep [--batch B] [--steps S] [--hidden H]
 //                            [--layers L] [--vocab V] [--fraction F]
-#include "engine/cuda_module_loader.hpp"
+#include "engine/module_loader.hpp"
 #include "engine/lockstep.hpp"
 #include "engine/nccl_loader.hpp"
 #include "engine/step_loop.hpp"

@@ -1,6 +1,6 @@
 #include "engine.hpp"
 
-#include "cuda_module_loader.hpp"
+#include "module_loader.hpp"
 #include "http_backend.hpp"
 #include "step_loop.hpp"
 

@@ -2,16 +2,10 @@
 // learns everything else from the head in the handshake, then runs the step loop until the
 // head says SHUTDOWN, SIGTERM arrives or the head goes away.
 #include "core/exit_codes.hpp"
-#include "engine/cuda_module_loader.hpp"
-#include "engine/gloo_group.hpp"
 #include "engine/rank.hpp"
 
 int main(int argc, char** argv) {
     auto options = dpengine::engine::parse_rank_options(argc, argv);
     if (!options) return dpengine::exit_code::usage;
-    // gloo is linked in; NCCL comes from the cuda backend module when the head asks for it.
-    options->group_factory = [](const dpengine::engine::GroupSpec& spec, dpengine::engine::RendezvousChannel& channel) {
-        return dpengine::engine::make_group_of_kind(spec, channel, dpengine::engine::make_gloo_group);
-    };
     return dpengine::engine::run_rank(*options);
 }

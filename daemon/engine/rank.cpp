@@ -8,6 +8,7 @@
 #include "core/wire.hpp"
 #include "engine/engine.hpp"
 #include "engine/lockstep.hpp"
+#include "engine/module_loader.hpp"
 #include "engine/step_loop.hpp"
 
 #include <netdb.h>
@@ -645,8 +646,10 @@ private:
             return Error{"the head asks for a '" + config.group_kind + "' DP group, which this rank does not support (known: gloo, nccl)",
                          "init-failed"};
         }
-        if (!options_.group_factory) {
-            return Error{"lockstep mode needs a DP group, and this dpengine-rank was built without one", "init-failed"};
+        // gloo comes from its module: a rank that cannot load it fails its start (exit 78)
+        // instead of every formation of the group.
+        if (config.group_kind == "gloo") {
+            if (auto module = load_gloo_module(); !module) return Error{module.error().message, "init-failed"};
         }
         Lockstep::Settings settings;
         settings.rank = options_.rank;
@@ -655,7 +658,7 @@ private:
             settings.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.group_timeout * 1000));
         }
         settings.bind_address = group_bind_address(options_.connect);
-        lockstep_ = std::make_unique<Lockstep>(settings, options_.group_factory);
+        lockstep_ = std::make_unique<Lockstep>(settings, make_group_of_kind);
         log::info("lockstep mode: {} DP group on {}, all-reduce every {} step(s)", config.group_kind,
                   settings.bind_address, settings.sync_interval);
         return Ok{};

@@ -22,8 +22,6 @@ struct RankOptions {
     // Seconds a configured rank keeps its engine while nothing comes from the head; then it
     // exits with exit_code::unreachable so the engine's memory is freed. 0: wait for ever.
     double head_grace_period = 0;
-    // Lockstep mode's DP group; empty: this program was built without one.
-    GroupFactory group_factory;
 };
 
 // Prints the problem and returns nothing on a bad command line.

@@ -1,9 +1,12 @@
-"""The cuda backend on a machine without a usable GPU, and the build's GPU boundary.
+"""The cuda backend on a machine without a usable GPU, and the build's module boundary.
 
 1. dpengine-rank and dpengined have no CUDA or NCCL library among their ELF NEEDED entries:
    the cuda backend is a module the rank loads only for engine.backend = "cuda", so one
    package serves GPU and CPU nodes. Where the CUDA toolkit is installed (/usr/local/cuda),
-   the module dpengine-cuda.so is built beside dpengine-rank.
+   the module dpengine-cuda.so is built beside dpengine-rank. Nor does dpengine-rank load
+   gloo or libsystemd at every start: gloo is the module dpengine-gloo.so (built beside it,
+   linking libgloo), and a lockstep rank that cannot load it fails at initialisation (exit 78,
+   not restarted) with a message naming the module's path and the package.
 2. engine.backend = "cuda" with no usable GPU (no NVIDIA driver or no device here): dpengined
    starts, the rank fails at initialisation with a message naming the problem and the fix,
    exits 78 (EX_CONFIG) and is not restarted; the daemon keeps serving /health (naming the
@@ -38,6 +41,12 @@ def check_elf() -> None:
         check(libs, f"{program}: readelf lists its NEEDED libraries")
         bad = [lib for lib in libs if lib.startswith(CUDA_LIBRARIES)]
         check(not bad, f"{os.path.basename(program)} links no CUDA/NCCL library", bad)
+    rank_libs = needed(rank_program_path())
+    check(not [lib for lib in rank_libs if lib.startswith(("libgloo", "libsystemd"))],
+          "dpengine-rank loads neither gloo nor libsystemd at start", rank_libs)
+    gloo_module = os.path.join(build_dir(), "daemon", "dpengine-gloo.so")
+    check(os.path.exists(gloo_module) and any(lib.startswith("libgloo") for lib in needed(gloo_module)),
+          "the gloo DP group module is built beside dpengine-rank and links libgloo", gloo_module)
     module = os.path.join(build_dir(), "daemon", "dpengine-cuda.so")
     with open(os.path.join(build_dir(), "CMakeCache.txt")) as f:
         switched_off = "DPENGINE_CUDA:BOOL=OFF" in f.read()
@@ -52,10 +61,12 @@ def check_elf() -> None:
         log("no CUDA toolkit in /usr/local/cuda: the module is not expected")
 
 
-def check_failed_rank(env: dict, needles: list[str], what: str) -> None:
-    config = {"data_parallel": {"size": 1}, "engine": {"backend": "cuda"},
-              "supervision": {"restart_backoff": 0.1}}
-    with Daemon(config, env=env, name="cuda-no-gpu") as d:
+CUDA_CONFIG = {"data_parallel": {"size": 1}, "engine": {"backend": "cuda"}}
+
+
+def check_failed_rank(config: dict, env: dict, needles: list[str], what: str) -> None:
+    config = {**config, "supervision": {"restart_backoff": 0.1}}
+    with Daemon(config, env=env, name="module-missing") as d:
         check(d.wait_log(r"rank 0 will not be restarted: it exited with status 78", 30),
               f"{what}: the supervisor will not restart the rank (exit 78)", d.log_text()[-3000:])
         text = d.log_text()
@@ -97,15 +108,20 @@ def check_auto_is_gloo() -> None:
 def main() -> None:
     check_elf()
     check_auto_is_gloo()
+    missing_gloo = os.path.join(build_dir(), "no-such-dir", "dpengine-gloo.so")
+    check_failed_rank({"data_parallel": {"size": 1, "dp_sync": "lockstep", "group": "gloo"}},
+                      {"DPENGINE_GLOO_MODULE": missing_gloo},
+                      ["the gloo DP group module is not installed", missing_gloo, "reinstall the dpengine package"],
+                      "gloo module missing")
     if gpu_usable():
         log("SKIP the no-GPU checks: this machine has a usable GPU (tests/gpu/run covers it)")
         return
     module = os.path.join(build_dir(), "daemon", "dpengine-cuda.so")
     if os.path.exists(module):
-        check_failed_rank({}, ["engine.backend = \"cuda\"", "install the NVIDIA driver",
+        check_failed_rank(CUDA_CONFIG, {}, ["engine.backend = \"cuda\"", "install the NVIDIA driver",
                                'engine.backend = "synthetic"'], "no driver")
     missing = os.path.join(build_dir(), "no-such-dir", "dpengine-cuda.so")
-    check_failed_rank({"DPENGINE_CUDA_MODULE": missing},
+    check_failed_rank(CUDA_CONFIG, {"DPENGINE_CUDA_MODULE": missing},
                       ["the cuda backend module is not installed", missing, "install a dpengine package built with "
                        "the CUDA toolkit"], "module missing")
 

@@ -34,6 +34,7 @@ EXPECTED = [
     "usr/sbin/dpengined",
     "usr/bin/dpctl",
     "usr/libexec/dpengine/dpengine-rank",
+    "usr/libexec/dpengine/dpengine-gloo.so",
     "usr/lib/systemd/system/dpengined.service",
     "etc/dpengine/dpengined.toml",
     "usr/share/dbus-1/system.d/org.dpengine1.conf",
