@@ -103,6 +103,9 @@ Result<ChildProcess> ChildProcess::start(const std::vector<std::string>& argv,
         exec_errno = errno;
         ::_exit(127);
     }
+    // The group from this side as well: where vfork is only a fork (ThreadSanitizer builds)
+    // the child may not have run yet. Once it has exec'd this fails (EACCES), and it was done.
+    ::setpgid(pid, pid);
     ::close(out[1]), ::close(err[1]);
     if (null_fd >= 0) ::close(null_fd);
     if (exec_errno != 0) {

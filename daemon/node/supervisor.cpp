@@ -71,6 +71,7 @@ Result<pid_t> Supervisor::spawn(uint32_t rank, const std::vector<std::string>& a
         exec_errno = errno;
         ::_exit(127);
     }
+    ::setpgid(pid, pid);  // from this side too, as ChildProcess::start does (child_process.cpp)
     if (exec_errno != 0) {
         ::waitpid(pid, nullptr, 0);
         return Error{"cannot run the engine program " + argv[0] + ": " + std::strerror(exec_errno) +
