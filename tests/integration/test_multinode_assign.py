@@ -90,6 +90,27 @@ def node_by_name(nodes: list[dict]) -> dict[str, dict]:
     return {n["name"]: n for n in nodes}
 
 
+def move_under_load(head, bus, node: str, start: int, count: int, what: str) -> None:
+    """`dpctl assign NODE --start-rank START --count COUNT` while a request stream flows: dpctl
+    returns once the ranks are ready, the stream goes on, and not one request fails."""
+    stream = RequestStream(head).start()
+    check(wait_until(lambda: stream.count() >= 20, 30 * slow_factor(), interval=0.1),
+          f"the request stream flows before {what}", stream.problems[:5])
+    moved = dpctl(bus, "assign", node, "--start-rank", str(start), "--count", str(count), "--timeout", "60")
+    check_eq(moved.returncode, 0, f"dpctl assign {node} --start-rank {start} --count {count} completes")
+    at_move = stream.count()
+    check(wait_until(lambda: stream.count() >= at_move + 30, 30 * slow_factor(), interval=0.1),
+          f"the stream goes on after {what}")
+    stream.stop()
+    check_eq(stream.problems[:10], [], f"no request failed or was wrong during {what}")
+
+
+def check_ready_on(status: dict, nodes: dict) -> None:
+    """Every rank of a `dpctl status --json` document is ready on the node `nodes` gives."""
+    check_eq({r: (x["state"], x["node"]) for r, x in rank_by_number(status).items()},
+             {r: ("ready", node) for r, node in nodes.items()}, "every rank is ready where it now runs")
+
+
 def placement(bus) -> dict[str, str]:
     return {n["name"]: n["ranks"] for n in dpctl_json(bus, "nodes")}
 
@@ -171,10 +192,7 @@ def main() -> None:
             st = dpctl_json(bus_a, "status")
             check(st["epoch"] > epoch_before, f"the epoch went up ({epoch_before} -> {st['epoch']})")
             check_eq(placement(bus_a), {"head": "0-1", "node-b": "2", "node-c": "3-4"}, "the new placement")
-            ranks = rank_by_number(st)
-            check_eq({r: (x["state"], x["node"]) for r, x in ranks.items()},
-                     {0: ("ready", "head"), 1: ("ready", "head"), 2: ("ready", "node-b"), 3: ("ready", "node-c"),
-                      4: ("ready", "node-c")}, "every rank is ready on its new node")
+            check_ready_on(st, {0: "head", 1: "head", 2: "node-b", 3: "node-c", 4: "node-c"})
             check(wait_until(lambda: sorted(node_b.ranks()) == [2] and sorted(node_c.ranks()) == [3, 4],
                              10 * slow_factor()),
                   "node B runs rank 2 only, node C runs 3 and 4", (node_b.ranks(), node_c.ranks()))
@@ -211,16 +229,7 @@ def main() -> None:
             head_pids = head.ranks()
             check_eq(sorted(head_pids), [0, 1], "the head runs ranks 0 and 1")
             epoch_before = dpctl_json(bus_a, "status")["epoch"]
-            stream = RequestStream(head).start()
-            check(wait_until(lambda: stream.count() >= 20, 30 * slow_factor(), interval=0.1),
-                  "the request stream flows before the second move", stream.problems[:5])
-            moved = dpctl(bus_a, "assign", "node-b", "--start-rank", "1", "--count", "2", "--timeout", "60")
-            check_eq(moved.returncode, 0, "dpctl assign node-b --start-rank 1 --count 2 completes")
-            at_move = stream.count()
-            check(wait_until(lambda: stream.count() >= at_move + 30, 30 * slow_factor(), interval=0.1),
-                  "the stream goes on after the second move")
-            stream.stop()
-            check_eq(stream.problems[:10], [], "no request failed or was wrong while rank 1 left the head")
+            move_under_load(head, bus_a, "node-b", 1, 2, "rank 1's move to node B")
             check_eq(placement(bus_a), {"head": "0", "node-b": "1-2", "node-c": "3-4"}, "rank 1 runs on node B")
             check(wait_until(lambda: sorted(head.ranks()) == [0] and sorted(node_b.ranks()) == [1, 2],
                              10 * slow_factor()),
@@ -228,9 +237,7 @@ def main() -> None:
             check_eq(head.ranks()[0], head_pids[0], "the head's rank 0 is the same process throughout")
             st = dpctl_json(bus_a, "status")
             check(st["epoch"] > epoch_before >= 2, f"the epoch went up again ({epoch_before} -> {st['epoch']})")
-            check_eq({r: (x["state"], x["node"]) for r, x in rank_by_number(st).items()},
-                     {0: ("ready", "head"), 1: ("ready", "node-b"), 2: ("ready", "node-b"), 3: ("ready", "node-c"),
-                      4: ("ready", "node-c")}, "every rank is ready where it now runs")
+            check_ready_on(st, {0: "head", 1: "node-b", 2: "node-b", 3: "node-c", 4: "node-c"})
             not_here = dpctl(bus_a, "restart", "1")
             check_eq(not_here.returncode, 5, "the head no longer controls rank 1's process (exit 5)")
             check_in("it runs ranks 0)", not_here.stderr, "the refusal names the ranks the head runs now")
@@ -238,16 +245,7 @@ def main() -> None:
             # Rank 1 moves back to the head, under load.
             b_rank_2 = node_b.ranks()[2]
             epoch_before = st["epoch"]
-            stream = RequestStream(head).start()
-            check(wait_until(lambda: stream.count() >= 20, 30 * slow_factor(), interval=0.1),
-                  "the request stream flows before rank 1 moves back", stream.problems[:5])
-            moved = dpctl(bus_a, "assign", "head", "--start-rank", "0", "--count", "2", "--timeout", "60")
-            check_eq(moved.returncode, 0, "dpctl assign head --start-rank 0 --count 2 completes")
-            at_move = stream.count()
-            check(wait_until(lambda: stream.count() >= at_move + 30, 30 * slow_factor(), interval=0.1),
-                  "the stream goes on after rank 1 moved back")
-            stream.stop()
-            check_eq(stream.problems[:10], [], "no request failed or was wrong while rank 1 moved to the head")
+            move_under_load(head, bus_a, "head", 0, 2, "rank 1's move back to the head")
             check_eq(placement(bus_a), {"head": "0-1", "node-b": "2", "node-c": "3-4"}, "rank 1 runs on the head again")
             check(wait_until(lambda: sorted(head.ranks()) == [0, 1] and sorted(node_b.ranks()) == [2],
                              10 * slow_factor()),
@@ -256,9 +254,7 @@ def main() -> None:
                      "the ranks that did not move are the same processes")
             st = dpctl_json(bus_a, "status")
             check(st["epoch"] > epoch_before, f"the epoch went up again ({epoch_before} -> {st['epoch']})")
-            check_eq({r: (x["state"], x["node"]) for r, x in rank_by_number(st).items()},
-                     {0: ("ready", "head"), 1: ("ready", "head"), 2: ("ready", "node-b"), 3: ("ready", "node-c"),
-                      4: ("ready", "node-c")}, "every rank is ready where it now runs")
+            check_ready_on(st, {0: "head", 1: "head", 2: "node-b", 3: "node-c", 4: "node-c"})
             check_eq(dpctl(bus_a, "restart", "1", "--timeout", "60").returncode, 0,
                      "the head controls rank 1's process again (dpctl restart 1)")
             for d in (node_c, node_b, head):
