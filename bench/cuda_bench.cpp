@@ -63,13 +63,13 @@ private:
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-wire::Add request(uint64_t id, uint32_t tokens) {
-    wire::Add add;
-    add.id = id;
-    add.prompt = "benchmark request " + std::to_string(id);
-    add.max_tokens = tokens;
-    add.seed = id;
-    return add;
+SequenceRequest request(uint64_t id, uint32_t tokens) {
+    SequenceRequest sequence;
+    sequence.id = id;
+    sequence.prompt = "benchmark request " + std::to_string(id);
+    sequence.max_tokens = tokens;
+    sequence.seed = id;
+    return sequence;
 }
 
 void bare(const CudaModule& module, const wire::EngineConfig& config, uint32_t batch, uint32_t steps) {
@@ -102,7 +102,7 @@ void bare(const CudaModule& module, const wire::EngineConfig& config, uint32_t b
 // Lockstep (with an NCCL group of one).
 double loop_rate(std::unique_ptr<StepLoop>& loop, Lockstep* lockstep, BenchLink& link, uint32_t steps, uint64_t id) {
     loop->add(request(id, steps));
-    wire::Outputs out;
+    TokenOutputs out;
     auto t0 = Clock::now();
     uint64_t before = loop->steps();
     while (loop->has_work()) {
@@ -172,7 +172,7 @@ void lockstep(const CudaModule& module, const wire::EngineConfig& config, uint32
     form.members = {0};
     form.wave = 1;
     group.on_group_form(form);
-    wire::Outputs out;
+    TokenOutputs out;
     group.advance(*loop, out, link);  // forms the group
     if (group.report().state != "running") die("the NCCL group did not form: " + group.report().error);
     loop_rate(loop, &group, link, 50, 3);  // warm-up

@@ -79,19 +79,19 @@ std::unique_ptr<StepLoop> make_loop() {
     return std::make_unique<StepLoop>(std::make_unique<SyntheticBackend>(std::chrono::nanoseconds(0)), 256, 1u << 30);
 }
 
-wire::Add long_request(uint32_t steps) {
-    wire::Add add;
-    add.id = 1;
-    add.prompt = "benchmark";
-    add.max_tokens = steps;
-    return add;
+SequenceRequest long_request(uint32_t steps) {
+    SequenceRequest sequence;
+    sequence.id = 1;
+    sequence.prompt = "benchmark";
+    sequence.max_tokens = steps;
+    return sequence;
 }
 
 // Rank 0's steps per second without a group.
 double alone(uint32_t steps) {
     auto loop = make_loop();
     loop->add(long_request(steps));
-    wire::Outputs out;
+    TokenOutputs out;
     auto t0 = Clock::now();
     while (loop->has_work()) {
         out.items.clear();
@@ -123,7 +123,7 @@ double lockstep_member(uint32_t rank, uint32_t ranks, uint32_t steps, uint32_t i
     form.wave = 1;
     lockstep.on_group_form(form);
     BenchLink link(BenchLink::dir_for(epoch));
-    wire::Outputs out;
+    TokenOutputs out;
     lockstep.advance(*loop, out, link);  // forms the group (every member waits for the others)
     auto t0 = Clock::now();
     for (;;) {

@@ -50,7 +50,7 @@ std::string printable(std::string_view text) {
 const char* state_colour(std::string_view state) {
     if (state == "ready") return colour::green;
     if (state == "failed") return colour::red;
-    if (state == "draining" || state == "stopped") return colour::yellow;
+    if (state == "unhealthy" || state == "draining" || state == "stopped") return colour::yellow;
     return colour::none;
 }
 

@@ -77,6 +77,7 @@ constexpr Field fields[] = {
     {"frontend", "request_timeout", [](Config& c) -> Target { return &c.frontend.request_timeout; }},
     {"engine", "backend", [](Config& c) -> Target { return &c.engine.backend; }},
     {"engine", "model", [](Config& c) -> Target { return &c.engine.model; }},
+    {"engine", "served_model_name", [](Config& c) -> Target { return &c.engine.served_model_name; }},
     {"engine", "max_batch", [](Config& c) -> Target { return &c.engine.max_batch; }, 1, u32_max},
     {"engine", "step_time_ms", [](Config& c) -> Target { return &c.engine.step_time_ms; }, 0, 0, true},
     {"engine", "default_max_tokens", [](Config& c) -> Target { return &c.engine.default_max_tokens; }, 1, u32_max},
@@ -85,6 +86,9 @@ constexpr Field fields[] = {
     {"engine", "env", [](Config& c) -> Target { return &c.engine.env; }},
     {"engine", "health_path", [](Config& c) -> Target { return &c.engine.health_path; }},
     {"engine", "ready_timeout", [](Config& c) -> Target { return &c.engine.ready_timeout; }},
+    {"engine", "health_interval", [](Config& c) -> Target { return &c.engine.health_interval; }},
+    {"engine", "health_failures", [](Config& c) -> Target { return &c.engine.health_failures; }, 1, 1000},
+    {"engine", "passthrough_paths", [](Config& c) -> Target { return &c.engine.passthrough_paths; }},
     {"engine", "max_concurrency", [](Config& c) -> Target { return &c.engine.max_concurrency; }, 1, u32_max},
     {"engine", "hidden_size", [](Config& c) -> Target { return &c.engine.hidden_size; }, 16, 65536},
     {"engine", "num_layers", [](Config& c) -> Target { return &c.engine.num_layers; }, 1, 1024},
@@ -851,12 +855,35 @@ Status validate_http_backend(const Config& config)
     if (engine.health_path.empty() || engine.health_path.front() != '/')
         return Error{"engine.health_path must be a path starting with '/', such as \"/health\"; got '" +
                      engine.health_path + "'"};
+    // The rank relays a server's body or event in pieces of up to 15 MiB (http_backend.cpp).
+    if (config.daemon.max_message_bytes < (16u << 20))
+        return Error{"daemon.max_message_bytes (" + std::to_string(config.daemon.max_message_bytes) +
+                     ") must be at least 16777216 with the http backend, which relays a server's answers "
+                     "in pieces of up to 15 MiB; raise it"};
     if (engine.ready_timeout >= config.handshake.init_timeout)
         return Error{"engine.ready_timeout (" + format_double(engine.ready_timeout) +
                      ") must be shorter than handshake.init_timeout (" +
                      format_double(config.handshake.init_timeout) +
                      "), so that a server that never becomes healthy is reported by its rank; "
                      "lower one or raise the other"};
+    return Ok{};
+}
+
+// The head answers these paths itself, or routes them as OpenAI endpoints already.
+constexpr std::string_view head_paths[] = {"/health", "/metrics", "/v1/models", "/v1/completions",
+                                           "/v1/chat/completions", "/v1/embeddings"};
+
+Status validate_passthrough_paths(const EngineSection& engine)
+{
+    for (const auto& path : engine.passthrough_paths) {
+        if (path.size() < 2 || path.front() != '/' || path.find_first_of("?# \t\r\n") != std::string::npos)
+            return Error{"engine.passthrough_paths: '" + path +
+                         "' is not a request path; give paths such as \"/tokenize\" or \"/v1/responses\""};
+        for (std::string_view own : head_paths)
+            if (path == own)
+                return Error{"engine.passthrough_paths: '" + path +
+                             "' is served by the head already; remove it from the list"};
+    }
     return Ok{};
 }
 
@@ -928,6 +955,7 @@ Status validate(Config& config)
     if (engine.backend == "http") {
         if (auto http_ok = validate_http_backend(config); !http_ok) return http_ok;
     }
+    if (auto paths_ok = validate_passthrough_paths(engine); !paths_ok) return paths_ok;
 
     if (config.node.name.empty()) config.node.name = host_name();
 

@@ -56,16 +56,27 @@ struct FrontendSection {
 
 struct EngineSection {
     std::string backend = "synthetic";
-    std::string model = "synthetic";
+    std::string model = "synthetic";  // the name clients use in "model"; others get 404
+    // The name the engine serves under, when it differs from `model`: the head rewrites a
+    // request's "model" to it, and nothing else of the body (empty: the same as model).
+    std::string served_model_name;
     uint32_t max_batch = 256;
     double step_time_ms = 0.0;  // synthetic: time one step takes
-    uint32_t default_max_tokens = 16;
+    uint32_t default_max_tokens = 16;  // native backends: max_tokens when a request has none
     uint32_t max_model_len = 8192;  // prompt + completion tokens
     // http backend: the OpenAI-compatible server each rank starts, supervises and forwards
     // its requests to over loopback. Placeholders (core/placeholders.hpp) are expanded per rank.
     std::vector<std::string> command;           // the server's argv
     std::map<std::string, std::string> env;     // extra environment for the server
     std::string health_path = "/health";        // GET → 200 means the server is healthy
+    // Once ready, the server is probed every health_interval seconds (each probe may take as
+    // long); from the first failed probe the rank takes no new requests, and after
+    // health_failures failures in a row the rank ends and is restarted.
+    double health_interval = 2.0;
+    uint32_t health_failures = 3;
+    // POST paths besides /v1/completions, /v1/chat/completions and /v1/embeddings that the head
+    // passes through to the engine unchanged (e.g. "/tokenize", "/v1/responses").
+    std::vector<std::string> passthrough_paths;
     double ready_timeout = 240.0;               // seconds for the server's first healthy answer
     uint32_t max_concurrency = 256;             // requests forwarded at once; more wait in the rank
     // cuda backend: the model's shape (synthetic weights) and the rank's GPU.

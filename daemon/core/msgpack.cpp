@@ -69,6 +69,12 @@ void Writer::str(std::string_view v) {
     out_.append(v);
 }
 
+void Writer::bin(std::string_view v) {
+    if (v.size() > 0xffffffffu) throw std::length_error("msgpack binary longer than 4 GiB");
+    header(0, 0, 0xc4, 0xc5, 0xc6, static_cast<uint32_t>(v.size()));
+    out_.append(v);
+}
+
 void Writer::array(uint32_t count) { header(0x90, 16, 0, 0xdc, 0xdd, count); }
 void Writer::map(uint32_t count) { header(0x80, 16, 0, 0xde, 0xdf, count); }
 
@@ -221,6 +227,16 @@ std::string_view Reader::str() {
     if (b >= 0xa0 && b <= 0xbf) return take(b & 0x1f);
     if (b == 0xd9) return take(big_endian(1));
     if (b == 0xda) return take(big_endian(2));
+    return take(big_endian(4));
+}
+
+std::string_view Reader::bin() {
+    Kind k = peek();
+    if (k == Kind::str) return str();
+    if (k != Kind::bin) throw type_error("binary", k);
+    uint8_t b = byte();
+    if (b == 0xc4) return take(big_endian(1));
+    if (b == 0xc5) return take(big_endian(2));
     return take(big_endian(4));
 }
 

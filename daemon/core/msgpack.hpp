@@ -25,6 +25,7 @@ public:
     void sint(int64_t v);
     void float64(double v);
     void str(std::string_view v);
+    void bin(std::string_view v);  // bytes that need not be UTF-8 (request and response bodies)
     void array(uint32_t count);
     void map(uint32_t count);
 
@@ -50,6 +51,7 @@ public:
     int64_t sint();   // also accepts unsigned encodings that fit
     double float64(); // also accepts integers and float32
     std::string_view str();
+    std::string_view bin();  // bin, or str (a peer may send text either way)
     uint32_t array();  // returns the element count; the elements follow
     uint32_t map();    // returns the pair count; the pairs follow
     void skip();       // any one value, nested ones included (bounded depth)

@@ -24,7 +24,7 @@ template <> constexpr Type type_of<Hello>() { return Type::hello; }
 template <> constexpr Type type_of<Config>() { return Type::config; }
 template <> constexpr Type type_of<Refused>() { return Type::refused; }
 template <> constexpr Type type_of<Ready>() { return Type::ready; }
-template <> constexpr Type type_of<Add>() { return Type::add; }
+template <> constexpr Type type_of<Request>() { return Type::request; }
 template <> constexpr Type type_of<Abort>() { return Type::abort; }
 template <> constexpr Type type_of<Outputs>() { return Type::outputs; }
 template <> constexpr Type type_of<Heartbeat>() { return Type::heartbeat; }
@@ -57,12 +57,13 @@ void put(Writer& w, const Hello& m) {
 }
 
 void put(Writer& w, const EngineConfig& m) {
-    w.map(16);
+    w.map(19);
     w.str("backend"); w.str(m.backend);
     w.str("model"); w.str(m.model);
     w.str("max_batch"); w.uint(m.max_batch);
     w.str("step_time_ms"); w.float64(m.step_time_ms);
     w.str("max_model_len"); w.uint(m.max_model_len);
+    w.str("default_max_tokens"); w.uint(m.default_max_tokens);
     w.str("command");
     w.array(static_cast<uint32_t>(m.command.size()));
     for (const auto& word : m.command) w.str(word);
@@ -75,6 +76,8 @@ void put(Writer& w, const EngineConfig& m) {
     w.str("health_path"); w.str(m.health_path);
     w.str("ready_timeout"); w.float64(m.ready_timeout);
     w.str("max_concurrency"); w.uint(m.max_concurrency);
+    w.str("health_interval"); w.float64(m.health_interval);
+    w.str("health_failures"); w.uint(m.health_failures);
     w.str("hidden_size"); w.uint(m.hidden_size);
     w.str("num_layers"); w.uint(m.num_layers);
     w.str("vocab_size"); w.uint(m.vocab_size);
@@ -117,17 +120,12 @@ void put(Writer& w, const Ready& m) {
     w.str("device"); w.str(m.device);
 }
 
-void put(Writer& w, const Add& m) {
-    w.map(7);
+void put(Writer& w, const Request& m) {
+    w.map(4);
     w.str("id"); w.uint(m.id);
-    w.str("prompt"); w.str(m.prompt);
-    w.str("max_tokens"); w.uint(m.max_tokens);
-    w.str("temperature"); w.float64(m.temperature);
-    w.str("top_p"); w.float64(m.top_p);
-    w.str("seed"); w.uint(m.seed);
-    w.str("stop");
-    w.array(static_cast<uint32_t>(m.stop.size()));
-    for (const auto& s : m.stop) w.str(s);
+    w.str("path"); w.str(m.path);
+    w.str("body"); w.bin(m.body);
+    w.str("stream"); w.boolean(m.stream);
 }
 
 void put(Writer& w, const Abort& m) {
@@ -137,31 +135,36 @@ void put(Writer& w, const Abort& m) {
     for (uint64_t id : m.ids) w.uint(id);
 }
 
-// The hot path: items are arrays [id, text, new_tokens, finish, prompt_tokens].
+// The hot path: items are arrays [id, status, content_type, data, done, tokens].
 void put(Writer& w, const Outputs& m) {
     w.map(3);
     w.str("items");
     w.array(static_cast<uint32_t>(m.items.size()));
     for (const auto& o : m.items) {
-        w.array(5);
+        w.array(6);
         w.uint(o.id);
-        w.str(o.text);
-        w.uint(o.new_tokens);
-        w.str(o.finish);
-        w.uint(o.prompt_tokens);
+        w.uint(o.status);
+        w.str(o.content_type);
+        w.bin(o.data);
+        w.boolean(o.done);
+        w.uint(o.tokens);
     }
     w.str("running"); w.uint(m.running);
     w.str("waiting"); w.uint(m.waiting);
 }
 
 void put(Writer& w, const Heartbeat& m) {
-    w.map(3 + (m.dummy_steps ? 1 : 0) + (m.wave ? 1 : 0) + (m.memory_used ? 1 : 0));
+    w.map(3 + (m.dummy_steps ? 1 : 0) + (m.wave ? 1 : 0) + (m.memory_used ? 1 : 0) + (m.engine_queued ? 1 : 0) +
+          (m.kv_cache_usage != 0 ? 1 : 0) + (m.health_failures ? 1 : 0));
     w.str("progress"); w.uint(m.progress);
     w.str("running"); w.uint(m.running);
     w.str("waiting"); w.uint(m.waiting);
     if (m.dummy_steps) { w.str("dummy_steps"); w.uint(m.dummy_steps); }
     if (m.wave) { w.str("wave"); w.uint(m.wave); }
     if (m.memory_used) { w.str("memory_used"); w.uint(m.memory_used); }
+    if (m.engine_queued) { w.str("engine_queued"); w.uint(m.engine_queued); }
+    if (m.kv_cache_usage != 0) { w.str("kv_cache_usage"); w.float64(m.kv_cache_usage); }
+    if (m.health_failures) { w.str("health_failures"); w.uint(m.health_failures); }
 }
 
 void put(Writer& w, const Shutdown&) { w.map(0); }
@@ -335,6 +338,7 @@ EngineConfig get_engine_config(Reader& r) {
         else if (k == "max_batch") m.max_batch = u32(r);
         else if (k == "step_time_ms") m.step_time_ms = r.float64();
         else if (k == "max_model_len") m.max_model_len = u32(r);
+        else if (k == "default_max_tokens") m.default_max_tokens = u32(r);
         else if (k == "command") m.command = string_list(r, max_command_words, "command words");
         else if (k == "env") {
             uint32_t n = r.map();
@@ -348,6 +352,8 @@ EngineConfig get_engine_config(Reader& r) {
         else if (k == "health_path") m.health_path = r.str();
         else if (k == "ready_timeout") m.ready_timeout = r.float64();
         else if (k == "max_concurrency") m.max_concurrency = u32(r);
+        else if (k == "health_interval") m.health_interval = r.float64();
+        else if (k == "health_failures") m.health_failures = u32(r);
         else if (k == "hidden_size") m.hidden_size = u32(r);
         else if (k == "num_layers") m.num_layers = u32(r);
         else if (k == "vocab_size") m.vocab_size = u32(r);
@@ -410,23 +416,21 @@ Ready get_ready(Reader& r) {
     return m;
 }
 
-Add get_add(Reader& r) {
-    Add m;
+Request get_request(Reader& r) {
+    Request m;
     std::optional<uint64_t> id;
-    std::optional<uint32_t> max_tokens;
+    std::optional<std::string_view> path;
     read_fields(r, [&](std::string_view k) {
         if (k == "id") id = r.uint();
-        else if (k == "prompt") m.prompt = r.str();
-        else if (k == "max_tokens") max_tokens = u32(r);
-        else if (k == "temperature") m.temperature = r.float64();
-        else if (k == "top_p") m.top_p = r.float64();
-        else if (k == "seed") m.seed = r.uint();
-        else if (k == "stop") m.stop = string_list(r, max_stop_strings, "stop strings");
+        else if (k == "path") path = r.str();
+        else if (k == "body") m.body = r.bin();
+        else if (k == "stream") m.stream = r.boolean();
         else return false;
         return true;
     });
-    m.id = required(id, "ADD", "id");
-    m.max_tokens = required(max_tokens, "ADD", "max_tokens");
+    m.id = required(id, "REQUEST", "id");
+    m.path = required(path, "REQUEST", "path");
+    if (m.path.empty() || m.path.front() != '/') throw DecodeError("REQUEST: path must start with '/'");
     return m;
 }
 
@@ -451,13 +455,16 @@ Outputs get_outputs(Reader& r) {
             m.items.resize(n);
             for (auto& o : m.items) {
                 uint32_t fields = r.array();
-                if (fields < 5) throw DecodeError("OUTPUTS: item needs 5 fields");
+                if (fields < 6) throw DecodeError("OUTPUTS: item needs 6 fields");
                 o.id = r.uint();
-                o.text = r.str();
-                o.new_tokens = u32(r);
-                o.finish = r.str();
-                o.prompt_tokens = u32(r);
-                for (; fields > 5; --fields) r.skip();  // appended by a newer minor version
+                o.status = u32(r);
+                if (o.status != 0 && (o.status < 100 || o.status > 599))
+                    throw DecodeError("OUTPUTS: status " + std::to_string(o.status) + " is not an HTTP status");
+                o.content_type = r.str();
+                o.data = r.bin();
+                o.done = r.boolean();
+                o.tokens = u32(r);
+                for (; fields > 6; --fields) r.skip();  // appended by a newer minor version
             }
         } else if (k == "running") m.running = u32(r);
         else if (k == "waiting") m.waiting = u32(r);
@@ -476,6 +483,12 @@ Heartbeat get_heartbeat(Reader& r) {
         else if (k == "dummy_steps") m.dummy_steps = r.uint();
         else if (k == "wave") m.wave = r.uint();
         else if (k == "memory_used") m.memory_used = r.uint();
+        else if (k == "engine_queued") m.engine_queued = u32(r);
+        else if (k == "kv_cache_usage") {
+            m.kv_cache_usage = r.float64();
+            if (!(m.kv_cache_usage >= 0 && m.kv_cache_usage <= 1)) throw DecodeError("HEARTBEAT: kv_cache_usage must be within 0..1");
+        }
+        else if (k == "health_failures") m.health_failures = u32(r);
         else return false;
         return true;
     });
@@ -673,7 +686,7 @@ Message get_body(Reader& r, uint64_t type) {
         case Type::config: return get_config(r);
         case Type::refused: return get_code_message<Refused>(r);
         case Type::ready: return get_ready(r);
-        case Type::add: return get_add(r);
+        case Type::request: return get_request(r);
         case Type::abort: return get_abort(r);
         case Type::outputs: return get_outputs(r);
         case Type::heartbeat: return get_heartbeat(r);
@@ -700,7 +713,7 @@ bool is_node_link(const Message& message) {
 }
 
 const char* type_name(const Message& message) {
-    static constexpr const char* names[] = {"HELLO",  "CONFIG",    "REFUSED",  "READY", "ADD",
+    static constexpr const char* names[] = {"HELLO",  "CONFIG",    "REFUSED",  "READY", "REQUEST",
                                             "ABORT",  "OUTPUTS",   "HEARTBEAT", "SHUTDOWN", "ERROR",
                                             "NODE_HELLO", "NODE_CONFIG", "NODE_STATUS", "ASSIGN",
                                             "GROUP_KV", "GROUP_VALUE", "GROUP_FORM", "START_WAVE", "GROUP_STATE"};

@@ -16,7 +16,10 @@
 
 namespace dpengine::wire {
 
-inline constexpr uint32_t protocol_major = 1;
+// Major 2: requests and responses are the client's OpenAI bodies (REQUEST, OUTPUTS items of
+// status, content type and body bytes), answered by the rank's engine; major 1 carried the
+// synthetic engine's fields (prompt, max_tokens, ...) and the head formatted the answer.
+inline constexpr uint32_t protocol_major = 2;
 inline constexpr uint32_t protocol_minor = 0;
 
 enum class Type : uint8_t {
@@ -24,7 +27,7 @@ enum class Type : uint8_t {
     config = 2,
     refused = 3,
     ready = 4,
-    add = 5,
+    request = 5,
     abort = 6,
     outputs = 7,
     heartbeat = 8,
@@ -62,12 +65,15 @@ struct EngineConfig {
     uint32_t max_batch = 0;
     double step_time_ms = 0;
     uint32_t max_model_len = 0;
+    uint32_t default_max_tokens = 0;  // native backends: max_tokens when a request has none
     // http backend (dpengined.toml(5) engine.command ...): the server every rank starts.
     std::vector<std::string> command;
     std::vector<std::pair<std::string, std::string>> env;
     std::string health_path;
     double ready_timeout = 0;
     uint32_t max_concurrency = 0;
+    double health_interval = 0;
+    uint32_t health_failures = 0;
     // cuda backend (dpengined.toml(5) engine.hidden_size ...): model shape and GPU placement.
     uint32_t hidden_size = 0;
     uint32_t num_layers = 0;
@@ -107,15 +113,13 @@ struct Ready {
     std::string device;
 };
 
-// head → rank: a new request.
-struct Add {
+// head → rank: a new request: the endpoint and the client's JSON body, unchanged but for a
+// mapped "model". The engine answers it the way an OpenAI-compatible server does.
+struct Request {
     uint64_t id = 0;
-    std::string prompt;
-    uint32_t max_tokens = 0;
-    double temperature = 1.0;
-    double top_p = 1.0;
-    uint64_t seed = 0;
-    std::vector<std::string> stop;
+    std::string path;   // "/v1/completions", "/v1/chat/completions", "/v1/embeddings", ...
+    std::string body;   // bytes (not necessarily valid UTF-8)
+    bool stream = false;  // the body asks for server-sent events (the head read "stream")
 };
 
 // head → rank: stop working on these requests; no further output is sent for them.
@@ -123,16 +127,20 @@ struct Abort {
     std::vector<uint64_t> ids;
 };
 
-// One request's progress in one step.
+// One piece of a request's response. The first piece has the HTTP status and content type;
+// a streamed response then sends its server-sent events whole, one or more per piece, in the
+// engine's bytes; the last piece has `done`.
 struct Output {
     uint64_t id = 0;
-    std::string text;         // the text the step added
-    uint32_t new_tokens = 0;  // tokens the step added
-    std::string finish;       // empty while running; "stop", "length" or "abort" at the end
-    uint32_t prompt_tokens = 0;
+    uint32_t status = 0;       // first piece: the HTTP status; 0 in later pieces
+    std::string content_type;  // first piece: e.g. "application/json", "text/event-stream"
+    std::string data;          // body bytes
+    bool done = false;         // the response is complete
+    uint32_t tokens = 0;       // completion tokens the piece carries, where the engine counts them
 };
 
-// rank → head: one message per step with every request that made progress, plus load.
+// rank → head: one message per step (or per batch of upstream reads) with every request that
+// made progress, plus load.
 struct Outputs {
     std::vector<Output> items;
     uint32_t running = 0;
@@ -150,6 +158,13 @@ struct Heartbeat {
     uint64_t dummy_steps = 0;  // lockstep: steps taken on a dummy batch so far
     uint64_t wave = 0;         // lockstep: the wave running, or the next one while paused
     uint64_t memory_used = 0;  // bytes of device memory the engine holds; 0: not measured
+    // The engine's own figures where it reports them (http backend: the server's /metrics or
+    // /slots): requests queued inside the engine, and the share of its KV cache in use (0..1).
+    uint32_t engine_queued = 0;
+    double kv_cache_usage = 0;
+    // Health probes of the engine's server failed in a row (0: healthy). From the first one
+    // the head routes nothing new to the rank.
+    uint32_t health_failures = 0;
 };
 
 // head → rank: exit now; the head has already answered what was in flight.
@@ -276,7 +291,7 @@ struct GroupState {
 };
 
 // The alternatives in the order of their type numbers (type_name() relies on it).
-using Message = std::variant<Hello, Config, Refused, Ready, Add, Abort, Outputs, Heartbeat, Shutdown, ErrorReply,
+using Message = std::variant<Hello, Config, Refused, Ready, Request, Abort, Outputs, Heartbeat, Shutdown, ErrorReply,
                              NodeHello, NodeConfig, NodeStatus, Assign,
                              GroupKv, GroupValue, GroupForm, StartWave, GroupState>;
 

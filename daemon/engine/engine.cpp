@@ -2,7 +2,7 @@
 
 #include "module_loader.hpp"
 #include "http_backend.hpp"
-#include "step_loop.hpp"
+#include "native_engine.hpp"
 
 namespace dpengine::engine {
 namespace {
@@ -21,8 +21,7 @@ Result<std::unique_ptr<Engine>> make_engine(const wire::EngineConfig& config, co
     if (config.backend == "http") return make_http_engine(config, identity);
     auto backend = config.backend == "cuda" ? make_cuda_backend(config, identity) : make_backend(config);
     if (!backend) return backend.error();
-    return std::unique_ptr<Engine>(
-        std::make_unique<StepLoop>(std::move(backend).value(), config.max_batch, config.max_model_len));
+    return std::unique_ptr<Engine>(std::make_unique<NativeEngine>(std::move(backend).value(), config));
 }
 
 }  // namespace dpengine::engine

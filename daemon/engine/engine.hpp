@@ -1,6 +1,9 @@
-// What the rank's main loop drives: requests in, each step's outputs out, load figures, and
-// the engine's own state. The continuous-batching StepLoop (over a token Backend) is one
-// engine; the http backend, which forwards requests to a server it supervises, is another.
+// What the rank's main loop drives: OpenAI requests in (the endpoint and the client's body),
+// their responses out (status, content type, body bytes or whole SSE events), load figures,
+// and the engine's own state. Every engine answers a request the way an OpenAI-compatible
+// server does, errors included. NativeEngine (the OpenAI formats over the continuous-batching
+// StepLoop and a token Backend) is one; the http backend, which forwards each request to the
+// server it supervises and relays its answer, is another.
 #pragma once
 
 #include "core/error.hpp"
@@ -31,18 +34,29 @@ public:
     virtual uint32_t capacity() const = 0;
     virtual EngineState state() = 0;
 
-    virtual void add(const wire::Add& request) = 0;
-    // Forgets the request; no further output is produced for it.
+    // Takes the request; its response comes out of step() (an error response too).
+    virtual void add(const wire::Request& request) = 0;
+    // Forgets the request and stops its work (an upstream request is closed); no further
+    // output is produced for it, and running()/waiting() no longer count it.
     virtual void abort(uint64_t id) = 0;
     // Forgets every request (the head that sent them is gone).
     virtual void abort_all() = 0;
     // True when step() has something to do right now (the loop then does not sleep).
     virtual bool has_work() const = 0;
-    // Appends an Output for every request that gained text or finished, and sets the load.
+    // Appends an Output for every response piece that is ready, and sets the load.
     virtual void step(wire::Outputs& out) = 0;
 
+    // Requests being worked on, and those the rank holds back (over capacity).
     virtual uint32_t running() const = 0;
     virtual uint32_t waiting() const = 0;
+    // The engine's own figures, where it reports them (Heartbeat's engine_queued,
+    // kv_cache_usage), and health probes failed in a row (0: healthy).
+    struct EngineLoad {
+        uint32_t queued = 0;
+        double kv_cache_usage = 0;
+        uint32_t health_failures = 0;
+    };
+    virtual EngineLoad engine_load() const { return {}; }
     virtual uint64_t steps() const = 0;  // progress counter for heartbeats
     // Bytes of device memory the engine holds now, for status (see Backend::memory_used);
     // 0: not measured.

@@ -1,6 +1,7 @@
 #include "http_backend.hpp"
 
 #include "child_process.hpp"
+#include "core/api_error.hpp"
 #include "core/exit_codes.hpp"
 #include "core/log.hpp"
 #include "core/quiet_thread.hpp"
@@ -24,9 +25,11 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -44,18 +47,20 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
-// Health checks: while starting, often (the first answer ends the wait); while serving, every
-// few seconds, and only several failures in a row count (a busy server may answer one late).
+// Health checks: while starting, often (the first answer ends the wait); once serving, every
+// engine.health_interval with that as the timeout, so that a server that stops answering (a
+// SIGSTOP, a deadlock) counts one failure per interval.
 constexpr auto start_probe_interval = std::chrono::milliseconds(250);
 constexpr auto start_probe_timeout = std::chrono::seconds(2);
-constexpr auto serving_probe_interval = std::chrono::seconds(5);
-constexpr auto serving_probe_timeout = std::chrono::seconds(10);
-constexpr int serving_probe_failures = 3;
-// Largest error body of a refused request kept for the log.
-constexpr size_t error_body_limit = 64 << 10;
+// The most body the rank reads of a health check or a load figure's answer (vLLM's /metrics,
+// with its histograms, is some hundred KiB).
+constexpr size_t fetch_body_limit = 4 << 20;
+// Where the server's load figures are (see read_load()).
+const std::string metrics_path = "/metrics";
+const std::string slots_path = "/slots";
 constexpr size_t output_line_limit = 4096;
 // How long a lost connection waits for the server's exit to be noticed before its request is
-// ended on its own (see connection_lost()).
+// answered on its own (see connection_lost()).
 constexpr auto connection_loss_grace = std::chrono::seconds(2);
 // How long a stopping server may take to exit after SIGTERM.
 constexpr auto stop_grace = std::chrono::seconds(5);
@@ -106,33 +111,77 @@ Result<uint16_t> free_loopback_port() {
     return static_cast<uint16_t>(ntohs(addr.sin_port));
 }
 
-class HttpEngine;
+// A response the parser refused, as opposed to a connection that broke off (which beast's
+// parser reports in the same category).
+bool malformed(const boost::system::error_code& ec) {
+    return ec.category() == http::make_error_code(http::error::end_of_stream).category() &&
+           ec != http::error::end_of_stream && ec != http::error::partial_message;
+}
+
+// A load figure's path that the server does not have (vLLM has no /slots; llama-server
+// answers 501 for /metrics without --metrics and for /slots with --no-slots).
+bool absent(unsigned status) { return status == 404 || status == 501; }
+
+// The rank's own last piece where the server's answer cannot be relayed: an OpenAI error
+// response, or, inside a stream the client already has part of, an error event and the
+// stream's end (as the head ends a stream whose rank is lost).
+wire::Output error_piece(uint64_t key, bool stream_started, const openai::HttpError& error) {
+    wire::Output piece;
+    piece.id = key;
+    piece.done = true;
+    if (stream_started) {
+        piece.data = openai::stream_error_event(error) + "data: [DONE]\n\n";
+    } else {
+        piece.status = static_cast<uint32_t>(error.status);
+        piece.content_type = "application/json";
+        piece.data = openai::error_body(error);
+    }
+    return piece;
+}
+
+openai::HttpError bad_upstream(const std::string& why) {
+    return {502, "server_error", "the backend server's response could not be relayed: " + why, "", "bad-upstream"};
+}
+
+Clock::duration as_duration(double seconds) {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
 
 // One forwarded request: its own loopback connection, closed when it ends or is aborted.
-struct Upstream : std::enable_shared_from_this<Upstream> {
+struct Upstream {
     Upstream(asio::io_context& io, uint64_t key, uint64_t id) : key(key), id(id), stream(io) {}
     uint64_t key;  // the engine's own number: a head's ids may repeat after it restarts
     uint64_t id;   // the head's, for messages
     beast::tcp_stream stream;
     beast::flat_buffer buffer;
     http::request<http::string_body> request;
-    std::optional<http::response_parser<http::string_body>> parser;
-    SseParser sse;
-    std::vector<std::string> events;
-    uint32_t tokens = 0;  // tokens reported so far (one per chunk with text)
-    std::string finish_reason;
-    std::optional<uint32_t> prompt_tokens;
-    std::optional<uint32_t> completion_tokens;
+    http::response_parser<http::string_body> parser;
+    uint32_t status = 0;
+    std::string content_type;
+    bool event_stream = false;
+    SseSplitter sse;
+    std::vector<std::string> events;  // complete events of the last read
+    std::string body;                 // any other response, relayed once complete
+    uint32_t tokens = 0;              // completion tokens relayed so far (per the server's usage)
+    bool started = false;             // the first piece (with the status) went out
     bool ended = false;
 };
 
-// One health check: GET health_path on a fresh connection, bounded by a timeout.
-struct Probe {
-    explicit Probe(asio::io_context& io) : stream(io) {}
+// The answer to one GET of the server: its status (0: none came) and body, or what went wrong.
+struct Fetched {
+    unsigned status = 0;
+    std::string body;
+    std::string error;
+    std::string detail() const { return status ? "HTTP " + std::to_string(status) : error; }
+};
+
+// One GET on a fresh connection, bounded by a timeout: health checks and load figures.
+struct Fetch {
+    explicit Fetch(asio::io_context& io) : stream(io) {}
     beast::tcp_stream stream;
     beast::flat_buffer buffer;
     http::request<http::empty_body> request;
-    http::response<http::string_body> response;
+    http::response_parser<http::string_body> parser;
 };
 
 // A pipe from the server's stdout or stderr, forwarded line by line to the rank's log.
@@ -151,12 +200,14 @@ public:
           identity_(identity),
           plan_(std::move(plan)),
           endpoint_(asio::ip::address_v4::loopback(), port),
+          host_("127.0.0.1:" + std::to_string(port)),
+          health_interval_(as_duration(config.health_interval)),
           child_(std::move(child)),
           work_(asio::make_work_guard(io_)),
           child_watch_(io_, ::dup(child_.pidfd())),
           stdout_(io_, child_.take_stdout()),
           stderr_(io_, child_.take_stderr()),
-          probe_timer_(io_),
+          health_timer_(io_),
           started_at_(Clock::now()) {
         wakeup_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         state_.phase = EngineState::Phase::starting;
@@ -165,7 +216,7 @@ public:
         watch_child();
         forward_output(stdout_);
         forward_output(stderr_);
-        schedule_probe(std::chrono::milliseconds(0));
+        schedule_health_check(Clock::now());
         thread_ = start_quiet_thread<std::thread>([this] { io_.run(); });
     }
 
@@ -180,7 +231,7 @@ public:
 
     std::string device() const override {
         std::string program = plan_.argv.front().substr(plan_.argv.front().rfind('/') + 1);
-        return "GPU " + plan_.gpu + " via " + program + " on 127.0.0.1:" + std::to_string(endpoint_.port());
+        return "GPU " + plan_.gpu + " via " + program + " on " + host_;
     }
     uint32_t capacity() const override { return config_.max_concurrency; }
 
@@ -189,7 +240,7 @@ public:
         return state_;
     }
 
-    void add(const wire::Add& request) override {
+    void add(const wire::Request& request) override {
         queue_.push_back(request);
         forward_queued();
     }
@@ -203,7 +254,7 @@ public:
             forward_queued();
             return;
         }
-        std::erase_if(queue_, [id](const wire::Add& a) { return a.id == id; });
+        std::erase_if(queue_, [id](const wire::Request& r) { return r.id == id; });
     }
 
     void abort_all() override {
@@ -219,17 +270,12 @@ public:
     }
 
     void step(wire::Outputs& out) override {
-        std::vector<wire::Output> arrived;
-        {
-            std::lock_guard lock(mutex_);
-            arrived.swap(pending_);
-            pending_index_.clear();
-        }
+        std::vector<wire::Output> arrived = take_pending();
         for (auto& o : arrived) {
             auto key = keys_.find(o.id);
             if (key == keys_.end()) continue;  // aborted while its output was on the way
             o.id = key->second;
-            if (!o.finish.empty()) {
+            if (o.done) {
                 active_.erase(o.id);
                 keys_.erase(key);
             }
@@ -243,7 +289,15 @@ public:
 
     uint32_t running() const override { return static_cast<uint32_t>(active_.size()); }
     uint32_t waiting() const override { return static_cast<uint32_t>(queue_.size()); }
-    uint64_t steps() const override { return steps_; }
+    EngineLoad engine_load() const override {
+        std::lock_guard lock(mutex_);
+        return load_;
+    }
+    // A step is a batch of relayed pieces, or a passed health check: a server working on
+    // responses with nothing to relay yet (non-streamed ones, long prefills) shows its life
+    // by its health checks, so that the head does not take the rank for hung
+    // (handshake.hang_timeout); a server that stops answering fails them instead.
+    uint64_t steps() const override { return steps_ + passed_checks_.load(std::memory_order_relaxed); }
 
     int wakeup_fd() const override { return wakeup_fd_; }
     void clear_wakeup() override {
@@ -256,13 +310,31 @@ private:
 
     void forward_queued() {
         while (active_.size() < std::max(1u, config_.max_concurrency) && !queue_.empty()) {
-            wire::Add request = std::move(queue_.front());
+            wire::Request request = std::move(queue_.front());
             queue_.pop_front();
             uint64_t key = ++last_key_;
             active_[request.id] = key;
             keys_[key] = request.id;
-            asio::post(io_, [this, key, request = std::move(request)] { start_upstream(key, request); });
+            asio::post(io_, [this, key, request = std::move(request)]() mutable { start_upstream(key, std::move(request)); });
         }
+    }
+
+    // The pieces that arrived, in order, up to max_piece_bytes of data in all (at least one
+    // piece), so that one OUTPUTS message stays below daemon.max_message_bytes; the rest go
+    // at the next step.
+    std::vector<wire::Output> take_pending() {
+        std::lock_guard lock(mutex_);
+        size_t count = 0;
+        for (size_t bytes = 0; count < pending_.size(); ++count) {
+            bytes += pending_[count].data.size();
+            if (count > 0 && bytes > max_piece_bytes) break;
+        }
+        std::vector<wire::Output> taken(std::make_move_iterator(pending_.begin()),
+                                        std::make_move_iterator(pending_.begin() + static_cast<ptrdiff_t>(count)));
+        pending_.erase(pending_.begin(), pending_.begin() + static_cast<ptrdiff_t>(count));
+        pending_index_.clear();
+        for (size_t i = 0; i < pending_.size(); ++i) pending_index_[pending_[i].id] = i;
+        return taken;
     }
 
     // ---- both threads ----
@@ -270,26 +342,6 @@ private:
     void wake() {
         uint64_t one = 1;
         (void)!::write(wakeup_fd_, &one, sizeof one);
-    }
-
-    // Queues output for the loop (under the upstream's key; step() maps it back to the head's
-    // id). Pieces for a request not yet taken are merged.
-    void deliver(uint64_t id, std::string_view text, uint32_t new_tokens, std::string_view finish,
-                 uint32_t prompt_tokens) {
-        {
-            std::lock_guard lock(mutex_);
-            auto [it, fresh] = pending_index_.try_emplace(id, pending_.size());
-            if (fresh) {
-                wire::Output& o = pending_.emplace_back();
-                o.id = id;
-            }
-            wire::Output& o = pending_[it->second];
-            o.text += text;
-            o.new_tokens += new_tokens;
-            if (!finish.empty()) o.finish = finish;
-            if (prompt_tokens) o.prompt_tokens = prompt_tokens;
-        }
-        wake();
     }
 
     void fail(int exit_code, const std::string& reason_code, const std::string& message) {
@@ -308,14 +360,35 @@ private:
 
     // ---- the I/O thread ----
 
+    // Queues a piece for the loop (under the upstream's key; step() maps it back to the
+    // head's id). A piece joins the request's last one not yet taken while both fit one
+    // piece, so a slow loop gets few larger pieces.
+    void deliver(wire::Output piece) {
+        {
+            std::lock_guard lock(mutex_);
+            auto it = pending_index_.find(piece.id);
+            if (it != pending_index_.end() && pending_[it->second].data.size() + piece.data.size() <= max_piece_bytes) {
+                wire::Output& last = pending_[it->second];
+                last.data += piece.data;
+                last.tokens += piece.tokens;
+                last.done = piece.done;
+            } else {
+                pending_index_[piece.id] = pending_.size();
+                pending_.push_back(std::move(piece));
+            }
+        }
+        wake();
+    }
+
     void shut_down() {
         stopping_ = true;
         for (auto& [key, up] : upstreams_) close(*up);
         upstreams_.clear();
         if (child_.reap()) return io_.stop();
         child_.signal_group(SIGTERM);
-        probe_timer_.expires_after(stop_grace);
-        probe_timer_.async_wait([this](const boost::system::error_code&) { io_.stop(); });
+        // The health timer's next check is cancelled with it.
+        health_timer_.expires_after(stop_grace);
+        health_timer_.async_wait([this](const boost::system::error_code&) { io_.stop(); });
     }
 
     void watch_child() {
@@ -361,36 +434,46 @@ private:
         log::info("[rank {} server] {}", identity_.rank, line);
     }
 
-    void schedule_probe(Clock::duration after) {
-        probe_timer_.expires_after(after);
-        probe_timer_.async_wait([this](const boost::system::error_code& ec) {
-            if (!ec && !stopping_) probe();
-        });
-    }
-
-    void probe() {
-        auto p = std::make_shared<Probe>(io_);
-        bool start = starting();
-        p->stream.expires_after(start ? start_probe_timeout : serving_probe_timeout);
-        p->request = {http::verb::get, config_.health_path, 11};
-        p->request.set(http::field::host, "127.0.0.1:" + std::to_string(endpoint_.port()));
-        p->request.set(http::field::connection, "close");
-        p->stream.async_connect(endpoint_, [this, p](const boost::system::error_code& ec) {
-            if (ec) return probed(false, "cannot connect: " + ec.message());
-            http::async_write(p->stream, p->request, [this, p](const boost::system::error_code& ec, size_t) {
-                if (ec) return probed(false, "cannot send the request: " + ec.message());
-                http::async_read(p->stream, p->buffer, p->response, [this, p](const boost::system::error_code& ec, size_t) {
-                    if (ec) return probed(false, "no answer: " + ec.message());
-                    int status = p->response.result_int();
-                    probed(status == 200, "HTTP " + std::to_string(status));
+    void fetch(const std::string& path, Clock::duration timeout, std::function<void(Fetched)> done) {
+        auto f = std::make_shared<Fetch>(io_);
+        f->stream.expires_after(timeout);  // for connecting, sending and reading together
+        f->request = {http::verb::get, path, 11};
+        f->request.set(http::field::host, host_);
+        f->request.set(http::field::connection, "close");
+        f->parser.body_limit(fetch_body_limit);
+        f->stream.async_connect(endpoint_, [f, done = std::move(done)](const boost::system::error_code& ec) mutable {
+            if (ec) return done({0, {}, "cannot connect: " + ec.message()});
+            http::async_write(f->stream, f->request,
+                              [f, done = std::move(done)](const boost::system::error_code& ec, size_t) mutable {
+                if (ec) return done({0, {}, "cannot send the request: " + ec.message()});
+                http::async_read(f->stream, f->buffer, f->parser,
+                                 [f, done = std::move(done)](const boost::system::error_code& ec, size_t) {
+                    if (ec) return done({0, {}, "no answer: " + ec.message()});
+                    done({f->parser.get().result_int(), std::move(f->parser.get().body()), {}});
                 });
             });
         });
     }
 
-    void probed(bool healthy, const std::string& detail) {
+    void schedule_health_check(Clock::time_point at) {
+        health_timer_.expires_at(at);
+        health_timer_.async_wait([this](const boost::system::error_code& ec) {
+            if (!ec && !stopping_) check_health();
+        });
+    }
+
+    void check_health() {
+        bool start = starting();
+        auto began = Clock::now();
+        if (!start) read_load();
+        fetch(config_.health_path, start ? Clock::duration(start_probe_timeout) : health_interval_,
+              [this, began](Fetched f) { checked_health(f, began); });
+    }
+
+    void checked_health(const Fetched& f, Clock::time_point began) {
         if (stopping_) return;
-        std::string url = "GET http://127.0.0.1:" + std::to_string(endpoint_.port()) + config_.health_path;
+        bool healthy = f.status == 200;
+        std::string url = "GET http://" + host_ + config_.health_path;
         if (starting()) {
             if (healthy) {
                 {
@@ -400,141 +483,222 @@ private:
                 log::info("the backend server (pid {}) is healthy after {:.1f} s", child_.pid(),
                           std::chrono::duration<double>(Clock::now() - started_at_).count());
                 wake();
-                return schedule_probe(serving_probe_interval);
+                return schedule_health_check(Clock::now() + health_interval_);
             }
             if (Clock::now() - started_at_ > std::chrono::duration<double>(config_.ready_timeout)) {
                 return fail(exit_code::config, "backend-unhealthy",
                             fmt::format("the backend server (pid {}) did not pass its health check within {} s "
                                         "(engine.ready_timeout); phase: {}; last check: {}: {}; command: {}",
-                                        child_.pid(), config_.ready_timeout, waiting_phase, url, detail,
+                                        child_.pid(), config_.ready_timeout, waiting_phase, url, f.detail(),
                                         plan_.command_line));
             }
-            return schedule_probe(start_probe_interval);
+            return schedule_health_check(Clock::now() + start_probe_interval);
         }
+        uint32_t before = std::exchange(health_failures_, healthy ? 0 : health_failures_ + 1);
+        {
+            std::lock_guard lock(mutex_);
+            load_.health_failures = health_failures_;
+        }
+        if (health_failures_ != before) wake();  // the rank tells the head at once, not at its next turn
         if (healthy) {
-            probe_failures_ = 0;
-        } else if (++probe_failures_ >= serving_probe_failures) {
+            passed_checks_.fetch_add(1, std::memory_order_relaxed);
+            if (before) log::info("the backend server's health check passes again after {} failed", before);
+        } else if (health_failures_ >= config_.health_failures) {
             return fail(exit_code::failure, "backend-unhealthy",
                         fmt::format("the backend server (pid {}) failed {} health checks in a row; last: {}: {}",
-                                    child_.pid(), probe_failures_, url, detail));
+                                    child_.pid(), health_failures_, url, f.detail()));
         } else {
             log::warning("the backend server's health check failed ({}: {}); {} of {} before the rank gives up", url,
-                         detail, probe_failures_, serving_probe_failures);
+                         f.detail(), health_failures_, config_.health_failures);
         }
-        schedule_probe(serving_probe_interval);
+        // Every interval from the last check's start: a check that timed out is followed at once.
+        schedule_health_check(began + health_interval_);
     }
 
-    void start_upstream(uint64_t key, const wire::Add& add) {
-        auto up = std::make_shared<Upstream>(io_, key, add.id);
+    // The server's queue and KV cache figures, with each health check: from /metrics where it
+    // has them, else the KV cache from /slots. A path the server does not have is not asked
+    // again (until the rank starts a new server); one that does not answer leaves the last
+    // figures (the health check reports the server).
+    void read_load() {
+        if (load_in_flight_) return;
+        load_in_flight_ = true;
+        if (metrics_absent_) return read_slots({});
+        fetch(metrics_path, health_interval_, [this](Fetched f) {
+            EngineFigures figures;
+            if (f.status == 0) return loaded(figures);
+            if (f.status == 200) figures = parse_metrics(f.body);
+            if (absent(f.status)) forget(metrics_absent_, metrics_path, f.status);
+            if (figures.kv_cache_usage) return loaded(figures);
+            read_slots(figures);
+        });
+    }
+
+    void read_slots(EngineFigures figures) {
+        if (slots_absent_) return loaded(figures);
+        fetch(slots_path, health_interval_, [this, figures](Fetched f) mutable {
+            if (f.status == 200) {
+                if (auto use = parse_slots(f.body)) figures.kv_cache_usage = use->share();
+            }
+            if (absent(f.status)) forget(slots_absent_, slots_path, f.status);
+            loaded(figures);
+        });
+    }
+
+    void forget(bool& absent_path, const std::string& path, unsigned status) {
+        log::info("the backend server answers GET {} with HTTP {}; the rank reads its load without it", path, status);
+        absent_path = true;
+    }
+
+    void loaded(const EngineFigures& figures) {
+        load_in_flight_ = false;
+        std::lock_guard lock(mutex_);
+        if (figures.queued) load_.queued = *figures.queued;
+        if (figures.kv_cache_usage) load_.kv_cache_usage = *figures.kv_cache_usage;
+    }
+
+    // Sends the head's request as it is to the server, on a connection of its own.
+    void start_upstream(uint64_t key, wire::Request request) {
+        if (!valid_request_path(request.path)) {
+            return deliver(error_piece(key, false,
+                                       {400, "invalid_request_error", "the request path is not one a server can be asked",
+                                        "", "bad-path"}));
+        }
+        auto up = std::make_shared<Upstream>(io_, key, request.id);
         upstreams_[key] = up;
-        up->request = {http::verb::post, "/v1/completions", 11};
-        up->request.set(http::field::host, "127.0.0.1:" + std::to_string(endpoint_.port()));
+        up->request = {http::verb::post, request.path, 11};
+        up->request.set(http::field::host, host_);
         up->request.set(http::field::content_type, "application/json");
-        up->request.set(http::field::accept, "text/event-stream");
-        up->request.body() = completion_request_body(add, config_.model);
+        up->request.body() = std::move(request.body);
         up->request.prepare_payload();
+        up->parser.body_limit(boost::none);  // relay() bounds what it holds
         up->stream.async_connect(endpoint_, [this, up](const boost::system::error_code& ec) {
             if (ec) return connection_lost(*up, "cannot connect: " + ec.message());
             http::async_write(up->stream, up->request, [this, up](const boost::system::error_code& ec, size_t) {
                 if (ec) return connection_lost(*up, "cannot send the request: " + ec.message());
-                up->parser.emplace();
-                up->parser->body_limit(boost::none);  // the body is consumed as it arrives
-                http::async_read_header(up->stream, up->buffer, *up->parser,
+                http::async_read_header(up->stream, up->buffer, up->parser,
                                         [this, up](const boost::system::error_code& ec, size_t) {
-                                            if (ec) return connection_lost(*up, "no answer: " + ec.message());
-                                            if (up->parser->get().result() != http::status::ok) return read_refusal(up);
-                                            read_stream(up);
-                                        });
+                    if (up->ended) return;
+                    if (ec) return read_failed(*up, ec, "no answer");
+                    const auto& header = up->parser.get();
+                    up->status = header.result_int();
+                    up->content_type = std::string(header[http::field::content_type]);
+                    up->event_stream = is_event_stream(up->content_type);
+                    read_body(up);
+                });
             });
         });
     }
 
-    // A non-200 answer: read its body (bounded) for the log, then end the request.
-    void read_refusal(const std::shared_ptr<Upstream>& up) {
-        up->parser->body_limit(error_body_limit);
-        http::async_read(up->stream, up->buffer, *up->parser, [this, up](const boost::system::error_code&, size_t) {
+    void read_body(const std::shared_ptr<Upstream>& up) {
+        if (up->parser.is_done()) return finish(*up);
+        http::async_read_some(up->stream, up->buffer, up->parser, [this, up](const boost::system::error_code& ec, size_t) {
             if (up->ended) return;
-            const auto& response = up->parser->get();
-            upstream_failed(*up, "HTTP " + std::to_string(response.result_int()) + ": " +
-                                     response.body().substr(0, 500));
+            std::string& arrived = up->parser.get().body();
+            bool relayed = relay(*up, arrived);
+            arrived.clear();
+            if (!relayed) return;
+            if (ec) return read_failed(*up, ec, "the response broke off");
+            read_body(up);
         });
     }
 
-    void read_stream(const std::shared_ptr<Upstream>& up) {
-        http::async_read_some(up->stream, up->buffer, *up->parser, [this, up](const boost::system::error_code& ec, size_t) {
-            if (up->ended) return;
-            std::string& body = up->parser->get().body();
-            bool parsed = up->sse.feed(body, up->events);
-            body.clear();
-            if (!parsed) return upstream_failed(*up, "an event larger than the stream parser accepts");
-            for (auto& data : up->events) {
-                if (up->ended) break;
-                on_event(*up, data);
+    // Takes body bytes as they arrive: a stream's complete events go out at once, any other
+    // body once complete. False when the response cannot be relayed (the rank has answered).
+    bool relay(Upstream& up, std::string_view bytes) {
+        if (!up.event_stream) {
+            if (up.body.size() + bytes.size() > max_piece_bytes) {
+                upstream_failed(up, fmt::format("a response body beyond {} MiB", max_piece_bytes >> 20));
+                return false;
             }
-            up->events.clear();
-            if (up->ended) return;
-            if (ec || up->parser->is_done()) {
-                // The stream ended without [DONE]: fine if the choice had finished.
-                if (!up->finish_reason.empty()) return complete(*up);
-                if (ec) return connection_lost(*up, "the stream broke off: " + ec.message());
-                return upstream_failed(*up, "the stream ended before the completion finished");
-            }
-            read_stream(up);
-        });
+            up.body += bytes;
+            return true;
+        }
+        if (!up.sse.feed(bytes, up.events)) {
+            upstream_failed(up, fmt::format("an event beyond {} MiB", max_piece_bytes >> 20));
+            return false;
+        }
+        if (up.events.empty()) return true;
+        std::string data;
+        uint32_t tokens = 0;
+        for (const auto& event : up.events) {
+            tokens += count_tokens(up, event_completion_tokens(event));
+            data += event;
+        }
+        up.events.clear();
+        send(up, std::move(data), tokens, false);
+        return true;
     }
 
-    void on_event(Upstream& up, std::string_view data) {
-        if (data == sse_done) return complete(up);
-        auto chunk = parse_completion_chunk(data);
-        if (!chunk) return upstream_failed(up, chunk.error().message);
-        if (!chunk->error.empty()) return upstream_failed(up, "the server reported: " + chunk->error);
-        if (chunk->prompt_tokens) up.prompt_tokens = chunk->prompt_tokens;
-        if (chunk->completion_tokens) up.completion_tokens = chunk->completion_tokens;
-        if (!chunk->finish_reason.empty()) up.finish_reason = chunk->finish_reason;
-        if (!chunk->text.empty()) {
-            ++up.tokens;
-            deliver(up.key, chunk->text, 1, "", 0);
-        }
+    // The completion tokens a piece adds, from the server's usage: a stream's is on its last
+    // chunk, or on every chunk and cumulative with vLLM's continuous usage stats.
+    static uint32_t count_tokens(Upstream& up, std::optional<uint32_t> total) {
+        if (!total || *total <= up.tokens) return 0;
+        return *total - std::exchange(up.tokens, *total);
     }
 
-    // The end of a request: its finish reason, and the token counts the usage corrects.
-    void complete(Upstream& up) {
-        std::string finish = up.finish_reason == "length" ? "length" : "stop";
-        if (up.finish_reason.empty()) {
-            return upstream_failed(up, "the stream ended without a finish_reason");
+    void send(Upstream& up, std::string data, uint32_t tokens, bool done) {
+        wire::Output piece;
+        piece.id = up.key;
+        if (!up.started) {
+            piece.status = up.status;
+            piece.content_type = up.content_type;
+            up.started = true;
         }
-        uint32_t extra = up.completion_tokens && *up.completion_tokens > up.tokens ? *up.completion_tokens - up.tokens : 0;
-        deliver(up.key, "", extra, finish, up.prompt_tokens.value_or(0));
+        piece.data = std::move(data);
+        piece.tokens = tokens;
+        piece.done = done;
+        deliver(std::move(piece));
+    }
+
+    // The server's response is complete: the rest of it goes out as the last piece.
+    void finish(Upstream& up) {
+        if (up.event_stream) {
+            std::string rest = up.sse.finish();
+            uint32_t tokens = count_tokens(up, event_completion_tokens(rest));
+            send(up, std::move(rest), tokens, true);
+        } else {
+            if (up.status >= 500)
+                log::warning("request {}: the backend server answered HTTP {}: {}", up.id, up.status,
+                             std::string_view(up.body).substr(0, 300));
+            uint32_t tokens = count_tokens(up, usage_completion_tokens(up.body));
+            send(up, std::move(up.body), tokens, true);
+        }
         end(up);
+    }
+
+    // A read failed: a response the parser refused is the server's fault and answered at
+    // once; a connection that broke off is connection_lost().
+    void read_failed(Upstream& up, const boost::system::error_code& ec, std::string_view what) {
+        if (malformed(ec)) return upstream_failed(up, fmt::format("{}: not HTTP ({})", what, ec.message()));
+        connection_lost(up, fmt::format("{}: {}", what, ec.message()));
     }
 
     // The connection to the server failed. Most often the server is dying, and then the
     // rank fails and the head handles the request as on any lost rank (retrying it if nothing
-    // was produced yet); only if the server is still running a moment later does the request
-    // end here.
+    // was relayed yet); only if the server is still running a moment later does the rank
+    // answer the request itself.
     void connection_lost(Upstream& up, const std::string& why) {
         if (up.ended) return;
-        up.ended = true;
-        close(up);
+        end(up);
         auto timer = std::make_shared<asio::steady_timer>(io_, connection_loss_grace);
-        timer->async_wait([this, timer, key = up.key, id = up.id, why](const boost::system::error_code& ec) {
-            upstreams_.erase(key);
+        timer->async_wait([this, timer, key = up.key, id = up.id, started = up.started,
+                           why](const boost::system::error_code& ec) {
             if (ec || stopping_ || state().phase == EngineState::Phase::failed) return;
             log::warning("request {}: the backend server did not complete it: {}", id, why);
-            deliver(key, "", 0, "abort", 0);
+            deliver(error_piece(key, started, bad_upstream(why)));
         });
     }
 
-    // The server could not serve the request: it ends ("abort") and the log says why.
+    // The server's response cannot be relayed: the rank answers in its place, and closing the
+    // connection ends the request in the server.
     void upstream_failed(Upstream& up, const std::string& why) {
         if (up.ended) return;
-        log::warning("request {}: the backend server did not complete it: {}", up.id, why);
-        deliver(up.key, "", 0, "abort", up.prompt_tokens.value_or(0));
+        log::warning("request {}: the backend server's response could not be relayed: {}", up.id, why);
+        deliver(error_piece(up.key, up.started, bad_upstream(why)));
         end(up);
     }
 
     void end(Upstream& up) {
-        up.ended = true;
         close(up);
         upstreams_.erase(up.key);
     }
@@ -558,17 +722,21 @@ private:
     RankIdentity identity_;
     LaunchPlan plan_;
     tcp::endpoint endpoint_;
+    std::string host_;  // the Host header: the address the server listens on
+    Clock::duration health_interval_;
     ChildProcess child_;
 
     // Shared between the loop and the I/O thread.
     mutable std::mutex mutex_;
     EngineState state_;
-    std::vector<wire::Output> pending_;
-    std::unordered_map<uint64_t, size_t> pending_index_;
+    EngineLoad load_;
+    std::deque<wire::Output> pending_;
+    std::unordered_map<uint64_t, size_t> pending_index_;  // a key's last piece in pending_
+    std::atomic<uint64_t> passed_checks_{0};  // health checks passed since ready
     int wakeup_fd_ = -1;
 
     // The loop thread's.
-    std::deque<wire::Add> queue_;
+    std::deque<wire::Request> queue_;
     std::unordered_map<uint64_t, uint64_t> active_;  // the head's id → the upstream's key
     std::unordered_map<uint64_t, uint64_t> keys_;    // and back
     uint64_t last_key_ = 0;
@@ -580,9 +748,12 @@ private:
     asio::posix::stream_descriptor child_watch_;
     OutputPipe stdout_;
     OutputPipe stderr_;
-    asio::steady_timer probe_timer_;
+    asio::steady_timer health_timer_;
     std::unordered_map<uint64_t, std::shared_ptr<Upstream>> upstreams_;
-    int probe_failures_ = 0;
+    uint32_t health_failures_ = 0;  // health checks failed in a row
+    bool load_in_flight_ = false;
+    bool metrics_absent_ = false;
+    bool slots_absent_ = false;
     bool stopping_ = false;
     Clock::time_point started_at_;
     std::thread thread_;

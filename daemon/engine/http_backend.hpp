@@ -1,13 +1,17 @@
 // The http backend: each rank starts one OpenAI-compatible inference server (vLLM,
 // llama-server, ...) on its GPU, bound to loopback, supervises it, and forwards the head's
-// requests to its streaming /v1/completions endpoint. Each SSE chunk the server sends becomes
-// OUTPUTS text at the rank's next step; an ABORT closes the upstream connection; at most
-// engine.max_concurrency requests are forwarded at once and the rest wait in the rank.
+// requests to it as they came: the same POST path and body, each on a connection of its own.
+// The server's answer is relayed as it is: its status and Content-Type with the first piece,
+// a text/event-stream body event by event in the server's bytes, any other body whole. The
+// rank answers only what it cannot relay (code "bad-upstream"). An ABORT closes the upstream
+// connection; at most engine.max_concurrency requests are forwarded at once and the rest wait
+// in the rank. Every engine.health_interval the rank checks engine.health_path and reads the
+// server's queue and KV cache use (GET /metrics, else llama-server's GET /slots).
 //
-// The server's death or failed health checks end the rank (exit 1, reason "backend-exited" /
-// "backend-unhealthy"), and the node supervisor restarts it. A server that never becomes
-// healthy within engine.ready_timeout, or exits before it does, is a configuration error: the
-// rank exits 78 and is not restarted (dpengined.toml(5)).
+// The server's death or engine.health_failures failed health checks in a row end the rank
+// (exit 1, reason "backend-exited" / "backend-unhealthy"), and the node supervisor restarts
+// it. A server that never becomes healthy within engine.ready_timeout, or exits before it
+// does, is a configuration error: the rank exits 78 and is not restarted (dpengined.toml(5)).
 #pragma once
 
 #include "core/error.hpp"

@@ -104,7 +104,7 @@ void Lockstep::form(Link& link) {
     link.send(snapshot());
 }
 
-void Lockstep::advance(StepLoop& loop, wire::Outputs& out, Link& link) {
+void Lockstep::advance(StepLoop& loop, TokenOutputs& out, Link& link) {
     if (pending_) form(link);
     if (!group_) return;
     if (!running_) {

@@ -40,8 +40,9 @@ public:
     void on_start_wave(uint64_t wave);
 
     // Forms a pending group, then does at most one round of the lockstep loop: the collective
-    // when one is due, and one step (real or dummy). Outputs of a real step go to `out`.
-    void advance(StepLoop& loop, wire::Outputs& out, Link& link);
+    // when one is due, and one step (real or dummy). A real step's tokens go to `out`
+    // (NativeEngine::deliver turns them into responses).
+    void advance(StepLoop& loop, TokenOutputs& out, Link& link);
     // True while a wave runs or a formation is pending: the rank should not sleep.
     bool wants_to_run(const StepLoop& loop) const;
     // The periodic report (steps per second since the previous call).

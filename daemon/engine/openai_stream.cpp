@@ -2,118 +2,205 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <utility>
+
 namespace dpengine::engine {
 namespace json = boost::json;
 
-std::string completion_request_body(const wire::Add& request, std::string_view model) {
-    json::object body;
-    body["model"] = model;
-    body["prompt"] = request.prompt;
-    body["max_tokens"] = request.max_tokens;
-    body["temperature"] = request.temperature;
-    body["top_p"] = request.top_p;
-    if (request.seed != 0) body["seed"] = static_cast<int64_t>(request.seed);
-    if (!request.stop.empty()) {
-        json::array stop;
-        for (const auto& s : request.stop) stop.emplace_back(s);
-        body["stop"] = std::move(stop);
-    }
-    body["stream"] = true;
-    body["stream_options"] = json::object{{"include_usage", true}};
-    return json::serialize(body);
+namespace {
+
+constexpr std::string_view blanks = " \t";
+
+std::string_view trim(std::string_view s) {
+    size_t first = s.find_first_not_of(blanks);
+    if (first == std::string_view::npos) return {};
+    return s.substr(first, s.find_last_not_of(blanks) - first + 1);
 }
 
-void SseParser::end_line(std::vector<std::string>& events) {
-    if (line_.empty()) {
-        if (has_data_) events.push_back(std::move(data_));
-        data_.clear();
-        has_data_ = false;
-        return;
+bool equal_ignoring_case(std::string_view a, std::string_view b) {
+    auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == lower(y); });
+}
+
+std::optional<uint32_t> as_count(const json::value& v) {
+    if (auto n = v.if_int64(); n && *n >= 0 && *n <= UINT32_MAX) return static_cast<uint32_t>(*n);
+    if (auto n = v.if_uint64(); n && *n <= UINT32_MAX) return static_cast<uint32_t>(*n);
+    return std::nullopt;
+}
+
+// Calls F(line) for each line of TEXT, whichever of LF, CRLF or CR ends it.
+template <typename F>
+void for_each_line(std::string_view text, F f) {
+    while (!text.empty()) {
+        size_t end = text.find_first_of("\r\n");
+        f(text.substr(0, end));
+        if (end == std::string_view::npos) return;
+        size_t next = end + (text[end] == '\r' && end + 1 < text.size() && text[end + 1] == '\n' ? 2 : 1);
+        text.remove_prefix(next);
     }
-    std::string_view line = line_;
-    if (line.front() != ':') {  // ':' starts a comment
-        size_t colon = line.find(':');
-        std::string_view field = line.substr(0, colon);
-        std::string_view value = colon == std::string_view::npos ? std::string_view() : line.substr(colon + 1);
-        if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-        if (field == "data") {
-            if (has_data_) data_ += '\n';
-            data_ += value;
-            has_data_ = true;
+}
+
+// One sample line of the Prometheus text format, "name{labels} value [timestamp]": its name
+// and value, or nullopt for comments, blank and malformed lines. Label values may hold '}'
+// and escaped quotes, so the labels are skipped quote by quote.
+struct Sample {
+    std::string_view name;
+    double value = 0;
+};
+
+std::optional<Sample> parse_sample(std::string_view line) {
+    line = trim(line);
+    if (line.empty() || line.front() == '#') return std::nullopt;
+    size_t name_end = line.find_first_of("{ \t");
+    if (name_end == std::string_view::npos) return std::nullopt;
+    Sample sample{line.substr(0, name_end)};
+    size_t at = name_end;
+    if (line[at] == '{') {
+        bool quoted = false;
+        for (++at; at < line.size(); ++at) {
+            char c = line[at];
+            if (quoted && c == '\\') ++at;
+            else if (c == '"') quoted = !quoted;
+            else if (!quoted && c == '}') break;
         }
+        if (at >= line.size()) return std::nullopt;
+        ++at;
     }
-    line_.clear();
+    std::string_view rest = trim(line.substr(at));
+    std::string_view value = rest.substr(0, rest.find_first_of(blanks));
+    if (!value.empty() && value.front() == '+') value.remove_prefix(1);  // "+Inf"; from_chars takes no sign
+    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), sample.value);
+    if (ec != std::errc() || end != value.data() + value.size() || !std::isfinite(sample.value)) return std::nullopt;
+    return sample;
 }
 
-bool SseParser::feed(std::string_view bytes, std::vector<std::string>& events) {
+constexpr std::string_view queued_metrics[] = {"vllm:num_requests_waiting", "llamacpp:requests_deferred"};
+constexpr std::string_view kv_cache_metrics[] = {"vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc",
+                                                 "llamacpp:kv_cache_usage_ratio"};
+
+bool one_of(std::string_view name, const auto& names) {
+    return std::find(std::begin(names), std::end(names), name) != std::end(names);
+}
+
+// Most chunks of a stream carry no usage: they are not parsed at all.
+bool may_have_usage(std::string_view text) { return text.find("\"completion_tokens\"") != std::string_view::npos; }
+
+}  // namespace
+
+bool is_event_stream(std::string_view content_type) {
+    return equal_ignoring_case(trim(content_type.substr(0, content_type.find(';'))), "text/event-stream");
+}
+
+bool valid_request_path(std::string_view path) {
+    return !path.empty() && path.front() == '/' &&
+           std::all_of(path.begin(), path.end(), [](char c) { return c > ' ' && c < '\x7f'; });
+}
+
+bool SseSplitter::feed(std::string_view bytes, std::vector<std::string>& events) {
     for (char c : bytes) {
         if (after_cr_) {
             after_cr_ = false;
-            if (c == '\n') continue;
+            if (c == '\n') {  // CRLF: one line end, and the event's last byte if the CR ended it
+                pending_ += c;
+                if (cr_ended_event_) events.push_back(std::exchange(pending_, {}));
+                continue;
+            }
+            if (cr_ended_event_) events.push_back(std::exchange(pending_, {}));
         }
-        if (c == '\r' || c == '\n') {
-            after_cr_ = c == '\r';
-            end_line(events);
+        if (pending_.size() >= max_event_bytes_) return false;
+        pending_ += c;
+        if (c != '\r' && c != '\n') {
+            line_empty_ = false;
+            has_content_ = true;
             continue;
         }
-        if (line_.size() + data_.size() >= max_event_bytes) return false;
-        line_ += c;
+        bool ends_event = line_empty_ && has_content_;
+        line_empty_ = true;
+        if (ends_event) has_content_ = false;
+        if (c == '\r') {
+            after_cr_ = true;
+            cr_ended_event_ = ends_event;
+        } else if (ends_event) {
+            events.push_back(std::exchange(pending_, {}));
+        }
     }
     return true;
 }
 
-namespace {
-
-std::optional<uint32_t> token_count(const json::object& usage, std::string_view key) {
-    const json::value* v = usage.if_contains(key);
-    if (!v) return std::nullopt;
-    if (auto n = v->if_int64(); n && *n >= 0 && *n <= UINT32_MAX) return static_cast<uint32_t>(*n);
-    if (auto n = v->if_uint64(); n && *n <= UINT32_MAX) return static_cast<uint32_t>(*n);
-    return std::nullopt;
+std::string SseSplitter::finish() {
+    has_content_ = false;
+    line_empty_ = true;
+    after_cr_ = false;
+    cr_ended_event_ = false;
+    return std::exchange(pending_, {});
 }
 
-}  // namespace
+std::string sse_event_data(std::string_view event) {
+    std::string data;
+    bool any = false;
+    for_each_line(event, [&](std::string_view line) {
+        size_t colon = line.find(':');
+        if (line.substr(0, colon) != "data") return;  // another field, a comment (":...") or an empty line
+        std::string_view value = colon == std::string_view::npos ? std::string_view() : line.substr(colon + 1);
+        if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+        if (any) data += '\n';
+        data += value;
+        any = true;
+    });
+    return data;
+}
 
-Result<CompletionChunk> parse_completion_chunk(std::string_view data) {
+std::optional<uint32_t> usage_completion_tokens(std::string_view text) {
+    if (!may_have_usage(text)) return std::nullopt;
     boost::system::error_code ec;
-    json::value doc = json::parse(data, ec);
-    auto bad = [&](const std::string& what) {
-        std::string shown(data.substr(0, 200));
-        return Error{"the server sent " + what + ": " + shown, "bad-upstream"};
-    };
-    if (ec) return bad("an event that is not JSON (" + ec.message() + ")");
-    const json::object* object = doc.if_object();
-    if (!object) return bad("an event that is not a JSON object");
-    CompletionChunk chunk;
-    if (const json::value* error = object->if_contains("error")) {
-        chunk.error = "the server reported an error";
-        if (const json::object* e = error->if_object()) {
-            if (const json::value* message = e->if_contains("message"); message && message->is_string())
-                chunk.error = std::string(message->get_string());
-        } else if (error->is_string()) {
-            chunk.error = std::string(error->get_string());
+    json::value doc = json::parse(text, ec);
+    if (ec || !doc.is_object()) return std::nullopt;
+    const json::value* usage = doc.get_object().if_contains("usage");
+    if (!usage || !usage->is_object()) return std::nullopt;
+    const json::value* tokens = usage->get_object().if_contains("completion_tokens");
+    return tokens ? as_count(*tokens) : std::nullopt;
+}
+
+std::optional<uint32_t> event_completion_tokens(std::string_view event) {
+    if (!may_have_usage(event)) return std::nullopt;
+    return usage_completion_tokens(sse_event_data(event));
+}
+
+EngineFigures parse_metrics(std::string_view text) {
+    EngineFigures figures;
+    std::optional<double> queued;
+    for_each_line(text, [&](std::string_view line) {
+        auto sample = parse_sample(line);
+        if (!sample) return;
+        if (one_of(sample->name, queued_metrics)) {
+            queued = queued.value_or(0.0) + sample->value;
+        } else if (one_of(sample->name, kv_cache_metrics)) {
+            figures.kv_cache_usage = std::max(figures.kv_cache_usage.value_or(0.0), std::clamp(sample->value, 0.0, 1.0));
         }
-        return chunk;
-    }
-    if (const json::value* choices = object->if_contains("choices")) {
-        const json::array* list = choices->if_array();
-        if (!list) return bad("\"choices\" that is not an array");
-        if (!list->empty()) {
-            const json::object* choice = (*list)[0].if_object();
-            if (!choice) return bad("a choice that is not an object");
-            if (const json::value* text = choice->if_contains("text")) {
-                if (!text->is_string()) return bad("a choice whose \"text\" is not a string");
-                chunk.text = std::string(text->get_string());
-            }
-            if (const json::value* finish = choice->if_contains("finish_reason"); finish && finish->is_string())
-                chunk.finish_reason = std::string(finish->get_string());
+    });
+    if (queued) figures.queued = static_cast<uint32_t>(std::clamp(std::round(*queued), 0.0, double(UINT32_MAX)));
+    return figures;
+}
+
+std::optional<SlotUse> parse_slots(std::string_view text) {
+    boost::system::error_code ec;
+    json::value doc = json::parse(text, ec);
+    if (ec || !doc.is_array()) return std::nullopt;
+    SlotUse use;
+    for (const json::value& slot : doc.get_array()) {
+        const json::object* s = slot.if_object();
+        if (!s) return std::nullopt;
+        ++use.slots;
+        if (const json::value* processing = s->if_contains("is_processing"); processing && processing->is_bool()) {
+            use.busy += processing->get_bool();
+        } else if (const json::value* state = s->if_contains("state")) {
+            use.busy += as_count(*state).value_or(0) != 0;
         }
     }
-    if (const json::value* usage = object->if_contains("usage"); usage && usage->is_object()) {
-        chunk.prompt_tokens = token_count(usage->get_object(), "prompt_tokens");
-        chunk.completion_tokens = token_count(usage->get_object(), "completion_tokens");
-    }
-    return chunk;
+    return use;
 }
 
 }  // namespace dpengine::engine

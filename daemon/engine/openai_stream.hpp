@@ -1,12 +1,11 @@
-// The client side of an OpenAI-compatible server's streaming completions, as the http backend
-// speaks it: the request body it sends, the server-sent events it reads back, and the
-// completion chunks inside them. Pure functions and a byte-fed parser: no I/O, so the unit
-// tests drive them with arbitrary splits.
+// The pure parts of relaying an OpenAI-compatible server's answers, as the http backend does:
+// cutting a text/event-stream body into whole events without changing a byte, the usage
+// figure it counts tokens by, and the server's load as its GET /metrics (Prometheus text) or
+// GET /slots (llama-server) shows it. No I/O, so the unit tests drive them with arbitrary
+// splits and sample texts.
 #pragma once
 
-#include "core/error.hpp"
-#include "core/wire.hpp"
-
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -15,45 +14,73 @@
 
 namespace dpengine::engine {
 
-// The JSON body of POST /v1/completions for REQUEST: streamed, with the usage in a last
-// chunk. A zero seed is left out (the head sends 0 when the client gave none).
-std::string completion_request_body(const wire::Add& request, std::string_view model);
+// The most bytes of one response piece the rank relays: a whole non-streamed body, or one
+// event. Below daemon.max_message_bytes' default (16 MiB) with room for the OUTPUTS envelope,
+// so that a piece always fits one message.
+inline constexpr size_t max_piece_bytes = 15 << 20;
 
-// A text/event-stream decoder (the WHATWG rules that matter here): lines end with LF, CRLF or
-// CR; "data:" lines of one event are joined with LF; an empty line ends the event; comments
-// and other fields are skipped. Input may be split anywhere, even inside a CRLF.
-class SseParser {
+// True when a Content-Type value names text/event-stream (whatever its parameters and case).
+bool is_event_stream(std::string_view content_type);
+
+// A path the rank may put in a request line: an origin-form target ("/v1/...", with a query
+// if any) of visible ASCII only, so that no header can be smuggled in after it.
+bool valid_request_path(std::string_view path);
+
+// Cuts a text/event-stream body at its event boundaries, by the WHATWG rules: lines end with
+// LF, CRLF or CR, and an empty line ends an event. Each event comes out in the server's bytes,
+// its final line end included; empty lines before an event's first line belong to that event,
+// so nothing is lost or reordered. Input may be split anywhere, even inside a CRLF: an event
+// that a CR ends is complete only once the next byte shows whether an LF belongs to it (or
+// the stream ends), so its bytes are the same whatever the splits.
+class SseSplitter {
 public:
-    static constexpr size_t max_event_bytes = 16 << 20;
+    explicit SseSplitter(size_t max_event_bytes = max_piece_bytes) : max_event_bytes_(max_event_bytes) {}
 
-    // Appends the data of every event completed by BYTES to EVENTS. False when an event grows
-    // beyond max_event_bytes (the stream is not one this parser can follow).
+    // Appends each event BYTES complete to EVENTS. False when an event grows beyond
+    // max_event_bytes (the stream is not one the rank can relay).
     bool feed(std::string_view bytes, std::vector<std::string>& events);
-    // True when no partial line or event is pending (the stream may end here cleanly).
-    bool idle() const { return line_.empty() && !has_data_; }
+    // The stream ended: the bytes not returned as events yet (an event that a final CR ended,
+    // or an unfinished one), which the relay sends last so that the client loses none.
+    std::string finish();
 
 private:
-    void end_line(std::vector<std::string>& events);
-
-    std::string line_;
-    std::string data_;
-    bool has_data_ = false;
-    bool after_cr_ = false;  // the last byte was CR: a following LF belongs to it
+    size_t max_event_bytes_;
+    std::string pending_;       // the bytes of the event being read
+    bool has_content_ = false;  // pending_ has more than empty lines
+    bool line_empty_ = true;    // nothing yet on the current line
+    bool after_cr_ = false;     // the last byte was CR: a following LF belongs to it
+    bool cr_ended_event_ = false;  // ... and that CR ended an event
 };
 
-// One event of a completions stream.
-struct CompletionChunk {
-    std::string text;           // choices[0].text (empty when absent)
-    std::string finish_reason;  // empty while the choice runs
-    std::optional<uint32_t> prompt_tokens;      // from "usage", when the chunk has one
-    std::optional<uint32_t> completion_tokens;
-    std::string error;          // an {"error": ...} event's message; empty otherwise
+// The data of one event as a client reads it: its "data" lines joined with LF.
+std::string sse_event_data(std::string_view event);
+
+// usage.completion_tokens of a completions or chat response, or of one chunk of its stream;
+// nullopt where there is none (or the text is not JSON).
+std::optional<uint32_t> usage_completion_tokens(std::string_view json);
+// The same of one event of a stream (in its bytes, as SseSplitter gives it).
+std::optional<uint32_t> event_completion_tokens(std::string_view event);
+
+// The engine's own load figures, where its server shows them.
+struct EngineFigures {
+    std::optional<uint32_t> queued;         // requests waiting inside the engine
+    std::optional<double> kv_cache_usage;   // share of the KV cache in use, 0..1
 };
 
-inline constexpr std::string_view sse_done = "[DONE]";
+// GET /metrics in the Prometheus text format: vLLM's vllm:num_requests_waiting and
+// vllm:gpu_cache_usage_perc or vllm:kv_cache_usage_perc, llama-server's
+// llamacpp:requests_deferred and llamacpp:kv_cache_usage_ratio. Series of one name are summed
+// (queued) or the largest taken (KV cache); a figure without a series stays unset.
+EngineFigures parse_metrics(std::string_view text);
 
-// Parses the data of one event (other than "[DONE]"). Errors (code "bad-upstream") say what
-// is wrong with the JSON.
-Result<CompletionChunk> parse_completion_chunk(std::string_view data);
+// llama-server's GET /slots: a JSON array of slots, busy ones with "is_processing": true (or,
+// from older versions, a non-zero "state"). Each slot holds its share of the context, so the
+// busy share stands for the KV cache in use.
+struct SlotUse {
+    uint32_t slots = 0;
+    uint32_t busy = 0;
+    double share() const { return slots ? static_cast<double>(busy) / slots : 0.0; }
+};
+std::optional<SlotUse> parse_slots(std::string_view json);
 
 }  // namespace dpengine::engine

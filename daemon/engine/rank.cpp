@@ -9,7 +9,7 @@
 #include "engine/engine.hpp"
 #include "engine/lockstep.hpp"
 #include "engine/module_loader.hpp"
-#include "engine/step_loop.hpp"
+#include "engine/native_engine.hpp"
 
 #include <netdb.h>
 #include <poll.h>
@@ -287,6 +287,15 @@ public:
         wave_.store(wave, std::memory_order_relaxed);
         memory_used_.store(memory_used, std::memory_order_relaxed);
     }
+    // The engine's own figures, on every turn of the loop (an idle engine's health changes
+    // too). The head routes nothing new to a rank whose engine fails its health probes, so a
+    // change between healthy and failing goes out at once, not at the next interval.
+    void publish_engine(const Engine::EngineLoad& load) {
+        engine_queued_.store(load.queued, std::memory_order_relaxed);
+        kv_cache_usage_.store(load.kv_cache_usage, std::memory_order_relaxed);
+        uint32_t before = health_failures_.exchange(load.health_failures, std::memory_order_relaxed);
+        if ((before == 0) != (load.health_failures == 0)) beat_now();
+    }
 
 private:
     void run(std::stop_token stop) {
@@ -297,28 +306,44 @@ private:
                 continue;
             }
             uint64_t epoch = epoch_;
+            prompt_ = false;
             lock.unlock();
             wire::Heartbeat beat{progress_.load(std::memory_order_relaxed), running_.load(std::memory_order_relaxed),
                                  waiting_.load(std::memory_order_relaxed)};
             beat.dummy_steps = dummy_steps_.load(std::memory_order_relaxed);
             beat.wave = wave_.load(std::memory_order_relaxed);
             beat.memory_used = memory_used_.load(std::memory_order_relaxed);
+            beat.engine_queued = engine_queued_.load(std::memory_order_relaxed);
+            beat.kv_cache_usage = kv_cache_usage_.load(std::memory_order_relaxed);
+            beat.health_failures = health_failures_.load(std::memory_order_relaxed);
             conn_.send(beat, epoch);
             conn_.wake();
             lock.lock();
-            cv_.wait_for(lock, stop, interval_, [] { return false; });
+            cv_.wait_for(lock, stop, interval_, [this] { return prompt_; });
         }
+    }
+
+    // The next heartbeat goes out now.
+    void beat_now() {
+        {
+            std::lock_guard lock(mutex_);
+            prompt_ = true;
+        }
+        cv_.notify_all();
     }
 
     Connection& conn_;
     std::mutex mutex_;
     std::condition_variable_any cv_;
     bool beating_ = false;
+    bool prompt_ = false;  // beat_now() was called since the last heartbeat
     uint64_t epoch_ = 0;
     std::chrono::milliseconds interval_{1000};
     std::atomic<uint64_t> progress_{0};
     std::atomic<uint32_t> running_{0}, waiting_{0};
     std::atomic<uint64_t> dummy_steps_{0}, wave_{0}, memory_used_{0};
+    std::atomic<uint32_t> engine_queued_{0}, health_failures_{0};
+    std::atomic<double> kv_cache_usage_{0};
     std::jthread thread_;  // last: it starts in the constructor and uses the members above
 };
 
@@ -336,8 +361,11 @@ public:
     int run() {
         const auto started = Clock::now();
         wire::Outputs outputs;
+        TokenOutputs tokens;
         while (!stop_requested) {
-            bool busy = serving() && (lockstep_ ? lockstep_->wants_to_run(*lockstep_loop_) : loop_->has_work());
+            bool busy = serving() && (lockstep_ ? lockstep_->wants_to_run(lockstep_engine_->loop()) ||
+                                                      lockstep_engine_->has_ready_output()
+                                                : loop_->has_work());
             auto wait = busy ? Clock::duration::zero() : std::chrono::milliseconds(100);
             conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait), loop_ ? loop_->wakeup_fd() : -1);
             if (loop_) loop_->clear_wakeup();
@@ -365,8 +393,9 @@ public:
             }
             if (lockstep_) {
                 outputs.items.clear();
-                lockstep_->advance(*lockstep_loop_, outputs, *this);
-                publish_progress();
+                tokens.items.clear();
+                lockstep_->advance(lockstep_engine_->loop(), tokens, *this);
+                lockstep_engine_->deliver(tokens, outputs);
                 if (!outputs.items.empty()) conn_.send(outputs, epoch_);
                 if (Clock::now() >= next_group_report_) {
                     conn_.send(lockstep_->report(), epoch_);
@@ -375,9 +404,9 @@ public:
             } else if (loop_->has_work()) {
                 outputs.items.clear();
                 loop_->step(outputs);
-                publish_progress();
                 if (!outputs.items.empty()) conn_.send(outputs, epoch_);
             }
+            publish_progress();
         }
         return exit_code::ok;
     }
@@ -388,8 +417,9 @@ private:
     // The figures the next HEARTBEAT carries.
     void publish_progress() {
         heartbeat_.publish(loop_->steps(), loop_->running(), loop_->waiting());
-        heartbeat_.publish_activity(lockstep_loop_ ? lockstep_loop_->dummy_steps() : 0, lockstep_ ? lockstep_->wave() : 0,
-                                    loop_->memory_used());
+        heartbeat_.publish_activity(lockstep_engine_ ? lockstep_engine_->loop().dummy_steps() : 0,
+                                    lockstep_ ? lockstep_->wave() : 0, loop_->memory_used());
+        heartbeat_.publish_engine(loop_->engine_load());
     }
 
     // The head answers every HEARTBEAT, so a registered rank hears from it at least once per
@@ -579,10 +609,14 @@ private:
             return exit_code::refused;
         }
         if (!serving()) return -1;
-        if (auto* add = std::get_if<wire::Add>(&env.message)) {
-            loop_->add(*add);
+        if (auto* request = std::get_if<wire::Request>(&env.message)) {
+            loop_->add(*request);
         } else if (auto* abort = std::get_if<wire::Abort>(&env.message)) {
             for (uint64_t id : abort->ids) loop_->abort(id);
+            // The head routes by this rank's load: let it see the drop now, not at the next
+            // step's OUTPUTS or the next heartbeat.
+            publish_progress();
+            conn_.send(wire::Outputs{{}, loop_->running(), loop_->waiting()}, epoch_);
         } else if (auto* form = std::get_if<wire::GroupForm>(&env.message)) {
             if (lockstep_) lockstep_->on_group_form(*form);
         } else if (auto* wave = std::get_if<wire::StartWave>(&env.message)) {
@@ -634,10 +668,10 @@ private:
     // Lockstep mode from CONFIG; the group itself forms when the head sends GROUP_FORM.
     Status make_lockstep(const wire::Config& config) {
         lockstep_.reset();
-        lockstep_loop_ = nullptr;
+        lockstep_engine_ = nullptr;
         if (config.sync != "lockstep") return Ok{};
-        lockstep_loop_ = dynamic_cast<StepLoop*>(loop_.get());
-        if (!lockstep_loop_) {
+        lockstep_engine_ = dynamic_cast<NativeEngine*>(loop_.get());
+        if (!lockstep_engine_) {
             return Error{"lockstep mode needs an engine that steps inside the rank; the '" + config.engine.backend +
                              "' backend runs independent engines (use data_parallel.dp_sync = \"independent\")",
                          "init-failed"};
@@ -668,7 +702,7 @@ private:
     Connection conn_;
     HeartbeatThread heartbeat_{conn_};  // after conn_: it stops before the connection closes
     std::unique_ptr<Lockstep> lockstep_;
-    StepLoop* lockstep_loop_ = nullptr;  // loop_ as the StepLoop lockstep mode drives
+    NativeEngine* lockstep_engine_ = nullptr;  // loop_ as lockstep mode drives it
     std::deque<wire::Envelope> deferred_;
     uint64_t rendezvous_epoch_ = 0;
     Clock::time_point next_group_report_{};

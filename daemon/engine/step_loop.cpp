@@ -25,8 +25,8 @@ size_t find_stop(const Sequence& seq, size_t piece_size) {
 
 bool is_utf8_continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
 
-// Moves `end` back so text[sent, end) does not stop inside a UTF-8 character: the head turns
-// every chunk into a JSON string on its own, and half a character would become garbage.
+// Moves `end` back so text[sent, end) does not stop inside a UTF-8 character: every chunk
+// becomes a JSON string on its own, and half a character would become garbage.
 size_t utf8_boundary(const std::string& text, size_t sent, size_t end) {
     if (end == sent) return end;
     size_t lead = end - 1;  // the start of the last character
@@ -42,7 +42,7 @@ size_t utf8_boundary(const std::string& text, size_t sent, size_t end) {
 StepLoop::StepLoop(std::unique_ptr<Backend> backend, uint32_t max_batch, uint32_t max_model_len)
     : backend_(std::move(backend)), max_batch_(std::max(1u, max_batch)), max_model_len_(max_model_len) {}
 
-void StepLoop::add(const wire::Add& request) {
+void StepLoop::add(const SequenceRequest& request) {
     auto seq = std::make_unique<Sequence>();
     seq->id = request.id;
     seq->prompt = request.prompt;
@@ -71,7 +71,7 @@ void StepLoop::abort_all() {
     waiting_.clear();
 }
 
-void StepLoop::emit(Sequence& seq, uint32_t new_tokens, const char* finish, wire::Outputs& out) {
+void StepLoop::emit(Sequence& seq, uint32_t new_tokens, const char* finish, TokenOutputs& out) {
     size_t end = seq.text.size();
     if (!*finish) {
         size_t hold = longest_stop(seq);
@@ -79,7 +79,7 @@ void StepLoop::emit(Sequence& seq, uint32_t new_tokens, const char* finish, wire
         end = utf8_boundary(seq.text, seq.sent, end);
     }
     if (end == seq.sent && new_tokens == 0 && !*finish) return;
-    wire::Output& o = out.items.emplace_back();
+    TokenOutput& o = out.items.emplace_back();
     o.id = seq.id;
     o.text.assign(seq.text, seq.sent, end - seq.sent);
     o.new_tokens = new_tokens;
@@ -88,7 +88,7 @@ void StepLoop::emit(Sequence& seq, uint32_t new_tokens, const char* finish, wire
     seq.sent = end;
 }
 
-void StepLoop::admit_waiting(wire::Outputs& out) {
+void StepLoop::admit_waiting(TokenOutputs& out) {
     while (running_.size() < max_batch_ && !waiting_.empty()) {
         Sequence& seq = *waiting_.front();
         if (!backend_->admit(seq)) break;
@@ -104,7 +104,7 @@ void StepLoop::admit_waiting(wire::Outputs& out) {
     }
 }
 
-void StepLoop::step(wire::Outputs& out) {
+void StepLoop::step(TokenOutputs& out) {
     admit_waiting(out);
     if (!running_.empty()) {
         batch_.clear();

@@ -1,6 +1,7 @@
 #include "http_server.hpp"
 
 #include "core/log.hpp"
+#include "head/request_body.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -11,8 +12,10 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -33,11 +36,17 @@ constexpr size_t read_ahead_limit = 64 * 1024;
 const char* reason_phrase(int status) {
     switch (status) {
         case 200: return "OK";
+        case 201: return "Created";
+        case 204: return "No Content";
         case 400: return "Bad Request";
+        case 401: return "Unauthorized";
+        case 403: return "Forbidden";
         case 404: return "Not Found";
         case 405: return "Method Not Allowed";
         case 408: return "Request Timeout";
         case 413: return "Payload Too Large";
+        case 422: return "Unprocessable Entity";
+        case 429: return "Too Many Requests";
         case 431: return "Request Header Fields Too Large";
         case 500: return "Internal Server Error";
         case 502: return "Bad Gateway";
@@ -69,6 +78,22 @@ int64_t unix_now() {
     return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+std::string models_response(std::string_view model, int64_t created) {
+    const boost::json::object response = {
+        {"object", "list"},
+        {"data", boost::json::array{boost::json::object{
+                     {"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "dpengine"}}}}};
+    return boost::json::serialize(response);
+}
+
+// The endpoint label of the latency histograms.
+std::string endpoint_label(std::string_view path) {
+    if (path == "/v1/completions") return "completions";
+    if (path == "/v1/chat/completions") return "chat_completions";
+    if (path == "/v1/embeddings") return "embeddings";
+    return std::string(path);
+}
+
 void append_hex(std::string& out, size_t n) {
     char buf[20];
     int len = std::snprintf(buf, sizeof buf, "%zx", n);
@@ -93,50 +118,32 @@ public:
     // Server shutdown: idle connections close now; one in an exchange closes when it ends.
     void close_if_idle() {
         keep_alive_ = false;
-        if (!request_ && !writing_) close();
+        if (!in_exchange_ && !writing_) close();
     }
 
-    void on_output(uint32_t choice, const wire::Output& out) override {
-        Choice& c = choices_[choice];
-        if (!first_token_seen_ && out.new_tokens > 0) {
-            first_token_seen_ = true;
-            server_.metrics_.first_token_seconds[metric_key_].observe(seconds_since(started_at_));
-        }
-        prompt_tokens_ = out.prompt_tokens;
-        c.tokens += out.new_tokens;
-        bool finished = !out.finish.empty();
-        if (request_->stream) {
-            if (!out.text.empty() || finished) {
-                append_chunk(openai::stream_chunk(*request_, id_, created_, choice, out.text,
-                                                  finished ? std::string_view(out.finish) : std::string_view(), !c.started));
-                c.started = true;
+    void on_output(const wire::Output& piece) override {
+        if (!response_started_) start_response(piece);
+        if (!piece.data.empty()) {
+            if (!first_data_seen_) {
+                first_data_seen_ = true;
+                server_.metrics_.first_token_seconds[metric_key_].observe(seconds_since(started_at_));
             }
-        } else {
-            c.text += out.text;
+            if (streaming_) append_chunk(piece.data);
+            else out_ += piece.data;
         }
-        if (finished) {
-            c.finish = out.finish;
-            c.engine_id = 0;
-            if (--remaining_ == 0) finish_exchange();
+        if (piece.done) {
+            engine_id_ = 0;
+            finish_exchange();
         }
         flush_soon();
     }
 
-    void on_failure(uint32_t choice, const Error& error) override {
-        choices_[choice].engine_id = 0;
-        --remaining_;
+    void on_failure(const Error& error) override {
+        engine_id_ = 0;
         fail_exchange(server_error(error));
     }
 
 private:
-    struct Choice {
-        uint64_t engine_id = 0;  // while the rank works on it
-        std::string text;
-        std::string finish;
-        uint64_t tokens = 0;
-        bool started = false;
-    };
-
     void read_request() {
         parser_.emplace();
         parser_->header_limit(header_limit);
@@ -192,12 +199,11 @@ private:
         }
         if (target == "/v1/models") {
             if (!get) return method_not_allowed("GET");
-            return respond(200, "application/json", openai::models_response(server_.config_.engine.model, unix_now()));
+            return respond(200, "application/json", models_response(server_.config_.engine.model, unix_now()));
         }
-        if (target == "/v1/completions" || target == "/v1/chat/completions") {
+        if (server_.routes_engine(target)) {
             if (!post) return method_not_allowed("POST");
-            auto endpoint = target == "/v1/completions" ? openai::Endpoint::completions : openai::Endpoint::chat_completions;
-            return start_exchange(endpoint, req.body());
+            return start_exchange(target, req.body());
         }
         respond_error({404, "not_found_error", "no such endpoint: " + std::string(target), "", "not-found"});
     }
@@ -206,90 +212,92 @@ private:
         respond_error({405, "invalid_request_error", std::string("this endpoint only accepts ") + allowed, "", "method-not-allowed"});
     }
 
-    void start_exchange(openai::Endpoint endpoint, const std::string& body) {
-        auto parsed = openai::parse_request(endpoint, body, server_.limits_);
-        if (auto* error = std::get_if<openai::HttpError>(&parsed)) return respond_error(*error);
-        request_ = std::move(std::get<openai::CompletionRequest>(parsed));
+    // The body goes to a rank as the client wrote it; the rank's engine answers.
+    void start_exchange(std::string_view path, const std::string& body) {
+        auto routed = head::route_body(body, server_.model_names_);
+        if (auto* error = std::get_if<openai::HttpError>(&routed)) return respond_error(*error);
+        auto& routed_body = std::get<head::RoutedBody>(routed);
+        wire::Request request;
+        request.path = path;
+        request.body = std::move(routed_body.body);
+        request.stream = routed_body.stream;
+        in_exchange_ = true;
+        response_started_ = streaming_ = event_stream_ = first_data_seen_ = false;
         self_ = shared_from_this();
         started_at_ = std::chrono::steady_clock::now();
-        first_token_seen_ = false;
-        metric_key_ = std::string(endpoint == openai::Endpoint::completions ? "endpoint=\"completions\"" : "endpoint=\"chat_completions\"") +
-                      (request_->stream ? ",stream=\"true\"" : ",stream=\"false\"");
-        id_ = (endpoint == openai::Endpoint::completions ? "cmpl-" : "chatcmpl-") + std::to_string(next_exchange_id++);
-        created_ = unix_now();
-        prompt_tokens_ = 0;
-        choices_.assign(request_->n, Choice{});
-        remaining_ = request_->n;
-        for (uint32_t i = 0; i < request_->n; ++i) {
-            wire::Add add;
-            add.prompt = request_->prompt;
-            add.max_tokens = request_->sampling.max_tokens;
-            add.temperature = request_->sampling.temperature;
-            add.top_p = request_->sampling.top_p;
-            // Each choice is its own sample: without distinct seeds a deterministic engine would
-            // return n copies of one answer.
-            add.seed = request_->sampling.seed.value_or(0) + i;
-            add.stop = request_->sampling.stop;
-            auto id = server_.ranks_.submit(std::move(add), this, i);
-            if (!id) {
-                remaining_ = 0;
-                abort_choices();
-                return end_exchange_with_status(server_error(id.error()));
-            }
-            choices_[i].engine_id = *id;
-        }
-        if (request_->stream) {
-            ++server_.metrics_.responses_by_status[200];
-            out_ += "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
-            out_ += chunked_ ? "Transfer-Encoding: chunked\r\n" : "";
-            if (!chunked_) keep_alive_ = false;  // HTTP/1.0: the end of the stream is the close
-            out_ += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
-            flush();
-        }
+        metric_key_ = "endpoint=\"" + endpoint_label(path) + (request.stream ? "\",stream=\"true\"" : "\",stream=\"false\"");
+        auto id = server_.ranks_.submit(std::move(request), this);
+        if (!id) return end_exchange_with_status(server_error(id.error()));
+        engine_id_ = *id;
         arm_timer(server_.config_.frontend.request_timeout, [](HttpSession& s) {
-            s.abort_choices();
             s.fail_exchange(server_error(Error{"the request did not finish within frontend.request_timeout", "timeout"}));
         });
         watch_peer();
     }
 
-    void abort_choices() {
-        for (auto& c : choices_) {
-            if (c.engine_id) server_.ranks_.abort(c.engine_id);
-            c.engine_id = 0;
-        }
-        remaining_ = 0;
+    // The engine's first piece: its status and content type. A response that is complete in
+    // one piece gets a Content-Length; one that comes in pieces (a stream of events) is sent
+    // as it comes, chunked (HTTP/1.0: until the close).
+    void start_response(const wire::Output& piece) {
+        response_started_ = true;
+        int status = piece.status ? static_cast<int>(piece.status) : 200;
+        std::string_view type = piece.content_type.empty() ? std::string_view("application/json") : piece.content_type;
+        ++server_.metrics_.responses_by_status[status];
+        event_stream_ = type.starts_with("text/event-stream");
+        if (piece.done) return start_whole_response(status, type, piece.data.size());
+        streaming_ = true;
+        out_ += "HTTP/1.1 ";
+        out_ += std::to_string(status);
+        out_ += ' ';
+        out_ += reason_phrase(status);
+        out_ += "\r\nContent-Type: ";
+        out_ += type;
+        out_ += event_stream_ ? "\r\nCache-Control: no-cache\r\n" : "\r\n";
+        out_ += chunked_ ? "Transfer-Encoding: chunked\r\n" : "";
+        if (!chunked_) keep_alive_ = false;  // HTTP/1.0: the end of the stream is the close
+        out_ += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
     }
 
+    void start_whole_response(int status, std::string_view type, size_t length) {
+        out_ += "HTTP/1.1 ";
+        out_ += std::to_string(status);
+        out_ += ' ';
+        out_ += reason_phrase(status);
+        out_ += "\r\nContent-Type: ";
+        out_ += type;
+        out_ += "\r\nContent-Length: ";
+        out_ += std::to_string(length);
+        out_ += keep_alive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
+    }
+
+    void abort_engine_request() {
+        if (engine_id_) server_.ranks_.abort(engine_id_);
+        engine_id_ = 0;
+    }
+
+    // dpengine's own failure of an exchange (rank lost, timeout, shutdown). Before the
+    // response started it is an OpenAI error response; inside an event stream, an error event
+    // and the stream's end; inside another response cut short, the connection closes, so the
+    // client cannot take it for complete.
     void fail_exchange(const openai::HttpError& error) {
-        if (!request_) return;
-        abort_choices();
-        if (request_->stream) {
-            append_chunk(openai::stream_error_event(error));
-            append_chunk(std::string(openai::stream_done));
-            end_stream();
-        } else {
-            end_exchange_with_status(error);
+        if (!in_exchange_) return;
+        abort_engine_request();
+        if (!response_started_) return end_exchange_with_status(error);
+        if (!event_stream_) {
+            in_exchange_ = false;
+            return close_after_flush();
         }
+        append_chunk(openai::stream_error_event(error));
+        append_chunk("data: [DONE]\n\n");
+        end_stream();
     }
 
     void finish_exchange() {
-        timer_.cancel();
         server_.metrics_.request_seconds[metric_key_].observe(seconds_since(started_at_));
-        openai::Usage usage{prompt_tokens_, 0};
-        for (const auto& c : choices_) usage.completion_tokens += c.tokens;
-        if (request_->stream) {
-            if (request_->include_usage) append_chunk(openai::stream_usage_chunk(*request_, id_, created_, usage));
-            append_chunk(std::string(openai::stream_done));
-            end_stream();
-            return;
-        }
-        std::vector<openai::Choice> result;
-        result.reserve(choices_.size());
-        for (auto& c : choices_) result.push_back({std::move(c.text), c.finish});
-        std::string body = openai::completion_response(*request_, id_, created_, result, usage);
-        request_.reset();
-        respond(200, "application/json", body);
+        if (streaming_) return end_stream();
+        timer_.cancel();
+        in_exchange_ = false;
+        response_complete_ = true;
     }
 
     static double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -299,18 +307,26 @@ private:
     void end_stream() {
         timer_.cancel();
         if (chunked_) out_ += "0\r\n\r\n";
-        request_.reset();
+        in_exchange_ = false;
         response_complete_ = true;
         flush();
     }
 
     void end_exchange_with_status(const openai::HttpError& error) {
         timer_.cancel();
-        request_.reset();
+        in_exchange_ = false;
         respond_error(error);
     }
 
-    void append_chunk(const std::string& data) {
+    // What is written goes out, then the connection closes.
+    void close_after_flush() {
+        timer_.cancel();
+        keep_alive_ = false;
+        response_complete_ = true;
+        flush();
+    }
+
+    void append_chunk(std::string_view data) {
         if (chunked_) {
             append_hex(out_, data.size());
             out_ += "\r\n";
@@ -393,7 +409,7 @@ private:
             bool resume = cancelled_to_resume || waiting_for_next;
             if (ec && !(ec == asio::error::operation_aborted && resume)) return self->peer_gone();
             if (!ec) self->buffer_.commit(n);
-            if (self->request_) return self->watch_peer();
+            if (self->in_exchange_) return self->watch_peer();
             if (resume) {
                 self->timer_.cancel();
                 self->read_request();
@@ -402,9 +418,9 @@ private:
     }
 
     void peer_gone() {
-        if (request_) {
-            abort_choices();
-            request_.reset();
+        if (in_exchange_) {
+            abort_engine_request();
+            in_exchange_ = false;
         }
         self_.reset();
         close();
@@ -446,14 +462,13 @@ private:
     bool resume_after_cancel_ = false;
     std::string out_, in_write_;
 
-    std::optional<openai::CompletionRequest> request_;
-    std::vector<Choice> choices_;
-    uint32_t remaining_ = 0;
-    uint64_t prompt_tokens_ = 0;
-    std::string id_;
-    int64_t created_ = 0;
+    bool in_exchange_ = false;      // a request is with a rank, or its response is being written
+    uint64_t engine_id_ = 0;        // the rank link's id while a rank works on it
+    bool response_started_ = false; // the engine's first piece arrived
+    bool streaming_ = false;        // the response is sent as it comes (chunked)
+    bool event_stream_ = false;     // ... and it is text/event-stream
     std::chrono::steady_clock::time_point started_at_{};
-    bool first_token_seen_ = false;
+    bool first_data_seen_ = false;
     std::string metric_key_;  // the latency histograms' labels for this exchange
 };
 
@@ -464,9 +479,13 @@ HttpServer::HttpServer(asio::io_context& io, const Config& config, RankLink& ran
 }
 
 void HttpServer::config_changed() {
-    limits_.model = config_.engine.model;
-    limits_.default_max_tokens = config_.engine.default_max_tokens;
-    limits_.max_model_len = config_.engine.max_model_len;
+    model_names_ = {config_.engine.model, config_.engine.served_model_name};
+}
+
+bool HttpServer::routes_engine(std::string_view path) const {
+    if (path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/embeddings") return true;
+    const auto& extra = config_.engine.passthrough_paths;
+    return std::find(extra.begin(), extra.end(), path) != extra.end();
 }
 
 HttpServer::~HttpServer() = default;

@@ -6,7 +6,8 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "head/metrics.hpp"
-#include "head/openai.hpp"
+#include "core/api_error.hpp"
+#include "head/request_body.hpp"
 #include "head/rank_link.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -36,12 +37,15 @@ public:
 private:
     friend class HttpSession;
     void accept();
+    // The POST paths whose requests go to an engine: the OpenAI endpoints, and
+    // engine.passthrough_paths.
+    bool routes_engine(std::string_view path) const;
 
     boost::asio::io_context& io_;
     const Config& config_;
     RankLink& ranks_;
     std::function<std::vector<RankInfo>()> rank_view_;
-    openai::Limits limits_;
+    head::ModelNames model_names_;
     FrontendMetrics metrics_;
     boost::asio::ip::tcp::acceptor acceptor_;
     std::unordered_set<HttpSession*> sessions_;

@@ -65,6 +65,12 @@ std::string render_metrics(const std::vector<RankInfo>& ranks, const std::map<st
              [](const RankInfo& r) { return r.in_flight; });
     per_rank("dpengine_rank_queue_depth", "gauge", "Requests waiting in the rank's queue, as it last reported.",
              [](const RankInfo& r) { return r.waiting; });
+    per_rank("dpengine_rank_engine_queued", "gauge", "Requests queued inside the rank's engine, where the engine reports it (http backend: its server's /metrics or /slots).",
+             [](const RankInfo& r) { return r.engine_queued; });
+    per_rank("dpengine_rank_kv_cache_usage", "gauge", "The share of the rank's engine KV cache in use, 0 to 1, where the engine reports it.",
+             [](const RankInfo& r) { return r.kv_cache_usage; });
+    per_rank("dpengine_rank_health_failures", "gauge", "Health probes of the rank's engine server failed in a row (http backend); above 0 the rank gets no new requests.",
+             [](const RankInfo& r) { return r.health_failures; });
     per_rank("dpengine_rank_restarts_total", "counter", "Times the rank's process was started again.",
              [](const RankInfo& r) { return r.restarts; });
     header(out, "dpengine_rank_events_total", "counter",

@@ -315,7 +315,7 @@ Status NodeRegistry::assign(const std::string& node, uint32_t start, uint32_t co
         if ((in_new && h && !held_by_target) || (!in_new && held_by_target)) move.stopping.push_back(r);
     }
     for (uint32_t r : move.stopping) {
-        if (link_.state_of(r) == RankState::ready) (void)link_.drain(r);
+        if (link_.state_of(r) == RankState::ready || link_.state_of(r) == RankState::unhealthy) (void)link_.drain(r);
     }
     log::notice("assigning ranks {} to node '{}' (it had {}): draining {} rank(s) on their old node(s) first",
                 describe_block(start, count), node, describe_block(target.start, target.count), move.stopping.size());

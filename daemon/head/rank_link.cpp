@@ -64,7 +64,7 @@ std::string hex(std::string_view bytes) {
 
 std::optional<RankState> rank_state_from_string(std::string_view name) {
     for (auto state : {RankState::starting, RankState::connecting, RankState::initializing, RankState::ready,
-                       RankState::draining, RankState::stopped, RankState::failed}) {
+                       RankState::unhealthy, RankState::draining, RankState::stopped, RankState::failed}) {
         if (name == to_string(state)) return state;
     }
     return std::nullopt;
@@ -76,6 +76,7 @@ const char* to_string(RankState state) {
         case RankState::connecting: return "connecting";
         case RankState::initializing: return "initializing";
         case RankState::ready: return "ready";
+        case RankState::unhealthy: return "unhealthy";
         case RankState::draining: return "draining";
         case RankState::stopped: return "stopped";
         case RankState::failed: return "failed";
@@ -307,6 +308,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
             slot.progress_at = slot.last_heard;
         }
         note_activity(slot, *hb);
+        note_load(slot, *hb);
         // The answer tells the rank that the head is there (supervision.head_grace_period).
         send(routing_id, wire::Heartbeat{});
     } else if (auto* ready = std::get_if<wire::Ready>(&env->message)) {
@@ -399,6 +401,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     slot.routing_id = routing_id;
     slot.incarnation = hello.incarnation;
     slot.step_rate.reset();  // a new registration: its counters may start again
+    slot.info.health_failures = 0;
     slot.owner = node;
     slot.info.node = node;
     slot.info.last_error.clear();
@@ -417,12 +420,15 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     reply.engine.max_batch = config_.engine.max_batch;
     reply.engine.step_time_ms = config_.engine.step_time_ms;
     reply.engine.max_model_len = config_.engine.max_model_len;
+    reply.engine.default_max_tokens = config_.engine.default_max_tokens;
     fill_group_config(reply);
     reply.engine.command = config_.engine.command;
     reply.engine.env.assign(config_.engine.env.begin(), config_.engine.env.end());
     reply.engine.health_path = config_.engine.health_path;
     reply.engine.ready_timeout = config_.engine.ready_timeout;
     reply.engine.max_concurrency = config_.engine.max_concurrency;
+    reply.engine.health_interval = config_.engine.health_interval;
+    reply.engine.health_failures = config_.engine.health_failures;
     fill_gpu_config(reply.engine);
     send(routing_id, reply);
     log::info("rank {} joined from {} (build {}), initializing", hello.rank, who, hello.build);
@@ -432,34 +438,48 @@ void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
     slot.progress_at = slot.last_heard;  // a step's outputs are progress
     slot.info.running = outputs.running;
     slot.info.waiting = outputs.waiting;
-    for (const auto& out : outputs.items) {
-        auto it = requests_.find(out.id);
+    for (const auto& piece : outputs.items) {
+        auto it = requests_.find(piece.id);
         // Unknown ids are requests aborted while their output was on the way: nothing to do.
         if (it == requests_.end() || it->second.rank != slot.info.rank) continue;
-        it->second.started = true;
-        slot.info.tokens += out.new_tokens;
+        it->second.retry.responded = true;
+        slot.info.tokens += piece.tokens;
         RequestSink* sink = it->second.sink;
-        uint32_t choice = it->second.choice;
-        if (!out.finish.empty()) {
+        if (piece.done) {
             requests_.erase(it);
             --slot.info.in_flight;
             ++slot.info.served;
         }
-        sink->on_output(choice, out);
+        sink->on_output(piece);
     }
 }
 
-RankLink::Slot* RankLink::pick_rank(uint32_t except) {
-    // The least-loaded READY rank; ties go round-robin so equal ranks share the work.
-    const uint32_t n = static_cast<uint32_t>(ranks_.size());
-    Slot* best = nullptr;
-    for (uint32_t i = 0; i < n; ++i) {
-        Slot& s = ranks_[(round_robin_ + i) % n];
-        if (s.info.state != RankState::ready || s.info.rank == except) continue;
-        if (!best || s.info.in_flight < best->info.in_flight) best = &s;
+void RankLink::note_load(Slot& slot, const wire::Heartbeat& heartbeat) {
+    slot.info.engine_queued = heartbeat.engine_queued;
+    slot.info.kv_cache_usage = heartbeat.kv_cache_usage;
+    uint32_t before = std::exchange(slot.info.health_failures, heartbeat.health_failures);
+    if ((before == 0) == (heartbeat.health_failures == 0)) return;
+    if (heartbeat.health_failures > 0 && slot.info.state == RankState::ready) {
+        log::warning("rank {} (node '{}'): its engine's server failed a health check; no new requests until it "
+                     "answers again (engine.health_path) [engine-unhealthy]", slot.info.rank, slot.info.node);
+        count_event(slot, "engine-unhealthy");
+        set_state(slot, RankState::unhealthy);
+    } else if (heartbeat.health_failures == 0 && slot.info.state == RankState::unhealthy) {
+        log::notice("rank {} (node '{}'): its engine's server answers health checks again [engine-healthy]",
+                    slot.info.rank, slot.info.node);
+        set_state(slot, RankState::ready);
     }
-    if (best) round_robin_ = (best->info.rank + 1) % n;
-    return best;
+}
+
+RankLink::Slot* RankLink::pick_rank(std::optional<uint32_t> except) {
+    candidates_.resize(ranks_.size());
+    for (size_t i = 0; i < ranks_.size(); ++i) {
+        const RankInfo& info = ranks_[i].info;
+        candidates_[i] = {info.rank, info.state == RankState::ready, info.in_flight, info.engine_queued,
+                          info.kv_cache_usage};
+    }
+    auto rank = load_policy_.pick(candidates_, except);
+    return rank ? &ranks_[*rank] : nullptr;
 }
 
 // ZeroMQ dropped the connection (the peer closed it: its process died, or it reconnected).
@@ -476,14 +496,14 @@ void RankLink::connection_gone(const std::string& routing_id) {
     });
 }
 
-Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t choice) {
+Result<uint64_t> RankLink::submit(wire::Request request, RequestSink* sink) {
     if (ready_count_ > 0 && !has_quorum()) {
         return Error{std::to_string(ready_count_) + " of " + std::to_string(ranks_.size()) +
                          " ranks are ready, fewer than data_parallel.min_ranks (" +
                          std::to_string(config_.data_parallel.min_ranks) + "); see /health for the missing ones",
                      "below-min-ranks"};
     }
-    Slot* best = pick_rank(UINT32_MAX);
+    Slot* best = pick_rank();
     if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
     request.id = next_id_++;
     if (lockstep()) wake_group();
@@ -499,7 +519,7 @@ Result<uint64_t> RankLink::submit(wire::Add request, RequestSink* sink, uint32_t
         best = other;
     }
     uint64_t id = request.id;
-    requests_.emplace(id, InFlight{best->info.rank, sink, choice, false, false, std::move(request)});
+    requests_.emplace(id, InFlight{best->info.rank, sink, {}, std::move(request)});
     ++best->info.in_flight;
     return id;
 }
@@ -554,19 +574,18 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
         if (it == requests_.end()) continue;  // ended meanwhile: a sibling choice's failure aborted it
         InFlight& request = it->second;
         --slot.info.in_flight;
-        if (!request.started && !request.requeued) {
+        if (request.retry.may_retry()) {
             if (Slot* other = pick_rank(slot.info.rank); other && send(other->routing_id, request.request)) {
                 request.rank = other->info.rank;
-                request.requeued = true;
+                request.retry.retried = true;
                 ++other->info.in_flight;
                 ++moved;
                 continue;
             }
         }
         RequestSink* sink = request.sink;
-        uint32_t choice = request.choice;
         requests_.erase(it);
-        sink->on_failure(choice, error);
+        sink->on_failure(error);
     }
     if (moved) log::info("moved {} request(s) that had not started from rank {} to other ranks", moved, slot.info.rank);
 }
@@ -574,7 +593,7 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
 Status RankLink::drain(uint32_t rank) {
     Slot& slot = ranks_.at(rank);
     if (slot.info.state == RankState::draining) return Ok{};
-    if (slot.info.state != RankState::ready) {
+    if (slot.info.state != RankState::ready && slot.info.state != RankState::unhealthy) {
         return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not ready; only a ready rank can drain",
                      "bad-state"};
     }
@@ -589,7 +608,7 @@ Status RankLink::undrain(uint32_t rank) {
     if (slot.info.state != RankState::draining) {
         return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not draining", "bad-state"};
     }
-    set_state(slot, RankState::ready);
+    set_state(slot, slot.info.health_failures ? RankState::unhealthy : RankState::ready);
     log::info("rank {} accepts requests again", rank);
     return Ok{};
 }
@@ -648,7 +667,8 @@ void RankLink::note_activity(Slot& slot, const wire::Heartbeat& heartbeat) {
 
 bool RankLink::is_hung(Slot& slot, Clock::time_point now) {
     bool has_work = slot.info.in_flight > 0 || slot.info.running > 0 || slot.info.waiting > 0;
-    bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::draining;
+    bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::unhealthy ||
+                   slot.info.state == RankState::draining;
     // The clock runs only while there is work: an idle rank takes no steps.
     if (!has_work || !serving) {
         slot.progress_at = now;
@@ -711,7 +731,7 @@ void RankLink::shutdown() {
     std::vector<std::pair<uint64_t, InFlight>> pending(requests_.begin(), requests_.end());
     requests_.clear();
     Error error{"the server is shutting down", "shutdown"};
-    for (const auto& [id, request] : pending) request.sink->on_failure(request.choice, error);
+    for (const auto& [id, request] : pending) request.sink->on_failure(error);
     const uint32_t first_local = config_.first_local_rank(), end_local = first_local + config_.size_local();
     for (Slot& slot : ranks_) {
         // Only this node's ranks stop with it. Ranks of headless nodes wait for the head to

@@ -1,6 +1,7 @@
 // The head's side of the rank protocol: the ROUTER socket every rank connects to, the
-// handshake (HELLO → CONFIG → READY), the registry of ranks and their state, and the routing
-// of requests to ranks and of their outputs back to the front-end. Runs on the daemon's event
+// handshake (HELLO → CONFIG → READY), the registry of ranks and their state, and the requests
+// in flight: each goes to the rank head/router.hpp picks, and its response pieces come back
+// to the front-end as the engine wrote them. Runs on the daemon's event
 // loop; ZeroMQ's notification fd is watched by asio, so nothing here needs a lock.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include "core/wire.hpp"
 #include "head/handshake_monitor.hpp"
 #include "head/refusal_limiter.hpp"
+#include "head/router.hpp"
 #include "head/step_rate.hpp"
 #include "head/zap_handler.hpp"
 
@@ -29,17 +31,19 @@
 
 namespace dpengine {
 
-// Where a request's results go (the HTTP exchange that asked). `choice` is the index the
-// front-end gave at submit().
+// Where a request's response goes (the HTTP exchange that asked).
 class RequestSink {
 public:
     virtual ~RequestSink() = default;
-    virtual void on_output(uint32_t choice, const wire::Output& output) = 0;
-    // The request ended without finishing; no further calls follow for it.
-    virtual void on_failure(uint32_t choice, const Error& error) = 0;
+    // A piece of the engine's response; the one with `done` is the last call.
+    virtual void on_output(const wire::Output& piece) = 0;
+    // The request ended without its response; no further calls follow for it.
+    virtual void on_failure(const Error& error) = 0;
 };
 
-enum class RankState { starting, connecting, initializing, ready, draining, stopped, failed };
+// unhealthy: registered and ready, but its engine's server failed a health probe; it gets no
+// new requests until a probe passes again (or the rank ends after engine.health_failures).
+enum class RankState { starting, connecting, initializing, ready, unhealthy, draining, stopped, failed };
 const char* to_string(RankState state);
 std::optional<RankState> rank_state_from_string(std::string_view name);
 
@@ -51,6 +55,9 @@ struct RankInfo {
     uint32_t in_flight = 0;
     uint32_t running = 0;  // as the rank last reported
     uint32_t waiting = 0;
+    uint32_t engine_queued = 0;   // the engine's own figures, where it reports them
+    double kv_cache_usage = 0;
+    uint32_t health_failures = 0; // failed health probes of the engine's server in a row
     uint64_t served = 0;
     uint64_t tokens = 0;
     std::string last_error;
@@ -94,9 +101,9 @@ public:
     Status bind(const std::string& endpoint);
     const std::string& endpoint() const { return endpoint_; }
 
-    // Front-end: sends the request to the least-loaded READY rank. Fails when none is READY.
-    // The sink must stay valid until the request finishes, fails, or is aborted.
-    Result<uint64_t> submit(wire::Add request, RequestSink* sink, uint32_t choice);
+    // Front-end: sends the request to the rank the load policy picks. Fails when no rank can
+    // take it. The sink must stay valid until the request finishes, fails, or is aborted.
+    Result<uint64_t> submit(wire::Request request, RequestSink* sink);
     // The client went away: forget the request and tell its rank to stop working on it.
     void abort(uint64_t id);
 
@@ -170,13 +177,13 @@ private:
     struct InFlight {
         uint32_t rank;
         RequestSink* sink;
-        uint32_t choice;
-        bool started = false;   // some output reached the client: it cannot move to another rank
-        bool requeued = false;  // moved once already after its rank was lost
-        wire::Add request;      // kept to move it to another rank if this one is lost first
+        head::RetryState retry;
+        wire::Request request;  // kept to move it to another rank if this one is lost first
     };
-    // The least-loaded READY rank other than `except`, or nothing.
-    Slot* pick_rank(uint32_t except);
+    // The rank the load policy picks, other than `except`, or nothing.
+    Slot* pick_rank(std::optional<uint32_t> except = std::nullopt);
+    // A heartbeat's load and health figures.
+    void note_load(Slot& slot, const wire::Heartbeat& heartbeat);
 
     void arm();
     void drain();
@@ -229,7 +236,8 @@ private:
     uint64_t epoch_ = 1;
     uint64_t next_id_ = 1;
     uint32_t ready_count_ = 0;
-    uint32_t round_robin_ = 0;
+    head::LoadPolicy load_policy_;
+    std::vector<head::RouteCandidate> candidates_;  // reused by every pick
     std::vector<Slot> ranks_;
     std::unordered_map<std::string, uint32_t> rank_of_connection_;
     std::unordered_map<uint64_t, InFlight> requests_;

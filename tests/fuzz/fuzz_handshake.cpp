@@ -23,8 +23,8 @@ struct RankLinkFuzzAccess {
 namespace {
 
 struct CountingSink : dpengine::RequestSink {
-    void on_output(uint32_t, const dpengine::wire::Output&) override { ++outputs; }
-    void on_failure(uint32_t, const dpengine::Error&) override { ++failures; }
+    void on_output(const dpengine::wire::Output&) override { ++outputs; }
+    void on_failure(const dpengine::Error&) override { ++failures; }
     uint64_t outputs = 0, failures = 0;
 };
 
@@ -59,10 +59,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             pos += 3;
             length = std::min(length, size - pos);
             if (connection & 0x80) {
-                dpengine::wire::Add request;
-                request.prompt = "fuzz";
-                request.max_tokens = 4;
-                auto id = link.submit(request, &sink, 0);
+                dpengine::wire::Request request{0, "/v1/completions", R"({"prompt":"fuzz","max_tokens":4})", false};
+                auto id = link.submit(std::move(request), &sink);
                 if (id && (connection & 0x40)) link.abort(*id);
             } else {
                 std::string routing_id = "peer-" + std::to_string(connection % 8);

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
     config.dp_size = 4;
     config.rank = 1;
     config.epoch = 1;
-    config.engine = {"synthetic", "synthetic", 256, 0.5, 8192};
+    config.engine = {"synthetic", "synthetic", 256, 0.5, 8192, 16};
     Config cuda_config = config;
     cuda_config.group_kind = "nccl";
     cuda_config.sync = "lockstep";
@@ -44,18 +44,23 @@ int main(int argc, char** argv) {
     cuda_config.engine.vocab_size = 32000;
     cuda_config.engine.gpu_memory_fraction = 0.5;
     cuda_config.engine.gpus = {0, 1};
-    Output partial{7, "hello", 1, "", 3};
-    Output last{7, " world", 1, "length", 3};
+    Output first{7, 200, "text/event-stream", "data: {\"choices\":[{\"index\":0,\"text\":\" hello\"}]}\n\n", false, 1};
+    Output last{7, 0, "", "data: {\"choices\":[{\"index\":0,\"text\":\" world\"}]}\n\ndata: [DONE]\n\n", true, 1};
+    Heartbeat engine_beat{7, 3, 2};
+    engine_beat.engine_queued = 4;
+    engine_beat.kv_cache_usage = 0.5;
+    engine_beat.health_failures = 1;
     std::vector<std::pair<std::string, Message>> messages = {
         {"hello", hello},
         {"config", config},
         {"refused", Refused{"rank-not-owned", "rank 1 belongs to node 'node-c'"}},
         {"ready", Ready{256, "cpu"}},
-        {"add", Add{7, "Once upon a time", 2, 0.7, 0.9, 42, {"\n", "END"}}},
+        {"request", Request{7, "/v1/completions", R"({"prompt":"Once upon a time","max_tokens":2,"stream":true})", true}},
         {"abort", Abort{{7, 8}}},
-        {"outputs", Outputs{{partial, last}, 1, 0}},
+        {"outputs", Outputs{{first, last}, 1, 0}},
         {"heartbeat", Heartbeat{12, 0, 0}},
         {"heartbeat-lockstep", Heartbeat{40, 2, 1, 30, 5, uint64_t{1} << 30}},
+        {"heartbeat-engine", engine_beat},
         {"config-cuda", cuda_config},
         {"shutdown", Shutdown{}},
         {"error", ErrorReply{"malformed", "expected an array"}},
@@ -67,8 +72,8 @@ int main(int argc, char** argv) {
     }
     // A rank's whole life on one connection: HELLO, READY, a request's outputs, HEARTBEAT.
     std::string life = record(1, encode(hello)) + record(1, encode(Ready{256, "cpu"})) + record(0x80, "") +
-                       record(1, encode(Outputs{{Output{1, "a", 1, "", 2}}, 1, 0})) +
-                       record(1, encode(Outputs{{Output{1, "b", 1, "stop", 2}}, 0, 0})) +
+                       record(1, encode(Outputs{{Output{1, 200, "application/json", "", false, 0}}, 1, 0})) +
+                       record(1, encode(Outputs{{Output{1, 0, "", "{\"choices\":[]}", true, 2}}, 0, 0})) +
                        record(1, encode(Heartbeat{3, 0, 0}));
     write(dir + "/fuzz_handshake/rank-life", life);
     // Messages before HELLO, a second HELLO for the same rank from another connection, and an

@@ -41,6 +41,7 @@ import base64
 import contextlib
 import ctypes
 import hashlib
+import json
 import http.client
 import os
 import random
@@ -740,10 +741,10 @@ def _unpack_map(data: bytes, pos: int, n: int, depth: int) -> tuple[dict, int]:
 
 
 # Message types (daemon/core/wire.hpp).
-HELLO, CONFIG, REFUSED, READY, ADD, ABORT, OUTPUTS, HEARTBEAT, SHUTDOWN, ERROR = range(1, 11)
-TYPE_NAMES = {HELLO: "HELLO", CONFIG: "CONFIG", REFUSED: "REFUSED", READY: "READY", ADD: "ADD", ABORT: "ABORT",
-              OUTPUTS: "OUTPUTS", HEARTBEAT: "HEARTBEAT", SHUTDOWN: "SHUTDOWN", ERROR: "ERROR"}
-PROTOCOL = (1, 0)
+HELLO, CONFIG, REFUSED, READY, REQUEST, ABORT, OUTPUTS, HEARTBEAT, SHUTDOWN, ERROR = range(1, 11)
+TYPE_NAMES = {HELLO: "HELLO", CONFIG: "CONFIG", REFUSED: "REFUSED", READY: "READY", REQUEST: "REQUEST",
+              ABORT: "ABORT", OUTPUTS: "OUTPUTS", HEARTBEAT: "HEARTBEAT", SHUTDOWN: "SHUTDOWN", ERROR: "ERROR"}
+PROTOCOL = (2, 0)
 
 
 @dataclass
@@ -751,8 +752,8 @@ class Message:
     type: int
     body: Any
     epoch: int = 0
-    major: int = 1
-    minor: int = 0
+    major: int = PROTOCOL[0]
+    minor: int = PROTOCOL[1]
 
     @property
     def name(self) -> str:
@@ -897,10 +898,13 @@ class Peer:
 
 class ServingPeer:
     """A Peer that serves as rank `rank` in a thread: HELLO → CONFIG → READY, then HEARTBEAT
-    every `heartbeat` s, and for each ADD one OUTPUTS message per produced piece from
-    `produce(add_body) -> [(text, new_tokens)]`, the last with finish "length"."""
+    every `heartbeat` s, and for each REQUEST the answer of an engine of its own: it reads the
+    client's JSON body, takes `produce(body, id) -> [(text, new_tokens)]` as the completion, and
+    answers as an OpenAI server would: one OUTPUTS piece with the whole JSON response, or for
+    "stream": true one piece per produced text (status and content type in the first), the
+    last carrying data: [DONE] and done. `requests` keeps every REQUEST body as it came."""
 
-    def __init__(self, peer: Peer, rank: int, produce: Callable[[dict], list[tuple[str, int]]],
+    def __init__(self, peer: Peer, rank: int, produce: Callable[[dict, int], list[tuple[str, int]]],
                  heartbeat: float = 1.0, node: str = "scripted", device: str = "python3-zmq"):
         self.peer = peer
         self.rank = rank
@@ -909,7 +913,7 @@ class ServingPeer:
         self.node = node
         self.device = device
         self.config: Optional[Message] = None
-        self.adds: list[dict] = []
+        self.requests: list[dict] = []
         self.errors: list[str] = []
         self.log: list[Message] = []
         self.progress = 0
@@ -924,6 +928,31 @@ class ServingPeer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def _answer(self, request: dict, epoch: int) -> None:
+        rid = request["id"]
+        body = json.loads(bytes(request["body"]))
+        pieces = self.produce(body, rid)
+        prompt_tokens = len(str(body.get("prompt", "")).split())
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+                 "total_tokens": prompt_tokens + len(pieces)}
+        send = lambda items, running: self.peer.send(OUTPUTS, {"items": items, "running": running, "waiting": 0},
+                                                     epoch)
+        if not body.get("stream"):
+            response = {"id": f"peer-{rid}", "object": "text_completion", "model": body.get("model"),
+                        "choices": [{"index": 0, "text": "".join(t for t, _ in pieces), "finish_reason": "length"}],
+                        "usage": usage}
+            self.progress += 1
+            send([[rid, 200, "application/json", Bin(json.dumps(response).encode()), True, len(pieces)]], 0)
+            return
+        for i, (text, n) in enumerate(pieces):
+            last = i == len(pieces) - 1
+            chunk = {"id": f"peer-{rid}", "object": "text_completion",
+                     "choices": [{"index": 0, "text": text, "finish_reason": "length" if last else None}]}
+            event = b"data: " + json.dumps(chunk).encode() + b"\n\n" + (b"data: [DONE]\n\n" if last else b"")
+            self.progress += 1
+            send([[rid, 200 if i == 0 else 0, "text/event-stream" if i == 0 else "", Bin(event), last, n]],
+                 0 if last else 1)
 
     def _run(self) -> None:
         p = self.peer
@@ -947,15 +976,9 @@ class ServingPeer:
                 if m is None:
                     continue
                 self.log.append(m)
-                if m.type == ADD:
-                    self.adds.append(m.body)
-                    pieces = self.produce(m.body)
-                    prompt_tokens = len(str(m.body.get("prompt", "")).split())
-                    for i, (text, n) in enumerate(pieces):
-                        finish = "length" if i == len(pieces) - 1 else ""
-                        self.progress += 1
-                        p.send(OUTPUTS, {"items": [[m.body["id"], text, n, finish, prompt_tokens]],
-                                         "running": 0 if finish else 1, "waiting": 0}, epoch)
+                if m.type == REQUEST:
+                    self.requests.append(m.body)
+                    self._answer(m.body, epoch)
                     next_hb = time.monotonic() + self.heartbeat
                 elif m.type == SHUTDOWN:
                     return

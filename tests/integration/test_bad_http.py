@@ -46,7 +46,7 @@ def json_errors(d: Daemon) -> None:
     ]
     for extra, field in wrong:
         expect_error(d, COMPLETIONS, {"prompt": "p", **extra}, 400, f"wrong value {json.dumps(extra)}", param=field)
-    for prompt in (5, ["a", "b"], [1, -2], [], {"text": "x"}):
+    for prompt in (5, ["a", 1], [1, -2], [], {"text": "x"}):
         expect_error(d, COMPLETIONS, {"prompt": prompt}, 400, f"bad prompt {json.dumps(prompt)}", param="prompt")
     expect_error(d, CHAT, {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": "many"}, 400,
                  "chat max_completion_tokens wrong type", param="max_completion_tokens")

@@ -29,7 +29,7 @@ import time
 
 import harness
 from harness import Footprint, check, check_eq, log, run_test, slow_factor
-from netns import (ADD, CONFIG, ERROR, HEARTBEAT, OUTPUTS, READY, REFUSED, Cluster, Network, Peer, completion_load,
+from netns import (Bin, CONFIG, ERROR, HEARTBEAT, OUTPUTS, READY, REFUSED, REQUEST, Cluster, Network, Peer, completion_load,
                    raw_tcp_exchange, refusal_counts)
 
 SLOWLORIS_CONNECTIONS = 500
@@ -179,7 +179,7 @@ def main() -> None:
                 for type_, body in ((READY, {"max_batch": 1, "device": "cpu"}),
                                     (HEARTBEAT, {"progress": 0, "running": 0, "waiting": 0}),
                                     (OUTPUTS, {"items": [], "running": 0, "waiting": 0}),
-                                    (ADD, {"id": 1, "prompt": "x", "max_tokens": 1})):
+                                    (REQUEST, {"id": 1, "path": "/v1/completions", "body": Bin(b"{}")})):
                     peer.send(type_, body)
                     m = peer.recv_type((CONFIG, REFUSED, ERROR), 10 * slow_factor())
                     check(m is not None and m.type == REFUSED and m.body.get("code") == "not-registered",

@@ -5,7 +5,7 @@ authorized CURVE keys (node-p: any rank; node-r: ranks=3-3 in authorized_keys) t
   - rank 0, which the head's own rank serves        → REFUSED rank-not-owned / duplicate-rank
   - rank 2 from node-r, whose key allows only rank 3 → REFUSED rank-not-owned
   - rank 4 with DP size 4                           → REFUSED rank-out-of-range
-  - a HELLO with protocol major 2                   → REFUSED version-mismatch, naming 2.0 and 1.0
+  - a HELLO with protocol major 1 (before REQUEST)  → REFUSED version-mismatch, naming 1.0 and 2.0
   - a HELLO stating DP size 8 (the head has 4)      → REFUSED config-mismatch naming both values
   - a HELLO stating another model                   → REFUSED config-mismatch naming both models
   - a HEARTBEAT before any HELLO                    → REFUSED not-registered
@@ -31,7 +31,7 @@ def expect_refused(peer: Peer, what: str, codes: tuple, send, message_has: tuple
           f"{what}: reason code {body.get('code')!r} in {codes}; message {body.get('message')!r}", body)
     for part in message_has:
         check_in(part, body.get("message", ""), f"{what}: the REFUSED message")
-    check_eq((m.major, m.minor), (1, 0), f"{what}: the reply's protocol version")
+    check_eq((m.major, m.minor), (2, 0), f"{what}: the reply's protocol version")
     return body
 
 
@@ -62,8 +62,8 @@ def main() -> None:
                                ("engine.model", "'other-model'", f"'{MODEL}'"))
             # Messages that cannot be used are logged once per connection: one connection each.
             with Peer(p, endpoint, kp, server, name="node-p v2") as peer:
-                expect_refused(peer, "a HELLO with protocol 2.0", ("version-mismatch",),
-                               lambda: peer.hello(3, major=2, minor=0), ("2.0", "1.0"))
+                expect_refused(peer, "a HELLO with protocol 1.0", ("version-mismatch",),
+                               lambda: peer.hello(3, major=1, minor=0), ("1.0", "2.0"))
             with Peer(p, endpoint, kp, server, name="node-p early heartbeat") as peer:
                 expect_refused(peer, "a HEARTBEAT before HELLO", ("not-registered",),
                                lambda: peer.send(HEARTBEAT, {"progress": 0, "running": 0, "waiting": 0}))

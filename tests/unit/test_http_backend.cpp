@@ -1,12 +1,12 @@
-// The pure parts of the http backend: placeholder expansion, the launch plan, the request it
-// sends, and the reading of the server's event stream (split anywhere, multi-line data,
-// [DONE], usage and errors).
+// The pure parts of the http backend: placeholder expansion, the launch plan, the cutting of
+// the server's event stream into whole events in its own bytes (split anywhere, every line
+// ending), the usage it counts tokens by, and the load figures of vLLM's and llama-server's
+// /metrics and llama-server's /slots.
 #include "core/placeholders.hpp"
 #include "engine/child_process.hpp"
 #include "engine/http_backend.hpp"
 #include "engine/openai_stream.hpp"
 
-#include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -31,12 +31,25 @@ PlaceholderValues sample_values() {
     return v;
 }
 
-// Feeds TEXT to a fresh parser in pieces of SIZE bytes; returns the events.
-std::vector<std::string> parse_in_pieces(std::string_view text, size_t size) {
-    SseParser parser;
+// Feeds TEXT to a fresh splitter cut at CUTS (ascending offsets); returns the events and, last,
+// what finish() gives back.
+std::vector<std::string> split_at(std::string_view text, const std::vector<size_t>& cuts) {
+    SseSplitter splitter;
     std::vector<std::string> events;
-    for (size_t at = 0; at < text.size(); at += size) REQUIRE(parser.feed(text.substr(at, size), events));
+    size_t from = 0;
+    for (size_t cut : cuts) {
+        REQUIRE(splitter.feed(text.substr(from, cut - from), events));
+        from = cut;
+    }
+    REQUIRE(splitter.feed(text.substr(from), events));
+    events.push_back(splitter.finish());
     return events;
+}
+
+std::string joined(const std::vector<std::string>& parts) {
+    std::string out;
+    for (const auto& p : parts) out += p;
+    return out;
 }
 
 // Live (not zombie) processes whose process group is PGID, from /proc.
@@ -127,99 +140,166 @@ TEST_CASE("http backend: the launch plan expands the command and picks the GPU",
     CHECK_THAT(plan_launch(config, identity, 1, {}).error().message, Catch::StartsWith("engine.command is empty"));
 }
 
-TEST_CASE("http backend: the request streams with usage and carries the sampling settings", "[http]") {
-    wire::Add add;
-    add.id = 9;
-    add.prompt = "say \"hi\"";
-    add.max_tokens = 12;
-    add.temperature = 0.5;
-    add.top_p = 0.25;
-    add.seed = 42;
-    add.stop = {"\n", "END"};
-    auto body = boost::json::parse(completion_request_body(add, "org/model")).as_object();
-    CHECK(body.at("model").as_string() == "org/model");
-    CHECK(body.at("prompt").as_string() == "say \"hi\"");
-    CHECK(body.at("max_tokens").to_number<int>() == 12);
-    CHECK(body.at("temperature").to_number<double>() == 0.5);
-    CHECK(body.at("top_p").to_number<double>() == 0.25);
-    CHECK(body.at("seed").to_number<int64_t>() == 42);
-    CHECK(body.at("stop").as_array().size() == 2);
-    CHECK(body.at("stream").as_bool());
-    CHECK(body.at("stream_options").at("include_usage").as_bool());
+TEST_CASE("sse: events come out whole and in the server's bytes, whatever the splits", "[http]") {
+    // Every line ending, comments, other fields, empty lines before an event, a field without
+    // a colon, and a last event that a CR ends: complete only at the end of the stream, so
+    // finish() returns it.
+    const std::vector<std::string> expected = {
+        "data: {\"a\":1}\n\n",
+        "\n\r\n: empty lines first\n\n",
+        ": a comment\r\nevent: x\r\ndata: line one\r\ndata:line two\r\n\r\n",
+        "id: 3\rdata: cr only\r\r",
+        "data\n\n",
+        "data: mixed\r\n\r",  // CRLF, then a lone CR ends the event
+        "data: [DONE]\r\r",
+    };
+    const std::string stream = joined(expected);
 
-    add.seed = 0;
-    add.stop.clear();
-    body = boost::json::parse(completion_request_body(add, "m")).as_object();
-    CHECK_FALSE(body.contains("seed"));  // 0: the client gave none
-    CHECK_FALSE(body.contains("stop"));
+    CHECK(split_at(stream, {}) == expected);
+    // Every single cut, and many pairs of cuts (inside each CRLF and CR CR among them).
+    for (size_t i = 1; i < stream.size(); ++i) {
+        INFO("cut at " << i);
+        REQUIRE(split_at(stream, {i}) == expected);
+        for (size_t j = i + 1; j < stream.size(); j += 3) {
+            INFO("and at " << j);
+            REQUIRE(split_at(stream, {i, j}) == expected);
+        }
+    }
+    std::vector<size_t> every_byte(stream.size());
+    for (size_t i = 0; i < stream.size(); ++i) every_byte[i] = i;
+    CHECK(split_at(stream, every_byte) == expected);
 }
 
-TEST_CASE("sse: events are whole whatever the read boundaries", "[http]") {
-    const std::string stream =
-        "data: {\"a\":1}\n\n"
-        ": a comment\r\n"
-        "event: ignored\r\n"
-        "data: line one\r\n"
-        "data:line two\r\n"
-        "\r\n"
-        "id: 3\rdata: cr only\r\r"
-        "data\n\n"  // a field without a colon: empty data
-        "data: [DONE]\n\n";
-    const std::vector<std::string> expected = {"{\"a\":1}", "line one\nline two", "cr only", "", "[DONE]"};
-    for (size_t size : {1u, 2u, 3u, 5u, 7u, 1000u}) {
-        INFO("pieces of " << size);
-        CHECK(parse_in_pieces(stream, size) == expected);
-    }
-
-    SseParser parser;
+TEST_CASE("sse: an event is complete at its empty line, not before", "[http]") {
+    SseSplitter splitter;
     std::vector<std::string> events;
-    REQUIRE(parser.feed("data: partial", events));
+    REQUIRE(splitter.feed("data: partial", events));
+    REQUIRE(splitter.feed("\n", events));
     CHECK(events.empty());
-    CHECK_FALSE(parser.idle());
-    REQUIRE(parser.feed("\n", events));
-    CHECK_FALSE(parser.idle());  // the event is not over before its empty line
-    REQUIRE(parser.feed("\n", events));
-    CHECK(events == std::vector<std::string>{"partial"});
-    CHECK(parser.idle());
-    // An empty line with no data before it is no event.
-    REQUIRE(parser.feed("\n\n: only a comment\n\n", events));
+    REQUIRE(splitter.feed("\ndata: next", events));
+    CHECK(events == std::vector<std::string>{"data: partial\n\n"});
+    // An LF-ended event goes out at once; a CR-ended one waits for the next byte.
+    REQUIRE(splitter.feed("\n\r", events));
     CHECK(events.size() == 1);
+    REQUIRE(splitter.feed("\n", events));
+    CHECK(events.back() == "data: next\n\r\n");
+    REQUIRE(splitter.feed("data: x\r\r", events));
+    CHECK(events.size() == 2);
+    REQUIRE(splitter.feed("d", events));
+    CHECK(events.back() == "data: x\r\r");
+    // The end of the stream gives back what is left, unfinished or not.
+    CHECK(splitter.finish() == "d");
+    CHECK(splitter.finish().empty());
 }
 
 TEST_CASE("sse: an event beyond the size limit is refused", "[http]") {
-    SseParser parser;
+    SseSplitter splitter(64);
     std::vector<std::string> events;
-    std::string big(SseParser::max_event_bytes + 10, 'x');
-    CHECK_FALSE(parser.feed("data: " + big, events));
+    REQUIRE(splitter.feed("data: " + std::string(50, 'x') + "\n\n", events));
+    CHECK(events.size() == 1);
+    CHECK_FALSE(splitter.feed("data: " + std::string(60, 'y'), events));
+    // The limit is per event: many small ones are fine.
+    SseSplitter many(64);
+    std::string stream;
+    for (int i = 0; i < 100; ++i) stream += "data: " + std::to_string(i) + "\n\n";
+    REQUIRE(many.feed(stream, events));
+    CHECK(events.size() == 101);
 }
 
-TEST_CASE("completion chunks: text, finish reason, usage and errors", "[http]") {
-    auto c = parse_completion_chunk(
-        R"({"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" ba","logprobs":null,"finish_reason":null}],"usage":null})");
-    REQUIRE(c.ok());
-    CHECK(c->text == " ba");
-    CHECK(c->finish_reason.empty());
-    CHECK_FALSE(c->completion_tokens);
+TEST_CASE("sse: the data of an event, and the usage of a chunk", "[http]") {
+    CHECK(sse_event_data("data: {\"a\":1}\n\n") == "{\"a\":1}");
+    CHECK(sse_event_data(": c\r\nevent: e\r\ndata: one\r\ndata:two\r\n\r\n") == "one\ntwo");
+    CHECK(sse_event_data("data\rdata: x\r\r") == "\nx");
+    CHECK(sse_event_data(": only a comment\n\n").empty());
 
-    c = parse_completion_chunk(R"({"choices":[{"index":0,"text":"","finish_reason":"length"}]})");
-    REQUIRE(c.ok());
-    CHECK(c->finish_reason == "length");
+    CHECK(usage_completion_tokens(R"({"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":16}})") == 16u);
+    CHECK_FALSE(usage_completion_tokens(R"({"choices":[{"text":"x"}],"usage":null})"));
+    CHECK_FALSE(usage_completion_tokens(R"({"usage":{"prompt_tokens":4}})"));
+    CHECK_FALSE(usage_completion_tokens(R"({"usage":{"completion_tokens":-1}})"));
+    CHECK_FALSE(usage_completion_tokens(R"(not json "completion_tokens")"));
+    CHECK(event_completion_tokens("data: {\"usage\":{\"completion_tokens\":7}}\r\n\r\n") == 7u);
+    CHECK_FALSE(event_completion_tokens("data: [DONE]\n\n"));
+}
 
-    c = parse_completion_chunk(R"({"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":16,"total_tokens":20}})");
-    REQUIRE(c.ok());
-    CHECK(c->text.empty());
-    CHECK(c->prompt_tokens == 4u);
-    CHECK(c->completion_tokens == 16u);
+TEST_CASE("http backend: content types and request paths", "[http]") {
+    CHECK(is_event_stream("text/event-stream"));
+    CHECK(is_event_stream("text/event-stream; charset=utf-8"));
+    CHECK(is_event_stream(" Text/Event-Stream ;charset=utf-8"));
+    CHECK_FALSE(is_event_stream("application/json"));
+    CHECK_FALSE(is_event_stream("text/event-streams"));
+    CHECK_FALSE(is_event_stream(""));
 
-    c = parse_completion_chunk(R"({"error":{"message":"out of memory","type":"server_error"}})");
-    REQUIRE(c.ok());
-    CHECK(c->error == "out of memory");
+    CHECK(valid_request_path("/v1/chat/completions"));
+    CHECK(valid_request_path("/tokenize?x=1"));
+    CHECK_FALSE(valid_request_path(""));
+    CHECK_FALSE(valid_request_path("v1/completions"));
+    CHECK_FALSE(valid_request_path("/v1/completions HTTP/1.1\r\nX-Evil: 1"));
+    CHECK_FALSE(valid_request_path("/a b"));
+    CHECK_FALSE(valid_request_path("/caf\xc3\xa9"));
+}
 
-    CHECK(parse_completion_chunk("not json").error().code == "bad-upstream");
-    CHECK_THAT(parse_completion_chunk("[1]").error().message, Catch::Contains("not a JSON object"));
-    CHECK_THAT(parse_completion_chunk(R"({"choices":{}})").error().message, Catch::Contains("not an array"));
-    CHECK_THAT(parse_completion_chunk(R"({"choices":[{"text":5}]})").error().message,
-               Catch::Contains("\"text\" is not a string"));
+TEST_CASE("load: vLLM's and llama-server's /metrics", "[http]") {
+    // vLLM (V1), two engines behind one server, with the older KV cache name beside the newer.
+    const std::string vllm =
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        "vllm:num_requests_running{engine=\"0\",model_name=\"org/m\"} 12.0\n"
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        "vllm:num_requests_waiting{engine=\"0\",model_name=\"org/m\"} 3.0\n"
+        "vllm:num_requests_waiting{engine=\"1\",model_name=\"org/m\"} 2.0\n"
+        "vllm:num_requests_waiting_by_reason{engine=\"0\",reason=\"capacity\"} 40.0\n"
+        "vllm:gpu_cache_usage_perc{engine=\"0\",model_name=\"org/m\"} 0.25\n"
+        "vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"a } \\\" b\"} 0.5\n"
+        "vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"org/m\"} 0.125\n"
+        "vllm:prompt_tokens_total{engine=\"0\",model_name=\"org/m\"} 1.234e+06\n";
+    auto figures = parse_metrics(vllm);
+    CHECK(figures.queued == 5u);
+    CHECK(figures.kv_cache_usage == 0.5);
+
+    const std::string llama =
+        "# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 = 100 percent usage.\r\n"
+        "# TYPE llamacpp:kv_cache_usage_ratio gauge\r\n"
+        "llamacpp:kv_cache_usage_ratio 0.0625\r\n"
+        "# HELP llamacpp:requests_processing Number of requests processing.\r\n"
+        "llamacpp:requests_processing 4\r\n"
+        "# HELP llamacpp:requests_deferred Number of requests deferred.\r\n"
+        "llamacpp:requests_deferred 7 1712345678000\r\n";
+    figures = parse_metrics(llama);
+    CHECK(figures.queued == 7u);
+    CHECK(figures.kv_cache_usage == 0.0625);
+
+    // Out-of-range, non-finite and malformed values; other servers' metrics.
+    figures = parse_metrics("vllm:kv_cache_usage_perc 1.5\nvllm:num_requests_waiting -2\n");
+    CHECK(figures.kv_cache_usage == 1.0);
+    CHECK(figures.queued == 0u);
+    figures = parse_metrics("vllm:kv_cache_usage_perc NaN\nvllm:num_requests_waiting +Inf\n"
+                            "vllm:num_requests_waiting{engine=\"0\" 3\nvllm:num_requests_waiting three\n");
+    CHECK_FALSE(figures.kv_cache_usage);
+    CHECK_FALSE(figures.queued);
+    figures = parse_metrics("# TYPE dpengine_rank_in_flight gauge\ndpengine_rank_in_flight{rank=\"0\"} 1\n");
+    CHECK_FALSE(figures.kv_cache_usage);
+    CHECK_FALSE(figures.queued);
+    CHECK_FALSE(parse_metrics("").queued);
+}
+
+TEST_CASE("load: llama-server's /slots", "[http]") {
+    auto use = parse_slots(R"([{"id":0,"is_processing":true,"n_ctx":4096},{"id":1,"is_processing":false},
+                               {"id":2,"is_processing":true},{"id":3,"is_processing":false}])");
+    REQUIRE(use);
+    CHECK(use->slots == 4);
+    CHECK(use->busy == 2);
+    CHECK(use->share() == 0.5);
+    // Older llama-server: "state" 0 is idle.
+    use = parse_slots(R"([{"id":0,"state":1},{"id":1,"state":0},{"id":2,"state":0},{"id":3,"state":0}])");
+    REQUIRE(use);
+    CHECK(use->share() == 0.25);
+    use = parse_slots("[]");
+    REQUIRE(use);
+    CHECK(use->share() == 0.0);
+    CHECK_FALSE(parse_slots(R"({"error":{"code":501,"message":"This server does not support slots endpoint."}})"));
+    CHECK_FALSE(parse_slots("[1, 2]"));
+    CHECK_FALSE(parse_slots("Not Found"));
 }
 
 TEST_CASE("child process: a missing program is named, and stop() ends the whole group", "[http]") {

@@ -42,7 +42,7 @@ struct Fixture {
     std::vector<int64_t> seen;
     RecordingLink link;
     StepLoop loop{std::make_unique<SyntheticBackend>(std::chrono::nanoseconds(0)), 8, 8192};
-    wire::Outputs out;
+    TokenOutputs out;
     Lockstep lockstep;
 
     explicit Fixture(uint32_t interval = 1, uint32_t rank = 1)
@@ -68,12 +68,8 @@ struct Fixture {
     }
 };
 
-wire::Add request(uint64_t id, uint32_t tokens) {
-    wire::Add a;
-    a.id = id;
-    a.prompt = "p";
-    a.max_tokens = tokens;
-    return a;
+SequenceRequest request(uint64_t id, uint32_t tokens) {
+    return SequenceRequest{.id = id, .prompt = "p", .max_tokens = tokens};
 }
 
 }  // namespace

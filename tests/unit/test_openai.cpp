@@ -2,7 +2,7 @@
 
 #include <boost/json.hpp>
 
-#include "head/openai.hpp"
+#include "engine/openai.hpp"
 
 #include <string>
 #include <string_view>
@@ -14,6 +14,7 @@ namespace {
 
 Limits test_limits() {
     Limits limits;
+    limits.backend = "synthetic";
     limits.model = "tiny-model";
     limits.default_max_tokens = 16;
     limits.max_model_len = 100;
@@ -21,8 +22,12 @@ Limits test_limits() {
     return limits;
 }
 
+std::string_view path_of(Endpoint endpoint) {
+    return endpoint == Endpoint::chat_completions ? "/v1/chat/completions" : "/v1/completions";
+}
+
 CompletionRequest accept(Endpoint endpoint, std::string_view body) {
-    auto result = parse_request(endpoint, body, test_limits());
+    auto result = parse_request(path_of(endpoint), body, test_limits());
     if (const auto* error = std::get_if<HttpError>(&result)) {
         FAIL("rejected " << body << ": " << error->message);
     }
@@ -30,7 +35,7 @@ CompletionRequest accept(Endpoint endpoint, std::string_view body) {
 }
 
 HttpError reject(Endpoint endpoint, std::string_view body) {
-    auto result = parse_request(endpoint, body, test_limits());
+    auto result = parse_request(path_of(endpoint), body, test_limits());
     if (std::holds_alternative<CompletionRequest>(result)) FAIL("accepted " << body);
     return std::get<HttpError>(result);
 }
@@ -48,6 +53,12 @@ void check_error(const HttpError& error, std::string_view param, std::string_vie
     CHECK(error.type == "invalid_request_error");
     CHECK(error.param == param);
     CHECK_THAT(error.message, Catch::Contains(std::string(message)));
+}
+
+// A valid field the backend cannot honour: 400 naming it, code unsupported-parameter.
+void check_refused(const HttpError& error, std::string_view param) {
+    check_error(error, param, "the synthetic backend does not");
+    CHECK(error.code == "unsupported-parameter");
 }
 
 // Splits "data: {...}\n\n" and parses the payload, which must be valid JSON.
@@ -118,7 +129,7 @@ TEST_CASE("malformed bodies are rejected", "[openai]") {
     }
     SECTION("valid multi-byte UTF-8 passes") {
         CHECK(accept(Endpoint::completions, "{\"prompt\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}")
-                  .prompt == "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
+                  .prompts == std::vector<std::string>{"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"});
     }
 }
 
@@ -126,7 +137,7 @@ TEST_CASE("defaults", "[openai]") {
     const CompletionRequest request = accept(Endpoint::completions, R"({"prompt":"hi"})");
     CHECK(request.endpoint == Endpoint::completions);
     CHECK(request.model == "tiny-model");
-    CHECK(request.prompt == "hi");
+    CHECK(request.prompts == std::vector<std::string>{"hi"});
     CHECK(request.n == 1);
     CHECK_FALSE(request.stream);
     CHECK_FALSE(request.include_usage);
@@ -135,6 +146,13 @@ TEST_CASE("defaults", "[openai]") {
     CHECK(request.sampling.top_p == 1.0);
     CHECK_FALSE(request.sampling.seed);
     CHECK(request.sampling.stop.empty());
+}
+
+TEST_CASE("max_tokens defaults to the engine's default_max_tokens", "[openai]") {
+    Limits limits = test_limits();
+    limits.default_max_tokens = 7;
+    const auto parsed = parse_request("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}]})", limits);
+    CHECK(std::get<CompletionRequest>(parsed).sampling.max_tokens == 7);
 }
 
 TEST_CASE("null optional fields count as absent", "[openai]") {
@@ -153,21 +171,106 @@ TEST_CASE("null optional fields count as absent", "[openai]") {
 
 TEST_CASE("unknown fields are ignored", "[openai]") {
     const CompletionRequest request =
-        accept_completion(R"(,"user":"u1","logit_bias":{"1":2},"echo":false,"messages":7)");
-    CHECK(request.prompt == "hi");
+        accept_completion(R"(,"user":"u1","metadata":{"a":"b"},"store":false,"messages":7,"ignore_eos":true)");
+    CHECK(request.prompts == std::vector<std::string>{"hi"});
+    CHECK(accept(Endpoint::chat_completions, R"({"messages":[{"role":"user","content":"x"}],"prompt":5})")
+              .prompts.size() == 1);
 }
 
-TEST_CASE("model", "[openai]") {
+TEST_CASE("the model is the head's to check; responses name the configured one", "[openai]") {
     CHECK(accept_completion(R"(,"model":"tiny-model")").model == "tiny-model");
+    CHECK(accept_completion(R"(,"model":"served-name")").model == "tiny-model");
+    CHECK(accept_completion("").model == "tiny-model");
+}
 
-    const HttpError missing = reject_completion(R"(,"model":"gpt-4o")");
-    CHECK(missing.status == 404);
-    CHECK(missing.type == "not_found_error");
-    CHECK(missing.code == "model_not_found");
-    CHECK(missing.param == "model");
-    CHECK(missing.message == "The model 'gpt-4o' does not exist; this server serves 'tiny-model'");
+TEST_CASE("endpoints", "[openai]") {
+    const Limits limits = test_limits();
+    const auto parsed = [&](std::string_view path) { return parse_request(path, R"({"prompt":"hi"})", limits); };
+    CHECK(std::get<CompletionRequest>(parsed("/v1/completions")).endpoint == Endpoint::completions);
 
-    check_error(reject_completion(R"(,"model":5)"), "model", "'model' must be a string");
+    const HttpError embeddings = std::get<HttpError>(parse_request("/v1/embeddings", R"({"input":"hi"})", limits));
+    CHECK(embeddings.status == 400);
+    CHECK(embeddings.type == "invalid_request_error");
+    CHECK(embeddings.message == "the synthetic backend does not serve embeddings");
+    CHECK(embeddings.code == "unsupported-endpoint");
+
+    for (std::string_view path : {"/v1/responses", "/tokenize", "/v1/completions/", "/"}) {
+        INFO(path);
+        const HttpError missing = std::get<HttpError>(parsed(path));
+        CHECK(missing.status == 404);
+        CHECK(missing.type == "not_found_error");
+        CHECK(missing.message == "no such endpoint: " + std::string(path));
+    }
+    // The path is checked first: a bad body on an unknown path is still a 404.
+    CHECK(std::get<HttpError>(parse_request("/nope", "not json", limits)).status == 404);
+}
+
+TEST_CASE("fields the backend cannot honour are refused, naming the field", "[openai]") {
+    const std::string messages = R"({"messages":[{"role":"user","content":"x"}])";
+    const auto refused_both = [&](std::string_view field, std::string_view value) {
+        INFO(field << ": " << value);
+        const std::string member = "\"" + std::string(field) + "\":" + std::string(value);
+        check_refused(reject_completion("," + member), field);
+        check_refused(reject(Endpoint::chat_completions, messages + "," + member + "}"), field);
+    };
+    refused_both("top_logprobs", "0");
+    refused_both("top_logprobs", "2");
+    refused_both("prompt_logprobs", "1");
+    refused_both("echo", "true");
+    refused_both("suffix", R"("tail")");
+    refused_both("best_of", "2");
+    refused_both("use_beam_search", "true");
+    refused_both("include_stop_str_in_output", "true");
+    refused_both("logit_bias", R"({"50256":-100})");
+    refused_both("presence_penalty", "0.5");
+    refused_both("frequency_penalty", "-1");
+    refused_both("repetition_penalty", "1.1");
+    refused_both("top_k", "40");
+    refused_both("top_k", "1");
+    refused_both("min_p", "0.05");
+    refused_both("min_tokens", "4");
+    refused_both("stop_token_ids", "[2]");
+    refused_both("bad_words", R"(["x"])");
+    refused_both("allowed_token_ids", "[1,2]");
+    refused_both("logits_processors", R"(["p"])");
+    refused_both("truncate_prompt_tokens", "8");
+    refused_both("response_format", R"({"type":"json_object"})");
+    refused_both("response_format", R"({"type":"json_schema","json_schema":{"name":"x","schema":{}}})");
+    refused_both("response_format", "{}");
+    refused_both("tools", R"([{"type":"function","function":{"name":"f"}}])");
+    refused_both("tool_choice", R"("auto")");
+    refused_both("tool_choice", R"({"type":"function","function":{"name":"f"}})");
+    refused_both("functions", R"([{"name":"f"}])");
+    refused_both("function_call", R"("auto")");
+    refused_both("guided_json", R"({"type":"object"})");
+    refused_both("guided_regex", R"("a+")");
+    refused_both("guided_choice", R"(["a","b"])");
+    refused_both("guided_grammar", R"("root ::= x")");
+    refused_both("structured_outputs", R"({"regex":"a"})");
+
+    // logprobs is an integer for completions (any refused) and a boolean for chat.
+    check_refused(reject_completion(R"(,"logprobs":0)"), "logprobs");
+    check_refused(reject_completion(R"(,"logprobs":5)"), "logprobs");
+    check_refused(reject(Endpoint::chat_completions, messages + R"(,"logprobs":true})"), "logprobs");
+    accept(Endpoint::chat_completions, messages + R"(,"logprobs":false})");
+
+    const HttpError error = reject_completion(R"(,"top_k":40)");
+    CHECK(error.message == "the synthetic backend does not support 'top_k' (it takes only -1 or 0)");
+}
+
+TEST_CASE("the neutral values of refused fields change nothing and are accepted", "[openai]") {
+    const std::string neutral =
+        R"("top_logprobs":null,"prompt_logprobs":null,"echo":false,"suffix":"","best_of":1,)"
+        R"("use_beam_search":false,"include_stop_str_in_output":false,"logit_bias":{},)"
+        R"("presence_penalty":0,"frequency_penalty":0.0,"repetition_penalty":1,"top_k":-1,"min_p":0,)"
+        R"("min_tokens":0,"stop_token_ids":[],"bad_words":[],"allowed_token_ids":[],"logits_processors":[],)"
+        R"("truncate_prompt_tokens":null,"response_format":{"type":"text"},"tools":[],"tool_choice":"none",)"
+        R"("functions":[],"function_call":"none","guided_json":null,"guided_regex":null,)"
+        R"("guided_choice":null,"guided_grammar":null,"structured_outputs":null)";
+    CHECK(accept_completion(R"(,"logprobs":null,)" + neutral).prompts == std::vector<std::string>{"hi"});
+    accept_completion(R"(,"top_k":0)");
+    accept(Endpoint::chat_completions,
+           R"({"messages":[{"role":"user","content":"x"}],"logprobs":false,)" + neutral + "}");
 }
 
 TEST_CASE("max_tokens", "[openai]") {
@@ -282,27 +385,42 @@ TEST_CASE("stream and stream_options", "[openai]") {
 }
 
 TEST_CASE("completion prompt forms", "[openai]") {
-    const auto prompt_of = [](std::string_view value) {
-        return accept(Endpoint::completions, R"({"prompt":)" + std::string(value) + "}").prompt;
+    using Prompts = std::vector<std::string>;
+    const auto prompts_of = [](std::string_view value) {
+        return accept(Endpoint::completions, R"({"prompt":)" + std::string(value) + "}").prompts;
     };
-    CHECK(prompt_of(R"("Say \"hi\"\n")") == "Say \"hi\"\n");
-    CHECK(prompt_of(R"("")") == "");
-    CHECK(prompt_of(R"(["one"])") == "one");
-    CHECK(prompt_of("[1,22,333]") == "1 22 333");
-    CHECK(prompt_of("[0]") == "0");
-    CHECK(prompt_of("[[4,5]]") == "4 5");
-    CHECK(prompt_of("[[]]") == "");
+    CHECK(prompts_of(R"("Say \"hi\"\n")") == Prompts{"Say \"hi\"\n"});
+    CHECK(prompts_of(R"("")") == Prompts{""});
+    CHECK(prompts_of(R"(["one"])") == Prompts{"one"});
+    CHECK(prompts_of(R"(["one","two",""])") == Prompts{"one", "two", ""});
 
     const auto prompt_error = [](std::string_view value) {
         return reject(Endpoint::completions, R"({"prompt":)" + std::string(value) + "}");
     };
-    for (std::string_view many : {"[]", R"(["a","b"])", "[[1],[2]]", R"(["a",[1]])"}) {
-        check_error(prompt_error(many), "prompt", "only one prompt per request is supported");
+    SECTION("token ids are the ids as decimal words: the backend's tokens are words") {
+        CHECK(prompts_of("[1,22,333]") == Prompts{"1 22 333"});
+        CHECK(prompts_of("[0]") == Prompts{"0"});
+        CHECK(prompts_of("[[4,5],[6]]") == Prompts{"4 5", "6"});
+        CHECK(prompts_of("[[]]") == Prompts{""});
+        CHECK(prompts_of(R"(["a",[7]])") == Prompts{"a", "7"});
+        for (std::string_view ids : {"[1.5]", "[-1]", "[[1,-2]]", "[1,\"a\"]"}) {
+            INFO(ids);
+            check_error(prompt_error(ids), "prompt", "'prompt' token ids must be non-negative integers");
+        }
     }
-    for (std::string_view bad : {"5", "{}", "true", R"([1,"a"])", "[-1]", "[1.5]", "[{}]",
-                                 R"([[1,"x"]])", "[18446744073709551615]", "[null]"}) {
+    SECTION("at most max_prompts prompts") {
+        std::string many = "[";
+        for (int i = 0; i < 257; ++i) many += i ? R"(,"p")" : R"("p")";
+        many += "]";
+        check_error(prompt_error(many), "prompt", "'prompt' may hold at most 256 prompts");
+        many.replace(many.size() - 5, 4, "");  // 256 prompts
+        CHECK(prompts_of(many).size() == 256);
+    }
+    check_error(prompt_error("[]"), "prompt", "'prompt' must not be an empty array");
+    for (std::string_view bad : {"5", "{}", "true", R"(["a",1])", R"(["a",null])", "[{}]", "[null]", "[true]"}) {
+        INFO(bad);
         check_error(prompt_error(bad), "prompt",
-                    "'prompt' must be a string or an array of non-negative integer token ids");
+                    "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids");
     }
     check_error(reject(Endpoint::completions, "{}"), "prompt", "'prompt' is required");
     check_error(prompt_error("null"), "prompt", "'prompt' is required");
@@ -319,7 +437,8 @@ TEST_CASE("chat messages are rendered as role lines", "[openai]") {
         {"role":"user","content":""}
     ],"prompt":5})");
     CHECK(request.endpoint == Endpoint::chat_completions);
-    CHECK(request.prompt ==
+    REQUIRE(request.prompts.size() == 1);
+    CHECK(request.prompts[0] ==
           "system: Be brief.\n"
           "user: Hello, there\n"
           "assistant: \n"
@@ -380,11 +499,11 @@ TEST_CASE("chat validates the shared fields too", "[openai]") {
     CHECK(request.sampling.temperature == 0.5);
     CHECK(request.sampling.top_p == 0.9);
     CHECK(request.sampling.stop == std::vector<std::string>{"END"});
-    CHECK(reject(Endpoint::chat_completions, messages + R"(,"model":"other"})").status == 404);
     check_error(reject(Endpoint::chat_completions, messages + R"(,"temperature":3})"),
                 "temperature", "between 0 and 2");
 }
 
+// error_body and stream_error_event are core/api_error.hpp's; native engines answer with them.
 TEST_CASE("error_body", "[openai]") {
     const json::object bare =
         json::parse(error_body(HttpError{.message = "bad \"thing\""})).as_object();
@@ -554,14 +673,3 @@ TEST_CASE("stream_usage_chunk", "[openai]") {
 }
 
 TEST_CASE("stream_done", "[openai]") { CHECK(stream_done == "data: [DONE]\n\n"); }
-
-TEST_CASE("models_response", "[openai]") {
-    const json::object response = json::parse(models_response("tiny-model", 1234)).as_object();
-    CHECK(response.at("object") == "list");
-    const json::array& data = response.at("data").as_array();
-    REQUIRE(data.size() == 1);
-    CHECK(data[0].at("id") == "tiny-model");
-    CHECK(data[0].at("object") == "model");
-    CHECK(data[0].at("created") == 1234);
-    CHECK(data[0].at("owned_by") == "dpengine");
-}

@@ -20,9 +20,9 @@ namespace {
 
 // ---- helpers ----
 
-wire::Add request(uint64_t id, std::string prompt, uint32_t max_tokens, uint64_t seed = 0,
+SequenceRequest request(uint64_t id, std::string prompt, uint32_t max_tokens, uint64_t seed = 0,
                   std::vector<std::string> stop = {}) {
-    wire::Add a;
+    SequenceRequest a;
     a.id = id;
     a.prompt = std::move(prompt);
     a.max_tokens = max_tokens;
@@ -84,8 +84,8 @@ struct Harness {
         loop = std::make_unique<StepLoop>(std::move(counting), max_batch, max_model_len);
     }
 
-    wire::Outputs step() {
-        wire::Outputs out;
+    TokenOutputs step() {
+        TokenOutputs out;
         loop->step(out);
         return out;
     }
@@ -108,7 +108,7 @@ std::map<uint64_t, RunResult> run(Harness& h, int max_steps = 10000) {
     std::map<uint64_t, RunResult> results;
     for (int step = 0; h.loop->has_work(); ++step) {
         REQUIRE(step < max_steps);
-        wire::Outputs out = h.step();
+        TokenOutputs out = h.step();
         CHECK(out.running == h.loop->running());
         CHECK(out.waiting == h.loop->waiting());
         std::set<uint64_t> seen;
@@ -133,7 +133,7 @@ std::map<uint64_t, RunResult> run(Harness& h, int max_steps = 10000) {
     return results;
 }
 
-RunResult run_one(const wire::Add& add, uint32_t max_model_len = 100000) {
+RunResult run_one(const SequenceRequest& add, uint32_t max_model_len = 100000) {
     Harness h(4, max_model_len);
     h.loop->add(add);
     auto results = run(h);
@@ -785,7 +785,7 @@ TEST_CASE("step loop: a too-long prompt behind a full batch waits its turn, then
 TEST_CASE("step loop: without stop strings, chunks still never split a UTF-8 character",
           "[step_loop]") {
     // One byte per token, as a byte-level tokenizer produces: é = C3 A9, 日 = E6 97 A5. The
-    // head turns each chunk into a JSON string on its own, so a split character is streamed as
+    // engine turns each chunk into a JSON string on its own, so a split character is streamed as
     // two U+FFFD replacement characters.
     std::vector<std::string> tokens = {"a", "\xc3", "\xa9", "\xe6", "\x97", "\xa5", "b", "c"};
     for (const std::vector<std::string>& stop : {std::vector<std::string>{}, std::vector<std::string>{"z"}}) {

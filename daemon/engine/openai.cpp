@@ -1,4 +1,6 @@
-#include "head/openai.hpp"
+#include "engine/openai.hpp"
+
+#include "core/utf8.hpp"
 
 #include <boost/json.hpp>
 
@@ -26,67 +28,16 @@ struct RequestError {
     throw RequestError{HttpError{.message = std::move(message), .param = std::move(param)}};
 }
 
+// A valid field the backend cannot honour: answering without it would be a different answer.
+[[noreturn]] void refuse(std::string param, std::string message) {
+    throw RequestError{HttpError{.message = std::move(message), .param = std::move(param), .code = "unsupported-parameter"}};
+}
+
 // ---- UTF-8 and JSON output helpers ---------------------------------------------------------
 
-// Length of the well-formed UTF-8 sequence (RFC 3629: no overlongs, no surrogates, nothing
-// above U+10FFFF) starting at s[i], or 0 when the bytes there are not one.
-std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
-    const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-    const unsigned char lead = byte(i);
-    if (lead < 0x80) return 1;
-    std::size_t length;
-    unsigned char second_lo = 0x80;
-    unsigned char second_hi = 0xBF;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-        length = 2;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-        length = 3;
-        if (lead == 0xE0) second_lo = 0xA0;  // overlong
-        if (lead == 0xED) second_hi = 0x9F;  // UTF-16 surrogates
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-        length = 4;
-        if (lead == 0xF0) second_lo = 0x90;  // overlong
-        if (lead == 0xF4) second_hi = 0x8F;  // above U+10FFFF
-    } else {
-        return 0;
-    }
-    if (s.size() - i < length) return 0;
-    if (byte(i + 1) < second_lo || byte(i + 1) > second_hi) return 0;
-    for (std::size_t k = 2; k < length; ++k) {
-        if ((byte(i + k) & 0xC0) != 0x80) return 0;
-    }
-    return length;
-}
-
-bool is_valid_utf8(std::string_view s) {
-    for (std::size_t i = 0; i < s.size();) {
-        const std::size_t length = utf8_sequence_length(s, i);
-        if (length == 0) return false;
-        i += length;
-    }
-    return true;
-}
-
 // Generated text can hold invalid UTF-8 (a token boundary inside a multi-byte character), and
-// Boost.JSON serializes such bytes verbatim, which clients' JSON parsers reject. Returns `s`
-// itself when it is valid, else a copy in `storage` with each bad byte replaced by U+FFFD.
-std::string_view valid_utf8(std::string_view s, std::string& storage) {
-    if (is_valid_utf8(s)) return s;
-    constexpr std::string_view replacement = "\xEF\xBF\xBD";
-    storage.clear();
-    storage.reserve(s.size() + 2 * replacement.size());
-    for (std::size_t i = 0; i < s.size();) {
-        const std::size_t length = utf8_sequence_length(s, i);
-        if (length == 0) {
-            storage += replacement;
-            ++i;
-        } else {
-            storage.append(s.data() + i, length);
-            i += length;
-        }
-    }
-    return storage;
-}
+// Boost.JSON serializes such bytes verbatim, which clients' JSON parsers reject.
+std::string_view valid_utf8(std::string_view s, std::string& storage) { return utf8::repaired(s, storage); }
 
 json::string_view to_json(std::string_view s) { return {s.data(), s.size()}; }
 
@@ -165,23 +116,6 @@ bool boolean(const json::value& value, const std::string& name) {
     return value.get_bool();
 }
 
-std::string model(const json::object& body, const Limits& limits) {
-    const json::value* value = field(body, "model");
-    if (value == nullptr) return limits.model;
-    if (!value->is_string()) fail("model", "'model' must be a string");
-    const json::string& name = value->get_string();
-    if (name != to_json(limits.model)) {
-        throw RequestError{HttpError{
-            .status = 404,
-            .type = "not_found_error",
-            .message = "The model '" + std::string(name) + "' does not exist; this server serves '" +
-                       limits.model + "'",
-            .param = "model",
-            .code = "model_not_found"}};
-    }
-    return limits.model;
-}
-
 uint32_t max_tokens(Endpoint endpoint, const json::object& body, const Limits& limits) {
     // Chat's newer name wins when a client sends both.
     if (endpoint == Endpoint::chat_completions) {
@@ -237,38 +171,41 @@ SamplingParams sampling(Endpoint endpoint, const json::object& body, const Limit
     return params;
 }
 
-void append_token_ids(std::string& prompt, const json::array& ids) {
+// Token ids written as decimal words: the native backends' tokens are words (SYNTHETIC
+// BACKEND in dpengined.toml(5)), so id 101 is the word "101".
+std::string token_id_prompt(const json::array& ids) {
+    std::string prompt;
     for (std::size_t i = 0; i < ids.size(); ++i) {
         const std::optional<int64_t> token = as_integer(ids[i]);
-        if (!token || *token < 0) {
-            fail("prompt", "'prompt' must be a string or an array of non-negative integer token ids");
-        }
+        if (!token || *token < 0) fail("prompt", "'prompt' token ids must be non-negative integers");
         if (i != 0) prompt += ' ';
-        append_integer(prompt, *token);
-    }
-}
-
-// The four OpenAI prompt forms that carry a single prompt. Token ids are rendered as decimal
-// text, which is all the engines downstream of this front-end take.
-std::string completion_prompt(const json::object& body) {
-    const json::value* value = field(body, "prompt");
-    if (value == nullptr) fail("prompt", "'prompt' is required");
-    if (value->is_string()) return std::string(value->get_string());
-    if (!value->is_array()) {
-        fail("prompt", "'prompt' must be a string or an array of non-negative integer token ids");
-    }
-    const json::array& items = value->get_array();
-    if (items.empty()) fail("prompt", "only one prompt per request is supported");
-    const json::value& first = items.front();
-    std::string prompt;
-    if (first.is_string() || first.is_array()) {
-        if (items.size() != 1) fail("prompt", "only one prompt per request is supported");
-        if (first.is_string()) return std::string(first.get_string());
-        append_token_ids(prompt, first.get_array());
-    } else {
-        append_token_ids(prompt, items);
+        prompt += std::to_string(*token);
     }
     return prompt;
+}
+
+// The four OpenAI prompt forms: a string, a list of strings, a list of token ids, or a list
+// of lists of token ids; each list item is a prompt of its own.
+std::vector<std::string> completion_prompts(const json::object& body, const Limits& limits) {
+    const json::value* value = field(body, "prompt");
+    if (value == nullptr) fail("prompt", "'prompt' is required");
+    if (value->is_string()) return {std::string(value->get_string())};
+    constexpr const char* forms = "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids";
+    if (!value->is_array()) fail("prompt", forms);
+    const json::array& items = value->get_array();
+    if (items.empty()) fail("prompt", "'prompt' must not be an empty array");
+    if (items.front().is_number()) return {token_id_prompt(items)};
+    if (items.size() > limits.max_prompts) {
+        fail("prompt", "'prompt' may hold at most " + std::to_string(limits.max_prompts) + " prompts");
+    }
+    std::vector<std::string> prompts;
+    prompts.reserve(items.size());
+    for (const json::value& item : items) {
+        if (item.is_string()) prompts.emplace_back(item.get_string());
+        else if (item.is_array()) prompts.push_back(token_id_prompt(item.get_array()));
+        else fail("prompt", forms);
+    }
+    return prompts;
 }
 
 bool is_chat_role(const json::string& role) {
@@ -342,12 +279,99 @@ std::string chat_prompt(const json::object& body) {
     return prompt;
 }
 
+// ---- what a native backend refuses ---------------------------------------------------------
+
+enum EndpointMask : unsigned { completions = 1, chat = 2, both = completions | chat };
+
+unsigned mask_of(Endpoint endpoint) {
+    return endpoint == Endpoint::chat_completions ? EndpointMask::chat : EndpointMask::completions;
+}
+
+bool nothing(const json::value&) { return false; }
+bool is_false(const json::value& v) { return v.is_bool() && !v.get_bool(); }
+bool is_zero(const json::value& v) { return v.is_number() && v.to_number<double>() == 0.0; }
+bool is_one(const json::value& v) { return v.is_number() && v.to_number<double>() == 1.0; }
+bool is_top_k_off(const json::value& v) {
+    return v.is_number() && (v.to_number<double>() == 0.0 || v.to_number<double>() == -1.0);
+}
+bool is_none(const json::value& v) { return v.is_string() && v.get_string() == "none"; }
+bool is_empty(const json::value& v) {
+    return (v.is_string() && v.get_string().empty()) || (v.is_array() && v.get_array().empty()) ||
+           (v.is_object() && v.get_object().empty());
+}
+bool is_text_format(const json::value& v) {
+    const json::value* type = v.is_object() ? field(v.get_object(), "type") : nullptr;
+    return type != nullptr && type->is_string() && type->get_string() == "text";
+}
+
+// Known OpenAI and vLLM request fields that change what a model would answer and that the
+// native backends (synthetic, cuda) cannot honour: a request giving one of them any value but
+// the neutral one is refused with 400 naming the field (code "unsupported-parameter") rather
+// than answered as if it were absent. null counts as absent. dpengined.toml(5) lists them
+// (SYNTHETIC BACKEND).
+struct Unsupported {
+    std::string_view field;
+    unsigned endpoints;                      // EndpointMask
+    bool (*neutral)(const json::value&);     // the values that change nothing
+    std::string_view accepted;               // those values, for the message
+};
+
+constexpr std::array unsupported_fields = {
+    // Log-probabilities: the backends compute none.
+    Unsupported{"logprobs", EndpointMask::completions, nothing, "null"},
+    Unsupported{"logprobs", EndpointMask::chat, is_false, "false"},
+    Unsupported{"top_logprobs", both, nothing, "null"},
+    Unsupported{"prompt_logprobs", both, nothing, "null"},
+    // Other outputs than the sampled continuation.
+    Unsupported{"echo", both, is_false, "false"},
+    Unsupported{"suffix", both, is_empty, "\"\""},
+    Unsupported{"best_of", both, is_one, "1"},
+    Unsupported{"use_beam_search", both, is_false, "false"},
+    Unsupported{"include_stop_str_in_output", both, is_false, "false"},
+    // Sampling that the backends do not implement.
+    Unsupported{"logit_bias", both, is_empty, "{}"},
+    Unsupported{"presence_penalty", both, is_zero, "0"},
+    Unsupported{"frequency_penalty", both, is_zero, "0"},
+    Unsupported{"repetition_penalty", both, is_one, "1"},
+    Unsupported{"top_k", both, is_top_k_off, "-1 or 0"},
+    Unsupported{"min_p", both, is_zero, "0"},
+    Unsupported{"min_tokens", both, is_zero, "0"},
+    Unsupported{"stop_token_ids", both, is_empty, "[]"},
+    Unsupported{"bad_words", both, is_empty, "[]"},
+    Unsupported{"allowed_token_ids", both, is_empty, "[]"},
+    Unsupported{"logits_processors", both, is_empty, "[]"},
+    Unsupported{"truncate_prompt_tokens", both, nothing, "null"},
+    // Structured output and tool calls.
+    Unsupported{"response_format", both, is_text_format, "{\"type\":\"text\"}"},
+    Unsupported{"tools", both, is_empty, "[]"},
+    Unsupported{"tool_choice", both, is_none, "\"none\""},
+    Unsupported{"functions", both, is_empty, "[]"},
+    Unsupported{"function_call", both, is_none, "\"none\""},
+    Unsupported{"guided_json", both, nothing, "null"},
+    Unsupported{"guided_regex", both, nothing, "null"},
+    Unsupported{"guided_choice", both, nothing, "null"},
+    Unsupported{"guided_grammar", both, nothing, "null"},
+    Unsupported{"structured_outputs", both, nothing, "null"},
+};
+
+void refuse_unsupported(Endpoint endpoint, const json::object& body, const Limits& limits) {
+    for (const Unsupported& entry : unsupported_fields) {
+        if (!(entry.endpoints & mask_of(endpoint))) continue;
+        const json::value* value = field(body, entry.field);
+        if (value == nullptr || entry.neutral(*value)) continue;
+        const std::string name(entry.field);
+        refuse(name, "the " + limits.backend + " backend does not support '" + name + "' (it takes only " +
+                         std::string(entry.accepted) + ")");
+    }
+}
+
 CompletionRequest validate(Endpoint endpoint, const json::object& body, const Limits& limits) {
+    refuse_unsupported(endpoint, body, limits);
     CompletionRequest request;
     request.endpoint = endpoint;
-    request.model = model(body, limits);
-    request.prompt =
-        endpoint == Endpoint::chat_completions ? chat_prompt(body) : completion_prompt(body);
+    request.model = limits.model;
+    request.prompts = endpoint == Endpoint::chat_completions ? std::vector<std::string>{chat_prompt(body)}
+                                                             : completion_prompts(body, limits);
     if (const json::value* value = field(body, "n")) {
         request.n = bounded_count(*value, "n", limits.max_choices);
     }
@@ -365,10 +389,26 @@ CompletionRequest validate(Endpoint endpoint, const json::object& body, const Li
     return request;
 }
 
+// The endpoint a path names, or the error response for one a native backend does not serve.
+std::variant<Endpoint, HttpError> endpoint_of(std::string_view path, const Limits& limits) {
+    if (path == "/v1/completions") return Endpoint::completions;
+    if (path == "/v1/chat/completions") return Endpoint::chat_completions;
+    if (path == "/v1/embeddings") {
+        return HttpError{.message = "the " + limits.backend + " backend does not serve embeddings",
+                         .code = "unsupported-endpoint"};
+    }
+    return HttpError{.status = 404,
+                     .type = "not_found_error",
+                     .message = "no such endpoint: " + std::string(path),
+                     .code = "not-found"};
+}
+
 }  // namespace
 
-std::variant<CompletionRequest, HttpError> parse_request(Endpoint endpoint, std::string_view body,
+std::variant<CompletionRequest, HttpError> parse_request(std::string_view path, std::string_view body,
                                                          const Limits& limits) {
+    const std::variant<Endpoint, HttpError> endpoint = endpoint_of(path, limits);
+    if (const auto* error = std::get_if<HttpError>(&endpoint)) return *error;
     json::parse_options options;
     options.max_depth = max_depth;  // also bounds the parser's stack on hostile input
     // The parsed tree is dropped as soon as its fields are copied out, so an arena serves it.
@@ -381,24 +421,15 @@ std::variant<CompletionRequest, HttpError> parse_request(Endpoint endpoint, std:
     }
     if (ec) {
         // Boost.JSON reports bad UTF-8 inside strings as a plain syntax error; say which.
-        const std::string detail = is_valid_utf8(body) ? ec.message() : "invalid UTF-8";
+        const std::string detail = utf8::is_valid(body) ? ec.message() : "invalid UTF-8";
         return HttpError{.message = "request body is not valid JSON: " + detail};
     }
     if (!root.is_object()) return HttpError{.message = "request body must be a JSON object"};
     try {
-        return validate(endpoint, root.get_object(), limits);
+        return validate(std::get<Endpoint>(endpoint), root.get_object(), limits);
     } catch (RequestError& e) {
         return std::move(e.error);
     }
-}
-
-std::string error_body(const HttpError& error) {
-    const json::object body = {{"error",
-                                {{"message", json_string(error.message)},
-                                 {"type", json_string(error.type)},
-                                 {"param", nullable_string(error.param)},
-                                 {"code", nullable_string(error.code)}}}};
-    return json::serialize(body);
 }
 
 std::string completion_response(const CompletionRequest& request, std::string_view id,
@@ -476,20 +507,6 @@ std::string stream_usage_chunk(const CompletionRequest& request, std::string_vie
                                 {"choices", json::array()},
                                 {"usage", usage_object(usage)}};
     return "data: " + json::serialize(chunk) + "\n\n";
-}
-
-std::string stream_error_event(const HttpError& error) {
-    return "data: " + error_body(error) + "\n\n";
-}
-
-std::string models_response(std::string_view model, int64_t created) {
-    const json::object response = {
-        {"object", "list"},
-        {"data", json::array{json::object{{"id", json_string(model)},
-                                          {"object", "model"},
-                                          {"created", created},
-                                          {"owned_by", "dpengine"}}}}};
-    return json::serialize(response);
 }
 
 }  // namespace dpengine::openai
