@@ -386,6 +386,11 @@ private:
         upstreams_.clear();
         if (child_.reap()) return io_.stop();
         child_.signal_group(SIGTERM);
+        // A stopped server (SIGSTOP, SIGTSTP: one that failed its health checks for that) acts
+        // on SIGTERM only once it runs again; without SIGCONT it would sit out all of
+        // stop_grace, and the head would hold the rank's requests as long (it moves them only
+        // once the rank has exited). As systemd does, SIGCONT follows SIGTERM.
+        child_.signal_group(SIGCONT);
         // The health timer's next check is cancelled with it.
         health_timer_.expires_after(stop_grace);
         health_timer_.async_wait([this](const boost::system::error_code&) { io_.stop(); });

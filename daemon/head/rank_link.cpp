@@ -1,7 +1,6 @@
 #include "rank_link.hpp"
 
 #include "core/log.hpp"
-#include "core/transport.hpp"
 
 #include <boost/asio/post.hpp>
 
@@ -18,40 +17,6 @@ namespace {
 Clock::duration seconds(double s) {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
-
-// Messages handled per wake-up before the loop yields to HTTP work.
-constexpr int drain_budget = 512;
-
-// A connection property ZeroMQ attaches to every received frame ("Peer-Address", and
-// "User-Id": the node name our ZAP handler gave the connection's key); empty when absent.
-std::string frame_property(zmq::message_t& frame, const char* name) {
-    const char* value = zmq_msg_gets(frame.handle(), name);
-    return value ? value : "";
-}
-
-// Who sent a message the head will not take, for the log: the key's node and fingerprint when
-// CURVE names one, and the address.
-std::string describe_peer(zmq::message_t& frame) {
-    std::string address = frame_property(frame, "Peer-Address");
-    std::string node = frame_property(frame, "User-Id");
-    std::string text = node.empty() ? "an unregistered peer" : "node '" + node + "'";
-    return address.empty() ? text : text + " at " + address;
-}
-
-// Remembers which peers were already warned about, so a misbehaving peer is logged once
-// rather than once per message; bounded so a flood of peers cannot grow it.
-class WarnedPeers {
-public:
-    bool first_time(const std::string& id) {
-        if (seen_.size() > 4096) seen_.clear();
-        return seen_.insert(id).second;
-    }
-
-private:
-    std::unordered_set<std::string> seen_;
-};
-
-WarnedPeers warned_peers;
 
 // A connection's routing id, printable.
 std::string hex(std::string_view bytes) {
@@ -88,15 +53,11 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
     : io_(io),
       config_(config),
       events_(std::move(events)),
-      context_(1),
-      router_(context_, zmq::socket_type::router),
-      watcher_(io),
+      socket_(io, config, {[this](const std::string& id, zmq::message_t& payload) { on_message(id, payload); },
+                           [this](const std::string& id) { connection_gone(id); }}),
       deadline_timer_(io),
       regroup_timer_(io),
       refusal_limiter_(config.handshake.refusal_rate_limit, config.handshake.refusal_mute) {
-    transport::configure(router_, config.daemon.max_message_bytes);
-    // Sending to a connection that is gone is an error we see, not a silent drop.
-    router_.set(zmq::sockopt::router_mandatory, 1);
     ranks_.resize(config.dp_size());
     for (uint32_t r = 0; r < ranks_.size(); ++r) {
         ranks_[r].info.rank = r;
@@ -104,128 +65,17 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
     }
 }
 
-RankLink::~RankLink() {
-    watcher_.release();  // the fd belongs to the ZeroMQ socket
-}
-
-// The authorized keys plus the head's own, which its local ranks use.
-Result<std::vector<keys::AuthorizedKey>> RankLink::allow_list() const {
-    auto secret = keys::load_secret(config_.security.key);
-    if (!secret) return Error{"security.key: " + secret.error().message};
-    auto authorized = keys::load_authorized_keys(config_.security.authorized_keys);
-    if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
-    // No rank range on the head's own key: the head runs its configured block and whatever
-    // 'dpctl assign' moves to it, and rank ownership (RankLink::ownership_problem) holds it to that.
-    authorized->push_back(keys::AuthorizedKey{secret->public_z85, config_.node.name, std::nullopt});
-    return authorized;
-}
-
-Status RankLink::reload_authorized_keys() {
-    if (!zap_) return Ok{};
-    auto authorized = allow_list();
-    if (!authorized) return authorized.error();
-    log::info("reloaded {} authorized key(s) from {}", authorized->size() - 1, config_.security.authorized_keys);
-    zap_->replace(std::move(authorized).value());
-    return Ok{};
-}
-
-// CURVE on the TCP socket: the head's secret key, and a ZAP handler that admits only the
-// authorized keys (plus the head's own, which its local ranks use).
-Status RankLink::start_security() {
-    if (!config_.has_remote_ranks()) return Ok{};
-    if (!config_.uses_curve()) {
-        log::warning("security.insecure is set: ranks connect over plaintext TCP, unauthenticated; anyone who can "
-                     "reach {} port {} can join and read traffic", config_.data_parallel.address,
-                     config_.data_parallel.rpc_port);
-        return Ok{};
-    }
-    auto secret = keys::load_secret(config_.security.key);
-    if (!secret) return Error{"security.key: " + secret.error().message};
-    auto authorized = allow_list();
-    if (!authorized) return authorized.error();
-    log::info("CURVE enabled: {} authorized key(s) from {}; this head's key is {}", authorized->size() - 1,
-              config_.security.authorized_keys, keys::fingerprint(secret->public_z85));
-    zap_ = std::make_unique<ZapHandler>(context_, std::move(authorized).value());
-    router_.set(zmq::sockopt::zap_domain, "dpengine");
-    router_.set(zmq::sockopt::curve_server, 1);
-    router_.set(zmq::sockopt::curve_secretkey, secret->secret_z85);
-    return Ok{};
-}
+RankLink::~RankLink() = default;
 
 Status RankLink::bind(const std::string& endpoint) {
-    if (auto secured = start_security(); !secured) return secured;
-    try {
-        // Before bind(): no connection may escape the count of failed handshakes.
-        handshake_monitor_ = std::make_unique<HandshakeMonitor>(io_, context_, router_, "dpengine-rank-link-monitor");
-        router_.bind(endpoint);
-    } catch (const zmq::error_t& e) {
-        return Error{"cannot bind the rank endpoint " + endpoint + ": " + e.what()};
-    }
-    endpoint_ = endpoint;
-    watcher_.assign(router_.get(zmq::sockopt::fd));
-    arm();
+    if (auto bound = socket_.bind(endpoint); !bound) return bound;
     check_deadlines();
     return Ok{};
 }
 
-// ZeroMQ's fd is edge-triggered: it only signals that ZMQ_EVENTS may have changed. So the
-// socket is drained until ZMQ_EVENTS says nothing is left, and re-checked after every send.
-void RankLink::arm() {
-    // One wait at a time: drain() runs after every send too, and each extra pending wait would
-    // cost a ZMQ_EVENTS check (system calls) on every wake-up.
-    if (armed_) return;
-    armed_ = true;
-    watcher_.async_wait(asio::posix::stream_descriptor::wait_read,
-                        [this](const boost::system::error_code& ec) {
-                            armed_ = false;
-                            if (!ec) drain();
-                        });
-}
-
-void RankLink::schedule_drain() {
-    if (drain_scheduled_) return;
-    drain_scheduled_ = true;
-    asio::post(io_, [this] {
-        drain_scheduled_ = false;
-        drain();
-    });
-}
-
-void RankLink::drain() {
-    for (int i = 0; i < drain_budget; ++i) {
-        if (!(router_.get(zmq::sockopt::events) & ZMQ_POLLIN)) {
-            arm();
-            return;
-        }
-        zmq::message_t id, payload;
-        if (!router_.recv(id, zmq::recv_flags::dontwait)) continue;
-        bool well_formed = id.more() && router_.recv(payload, zmq::recv_flags::dontwait) && !payload.more();
-        if (!well_formed) {
-            zmq::message_t rest;
-            while ((payload.more() || id.more()) && router_.recv(rest, zmq::recv_flags::dontwait) && rest.more()) {}
-            if (warned_peers.first_time(id.to_string())) {
-                log::warning("dropping a message with an unexpected number of frames from {} (malformed)",
-                             describe_peer(id));
-            }
-            continue;
-        }
-        on_message(id.to_string(), payload);
-    }
-    schedule_drain();  // more may be waiting: continue after other work had its turn
-}
-
 bool RankLink::send(const std::string& routing_id, const wire::Message& message) {
     send_buffer_ = wire::encode(message, epoch_);
-    try {
-        bool sent = router_.send(zmq::buffer(routing_id), zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
-                    router_.send(zmq::buffer(send_buffer_), zmq::send_flags::dontwait);
-        schedule_drain();
-        return sent;
-    } catch (const zmq::error_t& e) {
-        schedule_drain();
-        if (e.num() == EHOSTUNREACH) connection_gone(routing_id);
-        return false;  // EHOSTUNREACH: the connection is gone
-    }
+    return socket_.send(routing_id, send_buffer_);
 }
 
 void RankLink::refuse(const std::string& routing_id, const std::string& code, const std::string& message) {
@@ -251,7 +101,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     message_routing_id_.clear();  // refusals count against a peer only while it is unregistered
     if (known == rank_of_connection_.end()) {
         // A peer refused too often is not answered for a while: its flood costs no replies.
-        std::string address = frame_property(payload, "Peer-Address");
+        std::string address = RankSocket::frame_property(payload, "Peer-Address");
         message_peer_ = address.empty() ? "connection " + hex(routing_id) : address;
         if (refusal_limiter_.muted(message_peer_, Clock::now())) {
             ++refusals_["rate-limited"];
@@ -261,9 +111,9 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     }
     auto env = wire::decode(payload.to_string_view());
     if (!env) {
-        if (warned_peers.first_time(routing_id)) {
+        if (RankSocket::first_warning(routing_id)) {
             log::warning("refusing a message from {}: {} ({})",
-                         known == rank_of_connection_.end() ? describe_peer(payload) : "rank " + std::to_string(known->second),
+                         known == rank_of_connection_.end() ? RankSocket::describe_peer(payload) : "rank " + std::to_string(known->second),
                          env.error().message, env.error().code);
         }
         if (known == rank_of_connection_.end()) refuse(routing_id, env.error().code, env.error().message);
@@ -272,7 +122,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     }
     if (wire::is_node_link(env->message)) {
         if (node_handler_) {
-            node_handler_(routing_id, *env, frame_property(payload, "User-Id"), frame_property(payload, "Peer-Address"));
+            node_handler_(routing_id, *env, RankSocket::frame_property(payload, "User-Id"), RankSocket::frame_property(payload, "Peer-Address"));
         } else {
             refuse(routing_id, "unexpected-type", "this head takes no node links");
         }
@@ -284,13 +134,13 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
                                                                      std::to_string(known->second)});
             return;
         }
-        on_hello(routing_id, *hello, frame_property(payload, "User-Id"));
+        on_hello(routing_id, *hello, RankSocket::frame_property(payload, "User-Id"));
         return;
     }
     if (known == rank_of_connection_.end()) {
-        if (warned_peers.first_time(routing_id)) {
+        if (RankSocket::first_warning(routing_id)) {
             log::warning("refusing {} from {}: it has not sent HELLO (not-registered)", wire::type_name(env->message),
-                         describe_peer(payload));
+                         RankSocket::describe_peer(payload));
         }
         refuse(routing_id, "not-registered", "send HELLO first");
         return;
@@ -338,8 +188,8 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
 // only its own ranks. Without CURVE (ipc://, or insecure TCP) it is what HELLO says.
 std::string RankLink::ownership_problem(uint32_t rank, const std::string& node) const {
     const std::string r = std::to_string(rank);
-    if (zap_) {
-        auto key = zap_->find_node(node);
+    {
+        auto key = socket_.key_of(node);
         if (key && key->ranks && (rank < key->ranks->first || rank > key->ranks->second)) {
             return "rank " + r + " is not among node '" + node + "' ranks " + std::to_string(key->ranks->first) + "-" +
                    std::to_string(key->ranks->second) + " (security.authorized_keys)";
@@ -354,9 +204,7 @@ std::string RankLink::ownership_problem(uint32_t rank, const std::string& node) 
 
 std::string RankLink::describe_node(const std::string& node) const {
     std::string text = "node '" + node + "'";
-    if (zap_) {
-        if (auto key = zap_->find_node(node)) text += " (key " + keys::fingerprint(key->public_z85) + ")";
-    }
+    if (auto key = socket_.key_of(node)) text += " (key " + keys::fingerprint(key->public_z85) + ")";
     return text;
 }
 
@@ -748,10 +596,7 @@ void RankLink::shutdown() {
 
 std::map<std::string, uint64_t> RankLink::refusals() const {
     auto out = refusals_;
-    if (handshake_monitor_) {
-        for (const auto& [reason, count] : handshake_monitor_->failures()) out[reason] += count;
-    }
-    if (zap_ && zap_->refusals()) out["unauthorized-key"] += zap_->refusals();
+    socket_.add_refusals(out);
     return out;
 }
 
@@ -760,8 +605,7 @@ void RankLink::set_owner(uint32_t rank, const std::string& node) {
 }
 
 std::optional<std::pair<uint32_t, uint32_t>> RankLink::key_ranks(const std::string& node) const {
-    if (!zap_) return std::nullopt;
-    auto key = zap_->find_node(node);
+    auto key = socket_.key_of(node);
     if (!key) return std::nullopt;
     return key->ranks;
 }

@@ -1,21 +1,19 @@
-// The head's side of the rank protocol: the ROUTER socket every rank connects to, the
-// handshake (HELLO → CONFIG → READY), the registry of ranks and their state, and the requests
+// The head's side of the rank protocol: the handshake (HELLO → CONFIG → READY) over the
+// RankSocket every rank connects to, the registry of ranks and their state, and the requests
 // in flight: each goes to the rank head/router.hpp picks, and its response pieces come back
-// to the front-end as the engine wrote them. Runs on the daemon's event
-// loop; ZeroMQ's notification fd is watched by asio, so nothing here needs a lock.
+// to the front-end as the engine wrote them. Runs on the daemon's event loop, so nothing here
+// needs a lock.
 #pragma once
 
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
-#include "head/handshake_monitor.hpp"
 #include "head/refusal_limiter.hpp"
 #include "head/router.hpp"
 #include "head/step_rate.hpp"
-#include "head/zap_handler.hpp"
+#include "head/rank_socket.hpp"
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
@@ -99,7 +97,7 @@ public:
     ~RankLink();
 
     Status bind(const std::string& endpoint);
-    const std::string& endpoint() const { return endpoint_; }
+    const std::string& endpoint() const { return socket_.endpoint(); }
 
     // Front-end: sends the request to the rank the load policy picks. Fails when no rank can
     // take it. The sink must stay valid until the request finishes, fails, or is aborted.
@@ -133,7 +131,7 @@ public:
     uint32_t size() const { return static_cast<uint32_t>(ranks_.size()); }
     std::vector<RankInfo> ranks() const;
     // Re-reads security.authorized_keys (config reload). Fails, changing nothing, on a bad file.
-    Status reload_authorized_keys();
+    Status reload_authorized_keys() { return socket_.reload_authorized_keys(); }
     // Refused handshakes and connections by reason code (the ZAP handler's included).
     std::map<std::string, uint64_t> refusals() const;
 
@@ -185,11 +183,6 @@ private:
     // A heartbeat's load and health figures.
     void note_load(Slot& slot, const wire::Heartbeat& heartbeat);
 
-    void arm();
-    void drain();
-    void schedule_drain();
-    Status start_security();
-    Result<std::vector<keys::AuthorizedKey>> allow_list() const;
     void on_message(const std::string& routing_id, zmq::message_t& payload);
     void on_hello(const std::string& routing_id, const wire::Hello& hello, const std::string& node);
     std::string ownership_problem(uint32_t rank, const std::string& node) const;
@@ -224,14 +217,8 @@ private:
     boost::asio::io_context& io_;
     const Config& config_;
     Events events_;
-    zmq::context_t context_;
-    std::unique_ptr<ZapHandler> zap_;  // before router_: it must outlive the socket it vets
-    zmq::socket_t router_;
-    boost::asio::posix::stream_descriptor watcher_;
+    RankSocket socket_;
     boost::asio::steady_timer deadline_timer_;
-    std::string endpoint_;
-    bool drain_scheduled_ = false;
-    bool armed_ = false;
     bool shutting_down_ = false;
     uint64_t epoch_ = 1;
     uint64_t next_id_ = 1;
@@ -259,8 +246,6 @@ private:
     RefusalLimiter refusal_limiter_;
     std::string message_routing_id_;  // the connection and address of the message on_message handles
     std::string message_peer_;
-    // Declared after router_ so that it closes first.
-    std::unique_ptr<HandshakeMonitor> handshake_monitor_;
 };
 
 }  // namespace dpengine

@@ -1,0 +1,192 @@
+#include "rank_socket.hpp"
+
+#include "core/log.hpp"
+#include "core/transport.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <unordered_set>
+
+namespace dpengine {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Messages handled per wake-up before the loop yields to HTTP work.
+constexpr int drain_budget = 512;
+
+// Remembers which peers were already warned about, so a misbehaving peer is logged once
+// rather than once per message; bounded so a flood of peers cannot grow it.
+class WarnedPeers {
+public:
+    bool first_time(const std::string& id) {
+        if (seen_.size() > 4096) seen_.clear();
+        return seen_.insert(id).second;
+    }
+
+private:
+    std::unordered_set<std::string> seen_;
+};
+
+WarnedPeers warned_peers;
+
+}  // namespace
+
+bool RankSocket::first_warning(const std::string& peer) { return warned_peers.first_time(peer); }
+
+std::string RankSocket::frame_property(zmq::message_t& frame, const char* name) {
+    const char* value = zmq_msg_gets(frame.handle(), name);
+    return value ? value : "";
+}
+
+std::string RankSocket::describe_peer(zmq::message_t& frame) {
+    std::string address = frame_property(frame, "Peer-Address");
+    std::string node = frame_property(frame, "User-Id");
+    std::string text = node.empty() ? "an unregistered peer" : "node '" + node + "'";
+    return address.empty() ? text : text + " at " + address;
+}
+
+RankSocket::RankSocket(asio::io_context& io, const Config& config, Handlers handlers)
+    : io_(io), config_(config), handlers_(std::move(handlers)), context_(1),
+      router_(context_, zmq::socket_type::router), watcher_(io) {
+    transport::configure(router_, config.daemon.max_message_bytes);
+    // Sending to a connection that is gone is an error we see, not a silent drop.
+    router_.set(zmq::sockopt::router_mandatory, 1);
+}
+
+RankSocket::~RankSocket() {
+    watcher_.release();  // the fd belongs to the ZeroMQ socket
+}
+
+// The authorized keys plus the head's own, which its local ranks use.
+Result<std::vector<keys::AuthorizedKey>> RankSocket::allow_list() const {
+    auto secret = keys::load_secret(config_.security.key);
+    if (!secret) return Error{"security.key: " + secret.error().message};
+    auto authorized = keys::load_authorized_keys(config_.security.authorized_keys);
+    if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
+    // No rank range on the head's own key: the head runs its configured block and whatever
+    // 'dpctl assign' moves to it, and rank ownership (RankLink::ownership_problem) holds it to that.
+    authorized->push_back(keys::AuthorizedKey{secret->public_z85, config_.node.name, std::nullopt});
+    return authorized;
+}
+
+Status RankSocket::reload_authorized_keys() {
+    if (!zap_) return Ok{};
+    auto authorized = allow_list();
+    if (!authorized) return authorized.error();
+    log::info("reloaded {} authorized key(s) from {}", authorized->size() - 1, config_.security.authorized_keys);
+    zap_->replace(std::move(authorized).value());
+    return Ok{};
+}
+
+// CURVE on the TCP socket: the head's secret key, and a ZAP handler that admits only the
+// authorized keys (plus the head's own, which its local ranks use).
+Status RankSocket::start_security() {
+    if (!config_.has_remote_ranks()) return Ok{};
+    if (!config_.uses_curve()) {
+        log::warning("security.insecure is set: ranks connect over plaintext TCP, unauthenticated; anyone who can "
+                     "reach {} port {} can join and read traffic", config_.data_parallel.address,
+                     config_.data_parallel.rpc_port);
+        return Ok{};
+    }
+    auto secret = keys::load_secret(config_.security.key);
+    if (!secret) return Error{"security.key: " + secret.error().message};
+    auto authorized = allow_list();
+    if (!authorized) return authorized.error();
+    log::info("CURVE enabled: {} authorized key(s) from {}; this head's key is {}", authorized->size() - 1,
+              config_.security.authorized_keys, keys::fingerprint(secret->public_z85));
+    zap_ = std::make_unique<ZapHandler>(context_, std::move(authorized).value());
+    router_.set(zmq::sockopt::zap_domain, "dpengine");
+    router_.set(zmq::sockopt::curve_server, 1);
+    router_.set(zmq::sockopt::curve_secretkey, secret->secret_z85);
+    return Ok{};
+}
+
+Status RankSocket::bind(const std::string& endpoint) {
+    if (auto secured = start_security(); !secured) return secured;
+    try {
+        // Before bind(): no connection may escape the count of failed handshakes.
+        handshake_monitor_ = std::make_unique<HandshakeMonitor>(io_, context_, router_, "dpengine-rank-link-monitor");
+        router_.bind(endpoint);
+    } catch (const zmq::error_t& e) {
+        return Error{"cannot bind the rank endpoint " + endpoint + ": " + e.what()};
+    }
+    endpoint_ = endpoint;
+    watcher_.assign(router_.get(zmq::sockopt::fd));
+    arm();
+    return Ok{};
+}
+
+// ZeroMQ's fd is edge-triggered: it only signals that ZMQ_EVENTS may have changed. So the
+// socket is drained until ZMQ_EVENTS says nothing is left, and re-checked after every send.
+void RankSocket::arm() {
+    // One wait at a time: drain() runs after every send too, and each extra pending wait would
+    // cost a ZMQ_EVENTS check (system calls) on every wake-up.
+    if (armed_) return;
+    armed_ = true;
+    watcher_.async_wait(asio::posix::stream_descriptor::wait_read,
+                        [this](const boost::system::error_code& ec) {
+                            armed_ = false;
+                            if (!ec) drain();
+                        });
+}
+
+void RankSocket::schedule_drain() {
+    if (drain_scheduled_) return;
+    drain_scheduled_ = true;
+    asio::post(io_, [this] {
+        drain_scheduled_ = false;
+        drain();
+    });
+}
+
+void RankSocket::drain() {
+    for (int i = 0; i < drain_budget; ++i) {
+        if (!(router_.get(zmq::sockopt::events) & ZMQ_POLLIN)) {
+            arm();
+            return;
+        }
+        zmq::message_t id, payload;
+        if (!router_.recv(id, zmq::recv_flags::dontwait)) continue;
+        bool well_formed = id.more() && router_.recv(payload, zmq::recv_flags::dontwait) && !payload.more();
+        if (!well_formed) {
+            zmq::message_t rest;
+            while ((payload.more() || id.more()) && router_.recv(rest, zmq::recv_flags::dontwait) && rest.more()) {}
+            if (warned_peers.first_time(id.to_string())) {
+                log::warning("dropping a message with an unexpected number of frames from {} (malformed)",
+                             describe_peer(id));
+            }
+            continue;
+        }
+        handlers_.message(id.to_string(), payload);
+    }
+    schedule_drain();  // more may be waiting: continue after other work had its turn
+}
+
+bool RankSocket::send(const std::string& routing_id, std::string_view bytes) {
+    try {
+        bool sent = router_.send(zmq::buffer(routing_id), zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
+                    router_.send(zmq::buffer(bytes.data(), bytes.size()), zmq::send_flags::dontwait);
+        schedule_drain();
+        return sent;
+    } catch (const zmq::error_t& e) {
+        schedule_drain();
+        if (e.num() == EHOSTUNREACH) handlers_.connection_gone(routing_id);
+        return false;  // EHOSTUNREACH: the connection is gone
+    }
+}
+
+std::optional<keys::AuthorizedKey> RankSocket::key_of(const std::string& node) const {
+    if (!zap_) return std::nullopt;
+    return zap_->find_node(node);
+}
+
+void RankSocket::add_refusals(std::map<std::string, uint64_t>& out) const {
+    if (handshake_monitor_) {
+        for (const auto& [reason, count] : handshake_monitor_->failures()) out[reason] += count;
+    }
+    if (zap_ && zap_->refusals()) out["unauthorized-key"] += zap_->refusals();
+}
+
+}  // namespace dpengine
