@@ -18,6 +18,9 @@
 - org.dpengine1(5): every interface, method (with its in and out signatures) and property
   (with its type) of `dpengined --bus-introspect` is documented in the section of its
   interface, and nothing else is; every polkit action of etc/polkit-1 is named.
+- dpengined.toml(5)'s http backend examples: each is a configuration `dpengined --check-config`
+  accepts, and the llama-cpp-python one starts the server with the options the tests run it
+  with (tests/integration/llamaserver.py).
 - The section order follows systemd's: NAME, SYNOPSIS, DESCRIPTION, OPTIONS, COMMANDS,
   EXIT STATUS, ENVIRONMENT, FILES, ..., EXAMPLES, SEE ALSO (those a page has).
 """
@@ -28,7 +31,12 @@ import os
 import re
 import shutil
 import sys
+import tempfile
+import tomllib
 import xml.etree.ElementTree as ET
+
+import llamaserver
+from harness import to_toml
 
 from checklist import BUILD, DPENGINED, SRC, check, default_config, int_constants, read, run, run_parts
 
@@ -325,6 +333,42 @@ def test_bus_5() -> None:
         check(action in text, f"polkit action {action} is in the page")
 
 
+def http_backend_examples() -> list[dict]:
+    """The [engine] tables of dpengined.toml(5)'s HTTP BACKEND examples, parsed."""
+    section = read(os.path.join(SRC, "man", "dpengined.toml.5.scd")).split("# HTTP BACKEND", 1)[1].split("\n# ", 1)[0]
+    return [tomllib.loads(block) for block in re.findall(r"```\n(.*?)```", section, re.S)]
+
+
+def test_http_examples() -> None:
+    """Every http backend example is a configuration the daemon accepts, and the
+    llama-cpp-python one runs the server as the tests do (llamaserver.server_command)."""
+    examples = http_backend_examples()
+    check(len(examples) >= 3, f"dpengined.toml(5) has the http backend examples ({len(examples)})")
+    with tempfile.TemporaryDirectory() as tmp:
+        for example in examples:
+            path = os.path.join(tmp, "example.toml")
+            with open(path, "w") as f:
+                f.write(to_toml(example))
+            out = run([DPENGINED, "--config", path, "--check-config"])
+            check(out.returncode == 0, f"dpengined --check-config accepts the example {example['engine']['command'][:3]}",
+                  out.stderr)
+    llama = [e["engine"] for e in examples if "llama_cpp.server" in e["engine"]["command"]]
+    check(len(llama) == 1, "one example runs llama-cpp-python's server")
+    if not llama:
+        return
+    example = llama[0]
+    expand = {"{model}": example["model"], "{port}": "{port}"}
+    shown = [expand.get(w, w) for w in example["command"][1:]]
+    tested = llamaserver.server_command("/srv/models/tiny.gguf", "{port}")[1:]
+    options = lambda argv: {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+    for option, value in options(shown).items():
+        check(options(tested).get(option) == value, f"the example's {option} {value} is the tested one",
+              options(tested).get(option))
+    check(example["model"] == llamaserver.MODEL_ALIAS, "the example serves the tested model name", example["model"])
+    check(example["health_path"] == llamaserver.LIVENESS_PATH, "the example's health_path is the tested one",
+          example["health_path"])
+
+
 def main() -> int:
     if not os.path.isdir(MANDIR) or not all(os.path.exists(os.path.join(MANDIR, p)) for p in PAGES):
         if not shutil.which("scdoc"):
@@ -341,7 +385,8 @@ def main() -> int:
             lint(page)
     else:
         print("note: mandoc is missing; lint skipped (scripts/install-deps installs it)")
-    return run_parts([test_dpengined_8, test_dpengined_toml_5, test_dpctl_1, test_protocol_7, test_bus_5])
+    return run_parts([test_dpengined_8, test_dpengined_toml_5, test_dpctl_1, test_protocol_7, test_bus_5,
+                      test_http_examples])
 
 
 if __name__ == "__main__":
