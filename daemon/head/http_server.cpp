@@ -94,6 +94,20 @@ std::string endpoint_label(std::string_view path) {
     return std::string(path);
 }
 
+// Whether relayed event-stream bytes end with the stream's last event in the OpenAI protocol,
+// "data: [DONE]" (with its blank line).
+bool ends_with_done_event(std::string_view data) {
+    size_t last = data.find_last_not_of("\r\n");
+    if (last == std::string_view::npos || data.size() - last - 1 < 2) return false;
+    std::string_view text = data.substr(0, last + 1);
+    for (std::string_view marker : {std::string_view("data: [DONE]"), std::string_view("data:[DONE]")}) {
+        if (!text.ends_with(marker)) continue;
+        size_t at = text.size() - marker.size();
+        if (at == 0 || text[at - 1] == '\n' || text[at - 1] == '\r') return true;
+    }
+    return false;
+}
+
 void append_hex(std::string& out, size_t n) {
     char buf[20];
     int len = std::snprintf(buf, sizeof buf, "%zx", n);
@@ -128,8 +142,14 @@ public:
                 first_data_seen_ = true;
                 server_.metrics_.first_token_seconds[metric_key_].observe(seconds_since(started_at_));
             }
-            if (streaming_) append_chunk(piece.data);
-            else out_ += piece.data;
+            if (event_stream_) done_event_relayed_ = ends_with_done_event(piece.data);
+            if (client_gone_) {
+                // Nobody to write to: the exchange only waits for the engine's end.
+            } else if (streaming_) {
+                append_chunk(piece.data);
+            } else {
+                out_ += piece.data;
+            }
         }
         if (piece.done) {
             engine_id_ = 0;
@@ -223,6 +243,7 @@ private:
         request.stream = routed_body.stream;
         in_exchange_ = true;
         response_started_ = streaming_ = event_stream_ = first_data_seen_ = false;
+        done_event_relayed_ = client_gone_ = false;
         self_ = shared_from_this();
         started_at_ = std::chrono::steady_clock::now();
         metric_key_ = "endpoint=\"" + endpoint_label(path) + (request.stream ? "\",stream=\"true\"" : "\",stream=\"false\"");
@@ -306,6 +327,14 @@ private:
 
     void end_stream() {
         timer_.cancel();
+        if (client_gone_) {
+            // See peer_gone(): the exchange is over, and with it the session (not from inside
+            // a rank link's callback, which may still use it).
+            in_exchange_ = false;
+            out_.clear();
+            asio::post(server_.io_, [self = shared_from_this()] { self->self_.reset(); });
+            return;
+        }
         if (chunked_) out_ += "0\r\n\r\n";
         in_exchange_ = false;
         response_complete_ = true;
@@ -418,6 +447,20 @@ private:
     }
 
     void peer_gone() {
+        if (client_gone_) return;  // closed already; the exchange ends by itself
+        if (in_exchange_ && streaming_ && done_event_relayed_) {
+            // The client has the whole stream, to its "data: [DONE]", and left before the
+            // engine's response formally ended (the openai SDK closes the connection at
+            // [DONE], while the engine's last piece comes with the end of its response): the
+            // request is not aborted, so it ends on the rank as it would have anyway, and
+            // counts as served. frontend.request_timeout still bounds the wait.
+            client_gone_ = true;
+            out_.clear();
+            beast::error_code ignored;
+            socket_.shutdown(tcp::socket::shutdown_both, ignored);
+            socket_.close(ignored);
+            return;
+        }
         if (in_exchange_) {
             abort_engine_request();
             in_exchange_ = false;
@@ -467,6 +510,8 @@ private:
     bool response_started_ = false; // the engine's first piece arrived
     bool streaming_ = false;        // the response is sent as it comes (chunked)
     bool event_stream_ = false;     // ... and it is text/event-stream
+    bool done_event_relayed_ = false;  // ... whose last relayed event was "data: [DONE]"
+    bool client_gone_ = false;      // the client left after that; the exchange waits for the engine's end
     std::chrono::steady_clock::time_point started_at_{};
     bool first_data_seen_ = false;
     std::string metric_key_;  // the latency histograms' labels for this exchange
