@@ -147,12 +147,15 @@ Clock::duration as_duration(double seconds) {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
 }
 
-// One forwarded request: its own loopback connection, closed when it ends or is aborted.
+// One forwarded request on a loopback connection of its own while it runs: a fresh one, or an
+// idle one from the engine's pool (HTTP/1.1 keep-alive). It goes back to the pool when the
+// response was read completely and the server lets it stay open; an abort or any failure
+// closes it.
 struct Upstream {
-    Upstream(asio::io_context& io, uint64_t key, uint64_t id) : key(key), id(id), stream(io) {}
+    Upstream(asio::io_context& io, uint64_t key, uint64_t id) : key(key), id(id), socket(io) {}
     uint64_t key;  // the engine's own number: a head's ids may repeat after it restarts
     uint64_t id;   // the head's, for messages
-    beast::tcp_stream stream;
+    tcp::socket socket;
     beast::flat_buffer buffer;
     http::request<http::string_body> request;
     http::response_parser<http::string_body> parser;
@@ -161,8 +164,8 @@ struct Upstream {
     bool event_stream = false;
     SseSplitter sse;
     std::vector<std::string> events;  // complete events of the last read
-    std::string body;                 // any other response, relayed once complete
     uint32_t tokens = 0;              // completion tokens relayed so far (per the server's usage)
+    bool reused = false;              // the connection came from the pool (and may have gone stale)
     bool started = false;             // the first piece (with the status) went out
     bool ended = false;
 };
@@ -362,10 +365,13 @@ private:
 
     // Queues a piece for the loop (under the upstream's key; step() maps it back to the
     // head's id). A piece joins the request's last one not yet taken while both fit one
-    // piece, so a slow loop gets few larger pieces.
+    // piece, so a slow loop gets few larger pieces. Only the first piece of a batch wakes the
+    // loop: until step() has taken the batch, has_work() is true and the loop does not sleep.
     void deliver(wire::Output piece) {
+        bool first;
         {
             std::lock_guard lock(mutex_);
+            first = pending_.empty();
             auto it = pending_index_.find(piece.id);
             if (it != pending_index_.end() && pending_[it->second].data.size() + piece.data.size() <= max_piece_bytes) {
                 wire::Output& last = pending_[it->second];
@@ -377,13 +383,14 @@ private:
                 pending_.push_back(std::move(piece));
             }
         }
-        wake();
+        if (first) wake();
     }
 
     void shut_down() {
         stopping_ = true;
         for (auto& [key, up] : upstreams_) close(*up);
         upstreams_.clear();
+        close_idle();
         if (child_.reap()) return io_.stop();
         child_.signal_group(SIGTERM);
         // A stopped server (SIGSTOP, SIGTSTP: one that failed its health checks for that) acts
@@ -401,6 +408,9 @@ private:
             if (ec) return;
             auto status = child_.reap();
             if (!status) return watch_child();
+            // Its connections went with it; no request may start on one.
+            server_gone_ = true;
+            close_idle();
             if (stopping_) return io_.stop();
             std::string how = describe_wait_status(*status);
             if (starting()) {
@@ -561,7 +571,8 @@ private:
         if (figures.kv_cache_usage) load_.kv_cache_usage = *figures.kv_cache_usage;
     }
 
-    // Sends the head's request as it is to the server, on a connection of its own.
+    // Sends the head's request as it is to the server, on an idle connection of the pool if
+    // there is one, else on a new one. (No "Connection: close": HTTP/1.1 keeps it open.)
     void start_upstream(uint64_t key, wire::Request request) {
         if (!valid_request_path(request.path)) {
             return deliver(error_piece(key, false,
@@ -575,59 +586,101 @@ private:
         up->request.set(http::field::content_type, "application/json");
         up->request.body() = std::move(request.body);
         up->request.prepare_payload();
-        up->parser.body_limit(boost::none);  // relay() bounds what it holds
-        up->stream.async_connect(endpoint_, [this, up](const boost::system::error_code& ec) {
+        if (take_idle(up->socket)) {
+            up->reused = true;
+            return send_request(up);
+        }
+        connect(up);
+    }
+
+    void connect(const std::shared_ptr<Upstream>& up) {
+        up->socket.async_connect(endpoint_, [this, up](const boost::system::error_code& ec) {
             if (ec) return connection_lost(*up, "cannot connect: " + ec.message());
-            http::async_write(up->stream, up->request, [this, up](const boost::system::error_code& ec, size_t) {
-                if (ec) return connection_lost(*up, "cannot send the request: " + ec.message());
-                http::async_read_header(up->stream, up->buffer, up->parser,
-                                        [this, up](const boost::system::error_code& ec, size_t) {
-                    if (up->ended) return;
-                    if (ec) return read_failed(*up, ec, "no answer");
-                    const auto& header = up->parser.get();
-                    up->status = header.result_int();
-                    up->content_type = std::string(header[http::field::content_type]);
-                    up->event_stream = is_event_stream(up->content_type);
-                    read_body(up);
-                });
+            send_request(up);
+        });
+    }
+
+    void send_request(const std::shared_ptr<Upstream>& up) {
+        http::async_write(up->socket, up->request, [this, up](const boost::system::error_code& ec, size_t) {
+            if (up->ended) return;
+            if (ec && went_stale(*up, ec)) return retry(up);
+            if (ec) return connection_lost(*up, "cannot send the request: " + ec.message());
+            // Until the header shows an event stream, a body (whose Content-Length the parser
+            // would reserve at once) may be at most one piece.
+            up->parser.body_limit(max_piece_bytes);
+            http::async_read_header(up->socket, up->buffer, up->parser,
+                                    [this, up](const boost::system::error_code& ec, size_t) {
+                if (up->ended) return;
+                if (ec && went_stale(*up, ec)) return retry(up);
+                if (ec) return read_failed(*up, ec, "no answer");
+                const auto& header = up->parser.get();
+                up->status = header.result_int();
+                up->content_type = std::string(header[http::field::content_type]);
+                up->event_stream = is_event_stream(up->content_type);
+                if (up->event_stream) up->parser.body_limit(boost::none);  // relay() bounds each event
+                read_body(up);
             });
         });
     }
 
+    // A pooled connection that the server closed while it was idle (its keep-alive timeout,
+    // or just as the request went out): the write or the first read fails with EOF or a reset
+    // before any byte of the response came. Such a request goes again, once, on a new
+    // connection; never after response bytes arrived.
+    static bool went_stale(const Upstream& up, const boost::system::error_code& ec) {
+        if (!up.reused || up.parser.got_some() || up.buffer.size() != 0) return false;
+        return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+               ec == asio::error::broken_pipe || ec == asio::error::connection_aborted;
+    }
+
+    void retry(const std::shared_ptr<Upstream>& stale) {
+        log::debug("request {}: the idle connection to the backend server was closed; sending it on a new one",
+                   stale->id);
+        close(*stale);
+        auto up = std::make_shared<Upstream>(io_, stale->key, stale->id);
+        up->request = std::move(stale->request);
+        upstreams_[up->key] = up;
+        connect(up);
+    }
+
     void read_body(const std::shared_ptr<Upstream>& up) {
         if (up->parser.is_done()) return finish(*up);
-        http::async_read_some(up->stream, up->buffer, up->parser, [this, up](const boost::system::error_code& ec, size_t) {
+        http::async_read_some(up->socket, up->buffer, up->parser, [this, up](const boost::system::error_code& ec, size_t) {
             if (up->ended) return;
-            std::string& arrived = up->parser.get().body();
-            bool relayed = relay(*up, arrived);
-            arrived.clear();
-            if (!relayed) return;
+            if (!relay(*up, up->parser.get().body())) return;
             if (ec) return read_failed(*up, ec, "the response broke off");
             read_body(up);
         });
     }
 
-    // Takes body bytes as they arrive: a stream's complete events go out at once, any other
-    // body once complete. False when the response cannot be relayed (the rank has answered).
-    bool relay(Upstream& up, std::string_view bytes) {
+    // Takes body bytes as they arrive (ARRIVED: the parser's body so far): a stream's complete
+    // events go out at once (and leave ARRIVED), any other body stays in the parser until it
+    // is complete. False when the response cannot be relayed (the rank has answered).
+    bool relay(Upstream& up, std::string& arrived) {
         if (!up.event_stream) {
-            if (up.body.size() + bytes.size() > max_piece_bytes) {
+            if (arrived.size() > max_piece_bytes) {
                 upstream_failed(up, fmt::format("a response body beyond {} MiB", max_piece_bytes >> 20));
                 return false;
             }
-            up.body += bytes;
             return true;
         }
-        if (!up.sse.feed(bytes, up.events)) {
+        bool fed = up.sse.feed(arrived, up.events);
+        arrived.clear();
+        if (!fed) {
             upstream_failed(up, fmt::format("an event beyond {} MiB", max_piece_bytes >> 20));
             return false;
         }
         if (up.events.empty()) return true;
-        std::string data;
         uint32_t tokens = 0;
-        for (const auto& event : up.events) {
-            tokens += count_tokens(up, event_completion_tokens(event));
-            data += event;
+        for (const auto& event : up.events) tokens += count_tokens(up, event_completion_tokens(event));
+        std::string data;
+        if (up.events.size() == 1) {
+            data = std::move(up.events.front());
+        } else {
+            size_t size = 0;
+            for (const auto& event : up.events) size += event.size();
+            data.reserve(size);
+            for (const auto& event : up.events) data += event;
         }
         up.events.clear();
         send(up, std::move(data), tokens, false);
@@ -662,18 +715,68 @@ private:
             uint32_t tokens = count_tokens(up, event_completion_tokens(rest));
             send(up, std::move(rest), tokens, true);
         } else {
+            std::string& body = up.parser.get().body();
             if (up.status >= 500)
                 log::warning("request {}: the backend server answered HTTP {}: {}", up.id, up.status,
-                             std::string_view(up.body).substr(0, 300));
-            uint32_t tokens = count_tokens(up, usage_completion_tokens(up.body));
-            send(up, std::move(up.body), tokens, true);
+                             std::string_view(body).substr(0, 300));
+            uint32_t tokens = count_tokens(up, usage_completion_tokens(body));
+            send(up, std::move(body), tokens, true);
         }
+        if (reusable(up)) return keep_idle(up);
         end(up);
+    }
+
+    // A connection whose response was read completely may carry the next request if the
+    // server keeps it open (HTTP/1.1 without "Connection: close") and the response's end was
+    // marked by its Content-Length or chunked framing, not by the server closing it, and
+    // nothing came after it.
+    bool reusable(const Upstream& up) const {
+        const auto& p = up.parser;
+        return !up.ended && !stopping_ && !server_gone_ && p.is_done() && p.keep_alive() && !p.upgrade() &&
+               (p.chunked() || p.content_length()) && up.buffer.size() == 0;
+    }
+
+    void keep_idle(Upstream& up) {
+        up.ended = true;
+        if (idle_.size() < std::max(1u, config_.max_concurrency)) {
+            idle_.push_back(std::move(up.socket));
+        } else {
+            close(up);
+        }
+        upstreams_.erase(up.key);
+    }
+
+    // The most recently used idle connection the server has not closed meanwhile (a peek
+    // finds its FIN, or unexpected bytes), into SOCKET. False when there is none.
+    bool take_idle(tcp::socket& socket) {
+        while (!idle_.empty()) {
+            tcp::socket idle = std::move(idle_.back());
+            idle_.pop_back();
+            char byte;
+            ssize_t n = ::recv(idle.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                socket = std::move(idle);
+                return true;
+            }
+            boost::system::error_code ignored;
+            idle.close(ignored);
+        }
+        return false;
+    }
+
+    void close_idle() {
+        for (auto& socket : idle_) {
+            boost::system::error_code ignored;
+            socket.close(ignored);
+        }
+        idle_.clear();
     }
 
     // A read failed: a response the parser refused is the server's fault and answered at
     // once; a connection that broke off is connection_lost().
     void read_failed(Upstream& up, const boost::system::error_code& ec, std::string_view what) {
+        if (ec == http::error::body_limit)
+            return upstream_failed(up, fmt::format("a response body beyond {} MiB", max_piece_bytes >> 20));
         if (malformed(ec)) return upstream_failed(up, fmt::format("{}: not HTTP ({})", what, ec.message()));
         connection_lost(up, fmt::format("{}: {}", what, ec.message()));
     }
@@ -711,8 +814,8 @@ private:
     void close(Upstream& up) {
         up.ended = true;
         boost::system::error_code ignored;
-        up.stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-        up.stream.close();
+        up.socket.shutdown(tcp::socket::shutdown_both, ignored);
+        up.socket.close(ignored);
     }
 
     // The head aborted the request: closing the connection tells the server to stop it.
@@ -755,6 +858,8 @@ private:
     OutputPipe stderr_;
     asio::steady_timer health_timer_;
     std::unordered_map<uint64_t, std::shared_ptr<Upstream>> upstreams_;
+    std::vector<tcp::socket> idle_;  // open connections to the server, free for the next request
+    bool server_gone_ = false;       // the server exited: no connection goes back to the pool
     uint32_t health_failures_ = 0;  // health checks failed in a row
     bool load_in_flight_ = false;
     bool metrics_absent_ = false;

@@ -1,6 +1,7 @@
 // The http backend: each rank starts one OpenAI-compatible inference server (vLLM,
 // llama-server, ...) on its GPU, bound to loopback, supervises it, and forwards the head's
-// requests to it as they came: the same POST path and body, each on a connection of its own.
+// requests to it as they came: the same POST path and body, on loopback connections kept alive
+// and reused (an abort closes its request's connection, so the server sees the client go).
 // The server's answer is relayed as it is: its status and Content-Type with the first piece,
 // a text/event-stream body event by event in the server's bytes, any other body whole. The
 // rank answers only what it cannot relay (code "bad-upstream"). An ABORT closes the upstream

@@ -100,23 +100,42 @@ bool valid_request_path(std::string_view path) {
 }
 
 bool SseSplitter::feed(std::string_view bytes, std::vector<std::string>& events) {
-    for (char c : bytes) {
+    // The bytes from MARK up to the current one belong to pending_ but are appended only when
+    // an event ends or the input does: a run of bytes is copied at once, and an event that
+    // lies whole in BYTES is copied once, into its own string.
+    const char* p = bytes.data();
+    const size_t n = bytes.size();
+    size_t mark = 0;
+    auto held = [&](size_t at) { return pending_.size() + (at - mark); };  // pending_'s size if appended up to AT
+    auto emit = [&](size_t end) {
+        pending_.append(p + mark, end - mark);
+        mark = end;
+        events.push_back(std::move(pending_));
+        pending_.clear();
+    };
+    size_t i = 0;
+    while (i < n) {
+        char c = p[i];
         if (after_cr_) {
             after_cr_ = false;
             if (c == '\n') {  // CRLF: one line end, and the event's last byte if the CR ended it
-                pending_ += c;
-                if (cr_ended_event_) events.push_back(std::exchange(pending_, {}));
+                ++i;
+                if (cr_ended_event_) emit(i);
                 continue;
             }
-            if (cr_ended_event_) events.push_back(std::exchange(pending_, {}));
+            if (cr_ended_event_) emit(i);
         }
-        if (pending_.size() >= max_event_bytes_) return false;
-        pending_ += c;
-        if (c != '\r' && c != '\n') {
+        if (c != '\r' && c != '\n') {  // the rest of the line's content, up to its end or the input's
+            size_t end = i + 1;
+            while (end < n && p[end] != '\r' && p[end] != '\n') ++end;
+            if (held(end) > max_event_bytes_) return false;
             line_empty_ = false;
             has_content_ = true;
+            i = end;
             continue;
         }
+        if (held(i) >= max_event_bytes_) return false;
+        ++i;
         bool ends_event = line_empty_ && has_content_;
         line_empty_ = true;
         if (ends_event) has_content_ = false;
@@ -124,9 +143,10 @@ bool SseSplitter::feed(std::string_view bytes, std::vector<std::string>& events)
             after_cr_ = true;
             cr_ended_event_ = ends_event;
         } else if (ends_event) {
-            events.push_back(std::exchange(pending_, {}));
+            emit(i);
         }
     }
+    pending_.append(p + mark, n - mark);
     return true;
 }
 

@@ -1,7 +1,9 @@
 // The pure parts of the http backend: placeholder expansion, the launch plan, the cutting of
 // the server's event stream into whole events in its own bytes (split anywhere, every line
 // ending), the usage it counts tokens by, and the load figures of vLLM's and llama-server's
-// /metrics and llama-server's /slots.
+// /metrics and llama-server's /slots. And the engine's upstream connections against a small
+// HTTP/1.1 server of the test's own: kept alive and reused, dropped when the server closes
+// them or its response cannot leave them reusable, and closed at once by an abort.
 #include "core/placeholders.hpp"
 #include "engine/child_process.hpp"
 #include "engine/http_backend.hpp"
@@ -10,10 +12,17 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <arpa/inet.h>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <netinet/in.h>
 #include <poll.h>
+#include <set>
+#include <sys/socket.h>
+#include <thread>
 #include <unistd.h>
 
 using namespace dpengine;
@@ -73,6 +82,243 @@ int live_members(pid_t pgid) {
 
 bool has_entry(const LaunchPlan& plan, const std::string& entry) {
     return std::find(plan.environment.begin(), plan.environment.end(), entry) != plan.environment.end();
+}
+
+// The upstream for the engine tests: blocking sockets, a thread per connection. GETs (health
+// checks, load figures) get an answer and "Connection: close". A POST gets the body
+// "connection C request R" (C: the connection's number, counting every accepted one; R: the
+// POST's number on it), framed and followed as its path says:
+//   /v1/completions      Content-Length; the connection stays open
+//   /stream              a chunked text/event-stream of two events; stays open
+//   /close-after         Content-Length, and then the server closes the connection (as an
+//                        idle timeout would), without saying so
+//   /drop-next           Content-Length; the next request on the connection is read and the
+//                        connection closed without an answer (an idle close that crossed it)
+//   /connection-close    Content-Length and "Connection: close"; closed
+//   /eof-body            no Content-Length, no chunks: the body ends when the server closes
+//   /hold                no answer; waits for the client to close the connection
+class TestServer {
+public:
+    explicit TestServer(uint16_t port) {
+        listen_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        REQUIRE(listen_ >= 0);
+        int one = 1;
+        ::setsockopt(listen_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons(port);
+        REQUIRE(::bind(listen_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        REQUIRE(::listen(listen_, 64) == 0);
+        acceptor_ = std::thread([this] { accept_loop(); });
+    }
+    ~TestServer() { stop(); }
+
+    void stop() {
+        if (!acceptor_.joinable()) return;
+        ::shutdown(listen_, SHUT_RDWR);
+        acceptor_.join();
+        ::close(listen_);
+        {
+            std::lock_guard lock(mutex_);
+            for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
+        }
+        for (auto& t : workers_) t.join();
+    }
+
+    int posts() const { return count(posts_); }
+    int dropped() const { return count(dropped_); }
+    int clients_gone() const { return count(clients_gone_); }
+    // Connections that carried at least one POST.
+    int post_connections() const {
+        std::lock_guard lock(mutex_);
+        return static_cast<int>(post_connections_.size());
+    }
+
+private:
+    int count(const int& figure) const {
+        std::lock_guard lock(mutex_);
+        return figure;
+    }
+
+    void accept_loop() {
+        while (true) {
+            int fd = ::accept4(listen_, nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED) continue;
+                return;
+            }
+            int number;
+            {
+                std::lock_guard lock(mutex_);
+                number = ++accepted_;
+                open_.insert(fd);
+            }
+            workers_.emplace_back([this, fd, number] {
+                serve(fd, number);
+                std::lock_guard lock(mutex_);
+                open_.erase(fd);
+                ::close(fd);
+            });
+        }
+    }
+
+    static bool read_more(int fd, std::string& in) {
+        char buf[4096];
+        ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) return false;
+        in.append(buf, static_cast<size_t>(n));
+        return true;
+    }
+
+    static void write_all(int fd, std::string_view out) {
+        while (!out.empty()) {
+            ssize_t n = ::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+            if (n <= 0) return;
+            out.remove_prefix(static_cast<size_t>(n));
+        }
+    }
+
+    static std::string answer(std::string_view extra_headers, std::string_view body) {
+        return "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+               "\r\n" + std::string(extra_headers) + "\r\n" + std::string(body);
+    }
+
+    static std::string chunk(std::string_view data) {
+        char size[32];
+        std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+        return size + std::string(data) + "\r\n";
+    }
+
+    void serve(int fd, int number) {
+        std::string in;
+        int requests = 0;
+        bool drop_next = false;
+        while (true) {
+            size_t head_end;
+            while ((head_end = in.find("\r\n\r\n")) == std::string::npos) {
+                if (!read_more(fd, in)) return;
+            }
+            std::string head = in.substr(0, head_end);
+            size_t length = 0;
+            if (size_t at = head.find("Content-Length: "); at != std::string::npos)
+                length = std::strtoul(head.c_str() + at + 16, nullptr, 10);
+            while (in.size() < head_end + 4 + length) {
+                if (!read_more(fd, in)) return;
+            }
+            in.erase(0, head_end + 4 + length);
+            std::string method = head.substr(0, head.find(' '));
+            std::string path = head.substr(method.size() + 1, head.find(' ', method.size() + 1) - method.size() - 1);
+            if (method != "POST") {
+                std::string body = path == "/health" ? "ok" : "";
+                std::string status = path == "/health" ? "200 OK" : "404 Not Found";
+                write_all(fd, "HTTP/1.1 " + status + "\r\nContent-Length: " + std::to_string(body.size()) +
+                                  "\r\nConnection: close\r\n\r\n" + body);
+                return;
+            }
+            ++requests;
+            {
+                std::lock_guard lock(mutex_);
+                ++posts_;
+                post_connections_.insert(number);
+                if (drop_next) ++dropped_;
+            }
+            if (drop_next) return;
+            std::string body = "connection " + std::to_string(number) + " request " + std::to_string(requests);
+            if (path == "/v1/completions") {
+                write_all(fd, answer("", body));
+            } else if (path == "/stream") {
+                write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                                  chunk("data: " + body + "\n\n") + chunk("data: [DONE]\n\n") + "0\r\n\r\n");
+            } else if (path == "/close-after") {
+                write_all(fd, answer("", body));
+                return;
+            } else if (path == "/drop-next") {
+                write_all(fd, answer("", body));
+                drop_next = true;
+            } else if (path == "/connection-close") {
+                write_all(fd, answer("Connection: close\r\n", body));
+                return;
+            } else if (path == "/eof-body") {
+                write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body);
+                return;
+            } else if (path == "/hold") {
+                while (read_more(fd, in)) {
+                }
+                std::lock_guard lock(mutex_);
+                ++clients_gone_;
+                return;
+            } else {
+                write_all(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            }
+        }
+    }
+
+    int listen_ = -1;
+    std::thread acceptor_;
+    std::vector<std::thread> workers_;  // the acceptor's until it is joined
+    mutable std::mutex mutex_;
+    std::set<int> open_;
+    int accepted_ = 0;
+    int posts_ = 0;
+    int dropped_ = 0;
+    int clients_gone_ = 0;
+    std::set<int> post_connections_;
+};
+
+struct Answer {
+    uint32_t status = 0;
+    std::string content_type;
+    std::string data;
+    bool done = false;
+};
+
+// Drives ENGINE as the rank's loop does (poll its wakeup descriptor, step while it has work)
+// until request ID's response is complete, or 10 s.
+Answer collect(Engine& engine, uint64_t id) {
+    Answer a;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!a.done && std::chrono::steady_clock::now() < deadline) {
+        pollfd p{engine.wakeup_fd(), POLLIN, 0};
+        ::poll(&p, 1, 100);
+        engine.clear_wakeup();
+        if (!engine.has_work()) continue;
+        wire::Outputs out;
+        engine.step(out);
+        for (auto& o : out.items) {
+            REQUIRE(o.id == id);
+            if (o.status) a.status = o.status;
+            if (!o.content_type.empty()) a.content_type = o.content_type;
+            a.data += o.data;
+            a.done = o.done;
+        }
+    }
+    return a;
+}
+
+Answer ask(Engine& engine, uint64_t id, const std::string& path) {
+    wire::Request request;
+    request.id = id;
+    request.path = path;
+    request.body = "{}";
+    engine.add(request);
+    return collect(engine, id);
+}
+
+// The connection number in a TestServer answer.
+int connection_of(const Answer& a) {
+    size_t at = a.data.find("connection ");
+    return at == std::string::npos ? -1 : std::atoi(a.data.c_str() + at + 11);
+}
+
+template <typename F>
+bool wait_for(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return true;
 }
 
 }  // namespace
@@ -333,4 +579,123 @@ TEST_CASE("child process: a missing program is named, and stop() ends the whole 
     CHECK(describe_wait_status(*status) == "was killed by signal KILL");
     for (int i = 0; i < 100 && live_members(leader) > 0; ++i) usleep(20000);
     CHECK(live_members(leader) == 0);
+}
+
+TEST_CASE("sse: the size limit counts every byte of an event", "[http]") {
+    // 64 bytes are allowed, the 65th is not, whether it is line content or a line end.
+    std::string at_limit = "data: " + std::string(56, 'x') + "\n\n";  // 64 bytes
+    REQUIRE(at_limit.size() == 64);
+    for (size_t cut = 0; cut <= at_limit.size(); cut += 7) {
+        SseSplitter splitter(64);
+        std::vector<std::string> events;
+        REQUIRE(splitter.feed(std::string_view(at_limit).substr(0, cut), events));
+        REQUIRE(splitter.feed(std::string_view(at_limit).substr(cut), events));
+        CHECK(events == std::vector<std::string>{at_limit});
+    }
+    SseSplitter content(64);
+    std::vector<std::string> events;
+    CHECK_FALSE(content.feed("data: " + std::string(59, 'x'), events));
+    SseSplitter line_end(64);
+    CHECK_FALSE(line_end.feed("data: " + std::string(57, 'x') + "\n\n", events));
+    // The LF of a CRLF that ends an event belongs to it beyond the limit too.
+    SseSplitter crlf(64);
+    events.clear();
+    REQUIRE(crlf.feed("data: " + std::string(56, 'x') + "\r\r\n", events));
+    CHECK(events == std::vector<std::string>{"data: " + std::string(56, 'x') + "\r\r\n"});
+}
+
+TEST_CASE("http engine: one upstream connection serves request after request", "[http]") {
+    char dir_template[] = "/tmp/dpe-http-unit-XXXXXX";
+    REQUIRE(::mkdtemp(dir_template));
+    std::filesystem::path dir = dir_template;
+    wire::EngineConfig config;
+    config.backend = "http";
+    config.model = "m";
+    // The "server" only tells the test its port and waits; the test serves that port itself.
+    config.command = {"/bin/sh", "-c", "echo {port} > " + (dir / "port.tmp").string() + " && mv " +
+                                           (dir / "port.tmp").string() + " " + (dir / "port").string() +
+                                           " && exec sleep 120"};
+    config.health_path = "/health";
+    config.health_interval = 0.5;
+    config.health_failures = 3;
+    config.ready_timeout = 20;
+    config.max_concurrency = 2;
+    auto made = make_http_engine(config, RankIdentity{0, 0});
+    REQUIRE(made.ok());
+    std::unique_ptr<Engine> engine = std::move(made).value();
+
+    REQUIRE(wait_for([&] { return std::filesystem::exists(dir / "port"); }));
+    uint16_t port = 0;
+    std::ifstream(dir / "port") >> port;
+    REQUIRE(port != 0);
+    TestServer server(port);
+    REQUIRE(wait_for([&] { return engine->state().phase == EngineState::Phase::ready; }));
+
+    uint64_t id = 0;
+    // Sequential requests, streamed or not, share one connection.
+    Answer first = ask(*engine, ++id, "/v1/completions");
+    REQUIRE(first.done);
+    CHECK(first.status == 200);
+    CHECK(first.content_type == "text/plain");
+    int connection = connection_of(first);
+    CHECK_THAT(first.data, Catch::Equals("connection " + std::to_string(connection) + " request 1"));
+    for (int i = 2; i <= 4; ++i) {
+        Answer again = ask(*engine, ++id, "/v1/completions");
+        CHECK(again.status == 200);
+        CHECK(again.data == "connection " + std::to_string(connection) + " request " + std::to_string(i));
+    }
+    Answer stream = ask(*engine, ++id, "/stream");
+    CHECK(stream.status == 200);
+    CHECK(stream.content_type == "text/event-stream");
+    CHECK(stream.data == "data: connection " + std::to_string(connection) + " request 5\n\ndata: [DONE]\n\n");
+    CHECK(ask(*engine, ++id, "/v1/completions").data ==
+          "connection " + std::to_string(connection) + " request 6");
+    CHECK(server.post_connections() == 1);
+
+    // The server closes the idle connection: the next request goes on a new one, and succeeds.
+    CHECK(connection_of(ask(*engine, ++id, "/close-after")) == connection);
+    Answer after_close = ask(*engine, ++id, "/v1/completions");
+    CHECK(after_close.status == 200);
+    int second = connection_of(after_close);
+    CHECK(second != connection);
+    CHECK(after_close.data == "connection " + std::to_string(second) + " request 1");
+    // ... also when the request is already on its way: it goes again, once, on a new connection.
+    CHECK(connection_of(ask(*engine, ++id, "/drop-next")) == second);
+    Answer retried = ask(*engine, ++id, "/v1/completions");
+    CHECK(retried.status == 200);
+    int third = connection_of(retried);
+    CHECK(third != second);
+    CHECK(retried.data == "connection " + std::to_string(third) + " request 1");
+    CHECK(server.dropped() == 1);
+    CHECK(connection_of(ask(*engine, ++id, "/v1/completions")) == third);
+
+    // "Connection: close", and a body that the server's close ends: not reused.
+    Answer told = ask(*engine, ++id, "/connection-close");
+    CHECK(told.status == 200);
+    CHECK(connection_of(told) == third);
+    int fourth = connection_of(ask(*engine, ++id, "/eof-body"));
+    CHECK(fourth > third);
+    int fifth = connection_of(ask(*engine, ++id, "/v1/completions"));
+    CHECK(fifth > fourth);
+
+    CHECK(server.posts() == 15);  // one of them twice: the request that /drop-next dropped
+
+    // An abort closes the request's connection at once (here the idle one it took), so that
+    // the server stops; the next request gets a new one.
+    wire::Request held;
+    held.id = ++id;
+    held.path = "/hold";
+    held.body = "{}";
+    engine->add(held);
+    REQUIRE(wait_for([&] { return server.posts() == 16; }));
+    engine->abort(held.id);
+    CHECK(wait_for([&] { return server.clients_gone() == 1; }));
+    Answer after_abort = ask(*engine, ++id, "/v1/completions");
+    CHECK(after_abort.status == 200);
+    CHECK(connection_of(after_abort) > fifth);
+    CHECK(server.posts() == 17);
+
+    engine.reset();
+    server.stop();
+    std::filesystem::remove_all(dir);
 }
