@@ -56,7 +56,7 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
       socket_(io, config, {[this](const std::string& id, zmq::message_t& payload) { on_message(id, payload); },
                            [this](const std::string& id) { connection_gone(id); }}),
       deadline_timer_(io),
-      regroup_timer_(io),
+      group_(io, config, group_peers()),
       refusal_limiter_(config.handshake.refusal_rate_limit, config.handshake.refusal_mute) {
     ranks_.resize(config.dp_size());
     for (uint32_t r = 0; r < ranks_.size(); ++r) {
@@ -66,6 +66,37 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
 }
 
 RankLink::~RankLink() = default;
+
+DpGroupCoordinator::Peers RankLink::group_peers() {
+    DpGroupCoordinator::Peers peers;
+    peers.send = [this](uint32_t rank, const wire::Message& message) {
+        if (rank >= ranks_.size() || ranks_[rank].routing_id.empty()) return false;
+        return send(ranks_[rank].routing_id, message);
+    };
+    // Every rank that serves requests steps in lockstep, draining ones included.
+    peers.serving_ranks = [this] {
+        std::vector<uint32_t> members;
+        for (const Slot& s : ranks_) {
+            bool serving = s.info.state == RankState::ready || s.info.state == RankState::draining;
+            if (serving && !s.routing_id.empty()) members.push_back(s.info.rank);
+        }
+        return members;
+    };
+    peers.epoch = [this] { return epoch_; };
+    peers.bump_epoch = [this] { return bump_epoch(); };
+    peers.info = [this](uint32_t rank) { return rank < ranks_.size() ? &ranks_[rank].info : nullptr; };
+    return peers;
+}
+
+void RankLink::fill_gpu_config(wire::EngineConfig& engine) const {
+    engine.hidden_size = config_.engine.hidden_size;
+    engine.num_layers = config_.engine.num_layers;
+    engine.vocab_size = config_.engine.vocab_size;
+    engine.gpu_memory_fraction = config_.engine.gpu_memory_fraction;
+    engine.gpu_sharing = config_.engine.gpu_sharing;
+    engine.gpus.clear();
+    for (const auto& gpu : config_.engine.gpus) engine.gpus.push_back(static_cast<uint32_t>(std::stoul(gpu)));
+}
 
 Status RankLink::bind(const std::string& endpoint) {
     if (auto bound = socket_.bind(endpoint); !bound) return bound;
@@ -147,7 +178,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     }
     Slot& slot = ranks_[known->second];
     slot.last_heard = Clock::now();
-    if (on_group_message(slot, env->message)) return;
+    if (group_.on_group_message(slot.info, env->message)) return;
     if (auto* outputs = std::get_if<wire::Outputs>(&env->message)) {
         on_outputs(slot, *outputs);
     } else if (auto* hb = std::get_if<wire::Heartbeat>(&env->message)) {
@@ -269,7 +300,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     reply.engine.step_time_ms = config_.engine.step_time_ms;
     reply.engine.max_model_len = config_.engine.max_model_len;
     reply.engine.default_max_tokens = config_.engine.default_max_tokens;
-    fill_group_config(reply);
+    group_.fill_group_config(reply);
     reply.engine.command = config_.engine.command;
     reply.engine.env.assign(config_.engine.env.begin(), config_.engine.env.end());
     reply.engine.health_path = config_.engine.health_path;
@@ -354,7 +385,7 @@ Result<uint64_t> RankLink::submit(wire::Request request, RequestSink* sink) {
     Slot* best = pick_rank();
     if (!best) return Error{"no engine rank is ready to serve requests; see the daemon's log", "no-ready-rank"};
     request.id = next_id_++;
-    if (lockstep()) wake_group();
+    if (lockstep()) group_.wake_group();
     // A rank whose connection just went (not yet declared lost) does not fail the request
     // while another rank can take it.
     for (uint32_t tries = 1; !send(best->routing_id, request); ++tries) {
@@ -396,7 +427,7 @@ void RankLink::set_state(Slot& slot, RankState state) {
     // Listeners see the new count with the new state.
     if (changed && events_.rank_changed) events_.rank_changed(slot.info.rank);
     if (was_ready != is_ready && events_.ready_count_changed) events_.ready_count_changed();
-    if (changed && lockstep() && !shutting_down_) schedule_regroup(false, std::chrono::milliseconds(50));
+    if (changed && lockstep() && !shutting_down_) group_.schedule_regroup(false, std::chrono::milliseconds(50));
 }
 
 void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::string& code) {
@@ -575,7 +606,7 @@ void RankLink::check_deadlines() {
 void RankLink::shutdown() {
     shutting_down_ = true;
     deadline_timer_.cancel();
-    regroup_timer_.cancel();
+    group_.shutdown();
     std::vector<std::pair<uint64_t, InFlight>> pending(requests_.begin(), requests_.end());
     requests_.clear();
     Error error{"the server is shutting down", "shutdown"};

@@ -8,6 +8,8 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
+#include "head/dp_group_coordinator.hpp"
+#include "head/rank_info.hpp"
 #include "head/refusal_limiter.hpp"
 #include "head/router.hpp"
 #include "head/step_rate.hpp"
@@ -37,49 +39,6 @@ public:
     virtual void on_output(const wire::Output& piece) = 0;
     // The request ended without its response; no further calls follow for it.
     virtual void on_failure(const Error& error) = 0;
-};
-
-// unhealthy: registered and ready, but its engine's server failed a health probe; it gets no
-// new requests until a probe passes again (or the rank ends after engine.health_failures).
-enum class RankState { starting, connecting, initializing, ready, unhealthy, draining, stopped, failed };
-const char* to_string(RankState state);
-std::optional<RankState> rank_state_from_string(std::string_view name);
-
-struct RankInfo {
-    uint32_t rank = 0;
-    RankState state = RankState::starting;
-    std::string node;
-    std::string device;
-    uint32_t in_flight = 0;
-    uint32_t running = 0;  // as the rank last reported
-    uint32_t waiting = 0;
-    uint32_t engine_queued = 0;   // the engine's own figures, where it reports them
-    double kv_cache_usage = 0;
-    uint32_t health_failures = 0; // failed health probes of the engine's server in a row
-    uint64_t served = 0;
-    uint64_t tokens = 0;
-    std::string last_error;
-    std::string reason;    // the reason code of last_error
-    uint32_t pid = 0;      // filled in by the node that runs the rank
-    uint64_t restarts = 0; // likewise
-    // Losses, restarts and recoveries by reason code (rank-exited, heartbeat-timeout, hung,
-    // restart-budget-exhausted, restarted, rejoined, ...): dpengine_rank_events_total.
-    std::map<std::string, uint64_t> events;
-    // The rank's DP group (lockstep mode), as it last reported (GROUP_STATE).
-    std::string group_kind;   // empty: no group (independent mode)
-    std::string group_state;  // forming, running, paused, failed, idle
-    uint64_t group_epoch = 0;
-    uint64_t wave = 0;
-    uint64_t lockstep_steps = 0;
-    uint64_t dummy_steps = 0;
-    // From the rank's heartbeats (step_rate.hpp): real and dummy steps per second, and the
-    // dummy share of them, over the last few seconds; the device memory the engine holds.
-    double steps_per_second = 0;
-    double dummy_step_share = 0;
-    uint64_t memory_used = 0;
-    // True where the group and activity figures are known: always on the head; on a headless
-    // node once the head reported them over the node link.
-    bool activity_known = false;
 };
 
 class RankLink {
@@ -200,19 +159,12 @@ private:
     void note_activity(Slot& slot, const wire::Heartbeat& heartbeat);
     void count_event(Slot& slot, const std::string& reason) { ++slot.info.events[reason]; }
 
-    // The DP group (lockstep mode; rank_link_group.cpp). The head keeps the group's rendezvous
-    // store, re-forms the group (bumping the epoch) when the set of serving ranks changes or a
-    // member reports it failed, and relays waves.
-    bool lockstep() const { return config_.data_parallel.dp_sync == "lockstep"; }
-    void fill_group_config(wire::Config& reply) const;
+    // The DP group (lockstep mode) is group_'s (head/dp_group_coordinator.hpp): the head keeps
+    // the group's rendezvous store, re-forms the group (bumping the epoch) when the set of
+    // serving ranks changes or a member reports it failed, and relays waves.
+    bool lockstep() const { return group_.lockstep(); }
     void fill_gpu_config(wire::EngineConfig& engine) const;
-    // True when the message was a DP group message (handled).
-    bool on_group_message(Slot& slot, const wire::Message& message);
-    void schedule_regroup(bool force, std::chrono::milliseconds delay);
-    void regroup(bool force);
-    // Front-end: a request is about to go to a rank; wakes every rank if the group is paused.
-    void wake_group();
-    void broadcast_wave(uint64_t wave);
+    DpGroupCoordinator::Peers group_peers();
 
     boost::asio::io_context& io_;
     const Config& config_;
@@ -232,16 +184,8 @@ private:
     std::string send_buffer_;
     NodeMessageHandler node_handler_;
 
-    // DP group state.
-    boost::asio::steady_timer regroup_timer_;
-    bool regroup_scheduled_ = false;
-    bool regroup_forced_ = false;
-    std::vector<uint32_t> group_members_;
-    std::map<std::string, std::string> group_kv_;  // this epoch's rendezvous store
-    std::multimap<std::string, uint32_t> group_waiters_;  // look-ups waiting for their key
-    uint64_t wave_started_ = 0;   // the newest wave START_WAVE announced (or a formation began)
-    bool group_paused_ = false;   // the group reported the end of a wave, none started since
-    uint64_t paused_wave_ = 0;    // the wave to start when it wakes
+    // The DP group (lockstep mode).
+    DpGroupCoordinator group_;
     // Refusals per peer address, to mute a peer that keeps getting refused.
     RefusalLimiter refusal_limiter_;
     std::string message_routing_id_;  // the connection and address of the message on_message handles

@@ -1,6 +1,6 @@
 // The head's side of the DP group (lockstep mode): the group's rendezvous store, its
-// formation and re-formation, and waves. Part of RankLink (rank_link.hpp).
-#include "rank_link.hpp"
+// formation and re-formation, and waves (dp_group_coordinator.hpp).
+#include "dp_group_coordinator.hpp"
 
 #include "core/log.hpp"
 
@@ -23,7 +23,15 @@ std::string join_ranks(const std::vector<uint32_t>& ranks) {
 
 }  // namespace
 
-void RankLink::fill_group_config(wire::Config& reply) const {
+DpGroupCoordinator::DpGroupCoordinator(boost::asio::io_context& io, const Config& config, Peers peers)
+    : config_(config), peers_(std::move(peers)), regroup_timer_(io) {}
+
+void DpGroupCoordinator::shutdown() {
+    shutting_down_ = true;
+    regroup_timer_.cancel();
+}
+
+void DpGroupCoordinator::fill_group_config(wire::Config& reply) const {
     reply.sync = config_.data_parallel.dp_sync;
     reply.sync_interval = config_.data_parallel.sync_interval;
     reply.group_timeout = config_.data_parallel.group_timeout;
@@ -33,29 +41,20 @@ void RankLink::fill_group_config(wire::Config& reply) const {
     }
 }
 
-void RankLink::fill_gpu_config(wire::EngineConfig& engine) const {
-    engine.hidden_size = config_.engine.hidden_size;
-    engine.num_layers = config_.engine.num_layers;
-    engine.vocab_size = config_.engine.vocab_size;
-    engine.gpu_memory_fraction = config_.engine.gpu_memory_fraction;
-    engine.gpu_sharing = config_.engine.gpu_sharing;
-    engine.gpus.clear();
-    for (const auto& gpu : config_.engine.gpus) engine.gpus.push_back(static_cast<uint32_t>(std::stoul(gpu)));
-}
-
-bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
-    const uint32_t rank = slot.info.rank;
+bool DpGroupCoordinator::on_group_message(RankInfo& info, const wire::Message& message) {
+    const uint32_t rank = info.rank;
+    const uint64_t epoch = peers_.epoch();
     const bool member = std::find(group_members_.begin(), group_members_.end(), rank) != group_members_.end();
     if (auto* kv = std::get_if<wire::GroupKv>(&message)) {
-        if (!member || kv->group_epoch != epoch_) {
+        if (!member || kv->group_epoch != epoch) {
             // A rendezvous of an epoch that is over (or a rank outside the group): it will get
             // a newer GROUP_FORM; answer "not found" so that nothing waits on the head.
-            if (!kv->value) send(slot.routing_id, wire::GroupValue{kv->group_epoch, kv->key, false, {}});
+            if (!kv->value) peers_.send(rank, wire::GroupValue{kv->group_epoch, kv->key, false, {}});
             return true;
         }
         if (kv->value) {
             if (kv->value->size() > max_value_bytes || group_kv_.size() >= max_group_keys(group_members_.size())) {
-                send(slot.routing_id, wire::ErrorReply{"group-store-full", "the DP group's rendezvous store is full"});
+                peers_.send(rank, wire::ErrorReply{"group-store-full", "the DP group's rendezvous store is full"});
                 return true;
             }
             // First set wins: a member cannot replace what another published.
@@ -64,12 +63,11 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
             // Answer the members that asked before it was there.
             auto [first, last] = group_waiters_.equal_range(kv->key);
             for (auto w = first; w != last; ++w) {
-                const Slot& waiter = ranks_[w->second];
-                if (!waiter.routing_id.empty()) send(waiter.routing_id, wire::GroupValue{epoch_, kv->key, true, it->second});
+                peers_.send(w->second, wire::GroupValue{epoch, kv->key, true, it->second});
             }
             group_waiters_.erase(first, last);
         } else if (auto it = group_kv_.find(kv->key); it != group_kv_.end()) {
-            send(slot.routing_id, wire::GroupValue{epoch_, kv->key, true, it->second});
+            peers_.send(rank, wire::GroupValue{epoch, kv->key, true, it->second});
         } else if (group_waiters_.size() < max_group_keys(group_members_.size())) {
             // Held until the key is set (or the epoch ends): no polling.
             group_waiters_.emplace(kv->key, rank);
@@ -81,7 +79,6 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
         return true;
     }
     if (auto* state = std::get_if<wire::GroupState>(&message)) {
-        RankInfo& info = slot.info;
         // Periodic reports repeat the state: act on changes only.
         const bool repeated = info.group_epoch == state->group_epoch && info.group_state == state->state;
         // A report of an earlier epoch than the head formed since is stale (it was on its way,
@@ -95,7 +92,7 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
         info.lockstep_steps = state->steps;
         info.dummy_steps = state->dummy_steps;
         // steps_per_second is the head's own figure, from the heartbeats (note_activity).
-        if (state->group_epoch != epoch_ || !member) return true;
+        if (state->group_epoch != epoch || !member) return true;
         if (state->state == "paused" && state->wave > wave_started_) {
             group_paused_ = true;
             paused_wave_ = state->wave;
@@ -106,25 +103,25 @@ bool RankLink::on_group_message(Slot& slot, const wire::Message& message) {
         return true;
     }
     if (std::holds_alternative<wire::GroupValue>(message) || std::holds_alternative<wire::GroupForm>(message)) {
-        send(slot.routing_id, wire::ErrorReply{"unexpected-type", std::string("a rank may not send ") + wire::type_name(message)});
+        peers_.send(rank, wire::ErrorReply{"unexpected-type", std::string("a rank may not send ") + wire::type_name(message)});
         return true;
     }
     return false;
 }
 
-void RankLink::broadcast_wave(uint64_t wave) {
+void DpGroupCoordinator::broadcast_wave(uint64_t wave) {
     wave_started_ = wave;
     group_paused_ = false;
     for (uint32_t r : group_members_) {
-        if (!ranks_[r].routing_id.empty()) send(ranks_[r].routing_id, wire::StartWave{wave});
+        peers_.send(r, wire::StartWave{wave});
     }
 }
 
-void RankLink::wake_group() {
+void DpGroupCoordinator::wake_group() {
     if (group_paused_ && paused_wave_ > wave_started_) broadcast_wave(paused_wave_);
 }
 
-void RankLink::schedule_regroup(bool force, std::chrono::milliseconds delay) {
+void DpGroupCoordinator::schedule_regroup(bool force, std::chrono::milliseconds delay) {
     regroup_forced_ = regroup_forced_ || force;
     if (regroup_scheduled_) return;  // changes that come together make one new epoch
     regroup_scheduled_ = true;
@@ -139,32 +136,29 @@ void RankLink::schedule_regroup(bool force, std::chrono::milliseconds delay) {
     });
 }
 
-void RankLink::regroup(bool force) {
+void DpGroupCoordinator::regroup(bool force) {
     // Every rank that serves requests steps in lockstep, draining ones included.
-    std::vector<uint32_t> members;
-    for (const Slot& s : ranks_) {
-        bool serving = s.info.state == RankState::ready || s.info.state == RankState::draining;
-        if (serving && !s.routing_id.empty()) members.push_back(s.info.rank);
-    }
+    std::vector<uint32_t> members = peers_.serving_ranks();
     if (members == group_members_ && !force) return;
     if (members.empty() && group_members_.empty()) return;
-    ++epoch_;
+    const uint64_t epoch = peers_.bump_epoch();
     group_members_ = members;
     group_kv_.clear();
     group_waiters_.clear();
     // The new group starts running a wave of its own, so that every member agrees where it is.
     wave_started_ += 1;
     group_paused_ = false;
-    wire::GroupForm form{epoch_, dp_group_kind(config_), members, wave_started_};
-    log::info("DP group epoch {}: {} rank(s) [{}], {}, wave {}", epoch_, members.size(), join_ranks(members), form.kind,
+    wire::GroupForm form{epoch, dp_group_kind(config_), members, wave_started_};
+    log::info("DP group epoch {}: {} rank(s) [{}], {}, wave {}", epoch, members.size(), join_ranks(members), form.kind,
               wave_started_);
     for (uint32_t r : members) {
-        send(ranks_[r].routing_id, form);
+        peers_.send(r, form);
         // Status shows the group the head formed; the member's GROUP_STATE confirms it.
-        RankInfo& info = ranks_[r].info;
-        info.group_kind = form.kind;
-        info.group_epoch = epoch_;
-        info.group_state = "forming";
+        RankInfo* info = peers_.info(r);
+        if (!info) continue;
+        info->group_kind = form.kind;
+        info->group_epoch = epoch;
+        info->group_state = "forming";
     }
 }
 
