@@ -12,7 +12,7 @@ What is here:
   - HTTP:      request(), post_json(), get(), stream_sse() and raw_exchange() over real TCP
   - oracle:    synthetic_completion() / synthetic_text(): the synthetic backend's documented
                deterministic output (daemon/engine/synthetic.hpp), including stop strings and
-               the chat prompt rendering of daemon/head/openai.cpp
+               the chat prompt rendering of daemon/engine/openai.cpp
   - running:   run_test(main, timeout) bounds a test's time, prints PASS/FAIL and sets the
                exit code; check()/check_eq() print what they verify.
 
@@ -1062,7 +1062,7 @@ def stream_errors(events: list) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-# The synthetic backend's output (daemon/engine/synthetic.hpp, step_loop.cpp, head/openai.cpp)
+# The synthetic backend's output (daemon/engine/synthetic.hpp, step_loop.cpp, engine/openai.cpp)
 
 MASK64 = (1 << 64) - 1
 VOCABULARY = 4096
