@@ -15,15 +15,20 @@
 
 namespace dpengine::engine {
 
-struct Sequence {
+// One sequence to generate: one choice of one prompt.
+struct SequenceRequest {
     uint64_t id = 0;
     std::string prompt;
-    uint32_t prompt_tokens = 0;
     uint32_t max_tokens = 0;
     double temperature = 1.0;
     double top_p = 1.0;
     uint64_t seed = 0;
     std::vector<std::string> stop;
+};
+
+// A sequence in the step loop: the request and its progress.
+struct Sequence : SequenceRequest {
+    uint32_t prompt_tokens = 0;
     uint64_t backend_slot = 0;  // the backend's own per-sequence value (cache slot, hash, ...)
     uint32_t generated = 0;  // tokens produced so far
     std::string text;        // text produced so far

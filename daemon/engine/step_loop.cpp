@@ -44,13 +44,7 @@ StepLoop::StepLoop(std::unique_ptr<Backend> backend, uint32_t max_batch, uint32_
 
 void StepLoop::add(const SequenceRequest& request) {
     auto seq = std::make_unique<Sequence>();
-    seq->id = request.id;
-    seq->prompt = request.prompt;
-    seq->max_tokens = request.max_tokens;
-    seq->temperature = request.temperature;
-    seq->top_p = request.top_p;
-    seq->seed = request.seed;
-    seq->stop = request.stop;
+    static_cast<SequenceRequest&>(*seq) = request;
     std::erase_if(seq->stop, [](const std::string& s) { return s.empty(); });
     waiting_.push_back(std::move(seq));
 }

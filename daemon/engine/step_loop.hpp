@@ -11,17 +11,6 @@
 
 namespace dpengine::engine {
 
-// One sequence to generate: one choice of one prompt.
-struct SequenceRequest {
-    uint64_t id = 0;
-    std::string prompt;
-    uint32_t max_tokens = 0;
-    double temperature = 1.0;
-    double top_p = 1.0;
-    uint64_t seed = 0;
-    std::vector<std::string> stop;
-};
-
 // One sequence's progress in one step.
 struct TokenOutput {
     uint64_t id = 0;

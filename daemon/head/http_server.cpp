@@ -267,25 +267,24 @@ private:
         event_stream_ = type.starts_with("text/event-stream");
         if (piece.done) return start_whole_response(status, type, piece.data.size());
         streaming_ = true;
-        out_ += "HTTP/1.1 ";
-        out_ += std::to_string(status);
-        out_ += ' ';
-        out_ += reason_phrase(status);
-        out_ += "\r\nContent-Type: ";
-        out_ += type;
+        append_status_and_type(status, type);
         out_ += event_stream_ ? "\r\nCache-Control: no-cache\r\n" : "\r\n";
         out_ += chunked_ ? "Transfer-Encoding: chunked\r\n" : "";
         if (!chunked_) keep_alive_ = false;  // HTTP/1.0: the end of the stream is the close
         out_ += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
     }
 
-    void start_whole_response(int status, std::string_view type, size_t length) {
+    void append_status_and_type(int status, std::string_view type) {
         out_ += "HTTP/1.1 ";
         out_ += std::to_string(status);
         out_ += ' ';
         out_ += reason_phrase(status);
         out_ += "\r\nContent-Type: ";
         out_ += type;
+    }
+
+    void start_whole_response(int status, std::string_view type, size_t length) {
+        append_status_and_type(status, type);
         out_ += "\r\nContent-Length: ";
         out_ += std::to_string(length);
         out_ += keep_alive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
@@ -370,15 +369,7 @@ private:
 
     void respond(int status, const char* content_type, const std::string& body) {
         ++server_.metrics_.responses_by_status[status];
-        out_ += "HTTP/1.1 ";
-        out_ += std::to_string(status);
-        out_ += ' ';
-        out_ += reason_phrase(status);
-        out_ += "\r\nContent-Type: ";
-        out_ += content_type;
-        out_ += "\r\nContent-Length: ";
-        out_ += std::to_string(body.size());
-        out_ += keep_alive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
+        start_whole_response(status, content_type, body.size());
         out_ += body;
         response_complete_ = true;
         flush();
