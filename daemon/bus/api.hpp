@@ -60,6 +60,9 @@ inline constexpr const char* manage_group = "dpengine";
 // polkit, asked about a group member's call while it runs; one action per kind of change
 // (etc/polkit-1/org.dpengine1.policy).
 inline constexpr const char* polkit_service = "org.freedesktop.PolicyKit1";
+// polkitd's error for a question it does not take from this caller (e.g. from a caller that is
+// neither root nor an owner of the action, about another user).
+inline constexpr const char* polkit_error_not_authorized = "org.freedesktop.PolicyKit1.Error.NotAuthorized";
 inline constexpr const char* action_manage_ranks = "org.dpengine1.manage-ranks";
 inline constexpr const char* action_manage_node = "org.dpengine1.manage-node";
 inline constexpr const char* action_reload = "org.dpengine1.reload";

@@ -82,6 +82,16 @@ struct PendingAuthorization {
     std::function<Status()> change;
 };
 
+// Why polkit would not answer us about another user's call, and the fix: polkitd answers a
+// caller other than root only for actions that name it as their owner.
+std::string not_an_owner_hint() {
+    const passwd* pw = ::getpwuid(::geteuid());
+    const std::string user = pw ? pw->pw_name : std::to_string(::geteuid());
+    return "; dpengined runs as user '" + user + "', which polkit answers only if org.dpengine1.policy (in " +
+           "/usr/share/polkit-1/actions) names it in the annotation org.freedesktop.policykit.owner (unix-user:" +
+           user + ")";
+}
+
 int polkit_answered(sd_bus_message* answer, void* userdata, sd_bus_error*) {
     auto& pending = *static_cast<PendingAuthorization*>(userdata);
     sd_bus_message* call = pending.call.get();
@@ -89,9 +99,11 @@ int polkit_answered(sd_bus_message* answer, void* userdata, sd_bus_error*) {
     std::unique_ptr<sd_bus_error, decltype(&sd_bus_error_free)> owned(&error, &sd_bus_error_free);
     int authorized = 0, challenge = 0;
     if (const sd_bus_error* e = sd_bus_message_get_error(answer)) {
-        log::warning("D-Bus: polkit did not answer for {}: {}", pending.action, e->message ? e->message : e->name);
+        std::string why = e->message ? e->message : e->name;
+        if (sd_bus_error_has_name(e, bus::polkit_error_not_authorized)) why += not_an_owner_hint();
+        log::warning("D-Bus: polkit did not answer for {}: {}", pending.action, why);
         sd_bus_error_setf(&error, SD_BUS_ERROR_ACCESS_DENIED, "polkit could not authorize '%s': %s",
-                          pending.action.c_str(), e->message ? e->message : e->name);
+                          pending.action.c_str(), why.c_str());
     } else if (sd_bus_message_enter_container(answer, 'r', "bba{ss}") < 0 ||
                sd_bus_message_read(answer, "bb", &authorized, &challenge) < 0) {
         sd_bus_error_setf(&error, SD_BUS_ERROR_ACCESS_DENIED, "polkit's answer for '%s' was unreadable",

@@ -45,6 +45,8 @@ MANAGER_PATH = "/org/dpengine1"
 MANAGER_INTERFACE = "org.dpengine1.Manager"
 RANK_INTERFACE = "org.dpengine1.Rank"
 NOBODY = 65534
+# What dpctl says to a caller outside group dpengine who asks for a change (exit status 4).
+DENIED_TO_OTHERS = "access denied: changing dpengine needs root or membership of the group 'dpengine'"
 
 
 def dpctl_path() -> str:
@@ -395,3 +397,127 @@ def group_member(name: str = "dpe-test-operator"):
         subprocess.run(["userdel", name], capture_output=True, timeout=30)
         if created_group:
             subprocess.run(["groupdel", "dpengine"], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def service_user(name: str = "dpengine"):
+    """The system user `name` the unit runs the daemon as, in the group of that name (created
+    if this machine has neither, and removed again; an existing one is left as it is). Enter
+    it after group_member() and before starting a bus (the bus policy names the user)."""
+    created_group = created_user = False
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", name], check=True, capture_output=True, timeout=30)
+        created_group = True
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "-M", "-g", name, "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+                        name], check=True, capture_output=True, timeout=30)
+        created_user = True
+    try:
+        yield name
+    finally:
+        if created_user:
+            subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        if created_group:
+            subprocess.run(["groupdel", name], capture_output=True, timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real polkitd
+
+POLKITD = "/usr/lib/polkit-1/polkitd"  # Debian's polkitd package
+POLKIT_ACTIONS = os.path.join(SOURCE_DIR, "etc", "polkit-1", "org.dpengine1.policy")
+POLKIT_RULES = os.path.join(SOURCE_DIR, "etc", "polkit-1", "org.dpengine1.rules")
+# polkitd's own bus policy, as its package installs it: user polkitd owns the name, anyone
+# may call it. For SystemBus(extra_policy=...).
+POLKIT_BUS_POLICY = "<include>/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>"
+# The directories polkitd reads (compiled in; it has no option to name others).
+POLKIT_DIRS = ("/usr/share/polkit-1/actions", "/usr/share/polkit-1/rules.d", "/etc/polkit-1/rules.d")
+
+
+def text_of(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+class Polkitd:
+    """Debian's polkitd on a private system bus (started with POLKIT_BUS_POLICY), in a private
+    mount namespace where its three directories are bind mounts of temp directories holding
+    only the shipped dpengine action file (as /usr/share/polkit-1/actions/), the shipped rules
+    (as /usr/share/polkit-1/rules.d/50-org.dpengine1.rules) and `admin_rules` ({file name:
+    JavaScript}, as an administrator's /etc/polkit-1/rules.d/): nothing on the host changes and
+    the host's own rules play no part. polkitd needs root to start (it then runs as user
+    polkitd) and no logind: callers without a session get the actions' allow_any, after the
+    rules. `log_text()` is its output, polkit.log() lines of the rules included. `actions`:
+    the text of the action file instead of the shipped one."""
+
+    def __init__(self, bus: SystemBus, admin_rules: Optional[dict[str, str]] = None, actions: Optional[str] = None):
+        self.bus = bus
+        self.tmp = tempfile.mkdtemp(prefix="dpe-polkit-")
+        os.chmod(self.tmp, 0o755)  # polkitd reads them as user polkitd
+        self.dirs = [os.path.join(self.tmp, d) for d in ("actions", "rules", "admin-rules")]
+        files = [{"org.dpengine1.policy": actions if actions is not None else text_of(POLKIT_ACTIONS)},
+                 {"50-org.dpengine1.rules": text_of(POLKIT_RULES)},
+                 dict(admin_rules or {})]
+        for d, content in zip(self.dirs, files):
+            os.mkdir(d, 0o755)
+            for name, text in content.items():
+                with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.chmod(os.path.join(d, name), 0o644)
+        self.log_path = os.path.join(self.tmp, "polkitd.log")
+        self.proc: Optional[subprocess.Popen] = None
+
+    @staticmethod
+    def missing() -> Optional[str]:
+        """Why polkitd cannot run here, or None."""
+        if os.geteuid() != 0:
+            return "not root (polkitd and the mount namespace need it)"
+        if not os.access(POLKITD, os.X_OK) or not all(os.path.isdir(d) for d in POLKIT_DIRS):
+            return f"{POLKITD} is missing: install Debian's package polkitd (scripts/install-deps)"
+        if not shutil.which("unshare"):
+            return "unshare is missing (util-linux)"
+        return None
+
+    def start(self, timeout: float = 20.0) -> "Polkitd":
+        why = self.missing()
+        if why:
+            raise TestFailure(f"cannot run polkitd: {why}")
+        mounts = " && ".join(f'mount --bind "${i + 1}" {target}' for i, target in enumerate(POLKIT_DIRS))
+        env = dict(os.environ, **self.bus.env)
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                          f'{mounts} && exec "$4"', "sh", *self.dirs, POLKITD],
+                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        _register(self.proc)
+        if not wait_until(lambda: self.proc.poll() is not None or bus_has_name(self.bus, "org.freedesktop.PolicyKit1"),
+                          timeout * slow_factor(), interval=0.2) or self.proc.poll() is not None:
+            self.stop()
+            raise TestFailure(f"polkitd did not come onto the bus; its output:\n{tail(self.log_text())}")
+        log(f"[polkitd] pid {self.proc.pid} owns org.freedesktop.PolicyKit1")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        stop_process_group(self.proc, signal.SIGTERM, 10)
+        _unregister(self.proc)
+        log(f"[polkitd] stopped pid {self.proc.pid}")
+        self.proc = None
+
+    def log_text(self) -> str:
+        return harness.file_text(self.log_path)
+
+    def __enter__(self) -> "Polkitd":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if os.environ.get("DPENGINE_TEST_KEEP"):
+            log(f"[polkitd] kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -628,11 +629,15 @@ class Daemon:
     env:    extra environment (e.g. WATCHDOG_USEC); NOTIFY_SOCKET and a unique
             DPENGINE_TEST_TAG are always set (the tag finds every process it started).
     name:   a label for the output.
+    user:   run it as this user (with the user's groups, by setpriv), as the unit does with
+            User=dpengine; the temp directory is opened to it and the runtime directory is its.
     """
 
     def __init__(self, config: Optional[dict | str] = None, args: Iterable[str] = (),
-                 env: Optional[dict] = None, name: str = "dpengined", base: bool = True):
+                 env: Optional[dict] = None, name: str = "dpengined", base: bool = True,
+                 user: Optional[str] = None):
         self.name = name
+        self.user = user
         self.tmp = tempfile.mkdtemp(prefix=f"dpe-{name}-")
         self.runtime_dir = os.path.join(self.tmp, "run")
         os.mkdir(self.runtime_dir, 0o750)
@@ -671,6 +676,12 @@ class Daemon:
         env[name] = value
         env.update(self.extra_env)
         argv = [dpengined_path(), "--config", self.config_path, *self.args]
+        if self.user is not None:
+            account = pwd.getpwnam(self.user)
+            os.chmod(self.tmp, 0o755)
+            os.chmod(self.notify.path, 0o666)
+            os.chown(self.runtime_dir, account.pw_uid, account.pw_gid)
+            argv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups", "--", *argv]
         with open(self.log_path, "wb") as logf, open(self.stdout_path, "wb") as outf:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=outf, stderr=logf, env=env,
                                          start_new_session=True)

@@ -9,7 +9,7 @@
   directories, GPU devices reachable: DevicePolicy=closed, no PrivateDevices=, no
   MemoryDenyWriteExecute=yes).
 - The D-Bus policy loads in a real dbus-daemon; root may own org.dpengine1, nobody may not.
-- polkit actions: well-formed, one per mutating method group.
+- polkit actions: well-formed, one per mutating method group, each owned by the unit's User=.
 - sysusers.d + tmpfiles.d applied to a scratch root: user/group dpengine, keys dir 0750.
 """
 
@@ -214,6 +214,7 @@ def test_polkit() -> None:
     print("== polkit actions", flush=True)
     path = os.path.join(SRC, "etc", "polkit-1", "org.dpengine1.policy")
     root = ET.parse(path).getroot()
+    service_user = unit_settings(UNIT).get("User", [""])[-1]
     ids = {a.get("id") for a in root.findall("action")}
     expected = {"org.dpengine1.manage-ranks", "org.dpengine1.assign", "org.dpengine1.reload",
                 "org.dpengine1.manage-node"}
@@ -224,6 +225,11 @@ def test_polkit() -> None:
               f"{action.get('id')} has all three defaults")
         check(bool(action.findtext("description")) and bool(action.findtext("message")),
               f"{action.get('id')} has a description and a message")
+        # polkitd answers the daemon about its callers only for actions it owns
+        # (test_dpctl_polkit shows it with the real polkitd).
+        owners = [a.text for a in action.findall("annotate") if a.get("key") == "org.freedesktop.policykit.owner"]
+        check(owners == [f"unix-user:{service_user}"],
+              f"{action.get('id')} names the unit's User={service_user} as its owner", owners)
 
 
 def test_sysusers_tmpfiles() -> None:
