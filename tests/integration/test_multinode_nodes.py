@@ -15,6 +15,9 @@ machine would. Checks:
     it over the node link, and their DP group and activity likewise) and the head link
     (connected, the head's endpoint, since when);
   - a plain user may read nodes but not assign (access denied, exit 4);
+  - the head drains and undrains node B's rank 2 (exit 0), and refuses start, stop and restart
+    of it (exit 5, saying where to run them); node B refuses drain and undrain (exit 5), as
+    dpctl(1) says;
   - after node B's daemon is stopped, the head reports node-b as lost.
 """
 
@@ -146,6 +149,23 @@ def main() -> None:
             wrong_place = dpctl(bus_b, "assign", "node-b", "--start-rank", "2", "--count", "2")
             check_eq(wrong_place.returncode, 5, "assign on a headless node is refused (exit 5)")
             check_in("on the head", wrong_place.stderr, "the refusal says where to run it")
+
+            # Where each rank verb acts (dpctl(1), COMMANDS): drain and undrain on the head, for
+            # any node's rank; start, stop and restart on the node that runs the rank.
+            check_eq(dpctl(bus_a, "drain", "2", "--timeout", "20").returncode, 0, "the head drains node B's rank 2")
+            check_eq(rank_by_number(dpctl_json(bus_a, "ranks"))[2]["state"], "draining", "rank 2 drains")
+            check_eq(dpctl(bus_a, "undrain", "2").returncode, 0, "the head undrains node B's rank 2")
+            for verb in ("start", "stop", "restart"):
+                r = dpctl(bus_a, verb, "2")
+                check_eq(r.returncode, 5, f"dpctl {verb} 2 on the head is refused (exit 5)")
+                check_in("rank 2 does not run on this node (it runs ranks 0, 1); use dpctl on the node that runs it",
+                         r.stderr, f"dpctl {verb} 2 on the head: the refusal says where to run it")
+            for verb in ("drain", "undrain"):
+                r = dpctl(bus_b, verb, "2")
+                check_eq(r.returncode, 5, f"dpctl {verb} 2 on node B is refused (exit 5)")
+                check_in("drain and undrain are done on the head", r.stderr, f"dpctl {verb} 2 on node B: the reason")
+            check(wait_until(lambda: dpctl_json(bus_a, "status")["ready_ranks"] == 4, 10 * slow_factor(),
+                             interval=0.2), "every rank ready again", dpctl(bus_a, "ranks").stdout)
 
             # The head notices a lost node.
             check_eq(node_b.stop(), 0, "node B stops cleanly")
