@@ -13,6 +13,10 @@
   - busctl():   runs busctl against the private bus.
   - helpers:    bus_has_name(), wait_for_name(), introspection_members() (method and property
                 signatures of an interface, from introspection XML).
+  - users:      group_member() (a user in group dpengine), service_user() (the user dpengine
+                the unit runs the daemon as).
+  - Polkitd:    the real polkitd on a private bus, in a private mount namespace that shows it
+                the shipped dpengine actions and rules (and an administrator's, if given).
 
 Every process started here is killed by the context managers and by harness.kill_everything()
 (they are registered with the harness's process registry).
