@@ -369,7 +369,10 @@ void NodeRegistry::finish_move() {
 void NodeRegistry::tick() {
     const auto now = Clock::now();
     const auto silence = seconds(config_.handshake.heartbeat_timeout);
+    // A head that did not run for a while (stalled) does not blame its nodes for that time.
+    const auto stall = loop_stall_.stalled_for(now, seconds(config_.handshake.heartbeat_interval));
     for (auto& [name, e] : nodes_) {
+        e.last_heard = LoopStall::excused(e.last_heard, stall, now);
         if (e.local || !e.connected || now - e.last_heard <= silence) continue;
         e.connected = false;
         e.since = unix_now();
@@ -383,6 +386,7 @@ void NodeRegistry::tick() {
         if (idle || now >= move_->deadline) finish_move();
     }
     timer_.expires_after(std::chrono::milliseconds(move_ ? 20 : 250));
+    loop_stall_.due_at(timer_.expiry());
     timer_.async_wait([this](const boost::system::error_code& ec) {
         if (!ec) tick();
     });

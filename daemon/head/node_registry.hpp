@@ -9,6 +9,7 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
+#include "head/loop_stall.hpp"
 #include "head/rank_link.hpp"
 #include "node/node_info.hpp"
 
@@ -98,6 +99,7 @@ private:
     RankLink& link_;
     Hooks hooks_;
     boost::asio::steady_timer timer_;
+    LoopStall loop_stall_;  // how late tick() runs
     std::map<std::string, Entry> nodes_;
     std::unordered_map<std::string, std::string> node_of_connection_;
     std::optional<Move> move_;

@@ -569,7 +569,10 @@ std::vector<std::string> RankLink::missing_ranks() const {
 }
 
 void RankLink::check_deadlines() {
+    // Whatever the ranks sent is read before any of them is judged silent.
+    socket_.read_queued();
     auto now = Clock::now();
+    excuse_own_stall(now);
     const auto silence_limit = seconds(config_.handshake.heartbeat_timeout);
     for (Slot& slot : ranks_) {
         auto state = slot.info.state;
@@ -598,9 +601,26 @@ void RankLink::check_deadlines() {
         if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
     }
     deadline_timer_.expires_after(std::chrono::milliseconds(100));
+    loop_stall_.due_at(deadline_timer_.expiry());
     deadline_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (!ec) check_deadlines();
     });
+}
+
+// The head itself did not run for a while (its own loop is late by more than a heartbeat
+// interval): the ranks' heartbeats of that time wait unread, and the ranks are not to blame.
+// Their clocks move forward by the stall.
+void RankLink::excuse_own_stall(Clock::time_point now) {
+    auto stall = loop_stall_.stalled_for(now, seconds(config_.handshake.heartbeat_interval));
+    if (stall == Clock::duration::zero()) return;
+    log::notice("this daemon did not run for {:.1f} s (it or its machine was stalled); that time does not count "
+                "against the ranks' heartbeats or handshake deadlines [head-stalled]",
+                std::chrono::duration<double>(stall).count());
+    for (Slot& slot : ranks_) {
+        slot.last_heard = LoopStall::excused(slot.last_heard, stall, now);
+        slot.progress_at = LoopStall::excused(slot.progress_at, stall, now);
+        slot.deadline += stall;
+    }
 }
 
 void RankLink::shutdown() {

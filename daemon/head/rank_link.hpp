@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/wire.hpp"
 #include "head/dp_group_coordinator.hpp"
+#include "head/loop_stall.hpp"
 #include "head/rank_info.hpp"
 #include "head/refusal_limiter.hpp"
 #include "head/router.hpp"
@@ -152,6 +153,7 @@ private:
     void set_state(Slot& slot, RankState state);
     void fail_rank(Slot& slot, const std::string& reason, const std::string& code);
     void check_deadlines();
+    void excuse_own_stall(std::chrono::steady_clock::time_point now);
     void connection_gone(const std::string& routing_id);
     // A heartbeat arrived while the rank has work but its progress counter stands still.
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
@@ -171,6 +173,7 @@ private:
     Events events_;
     RankSocket socket_;
     boost::asio::steady_timer deadline_timer_;
+    LoopStall loop_stall_;  // how late check_deadlines() runs
     bool shutting_down_ = false;
     uint64_t epoch_ = 1;
     uint64_t next_id_ = 1;
