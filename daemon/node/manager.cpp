@@ -635,6 +635,9 @@ private:
         });
     }
 
+    // STATUS= always tells how many ranks are ready, and how many of them run here. READY=1
+    // goes out once start-up is done on this node (start_complete()): the service manager's
+    // start job, and units ordered after this one, do not wait for other machines.
     void update_status() {
         if (stopping_) return;
         if (!link_) {
@@ -646,19 +649,59 @@ private:
             return;
         }
         uint32_t ready = link_->ready_count(), size = link_->size();
-        notify::status(std::to_string(ready) + "/" + std::to_string(size) + " ranks ready");
-        if (ready == size && !ready_sent_) {
-            ready_sent_ = true;
+        auto [local_ready, local_count] = local_readiness();
+        std::string text = std::to_string(ready) + "/" + std::to_string(size) + " ranks ready";
+        if (local_count == 0) {
+            text += " (all on other nodes)";
+        } else if (local_count < size) {
+            text += " (" + std::to_string(local_ready) + "/" + std::to_string(local_count) + " on this node, " +
+                    std::to_string(ready - local_ready) + "/" + std::to_string(size - local_count) + " on other nodes)";
+        }
+        if (ready_sent_ && !link_->has_quorum()) {
+            text += ", fewer than data_parallel.min_ranks (" + std::to_string(config_.data_parallel.min_ranks) +
+                    "); refusing requests";
+        }
+        notify::status(text);
+        if (ready == size && !all_ready_logged_) {  // start-up is over: the deadline has nothing left to report
+            all_ready_logged_ = true;
             ready_timer_.cancel();
             log::notice("all {} rank(s) ready; serving on {}:{}", size, config_.frontend.host, config_.frontend.port);
-            notify::ready();
         }
+        if (ready_sent_ || !start_complete(ready, local_ready, local_count)) return;
+        ready_sent_ = true;
+        if (ready < size) {
+            log::notice("{}/{} rank(s) ready, {} of them on this node; serving on {}:{} while the others join",
+                        ready, size, local_ready, config_.frontend.host, config_.frontend.port);
+        }
+        notify::ready();
+    }
+
+    // Start-up is complete on the head once every rank this node runs is ready and so are
+    // data_parallel.min_ranks ranks in all: with the default (1) only the local ranks count.
+    // A head without ranks of its own (-dpl 0) has nothing to start: it is ready once its
+    // front-end listens, unless min_ranks asks for 2 or more ranks.
+    bool start_complete(uint32_t ready, uint32_t local_ready, uint32_t local_count) const {
+        const uint32_t min_ranks = config_.data_parallel.min_ranks;
+        if (local_count == 0 && min_ranks <= 1) return true;
+        return local_ready == local_count && ready >= min_ranks;
+    }
+
+    // How many of the ranks this node runs are ready, of how many.
+    std::pair<uint32_t, uint32_t> local_readiness() const {
+        uint32_t ready = 0, count = 0;
+        for (const auto& [rank, local] : local_) {
+            if (!local.assigned) continue;
+            ++count;
+            if (link_->state_of(rank) == RankState::ready) ++ready;
+        }
+        return {ready, count};
     }
 
     // Start-up did not complete in time: say which ranks are missing, and serve with the rest,
     // or, with fewer than data_parallel.min_ranks, refuse requests until enough are READY.
+    // READY=1 may have gone out already (this node's ranks were ready): then this only reports.
     void ready_deadline_passed() {
-        if (!link_ || ready_sent_) return;
+        if (!link_ || link_->ready_count() == link_->size()) return;
         std::string missing;
         for (const auto& m : link_->missing_ranks()) missing += (missing.empty() ? "" : ", ") + m;
         if (!link_->has_quorum()) {
@@ -666,14 +709,12 @@ private:
                        "data_parallel.min_ranks ({}); refusing requests until enough are; missing: {} [below-min-ranks]",
                        link_->ready_count(), link_->size(), config_.handshake.ready_timeout,
                        config_.data_parallel.min_ranks, missing);
-            notify::status(std::to_string(link_->ready_count()) + "/" + std::to_string(link_->size()) +
-                           " ranks ready, below data_parallel.min_ranks; refusing requests");
         } else {
             log::warning("not every rank is ready after {} s (handshake.ready_timeout); missing: {}; serving with {} of {}",
                          config_.handshake.ready_timeout, missing, link_->ready_count(), link_->size());
         }
-        ready_sent_ = true;
-        notify::ready();
+        if (!std::exchange(ready_sent_, true)) notify::ready();
+        update_status();
     }
 
     void start_watchdog() {
@@ -750,6 +791,7 @@ private:
     std::vector<std::string> rank_arguments_;
     std::string endpoint_;
     bool ready_sent_ = false;
+    bool all_ready_logged_ = false;
     bool stopping_ = false;
     Clock::time_point drain_deadline_{};
 };
