@@ -200,6 +200,12 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
         }
         slot.progress_at = Clock::now();
         slot.info.device = ready->device;
+        if (slot.drain_held) {  // an operator's drain outlives the process it was given to
+            log::info("rank {} is ready on node {} ({}) and stays drained until 'dpctl undrain {}'", slot.info.rank,
+                      slot.info.node, ready->device, slot.info.rank);
+            set_state(slot, RankState::draining);
+            return;
+        }
         log::info("rank {} is ready on node {} ({}), {}/{} ranks ready", slot.info.rank, slot.info.node,
                   ready->device, ready_count_ + 1, ranks_.size());
         set_state(slot, RankState::ready);
@@ -469,13 +475,17 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
     if (moved) log::info("moved {} request(s) that had not started from rank {} to other ranks", moved, slot.info.rank);
 }
 
-Status RankLink::drain(uint32_t rank) {
+Status RankLink::drain(uint32_t rank, bool until_undrain) {
     Slot& slot = ranks_.at(rank);
-    if (slot.info.state == RankState::draining) return Ok{};
+    if (slot.info.state == RankState::draining) {
+        slot.drain_held = slot.drain_held || until_undrain;
+        return Ok{};
+    }
     if (slot.info.state != RankState::ready && slot.info.state != RankState::unhealthy) {
         return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not ready; only a ready rank can drain",
                      "bad-state"};
     }
+    slot.drain_held = until_undrain;
     set_state(slot, RankState::draining);
     log::info("rank {} draining: {} request(s) in flight, no new ones", rank, slot.info.in_flight);
     return Ok{};
@@ -483,8 +493,13 @@ Status RankLink::drain(uint32_t rank) {
 
 Status RankLink::undrain(uint32_t rank) {
     Slot& slot = ranks_.at(rank);
+    bool was_held = std::exchange(slot.drain_held, false);
     if (slot.info.state == RankState::ready) return Ok{};
     if (slot.info.state != RankState::draining) {
+        if (was_held) {  // drained, and between processes now: the next one serves
+            log::info("rank {} is no longer drained; it takes requests once it is ready", rank);
+            return Ok{};
+        }
         return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not draining", "bad-state"};
     }
     set_state(slot, slot.info.health_failures ? RankState::unhealthy : RankState::ready);
@@ -492,7 +507,7 @@ Status RankLink::undrain(uint32_t rank) {
     return Ok{};
 }
 
-void RankLink::stop(uint32_t rank) {
+void RankLink::stop(uint32_t rank, const StopCause& cause) {
     Slot& slot = ranks_.at(rank);
     if (!slot.routing_id.empty()) {
         send(slot.routing_id, wire::Shutdown{});
@@ -500,7 +515,7 @@ void RankLink::stop(uint32_t rank) {
         slot.routing_id.clear();
     }
     // Anything still in flight (the drain deadline passed) ends with the reason.
-    if (slot.info.in_flight > 0) fail_rank(slot, "was stopped by an operator", "rank-stopped");
+    if (slot.info.in_flight > 0) fail_rank(slot, cause.reason, cause.code);
     slot.info.in_flight = 0;
     set_state(slot, RankState::stopped);
 }

@@ -72,10 +72,19 @@ public:
     void rank_failed(uint32_t rank, const std::string& reason, const std::string& code);
 
     // Operator actions. A draining rank gets no new requests and finishes the ones it has.
-    Status drain(uint32_t rank);
+    // until_undrain: an operator's drain, which holds until undrain(), also for the processes
+    // that replace this one (a crash, a restart); otherwise the drain ends with the process
+    // (a stop or a move drains first).
+    Status drain(uint32_t rank, bool until_undrain = false);
     Status undrain(uint32_t rank);
-    // The rank is being stopped on purpose: tell it to exit, and fail nothing (it was drained).
-    void stop(uint32_t rank);
+    // The rank is being stopped on purpose: tell it to exit, and fail nothing (it was drained);
+    // what is still in flight ends with the cause.
+    struct StopCause {
+        std::string reason = "was stopped by an operator";
+        std::string code = "rank-stopped";
+    };
+    void stop(uint32_t rank, const StopCause& cause);
+    void stop(uint32_t rank) { stop(rank, StopCause{}); }
     uint32_t in_flight_on(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].info.in_flight : 0; }
 
     // Shutdown: fail what is still in flight and tell connected ranks to exit.
@@ -130,6 +139,7 @@ private:
         StepRate step_rate;  // steps per second and dummy share, from the heartbeats
         bool lost_before = false;     // READY after a loss counts as "rejoined"
         bool spawned_before = false;  // a second spawn counts as "restarted"
+        bool drain_held = false;      // drained by an operator: READY leads to draining, not ready
         std::string owner;  // the node that first registered this rank (CURVE: its key's name)
     };
     struct InFlight {

@@ -227,7 +227,7 @@ public:
 
     Status drain_rank(uint32_t rank) override {
         if (auto checked = head_rank(rank); !checked) return checked;
-        return link_->drain(rank);
+        return link_->drain(rank, /*until_undrain=*/true);
     }
 
     Status undrain_rank(uint32_t rank) override {
