@@ -65,6 +65,7 @@ private:
         std::string address;
         uint64_t incarnation = 0;
         bool connected = false;
+        bool stopped = false;  // it said goodbye (stopped in order), rather than being lost
         Clock::time_point last_heard{};
         uint64_t since = 0;  // Unix seconds of the last connect/loss
         std::map<uint32_t, wire::NodeRankStatus> processes;
@@ -79,6 +80,7 @@ private:
     void on_hello(const std::string& routing_id, const wire::NodeHello& hello, const std::string& key_node,
                   const std::string& peer);
     void on_status(Entry& entry, const wire::NodeStatus& status);
+    void on_goodbye(Entry& entry);
     void refuse(const std::string& routing_id, const std::string& node, const std::string& code,
                 const std::string& message);
     // The entry holding `rank`, or nullptr.

@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -136,7 +137,13 @@ public:
     std::string node_name() const override { return config_.node.name; }
     uint32_t dp_size() const override { return config_.dp_size(); }
     uint64_t epoch() const override { return link_ ? link_->epoch() : node_link_ ? node_link_->epoch() : 0; }
-    uint32_t ready_ranks() const override { return link_ ? link_->ready_count() : 0; }
+    // A headless node: its own ranks that the head reports ready.
+    uint32_t ready_ranks() const override {
+        if (link_) return link_->ready_count();
+        auto own = ranks();
+        return static_cast<uint32_t>(
+            std::count_if(own.begin(), own.end(), [](const RankInfo& r) { return r.state == RankState::ready; }));
+    }
 
     std::vector<RankInfo> ranks() const override {
         std::vector<RankInfo> out;
@@ -160,6 +167,10 @@ public:
                         info.memory_used = activity->memory_used;
                         info.steps_per_second = activity->steps_per_second;
                         info.dummy_step_share = activity->dummy_step_share;
+                        info.device = activity->device;
+                        info.in_flight = activity->in_flight;
+                        info.waiting = activity->waiting;
+                        info.served = activity->served;
                     }
                 }
                 info.last_error = local.last_exit;
@@ -740,6 +751,8 @@ private:
             if (local.restart_timer) local.restart_timer->cancel();
         }
         if (http_) http_->stop_accepting();
+        // Before the ranks stop: the head then knows their end is no failure.
+        if (node_link_) node_link_->leave();
         drain_deadline_ = Clock::now() + millis(config_.daemon.stop_timeout);
         // A second signal means "now".
         signals_.async_wait([this](const boost::system::error_code& ec, int) {
