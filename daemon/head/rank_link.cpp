@@ -369,15 +369,20 @@ RankLink::Slot* RankLink::pick_rank(std::optional<uint32_t> except) {
 
 // ZeroMQ dropped the connection (the peer closed it: its process died, or it reconnected).
 // The rank behind it is lost now rather than after heartbeat_timeout. Handled after the
-// current send returns: send() is called from inside loops over the registry.
+// current send returns: send() is called from inside loops over the registry. Right after a
+// stall of this daemon, a dropped connection is the stall's doing (the rank's ZeroMQ gave up
+// on a silent head and reconnected): the rank registers again by itself, and is not killed.
 void RankLink::connection_gone(const std::string& routing_id) {
     auto known = rank_of_connection_.find(routing_id);
     if (known == rank_of_connection_.end()) return;
     asio::post(io_, [this, routing_id, rank = known->second] {
         Slot& slot = ranks_[rank];
         if (slot.routing_id != routing_id || shutting_down_) return;
-        fail_rank(slot, "lost its connection to the head", "connection-lost");
-        if (events_.deadline_missed) events_.deadline_missed(rank);
+        bool after_own_stall = Clock::now() < stall_recovery_until_;
+        fail_rank(slot, after_own_stall ? "lost its connection to the head while the head was stalled"
+                                        : "lost its connection to the head",
+                  "connection-lost");
+        if (!after_own_stall && events_.deadline_missed) events_.deadline_missed(rank);
     });
 }
 
@@ -631,6 +636,7 @@ void RankLink::excuse_own_stall(Clock::time_point now) {
     log::notice("this daemon did not run for {:.1f} s (it or its machine was stalled); that time does not count "
                 "against the ranks' heartbeats or handshake deadlines [head-stalled]",
                 std::chrono::duration<double>(stall).count());
+    stall_recovery_until_ = now + seconds(config_.handshake.heartbeat_timeout);
     for (Slot& slot : ranks_) {
         slot.last_heard = LoopStall::excused(slot.last_heard, stall, now);
         slot.progress_at = LoopStall::excused(slot.progress_at, stall, now);

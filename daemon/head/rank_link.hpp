@@ -184,6 +184,8 @@ private:
     RankSocket socket_;
     boost::asio::steady_timer deadline_timer_;
     LoopStall loop_stall_;  // how late check_deadlines() runs
+    // Until then, connections that turn out gone were dropped during this daemon's stall.
+    std::chrono::steady_clock::time_point stall_recovery_until_{};
     bool shutting_down_ = false;
     uint64_t epoch_ = 1;
     uint64_t next_id_ = 1;
