@@ -4,14 +4,17 @@
 // the daemon's standard error instead, and there is nothing for dpctl to read.
 #include "verbs.hpp"
 
+#include <grp.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 extern char** environ;
 
@@ -26,6 +29,25 @@ std::string without_journal_hint(uint32_t rank) {
            std::to_string(rank) + "'s lines start with 'rank " + std::to_string(rank) + ":'";
 }
 
+// The groups journald lets read the system journal: systemd-journal, and by the ACLs of
+// systemd's tmpfiles.d (and Debian's) adm and wheel.
+constexpr const char* journal_groups[] = {"systemd-journal", "adm", "wheel"};
+
+// Whether this user may read the system journal, where the service's lines are. Anyone else
+// gets only their own user journal from journalctl: "-- No entries --", and status 0.
+bool may_read_system_journal() {
+    if (geteuid() == 0) return true;
+    int n = getgroups(0, nullptr);
+    std::vector<gid_t> groups(n > 0 ? static_cast<size_t>(n) : 0);
+    if (n > 0 && getgroups(n, groups.data()) < 0) groups.clear();
+    groups.push_back(getegid());
+    for (const char* name : journal_groups) {
+        const group* g = getgrnam(name);
+        if (g && std::find(groups.begin(), groups.end(), g->gr_gid) != groups.end()) return true;
+    }
+    return false;
+}
+
 }  // namespace
 
 int logs_verb(const Options& options, const Args& args) {
@@ -33,6 +55,12 @@ int logs_verb(const Options& options, const Args& args) {
         throw Failure(exit_status::invalid_arguments, "logs takes exactly one RANK; usage: dpctl logs RANK [-f] [-n N]");
     }
     const uint32_t rank = parse_rank("logs", args[0]);
+    if (!may_read_system_journal()) {
+        throw Failure(exit_status::access_denied,
+                      "this user may not read the system journal, where dpengined and its ranks log (journalctl "
+                      "would show no entries): run 'dpctl logs' as root, or as a member of the group "
+                      "'systemd-journal' (or 'adm')");
+    }
     const bool journald = access("/run/systemd/journal/socket", F_OK) == 0;
     if (!journald) {
         std::fprintf(stderr, "dpctl: note: journald does not seem to run on this machine; %s\n",

@@ -57,6 +57,9 @@ void wait_for(BusClient& bus, const Options& options, const std::string& what, c
 
 bool gone(const RankRow& r) { return r.pid == 0 && (r.state == "stopped" || r.state == "failed"); }
 
+// Up after a start: ready, or draining (an operator's drain holds across restarts until undrain).
+bool serving(const RankRow& r) { return r.state == "ready" || r.state == "draining"; }
+
 Check started(uint32_t rank, bool head, std::optional<uint64_t> restarts_before) {
     return [=](const std::vector<RankRow>& ranks) -> Progress {
         const RankRow* r = find(ranks, rank);
@@ -67,7 +70,7 @@ Check started(uint32_t rank, bool head, std::optional<uint64_t> restarts_before)
             return {Progress::waiting, describe(*r)};
         }
         if (!head) return {r->pid ? Progress::done : Progress::waiting, describe(*r)};
-        if (r->state == "ready") return {Progress::done, ""};
+        if (serving(*r)) return {Progress::done, ""};
         if (r->state == "failed" || gone(*r)) return {Progress::failed, describe(*r)};
         return {Progress::waiting, describe(*r)};
     };
@@ -181,10 +184,10 @@ int node_action_verb(const std::string& verb, const Options& options, const Args
         std::string pending, failed;
         for (const auto& r : ranks) {
             if (!local(r)) continue;
-            bool settled = start ? (head ? r.state == "ready" || r.state == "failed" || gone(r) : r.pid != 0)
+            bool settled = start ? (head ? serving(r) || r.state == "failed" || gone(r) : r.pid != 0)
                                  : r.pid == 0;
             if (!settled) pending += (pending.empty() ? "" : "; ") + describe(r);
-            else if (start && head && r.state != "ready") failed += (failed.empty() ? "" : "; ") + describe(r);
+            else if (start && head && !serving(r)) failed += (failed.empty() ? "" : "; ") + describe(r);
         }
         if (!pending.empty()) return {Progress::waiting, pending};
         if (!failed.empty()) return {Progress::failed, failed};

@@ -115,9 +115,12 @@ int status_verb(const Options& options, const Args& args) {
         return exit_status::ok;
     }
     const bool colour = use_colour();
-    const char* ready_colour = manager.ready_ranks == manager.dp_size ? colour::green
-                               : manager.ready_ranks == 0          ? colour::red
-                                                                   : colour::yellow;
+    // A headless node knows (and counts) only its own ranks.
+    const bool headless = manager.role == "headless";
+    const size_t of = headless ? ranks.size() : manager.dp_size;
+    const char* ready_colour = manager.ready_ranks == of ? colour::green
+                               : manager.ready_ranks == 0 ? colour::red
+                                                          : colour::yellow;
     auto field = [](const char* label, const std::string& value, const char* col) {
         std::printf("%11s: %s%s%s\n", label, col ? col : "", printable(value).c_str(), col ? colour::reset : "");
     };
@@ -125,13 +128,14 @@ int status_verb(const Options& options, const Args& args) {
     field("Node", manager.node, nullptr);
     field("DP size", std::to_string(manager.dp_size), nullptr);
     field("Epoch", std::to_string(manager.epoch), nullptr);
-    field("Ready ranks", std::to_string(manager.ready_ranks) + "/" + std::to_string(manager.dp_size),
+    field("Ready ranks", std::to_string(manager.ready_ranks) + "/" + std::to_string(of) + (headless ? " on this node" : ""),
           colour ? ready_colour : nullptr);
     field("Version", manager.version, nullptr);
     // A headless node: its link to the head.
     for (const auto& n : nodes) {
         if (manager.role != "headless" || n.role != "head") continue;
-        field("Head link", n.state + " to " + n.address + (n.name.empty() ? "" : " (node " + n.name + ")"),
+        field("Head link", n.state + (n.state == "connected" ? " to " : " from ") + n.address +
+                               (n.name.empty() ? "" : " (node " + n.name + ")"),
               colour ? (n.state == "connected" ? colour::green : colour::red) : nullptr);
         if (n.since) {
             std::time_t t = static_cast<std::time_t>(n.since);

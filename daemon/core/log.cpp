@@ -5,9 +5,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -63,6 +65,17 @@ void set_min_level(Level level) {
     state().min_level = level;
 }
 
+std::string_view reason_code(std::string_view message) {
+    if (message.size() < 3 || message.back() != ']') return {};
+    size_t open = message.rfind('[');
+    if (open == std::string_view::npos || open + 2 >= message.size()) return {};
+    std::string_view code = message.substr(open + 1, message.size() - open - 2);
+    bool well_formed = std::all_of(code.begin(), code.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    });
+    return well_formed ? code : std::string_view{};
+}
+
 std::string journal_entry(Level level, std::string_view identity, std::string_view message) {
     std::string entry;
     auto field = [&entry](std::string_view name, std::string_view value) {
@@ -79,7 +92,9 @@ std::string journal_entry(Level level, std::string_view identity, std::string_vi
     };
     field("MESSAGE", message);
     field("PRIORITY", std::to_string(static_cast<int>(level)));
+    field("SYSLOG_IDENTIFIER", program_invocation_short_name);
     field("DPENGINE_UNIT", identity);
+    if (auto code = reason_code(message); !code.empty()) field("DPENGINE_REASON", code);
     return entry;
 }
 

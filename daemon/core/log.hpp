@@ -17,9 +17,14 @@ void set_min_level(Level level);
 void write(Level level, std::string_view message);
 
 // journald's native protocol (systemd's "Native Journal Protocol"): one datagram of fields per
-// entry. Exposed for the tests.
+// entry: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER (the program's name, so that `journalctl -t
+// dpengined` finds the daemon's lines), DPENGINE_UNIT (the identity: "dpengined", "rank 3")
+// and, for a message that ends with a reason code in brackets ("... [heartbeat-timeout]"),
+// DPENGINE_REASON with the code. Exposed for the tests.
 inline constexpr const char* journal_socket = "/run/systemd/journal/socket";
 std::string journal_entry(Level level, std::string_view identity, std::string_view message);
+// The reason code a message ends with ("went silent ... [heartbeat-timeout]"), or "".
+std::string_view reason_code(std::string_view message);
 bool send_journal_entry(const std::string& socket_path, const std::string& entry);
 
 template <class... A>

@@ -197,23 +197,32 @@ void put(Writer& w, const NodeConfig& m) {
     for (const auto& state : m.states) w.str(state);
     if (m.activity.empty()) return;
     // Entries are arrays [group_kind, group_epoch, wave, memory_used, steps_per_second,
-    // dummy_step_share]; a newer minor version may append elements.
+    // dummy_step_share, device, in_flight, waiting, served] (the last four since 2.1); a newer
+    // minor version may append elements.
     w.str("activity");
     w.array(static_cast<uint32_t>(m.activity.size()));
     for (const auto& a : m.activity) {
-        w.array(6);
+        w.array(10);
         w.str(a.group_kind);
         w.uint(a.group_epoch);
         w.uint(a.wave);
         w.uint(a.memory_used);
         w.float64(a.steps_per_second);
         w.float64(a.dummy_step_share);
+        w.str(a.device);
+        w.uint(a.in_flight);
+        w.uint(a.waiting);
+        w.uint(a.served);
     }
 }
 
 // Ranks are arrays [rank, state, pid, restarts, last_error], like OUTPUTS items.
 void put(Writer& w, const NodeStatus& m) {
-    w.map(1);
+    w.map(m.leaving ? 2 : 1);
+    if (m.leaving) {
+        w.str("leaving");
+        w.boolean(true);
+    }
     w.str("ranks");
     w.array(static_cast<uint32_t>(m.ranks.size()));
     for (const auto& r : m.ranks) {
@@ -556,6 +565,13 @@ NodeConfig get_node_config(Reader& r) {
                 a.memory_used = r.uint();
                 a.steps_per_second = r.float64();
                 a.dummy_step_share = r.float64();
+                if (fields >= 10) {  // since 2.1: what the head routes to the rank
+                    a.device = r.str();
+                    a.in_flight = u32(r);
+                    a.waiting = u32(r);
+                    a.served = r.uint();
+                    fields -= 4;
+                }
                 for (; fields > 6; --fields) r.skip();  // appended by a newer minor version
             }
         } else return false;
@@ -570,6 +586,10 @@ NodeConfig get_node_config(Reader& r) {
 NodeStatus get_node_status(Reader& r) {
     NodeStatus m;
     read_fields(r, [&](std::string_view k) {
+        if (k == "leaving") {
+            m.leaving = r.boolean();
+            return true;
+        }
         if (k != "ranks") return false;
         uint32_t n = r.array();
         if (n > max_node_ranks) throw DecodeError("NODE_STATUS: too many ranks");

@@ -20,7 +20,7 @@ namespace dpengine::wire {
 // status, content type and body bytes), answered by the rank's engine; major 1 carried the
 // synthetic engine's fields (prompt, max_tokens, ...) and the head formatted the answer.
 inline constexpr uint32_t protocol_major = 2;
-inline constexpr uint32_t protocol_minor = 0;
+inline constexpr uint32_t protocol_minor = 1;  // 2.1: NODE_STATUS's leaving
 
 enum class Type : uint8_t {
     hello = 1,
@@ -206,6 +206,11 @@ struct NodeRankActivity {
     uint64_t memory_used = 0;
     double steps_per_second = 0;
     double dummy_step_share = 0;
+    // Since 2.1: the rank's device and what the head routes to it (a 2.0 head sends none).
+    std::string device;
+    uint32_t in_flight = 0;
+    uint32_t waiting = 0;
+    uint64_t served = 0;
 
     bool operator==(const NodeRankActivity&) const = default;
 };
@@ -237,6 +242,9 @@ struct NodeRankStatus {
 // node → head: its ranks' processes; sent periodically (it doubles as the link's heartbeat).
 struct NodeStatus {
     std::vector<NodeRankStatus> ranks;
+    // The node stops in order (its goodbye): its ranks stop with it and nothing more comes
+    // from it. Sent only when true, so other statuses are the bytes of protocol 2.0.
+    bool leaving = false;
 };
 
 // head → node: run exactly ranks start_rank .. start_rank + count - 1 from now on.

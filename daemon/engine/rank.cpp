@@ -576,8 +576,13 @@ private:
                            "to the head's security.authorized_keys", options_.connect, e.value);
                 break;
             default:
-                log::warning("handshake with the head at {} failed (event {:#x}); check security.head_public_key",
-                             options_.connect, e.id);
+                // The handshake timed out or was cut. Only with CURVE can a key be wrong; without
+                // it, the head is not answering (stopped, frozen, overloaded).
+                log::warning("handshake with the head at {} failed (event {:#x}); {}", options_.connect, e.id,
+                             options_.server_key.empty()
+                                 ? "the head did not answer in time (is it stopped or overloaded?); retrying"
+                                 : "check security.head_public_key, or whether the head is stopped or overloaded; "
+                                   "retrying");
         }
     }
 

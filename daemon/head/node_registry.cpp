@@ -100,7 +100,8 @@ wire::NodeConfig NodeRegistry::config_for(const Entry& entry) const {
         if (info.rank >= entry.start && info.rank - entry.start < entry.count) {
             block.states.push_back(to_string(info.state));
             block.activity.push_back({info.group_kind.empty() ? "none" : info.group_kind, info.group_epoch, info.wave,
-                                      info.memory_used, info.steps_per_second, info.dummy_step_share});
+                                      info.memory_used, info.steps_per_second, info.dummy_step_share, info.device,
+                                      info.in_flight, info.waiting, info.served});
         }
     }
     return block;
@@ -204,6 +205,7 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
     entry.address = peer;
     entry.incarnation = hello.incarnation;
     entry.connected = true;
+    entry.stopped = false;
     entry.last_heard = Clock::now();
     entry.since = unix_now();
     node_of_connection_[routing_id] = node;
@@ -225,9 +227,11 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
 }
 
 void NodeRegistry::on_status(Entry& entry, const wire::NodeStatus& status) {
+    if (status.leaving) return on_goodbye(entry);
     entry.last_heard = Clock::now();
     if (!entry.connected) {
         entry.connected = true;
+        entry.stopped = false;
         entry.since = unix_now();
         log::info("node '{}' is connected again", entry.name);
         changed();
@@ -238,6 +242,24 @@ void NodeRegistry::on_status(Entry& entry, const wire::NodeStatus& status) {
     }
     // The answer doubles as the head's heartbeat and keeps the node's block in step.
     link_.send_to(entry.routing_id, config_for(entry));
+}
+
+// The node stops in order: its ranks stop with it, which is no failure. They are marked
+// stopped now, before their heartbeats could be missed; the node keeps its block for when it
+// comes back.
+void NodeRegistry::on_goodbye(Entry& entry) {
+    if (!entry.connected) return;
+    log::notice("node '{}' is stopping (ranks {}); its ranks stop with it [node-stopped]", entry.name,
+                describe_block(entry.start, entry.count));
+    entry.connected = false;
+    entry.stopped = true;
+    entry.since = unix_now();
+    entry.processes.clear();
+    const RankLink::StopCause cause{"stopped with its node '" + entry.name + "'", "node-stopped"};
+    for (uint32_t r = entry.start; r < entry.start + entry.count; ++r) {
+        if (link_.owner_of(r) == entry.name) link_.stop(r, cause);
+    }
+    changed();
 }
 
 std::optional<wire::NodeRankStatus> NodeRegistry::rank_process(uint32_t rank) const {
@@ -254,7 +276,7 @@ std::vector<NodeInfo> NodeRegistry::nodes() const {
         NodeInfo info;
         info.name = name;
         info.role = e.local ? "head" : "headless";
-        info.state = e.local ? "local" : e.connected ? "connected" : "lost";
+        info.state = e.local ? "local" : e.connected ? "connected" : e.stopped ? "stopped" : "lost";
         info.address = e.local ? link_.endpoint() : e.address;
         info.start_rank = e.start;
         info.count = e.count;
@@ -369,7 +391,10 @@ void NodeRegistry::finish_move() {
 void NodeRegistry::tick() {
     const auto now = Clock::now();
     const auto silence = seconds(config_.handshake.heartbeat_timeout);
+    // A head that did not run for a while (stalled) does not blame its nodes for that time.
+    const auto stall = loop_stall_.stalled_for(now, seconds(config_.handshake.heartbeat_interval));
     for (auto& [name, e] : nodes_) {
+        e.last_heard = LoopStall::excused(e.last_heard, stall, now);
         if (e.local || !e.connected || now - e.last_heard <= silence) continue;
         e.connected = false;
         e.since = unix_now();
@@ -383,6 +408,7 @@ void NodeRegistry::tick() {
         if (idle || now >= move_->deadline) finish_move();
     }
     timer_.expires_after(std::chrono::milliseconds(move_ ? 20 : 250));
+    loop_stall_.due_at(timer_.expiry());
     timer_.async_wait([this](const boost::system::error_code& ec) {
         if (!ec) tick();
     });

@@ -9,6 +9,7 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
+#include "head/loop_stall.hpp"
 #include "head/rank_link.hpp"
 #include "node/node_info.hpp"
 
@@ -64,6 +65,7 @@ private:
         std::string address;
         uint64_t incarnation = 0;
         bool connected = false;
+        bool stopped = false;  // it said goodbye (stopped in order), rather than being lost
         Clock::time_point last_heard{};
         uint64_t since = 0;  // Unix seconds of the last connect/loss
         std::map<uint32_t, wire::NodeRankStatus> processes;
@@ -78,6 +80,7 @@ private:
     void on_hello(const std::string& routing_id, const wire::NodeHello& hello, const std::string& key_node,
                   const std::string& peer);
     void on_status(Entry& entry, const wire::NodeStatus& status);
+    void on_goodbye(Entry& entry);
     void refuse(const std::string& routing_id, const std::string& node, const std::string& code,
                 const std::string& message);
     // The entry holding `rank`, or nullptr.
@@ -98,6 +101,7 @@ private:
     RankLink& link_;
     Hooks hooks_;
     boost::asio::steady_timer timer_;
+    LoopStall loop_stall_;  // how late tick() runs
     std::map<std::string, Entry> nodes_;
     std::unordered_map<std::string, std::string> node_of_connection_;
     std::optional<Move> move_;

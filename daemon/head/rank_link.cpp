@@ -200,6 +200,12 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
         }
         slot.progress_at = Clock::now();
         slot.info.device = ready->device;
+        if (slot.drain_held) {  // an operator's drain outlives the process it was given to
+            log::info("rank {} is ready on node {} ({}) and stays drained until 'dpctl undrain {}'", slot.info.rank,
+                      slot.info.node, ready->device, slot.info.rank);
+            set_state(slot, RankState::draining);
+            return;
+        }
         log::info("rank {} is ready on node {} ({}), {}/{} ranks ready", slot.info.rank, slot.info.node,
                   ready->device, ready_count_ + 1, ranks_.size());
         set_state(slot, RankState::ready);
@@ -363,15 +369,20 @@ RankLink::Slot* RankLink::pick_rank(std::optional<uint32_t> except) {
 
 // ZeroMQ dropped the connection (the peer closed it: its process died, or it reconnected).
 // The rank behind it is lost now rather than after heartbeat_timeout. Handled after the
-// current send returns: send() is called from inside loops over the registry.
+// current send returns: send() is called from inside loops over the registry. Right after a
+// stall of this daemon, a dropped connection is the stall's doing (the rank's ZeroMQ gave up
+// on a silent head and reconnected): the rank registers again by itself, and is not killed.
 void RankLink::connection_gone(const std::string& routing_id) {
     auto known = rank_of_connection_.find(routing_id);
     if (known == rank_of_connection_.end()) return;
     asio::post(io_, [this, routing_id, rank = known->second] {
         Slot& slot = ranks_[rank];
         if (slot.routing_id != routing_id || shutting_down_) return;
-        fail_rank(slot, "lost its connection to the head", "connection-lost");
-        if (events_.deadline_missed) events_.deadline_missed(rank);
+        bool after_own_stall = Clock::now() < stall_recovery_until_;
+        fail_rank(slot, after_own_stall ? "lost its connection to the head while the head was stalled"
+                                        : "lost its connection to the head",
+                  "connection-lost");
+        if (!after_own_stall && events_.deadline_missed) events_.deadline_missed(rank);
     });
 }
 
@@ -469,13 +480,17 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
     if (moved) log::info("moved {} request(s) that had not started from rank {} to other ranks", moved, slot.info.rank);
 }
 
-Status RankLink::drain(uint32_t rank) {
+Status RankLink::drain(uint32_t rank, bool until_undrain) {
     Slot& slot = ranks_.at(rank);
-    if (slot.info.state == RankState::draining) return Ok{};
+    if (slot.info.state == RankState::draining) {
+        slot.drain_held = slot.drain_held || until_undrain;
+        return Ok{};
+    }
     if (slot.info.state != RankState::ready && slot.info.state != RankState::unhealthy) {
         return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not ready; only a ready rank can drain",
                      "bad-state"};
     }
+    slot.drain_held = until_undrain;
     set_state(slot, RankState::draining);
     log::info("rank {} draining: {} request(s) in flight, no new ones", rank, slot.info.in_flight);
     return Ok{};
@@ -483,8 +498,13 @@ Status RankLink::drain(uint32_t rank) {
 
 Status RankLink::undrain(uint32_t rank) {
     Slot& slot = ranks_.at(rank);
+    bool was_held = std::exchange(slot.drain_held, false);
     if (slot.info.state == RankState::ready) return Ok{};
     if (slot.info.state != RankState::draining) {
+        if (was_held) {  // drained, and between processes now: the next one serves
+            log::info("rank {} is no longer drained; it takes requests once it is ready", rank);
+            return Ok{};
+        }
         return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not draining", "bad-state"};
     }
     set_state(slot, slot.info.health_failures ? RankState::unhealthy : RankState::ready);
@@ -492,7 +512,7 @@ Status RankLink::undrain(uint32_t rank) {
     return Ok{};
 }
 
-void RankLink::stop(uint32_t rank) {
+void RankLink::stop(uint32_t rank, const StopCause& cause) {
     Slot& slot = ranks_.at(rank);
     if (!slot.routing_id.empty()) {
         send(slot.routing_id, wire::Shutdown{});
@@ -500,7 +520,7 @@ void RankLink::stop(uint32_t rank) {
         slot.routing_id.clear();
     }
     // Anything still in flight (the drain deadline passed) ends with the reason.
-    if (slot.info.in_flight > 0) fail_rank(slot, "was stopped by an operator", "rank-stopped");
+    if (slot.info.in_flight > 0) fail_rank(slot, cause.reason, cause.code);
     slot.info.in_flight = 0;
     set_state(slot, RankState::stopped);
 }
@@ -569,7 +589,10 @@ std::vector<std::string> RankLink::missing_ranks() const {
 }
 
 void RankLink::check_deadlines() {
+    // Whatever the ranks sent is read before any of them is judged silent.
+    socket_.read_queued();
     auto now = Clock::now();
+    excuse_own_stall(now);
     const auto silence_limit = seconds(config_.handshake.heartbeat_timeout);
     for (Slot& slot : ranks_) {
         auto state = slot.info.state;
@@ -598,9 +621,27 @@ void RankLink::check_deadlines() {
         if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
     }
     deadline_timer_.expires_after(std::chrono::milliseconds(100));
+    loop_stall_.due_at(deadline_timer_.expiry());
     deadline_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (!ec) check_deadlines();
     });
+}
+
+// The head itself did not run for a while (its own loop is late by more than a heartbeat
+// interval): the ranks' heartbeats of that time wait unread, and the ranks are not to blame.
+// Their clocks move forward by the stall.
+void RankLink::excuse_own_stall(Clock::time_point now) {
+    auto stall = loop_stall_.stalled_for(now, seconds(config_.handshake.heartbeat_interval));
+    if (stall == Clock::duration::zero()) return;
+    log::notice("this daemon did not run for {:.1f} s (it or its machine was stalled); that time does not count "
+                "against the ranks' heartbeats or handshake deadlines [head-stalled]",
+                std::chrono::duration<double>(stall).count());
+    stall_recovery_until_ = now + seconds(config_.handshake.heartbeat_timeout);
+    for (Slot& slot : ranks_) {
+        slot.last_heard = LoopStall::excused(slot.last_heard, stall, now);
+        slot.progress_at = LoopStall::excused(slot.progress_at, stall, now);
+        slot.deadline += stall;
+    }
 }
 
 void RankLink::shutdown() {

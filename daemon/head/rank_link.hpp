@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/wire.hpp"
 #include "head/dp_group_coordinator.hpp"
+#include "head/loop_stall.hpp"
 #include "head/rank_info.hpp"
 #include "head/refusal_limiter.hpp"
 #include "head/router.hpp"
@@ -71,10 +72,19 @@ public:
     void rank_failed(uint32_t rank, const std::string& reason, const std::string& code);
 
     // Operator actions. A draining rank gets no new requests and finishes the ones it has.
-    Status drain(uint32_t rank);
+    // until_undrain: an operator's drain, which holds until undrain(), also for the processes
+    // that replace this one (a crash, a restart); otherwise the drain ends with the process
+    // (a stop or a move drains first).
+    Status drain(uint32_t rank, bool until_undrain = false);
     Status undrain(uint32_t rank);
-    // The rank is being stopped on purpose: tell it to exit, and fail nothing (it was drained).
-    void stop(uint32_t rank);
+    // The rank is being stopped on purpose: tell it to exit, and fail nothing (it was drained);
+    // what is still in flight ends with the cause.
+    struct StopCause {
+        std::string reason = "was stopped by an operator";
+        std::string code = "rank-stopped";
+    };
+    void stop(uint32_t rank, const StopCause& cause);
+    void stop(uint32_t rank) { stop(rank, StopCause{}); }
     uint32_t in_flight_on(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].info.in_flight : 0; }
 
     // Shutdown: fail what is still in flight and tell connected ranks to exit.
@@ -129,6 +139,7 @@ private:
         StepRate step_rate;  // steps per second and dummy share, from the heartbeats
         bool lost_before = false;     // READY after a loss counts as "rejoined"
         bool spawned_before = false;  // a second spawn counts as "restarted"
+        bool drain_held = false;      // drained by an operator: READY leads to draining, not ready
         std::string owner;  // the node that first registered this rank (CURVE: its key's name)
     };
     struct InFlight {
@@ -152,6 +163,7 @@ private:
     void set_state(Slot& slot, RankState state);
     void fail_rank(Slot& slot, const std::string& reason, const std::string& code);
     void check_deadlines();
+    void excuse_own_stall(std::chrono::steady_clock::time_point now);
     void connection_gone(const std::string& routing_id);
     // A heartbeat arrived while the rank has work but its progress counter stands still.
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
@@ -171,6 +183,9 @@ private:
     Events events_;
     RankSocket socket_;
     boost::asio::steady_timer deadline_timer_;
+    LoopStall loop_stall_;  // how late check_deadlines() runs
+    // Until then, connections that turn out gone were dropped during this daemon's stall.
+    std::chrono::steady_clock::time_point stall_recovery_until_{};
     bool shutting_down_ = false;
     uint64_t epoch_ = 1;
     uint64_t next_id_ = 1;

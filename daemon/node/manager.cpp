@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -136,7 +137,13 @@ public:
     std::string node_name() const override { return config_.node.name; }
     uint32_t dp_size() const override { return config_.dp_size(); }
     uint64_t epoch() const override { return link_ ? link_->epoch() : node_link_ ? node_link_->epoch() : 0; }
-    uint32_t ready_ranks() const override { return link_ ? link_->ready_count() : 0; }
+    // A headless node: its own ranks that the head reports ready.
+    uint32_t ready_ranks() const override {
+        if (link_) return link_->ready_count();
+        auto own = ranks();
+        return static_cast<uint32_t>(
+            std::count_if(own.begin(), own.end(), [](const RankInfo& r) { return r.state == RankState::ready; }));
+    }
 
     std::vector<RankInfo> ranks() const override {
         std::vector<RankInfo> out;
@@ -160,6 +167,10 @@ public:
                         info.memory_used = activity->memory_used;
                         info.steps_per_second = activity->steps_per_second;
                         info.dummy_step_share = activity->dummy_step_share;
+                        info.device = activity->device;
+                        info.in_flight = activity->in_flight;
+                        info.waiting = activity->waiting;
+                        info.served = activity->served;
                     }
                 }
                 info.last_error = local.last_exit;
@@ -227,7 +238,7 @@ public:
 
     Status drain_rank(uint32_t rank) override {
         if (auto checked = head_rank(rank); !checked) return checked;
-        return link_->drain(rank);
+        return link_->drain(rank, /*until_undrain=*/true);
     }
 
     Status undrain_rank(uint32_t rank) override {
@@ -635,6 +646,9 @@ private:
         });
     }
 
+    // STATUS= always tells how many ranks are ready, and how many of them run here. READY=1
+    // goes out once start-up is done on this node (start_complete()): the service manager's
+    // start job, and units ordered after this one, do not wait for other machines.
     void update_status() {
         if (stopping_) return;
         if (!link_) {
@@ -646,19 +660,59 @@ private:
             return;
         }
         uint32_t ready = link_->ready_count(), size = link_->size();
-        notify::status(std::to_string(ready) + "/" + std::to_string(size) + " ranks ready");
-        if (ready == size && !ready_sent_) {
-            ready_sent_ = true;
+        auto [local_ready, local_count] = local_readiness();
+        std::string text = std::to_string(ready) + "/" + std::to_string(size) + " ranks ready";
+        if (local_count == 0) {
+            text += " (all on other nodes)";
+        } else if (local_count < size) {
+            text += " (" + std::to_string(local_ready) + "/" + std::to_string(local_count) + " on this node, " +
+                    std::to_string(ready - local_ready) + "/" + std::to_string(size - local_count) + " on other nodes)";
+        }
+        if (ready_sent_ && !link_->has_quorum()) {
+            text += ", fewer than data_parallel.min_ranks (" + std::to_string(config_.data_parallel.min_ranks) +
+                    "); refusing requests";
+        }
+        notify::status(text);
+        if (ready == size && !all_ready_logged_) {  // start-up is over: the deadline has nothing left to report
+            all_ready_logged_ = true;
             ready_timer_.cancel();
             log::notice("all {} rank(s) ready; serving on {}:{}", size, config_.frontend.host, config_.frontend.port);
-            notify::ready();
         }
+        if (ready_sent_ || !start_complete(ready, local_ready, local_count)) return;
+        ready_sent_ = true;
+        if (ready < size) {
+            log::notice("{}/{} rank(s) ready, {} of them on this node; serving on {}:{} while the others join",
+                        ready, size, local_ready, config_.frontend.host, config_.frontend.port);
+        }
+        notify::ready();
+    }
+
+    // Start-up is complete on the head once every rank this node runs is ready and so are
+    // data_parallel.min_ranks ranks in all: with the default (1) only the local ranks count.
+    // A head without ranks of its own (-dpl 0) has nothing to start: it is ready once its
+    // front-end listens, unless min_ranks asks for 2 or more ranks.
+    bool start_complete(uint32_t ready, uint32_t local_ready, uint32_t local_count) const {
+        const uint32_t min_ranks = config_.data_parallel.min_ranks;
+        if (local_count == 0 && min_ranks <= 1) return true;
+        return local_ready == local_count && ready >= min_ranks;
+    }
+
+    // How many of the ranks this node runs are ready, of how many.
+    std::pair<uint32_t, uint32_t> local_readiness() const {
+        uint32_t ready = 0, count = 0;
+        for (const auto& [rank, local] : local_) {
+            if (!local.assigned) continue;
+            ++count;
+            if (link_->state_of(rank) == RankState::ready) ++ready;
+        }
+        return {ready, count};
     }
 
     // Start-up did not complete in time: say which ranks are missing, and serve with the rest,
     // or, with fewer than data_parallel.min_ranks, refuse requests until enough are READY.
+    // READY=1 may have gone out already (this node's ranks were ready): then this only reports.
     void ready_deadline_passed() {
-        if (!link_ || ready_sent_) return;
+        if (!link_ || link_->ready_count() == link_->size()) return;
         std::string missing;
         for (const auto& m : link_->missing_ranks()) missing += (missing.empty() ? "" : ", ") + m;
         if (!link_->has_quorum()) {
@@ -666,14 +720,12 @@ private:
                        "data_parallel.min_ranks ({}); refusing requests until enough are; missing: {} [below-min-ranks]",
                        link_->ready_count(), link_->size(), config_.handshake.ready_timeout,
                        config_.data_parallel.min_ranks, missing);
-            notify::status(std::to_string(link_->ready_count()) + "/" + std::to_string(link_->size()) +
-                           " ranks ready, below data_parallel.min_ranks; refusing requests");
         } else {
             log::warning("not every rank is ready after {} s (handshake.ready_timeout); missing: {}; serving with {} of {}",
                          config_.handshake.ready_timeout, missing, link_->ready_count(), link_->size());
         }
-        ready_sent_ = true;
-        notify::ready();
+        if (!std::exchange(ready_sent_, true)) notify::ready();
+        update_status();
     }
 
     void start_watchdog() {
@@ -699,6 +751,8 @@ private:
             if (local.restart_timer) local.restart_timer->cancel();
         }
         if (http_) http_->stop_accepting();
+        // Before the ranks stop: the head then knows their end is no failure.
+        if (node_link_) node_link_->leave();
         drain_deadline_ = Clock::now() + millis(config_.daemon.stop_timeout);
         // A second signal means "now".
         signals_.async_wait([this](const boost::system::error_code& ec, int) {
@@ -750,6 +804,7 @@ private:
     std::vector<std::string> rank_arguments_;
     std::string endpoint_;
     bool ready_sent_ = false;
+    bool all_ready_logged_ = false;
     bool stopping_ = false;
     Clock::time_point drain_deadline_{};
 };

@@ -8,6 +8,7 @@
 
 #include <ctime>
 #include <random>
+#include <utility>
 
 namespace dpengine {
 
@@ -178,15 +179,26 @@ void NodeLink::on_message(zmq::message_t& payload) {
 }
 
 void NodeLink::report_soon() {
-    if (report_pending_) return;
+    if (report_pending_ || leaving_) return;
     report_pending_ = true;
     asio::post(io_, [this] {
         report_pending_ = false;
-        if (registered_) send(hooks_.status ? hooks_.status() : wire::NodeStatus{});
+        if (registered_ && !leaving_) send(hooks_.status ? hooks_.status() : wire::NodeStatus{});
     });
 }
 
+void NodeLink::leave() {
+    if (std::exchange(leaving_, true)) return;
+    timer_.cancel();
+    if (!registered_) return;  // the head does not count on this node: nothing to say
+    wire::NodeStatus goodbye = hooks_.status ? hooks_.status() : wire::NodeStatus{};
+    goodbye.leaving = true;
+    send(goodbye);
+    log::info("node link: told the head '{}' that this node stops", head_name_);
+}
+
 void NodeLink::tick() {
+    if (leaving_) return;
     const auto now = Clock::now();
     if (connected_ && now - last_heard_ > seconds(config_.handshake.heartbeat_timeout)) {
         set_connected(false);

@@ -43,6 +43,9 @@ public:
     Status connect(const std::string& endpoint);
     // A rank changed: report before the next interval.
     void report_soon();
+    // The node stops in order: say goodbye to the head (a last NODE_STATUS, leaving), so that
+    // it marks this node's ranks stopped rather than finding them silent; send nothing after.
+    void leave();
     void close();
 
     bool connected() const { return connected_; }
@@ -80,6 +83,7 @@ private:
     wire::NodeConfig last_config_;  // the head's last answer: its view of this node's ranks
     bool connected_ = false;    // heard from the head within handshake.heartbeat_timeout
     bool report_pending_ = false;
+    bool leaving_ = false;      // leave() was called
     Clock::time_point last_heard_{}, last_hello_{};
     uint64_t since_ = 0;
     uint64_t epoch_ = 0;

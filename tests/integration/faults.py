@@ -375,11 +375,13 @@ def two_nodes(c, a, b, grace: float = 4.0, head_config: Optional[dict] = None,
 
 
 def start_two_nodes(c, a, b, ready_timeout: float = 30.0, **kwargs):
-    """two_nodes(c, a, b, **kwargs), both daemons started and the head ready."""
+    """two_nodes(c, a, b, **kwargs), both daemons started, the head ready and both ranks ready
+    (the head's READY=1 waits only for its own rank)."""
     head, node_b = two_nodes(c, a, b, **kwargs)
     head.start()
     node_b.start()
     head.wait_ready(ready_timeout)
+    check(head.wait_ready_ranks(2, ready_timeout), "both ranks are ready", head.health())
     return head, node_b
 
 

@@ -744,7 +744,7 @@ def _unpack_map(data: bytes, pos: int, n: int, depth: int) -> tuple[dict, int]:
 HELLO, CONFIG, REFUSED, READY, REQUEST, ABORT, OUTPUTS, HEARTBEAT, SHUTDOWN, ERROR = range(1, 11)
 TYPE_NAMES = {HELLO: "HELLO", CONFIG: "CONFIG", REFUSED: "REFUSED", READY: "READY", REQUEST: "REQUEST",
               ABORT: "ABORT", OUTPUTS: "OUTPUTS", HEARTBEAT: "HEARTBEAT", SHUTDOWN: "SHUTDOWN", ERROR: "ERROR"}
-PROTOCOL = (2, 0)
+PROTOCOL = (2, 1)  # daemon/core/wire.hpp protocol_major, protocol_minor
 
 
 @dataclass
@@ -1235,12 +1235,18 @@ class Cluster:
 
     @staticmethod
     def start_ready(*daemons: NodeDaemon, timeout: float = 30.0) -> None:
-        """Starts the daemons (together: a headless node's ranks wait for the head) and waits
-        until each is ready."""
+        """Starts the daemons (together: a headless node's ranks wait for the head), waits
+        until each is ready, and then until the head has every rank of these daemons ready (its
+        READY=1 waits only for its own ranks)."""
         for d in daemons:
             d.start()
         for d in daemons:
             d.wait_ready(timeout)
+        wanted = sum(int(d.args[d.args.index("-dpl") + 1]) for d in daemons if "-dpl" in d.args)
+        for head in (d for d in daemons if "--headless" not in d.args):
+            if not head.wait_ready_ranks(wanted, timeout, exact=False):
+                raise TestFailure(f"[{head.name}] fewer than {wanted} ranks ready within {timeout * slow_factor():.0f} s: "
+                                  f"{head.health()}")
 
 
 def ready_lines(head: Daemon) -> dict[int, str]:

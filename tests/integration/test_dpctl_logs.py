@@ -4,16 +4,20 @@ No journald is needed: a stand-in `journalctl` first on PATH records its argumen
 the rank's journal field and the unit are the matches (the rank process logs with
 DPENGINE_UNIT="rank N"), -n/--lines and -f/--follow pass through, journalctl's output reaches
 stdout; a failing journalctl makes dpctl exit 1 with a message; without journalctl dpctl exits
-1 and says where the logs are instead; a bad RANK exits 2 without running journalctl.
+1 and says where the logs are instead; a bad RANK exits 2 without running journalctl. A user
+who may not read the system journal (here: nobody, without the groups systemd-journal, adm,
+wheel) gets exit status 4 and a message naming the groups, without journalctl (which would
+say "-- No entries --" and exit 0); with the group adm, journalctl runs.
 """
 
+import grp
 import os
 import shutil
 import stat
 import tempfile
 
-from busharness import dpctl
-from harness import check, check_eq, check_in, run_test
+from busharness import NOBODY, dpctl, dpctl_path, run
+from harness import check, check_eq, check_in, log, run_test
 
 FAKE = """#!/bin/sh
 printf '%s\\n' "$@" > "$(dirname "$0")/args"
@@ -66,6 +70,25 @@ def main() -> None:
         check_eq(r.returncode, 1, "no journalctl: exit status")
         check_in("cannot run journalctl", r.stderr, "no journalctl: message")
         check_in("rank 1's lines start with 'rank 1:'", r.stderr, "no journalctl: says where the logs are")
+
+        # Users who may not read the system journal. The stand-in must be reachable for them.
+        os.chmod(tmp, 0o755)
+        os.chmod(fake_dir, 0o777)
+        r = dpctl(None, "logs", "1", user=NOBODY, env={"PATH": path})
+        check_eq(r.returncode, 4, "nobody: exit status (access denied)")
+        check_in("may not read the system journal", r.stderr, "nobody: the message says why")
+        check_in("'systemd-journal'", r.stderr, "nobody: the message names the group that may")
+        check(not os.path.exists(args_file), "nobody: journalctl was not run")
+        try:
+            adm = grp.getgrnam("adm").gr_gid
+        except KeyError:
+            adm = None
+            log("  (no group adm here: the allowed-group case is skipped)")
+        if adm is not None:
+            r = run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={adm}", "--",
+                     dpctl_path(), "logs", "1"], env={"PATH": path})
+            check_eq(r.returncode, 0, "nobody with the group adm: exit status")
+            check(os.path.exists(args_file), "nobody with the group adm: journalctl was run")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,6 +28,7 @@ def main() -> None:
             node_b.start()
             head.wait_ready(30)
             node_b.wait_ready(30)
+            check(head.wait_ready_ranks(4, 30), "the head has 4 ready ranks", head.health())
             check(head.wait_log(r"DP group epoch \d+: 4 rank\(s\) \[0,1,2,3\], gloo", 30),
                   "the head forms one group of the four ranks on both nodes", head.log_text()[-3000:])
             # Each rank binds the group's TCP connections to its own node's address.

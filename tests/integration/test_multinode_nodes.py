@@ -12,13 +12,14 @@ machine would. Checks:
     signatures; `busctl tree` lists an org.dpengine1.Node object per node, whose properties
     say the same as ListNodes;
   - `dpctl status` on node B shows its own ranks (2 and 3, their pids, ready as the head reports
-    it over the node link, and their DP group and activity likewise) and the head link
-    (connected, the head's endpoint, since when);
+    it over the node link, and their DP group and activity likewise; their device and served
+    counts as the head has them), "Ready ranks: 2/2 on this node" and the head link
+    (connected to the head's endpoint, since when);
   - a plain user may read nodes but not assign (access denied, exit 4);
   - the head drains and undrains node B's rank 2 (exit 0), and refuses start, stop and restart
     of it (exit 5, saying where to run them); node B refuses drain and undrain (exit 5), as
     dpctl(1) says;
-  - after node B's daemon is stopped, the head reports node-b as lost.
+  - after node B's daemon is stopped (in order, SIGTERM), the head reports node-b as stopped.
 """
 
 import re
@@ -141,9 +142,29 @@ def main() -> None:
             check(head_entry and head_entry["role"] == "head" and head_entry["state"] == "connected" and
                   head_entry["address"] == c.endpoint() and head_entry["since"] > 0,
                   "node B's head link: connected to the head's endpoint, with a since time", st_b["nodes"])
+            # Node B's own status agrees with the head's: ready ranks, device, served requests.
+            for i in range(8):
+                code, _ = head.complete(f"served before node B's status {i}", max_tokens=2)
+                check_eq(code, 200, f"completion {i} on the head")
+            head_rows = {r: (x["device"], x["served"]) for r, x in rank_by_number(dpctl_json(bus_a, "ranks")).items()
+                         if r in (2, 3)}
+            check(sum(served for _, served in head_rows.values()) > 0 and all(d for d, _ in head_rows.values()),
+                  "the head has node B's ranks' devices and served requests", head_rows)
+            agrees = wait_until(lambda: {r: (x["device"], x["served"])
+                                         for r, x in rank_by_number(dpctl_json(bus_b, "ranks")).items()} == head_rows,
+                                10 * slow_factor(), interval=0.2)
+            check(agrees, "node B shows its ranks' device and served counts as the head has them",
+                  (dpctl_json(bus_b, "ranks"), head_rows))
+            check_eq(dpctl_json(bus_b, "status")["ready_ranks"], 2, "node B's ready_ranks: its own ready ranks")
             text_b = dpctl(bus_b, "status").stdout
+            log(f"  node B dpctl status:\n{text_b}")
+            check(re.search(r"^Ready ranks: 2/2 on this node$", text_b, re.M),
+                  "dpctl status on node B: Ready ranks: 2/2 on this node", text_b)
             check(re.search(rf"Head link: connected to {re.escape(c.endpoint())} \(node head\)", text_b),
                   "dpctl status on node B shows the head link", text_b)
+            rows_b = [l.split() for l in text_b.splitlines() if re.match(r"\s+[23] ready ", l)]
+            check(len(rows_b) == 2 and all(row[3] != "-" for row in rows_b),
+                  "node B's rank rows name a device", text_b)
             check(re.search(r"^\s*Since: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", text_b, re.M),
                   "... and since when", text_b)
             wrong_place = dpctl(bus_b, "assign", "node-b", "--start-rank", "2", "--count", "2")
@@ -167,11 +188,11 @@ def main() -> None:
             check(wait_until(lambda: dpctl_json(bus_a, "status")["ready_ranks"] == 4, 10 * slow_factor(),
                              interval=0.2), "every rank ready again", dpctl(bus_a, "ranks").stdout)
 
-            # The head notices a lost node.
+            # Node B stops in order: the head reports it stopped (test_multinode_node_stop.py has more).
             check_eq(node_b.stop(), 0, "node B stops cleanly")
-            lost = wait_until(lambda: node_by_name(dpctl_json(bus_a, "nodes"))["node-b"]["state"] == "lost",
+            gone = wait_until(lambda: node_by_name(dpctl_json(bus_a, "nodes"))["node-b"]["state"] == "stopped",
                               15 * slow_factor(), interval=0.3)
-            check(lost, "the head reports node-b as lost once it is gone", dpctl(bus_a, "nodes").stdout)
+            check(gone, "the head reports node-b as stopped once it said goodbye", dpctl(bus_a, "nodes").stdout)
             check(head.running(), "the head runs on")
             check_eq(head.stop(), 0, "the head stops cleanly")
             c.check_logs_clean()

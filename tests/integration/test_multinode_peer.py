@@ -50,7 +50,8 @@ def main() -> None:
                 check_eq((cfg.get("dp_size"), cfg.get("rank")), (1, 0), "CONFIG dp_size and rank")
                 check_eq(cfg.get("engine", {}).get("model"), MODEL, "CONFIG engine.model")
                 check_eq(cfg.get("heartbeat_interval"), 1.0, "CONFIG heartbeat_interval")
-                head.wait_ready(15)
+                head.wait_ready(15)  # at once: this head has no ranks of its own (-dpl 0)
+                check(head.wait_ready_ranks(1, 15), "the head has the peer's rank 0 ready", head.health())
                 check_eq(ready_lines(head), {0: "node-p"}, "rank 0 is ready on node-p (the node its key names)")
                 check_eq(head.health(), {"status": "ok", "ready_ranks": 1, "ranks": 1}, "/health")
 

@@ -18,7 +18,7 @@ completions are correct and reach every rank, and node B's log is untouched by t
 import re
 
 from harness import check, check_eq, check_in, run_test, slow_factor
-from netns import (CONFIG, ERROR, HEARTBEAT, MODEL, REFUSED, Cluster, Network, Peer, completion_load,
+from netns import (CONFIG, ERROR, HEARTBEAT, MODEL, PROTOCOL, REFUSED, Cluster, Network, Peer, completion_load,
                    rank_switches, ready_lines)
 
 
@@ -31,7 +31,7 @@ def expect_refused(peer: Peer, what: str, codes: tuple, send, message_has: tuple
           f"{what}: reason code {body.get('code')!r} in {codes}; message {body.get('message')!r}", body)
     for part in message_has:
         check_in(part, body.get("message", ""), f"{what}: the REFUSED message")
-    check_eq((m.major, m.minor), (2, 0), f"{what}: the reply's protocol version")
+    check_eq((m.major, m.minor), PROTOCOL, f"{what}: the reply's protocol version")
     return body
 
 
@@ -63,7 +63,7 @@ def main() -> None:
             # Messages that cannot be used are logged once per connection: one connection each.
             with Peer(p, endpoint, kp, server, name="node-p v2") as peer:
                 expect_refused(peer, "a HELLO with protocol 1.0", ("version-mismatch",),
-                               lambda: peer.hello(3, major=1, minor=0), ("1.0", "2.0"))
+                               lambda: peer.hello(3, major=1, minor=0), ("1.0", "%d.%d" % PROTOCOL))
             with Peer(p, endpoint, kp, server, name="node-p early heartbeat") as peer:
                 expect_refused(peer, "a HEARTBEAT before HELLO", ("not-registered",),
                                lambda: peer.send(HEARTBEAT, {"progress": 0, "running": 0, "waiting": 0}))

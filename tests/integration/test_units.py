@@ -76,9 +76,11 @@ def test_verify() -> None:
         with open(UNIT, encoding="utf-8") as f:
             text = f.read()
         check("ExecStart=/usr/sbin/dpengined" in text, "ExecStart= runs the installed /usr/sbin/dpengined")
+        check("ExecReload=/usr/bin/dpctl " in text, "ExecReload= runs the installed /usr/bin/dpctl")
         copy = os.path.join(tmp, "dpengined.service")
         with open(copy, "w", encoding="utf-8") as f:
-            f.write(text.replace("ExecStart=/usr/sbin/dpengined", f"ExecStart={exe}"))
+            f.write(text.replace("ExecStart=/usr/sbin/dpengined", f"ExecStart={exe}")
+                    .replace("ExecReload=/usr/bin/dpctl ", f"ExecReload={os.path.join(BUILD, 'ctl', 'dpctl')} "))
         env = dict(os.environ)
         mandir = os.path.join(BUILD, "man")
         pages = [p for p in os.listdir(mandir) if re.match(r".*\.\d$", p)] if os.path.isdir(mandir) else []
@@ -124,7 +126,11 @@ def test_directives() -> None:
     check(one("User") == "dpengine" and one("Group") == "dpengine", "User=/Group=dpengine")
     for key in ("RuntimeDirectory", "ConfigurationDirectory", "StateDirectory"):
         check(one(key) == "dpengine", f"{key}=dpengine")
-    check(one("ExecReload").startswith("/bin/kill -HUP $MAINPID"), "ExecReload= sends SIGHUP")
+    # A reload that returns once the daemon answered, non-zero when it refused the file (a
+    # SIGHUP would return at once, 0 whatever the daemon makes of it).
+    check(one("ExecReload") == "/usr/bin/dpctl reload", "ExecReload= runs dpctl reload (synchronous, truthful)")
+    check(one("User") and not one("ExecReload").startswith(("+", "!")),
+          "ExecReload= runs as the service's user, sandboxed (the daemon obeys its own user)")
     docs = " ".join(s.get("Documentation", [])).split()
     for page in ("man:dpengined(8)", "man:dpengined.toml(5)", "man:dpctl(1)"):
         check(page in docs, f"Documentation= lists {page}")

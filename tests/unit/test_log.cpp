@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -46,10 +47,32 @@ struct FakeJournal {
 
 }  // namespace
 
-TEST_CASE("a journal entry carries the message, priority and unit as native-protocol fields", "[log]") {
+// SYSLOG_IDENTIFIER is the program's name: dpengine-unit-tests here, dpengined or dpengine-rank
+// in the service.
+const std::string program = program_invocation_short_name;
+
+TEST_CASE("a journal entry carries the message, priority, program and unit as native-protocol fields", "[log]") {
     FakeJournal journal;
     REQUIRE(dlog::send_journal_entry(journal.path, dlog::journal_entry(Level::warning, "rank 3", "lost the head")));
-    CHECK(journal.receive() == "MESSAGE=lost the head\nPRIORITY=4\nDPENGINE_UNIT=rank 3\n");
+    CHECK(journal.receive() ==
+          "MESSAGE=lost the head\nPRIORITY=4\nSYSLOG_IDENTIFIER=" + program + "\nDPENGINE_UNIT=rank 3\n");
+}
+
+TEST_CASE("a message that ends with a reason code in brackets carries it as DPENGINE_REASON", "[log]") {
+    FakeJournal journal;
+    const std::string message = "rank 1 (node 'b') went silent: no heartbeat for 1.5 s [heartbeat-timeout]";
+    REQUIRE(dlog::send_journal_entry(journal.path, dlog::journal_entry(Level::error, "dpengined", message)));
+    CHECK(journal.receive() == "MESSAGE=" + message + "\nPRIORITY=3\nSYSLOG_IDENTIFIER=" + program +
+                                   "\nDPENGINE_UNIT=dpengined\nDPENGINE_REASON=heartbeat-timeout\n");
+}
+
+TEST_CASE("only a trailing, well-formed bracketed code is a reason code", "[log]") {
+    CHECK(dlog::reason_code("the head is back [head-back]") == "head-back");
+    CHECK(dlog::reason_code("rank 2 [rank-exited] and more").empty());  // not at the end
+    CHECK(dlog::reason_code("a list [1, 2]").empty());                  // not a code
+    CHECK(dlog::reason_code("an empty []").empty());
+    CHECK(dlog::reason_code("]").empty());
+    CHECK(dlog::reason_code("").empty());
 }
 
 TEST_CASE("a message with a newline is sent in the binary field form with its length", "[log]") {
@@ -58,7 +81,7 @@ TEST_CASE("a message with a newline is sent in the binary field form with its le
     REQUIRE(dlog::send_journal_entry(journal.path, dlog::journal_entry(Level::error, "dpengined", message)));
     std::string expected = "MESSAGE\n";
     expected += std::string("\x16\0\0\0\0\0\0\0", 8);  // 22, little-endian
-    expected += message + "\nPRIORITY=3\nDPENGINE_UNIT=dpengined\n";
+    expected += message + "\nPRIORITY=3\nSYSLOG_IDENTIFIER=" + program + "\nDPENGINE_UNIT=dpengined\n";
     CHECK(journal.receive() == expected);
 }
 

@@ -104,7 +104,8 @@ TEST_CASE("wire: NODE_CONFIG, NODE_STATUS and ASSIGN round trip", "[wire][node-l
     CHECK(config.activity.empty());  // not sent: empty
 
     NodeConfig with_activity{8, 4, 2, 77, "head-a", {"ready", "ready"}};
-    with_activity.activity = {{"gloo", 9, 1234, 81920ULL << 20, 412.5, 0.75}, {"none", 0, 0, 0, 0, 0}};
+    with_activity.activity = {{"gloo", 9, 1234, 81920ULL << 20, 412.5, 0.75, "cuda:0 (H100)", 3, 1, 57},
+                              {"none", 0, 0, 0, 0, 0, "", 0, 0, 0}};
     auto back = std::get<NodeConfig>(decoded(encode(with_activity)).message);
     CHECK(back.activity == with_activity.activity);
     CHECK(back.states == with_activity.states);
@@ -117,6 +118,13 @@ TEST_CASE("wire: NODE_CONFIG, NODE_STATUS and ASSIGN round trip", "[wire][node-l
     CHECK(status.ranks[0].restarts == 1);
     CHECK(status.ranks[1].state == "failed");
     CHECK(status.ranks[1].last_error == "exhausted its restart budget");
+    CHECK_FALSE(status.leaving);
+
+    NodeStatus goodbye = sample_status();
+    goodbye.leaving = true;
+    auto left = std::get<NodeStatus>(decoded(encode(goodbye)).message);
+    CHECK(left.leaving);
+    CHECK(left.ranks.size() == 2);
 
     auto assign = std::get<Assign>(decoded(encode(Assign{65534, 2, 3})).message);
     CHECK(assign.start_rank == 65534);
@@ -228,4 +236,42 @@ TEST_CASE("wire: NODE_STATUS refuses hostile counts and short entries", "[wire][
     auto status = std::get<NodeStatus>(decoded(later).message);
     REQUIRE(status.ranks.size() == 1);
     CHECK(status.ranks[0].rank == 5);
+}
+
+TEST_CASE("wire: NODE_STATUS is the bytes of protocol 2.0 unless leaving", "[wire][node-link]") {
+    // A 2.0 head skips what it does not know; a status without leaving carries nothing new.
+    std::string plain = encode(sample_status());
+    CHECK(plain.find("leaving") == std::string::npos);
+    NodeStatus goodbye = sample_status();
+    goodbye.leaving = true;
+    CHECK(encode(goodbye).find("leaving") != std::string::npos);
+}
+
+TEST_CASE("wire: NODE_CONFIG activity items of 2.0 (6 elements) and of a later minor decode", "[wire][node-link]") {
+    auto entry = [](Writer& w, uint32_t elements) {
+        w.array(elements);
+        w.str("gloo"); w.uint(4); w.uint(7); w.uint(1024); w.float64(10.5); w.float64(0.25);
+        if (elements >= 10) {
+            w.str("cpu (synthetic)"); w.uint(2); w.uint(1); w.uint(99);
+        }
+        for (uint32_t i = 10; i < elements; ++i) w.str("appended later");
+    };
+    auto config = [&](uint32_t elements) {
+        return std::get<NodeConfig>(decoded(raw(12, [&](Writer& w) {
+            w.map(3);
+            w.str("start_rank"); w.uint(0);
+            w.str("count"); w.uint(1);
+            w.str("activity"); w.array(1); entry(w, elements);
+        })).message);
+    };
+    auto old = config(6).activity.at(0);
+    CHECK(old.group_kind == "gloo");
+    CHECK(old.dummy_step_share == 0.25);
+    CHECK(old.device.empty());
+    CHECK(old.served == 0);
+    auto later = config(12).activity.at(0);
+    CHECK(later.device == "cpu (synthetic)");
+    CHECK(later.in_flight == 2);
+    CHECK(later.waiting == 1);
+    CHECK(later.served == 99);
 }
