@@ -182,6 +182,11 @@ std::optional<keys::AuthorizedKey> RankSocket::key_of(const std::string& node) c
     return zap_->find_node(node);
 }
 
+std::vector<keys::AuthorizedKey> RankSocket::authorized_keys() const {
+    if (!zap_) return {};
+    return zap_->authorized();
+}
+
 void RankSocket::add_refusals(std::map<std::string, uint64_t>& out) const {
     if (handshake_monitor_) {
         for (const auto& [reason, count] : handshake_monitor_->failures()) out[reason] += count;
