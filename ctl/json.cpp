@@ -63,7 +63,7 @@ json::array nodes_array(const std::vector<NodeRow>& nodes) {
 std::string rank_block(uint32_t start, uint32_t count) {
     if (count == 0) return "";
     if (count == 1) return std::to_string(start);
-    return std::to_string(start) + "-" + std::to_string(start + count - 1);
+    return std::to_string(start) + "-" + std::to_string(uint64_t{start} + count - 1);
 }
 
 std::string nodes_json(const std::vector<NodeRow>& nodes) { return json::serialize(nodes_array(nodes)); }

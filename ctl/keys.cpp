@@ -2,9 +2,12 @@
 #include "core/keys.hpp"
 #include "verbs.hpp"
 
+#include <pwd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 namespace dpctl {
 namespace {
@@ -19,6 +22,25 @@ std::string host_name() {
     char name[256] = {};
     if (gethostname(name, sizeof name - 1) != 0) return "node";
     return name;
+}
+
+// Run as root, the key would be root's, and the service (user dpengine) could not read it:
+// it goes to the service user when that user exists; otherwise the output says what to run.
+// Returns a line for the output, or "" when nothing was needed.
+std::string give_to_service_user(const std::string& path) {
+    if (::geteuid() != 0) return {};
+    const char* user = dpengine::keys::service_user;
+    const struct passwd* pw = ::getpwnam(user);
+    if (!pw) {
+        return std::string("Owner: root; user '") + user + "' does not exist here. If dpengined runs as another "
+               "user, run 'chown USER " + path + "' for it; once '" + user + "' exists, run 'chown " + user + " " +
+               path + "'\n";
+    }
+    if (::chown(path.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
+        return std::string("Owner: root; could not give it to user '") + user + "': " + std::strerror(errno) +
+               "; run 'chown " + user + " " + path + "'\n";
+    }
+    return std::string("Owner: ") + user + " (the service's user, which reads it)\n";
 }
 
 int generate(const Args& args) {
@@ -49,9 +71,10 @@ int generate(const Args& args) {
         std::fprintf(stderr, "dpctl: %s\n", written.error().message.c_str());
         return exit_status::failure;
     }
-    std::printf("Secret key: %s (mode 0600)\nPublic key: %s.pub; add its line to the head's security.authorized_keys\n"
+    std::string owner = give_to_service_user(path);
+    std::printf("Secret key: %s (mode 0600)\n%sPublic key: %s.pub; add its line to the head's security.authorized_keys\n"
                 "Fingerprint: %s\n%s\n",
-                path.c_str(), path.c_str(), dpengine::keys::fingerprint(pair->public_z85).c_str(),
+                path.c_str(), owner.c_str(), path.c_str(), dpengine::keys::fingerprint(pair->public_z85).c_str(),
                 pair->public_z85.c_str());
     return exit_status::ok;
 }

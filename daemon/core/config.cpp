@@ -810,7 +810,7 @@ Status validate_keys(const Config& config)
         if (!keys::is_z85_key(sec.head_public_key))
             return Error{"security.head_public_key must be the head's public key (40 Z85 characters, the first word "
                          "of the head's KEY.pub file), got '" + sec.head_public_key + "'" + why};
-    } else if (auto authorized = keys::load_authorized_keys(sec.authorized_keys); !authorized) {
+    } else if (auto authorized = keys::load_authorized_keys(sec.authorized_keys, config.node.name); !authorized) {
         return Error{"security.authorized_keys: " + authorized.error().message};
     }
     return Ok{};

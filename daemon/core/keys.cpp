@@ -1,6 +1,7 @@
 #include "keys.hpp"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <sodium.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -24,6 +25,19 @@ constexpr std::array<std::string_view, 2> published_secret_keys = {
 };
 
 std::string errno_text() { return std::strerror(errno); }
+
+std::string mode_text(mode_t mode) {
+    char text[8];
+    std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+    return text;
+}
+
+// Mode 0640 with the service's group: how packaging lets the daemon read a key root owns.
+bool readable_by_group_only(const struct stat& st, const std::string& group) {
+    if ((st.st_mode & 077) != 040) return false;
+    const struct group* g = ::getgrnam(group.c_str());
+    return g && g->gr_gid == st.st_gid;
+}
 
 std::string trim(std::string_view s) {
     size_t b = s.find_first_not_of(" \t\r");
@@ -104,17 +118,22 @@ Status write_key_pair(const std::string& path, const KeyPair& pair, const std::s
     return write_file(path + ".pub", pair.public_z85 + " " + node + "\n", 0644, overwrite);
 }
 
-Result<KeyPair> load_secret(const std::string& path) {
+Result<KeyPair> load_secret(const std::string& path, const std::string& reader_group) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
         return Error{"cannot read the secret key " + path + ": " + errno_text() +
                      "; create one with 'dpctl keys generate " + path + "'"};
     }
-    if (st.st_mode & 077) {
-        char mode[8];
-        std::snprintf(mode, sizeof mode, "%04o", st.st_mode & 07777);
-        return Error{"the secret key " + path + " is readable by group or others (mode " + mode +
-                     "); run 'chmod 600 " + path + "'"};
+    if ((st.st_mode & 077) && !readable_by_group_only(st, reader_group)) {
+        return Error{"the secret key " + path + " is readable by group or others (mode " + mode_text(st.st_mode) +
+                     "); run 'chmod 600 " + path + "' (or 'chgrp " + reader_group + " " + path + " && chmod 640 " +
+                     path + "' to let that group read it)"};
+    }
+    if (::faccessat(AT_FDCWD, path.c_str(), R_OK, AT_EACCESS) != 0 && errno == EACCES) {
+        return Error{"cannot read the secret key " + path + ": " + errno_text() + " (it belongs to uid " +
+                     std::to_string(st.st_uid) + ", mode " + mode_text(st.st_mode) + "; this process runs as uid " +
+                     std::to_string(::geteuid()) + "); run 'chown " + service_user + " " + path +
+                     "' for the user dpengined runs as"};
     }
     auto text = read_file(path);
     if (!text) return text.error();
@@ -158,14 +177,22 @@ std::string fingerprint(std::string_view public_z85) {
     return std::string("SHA256:") + b64;
 }
 
-Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path) {
+Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path, const std::string& head_node) {
+    // Whoever can write the list can let any key in.
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && (st.st_mode & S_IWOTH)) {
+        return Error{path + " is writable by anyone (mode " + mode_text(st.st_mode) + "), so anyone could add a key; run "
+                     "'chmod o-w " + path + "'"};
+    }
     auto text = read_file(path);
     if (!text) return Error{text.error().message + "; list each node's public key there (see dpctl keys generate)"};
-    return parse_authorized_keys(*text, path);
+    return parse_authorized_keys(*text, path, head_node);
 }
 
-Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text, const std::string& path) {
+Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text, const std::string& path,
+                                                         const std::string& head_node) {
     std::vector<AuthorizedKey> keys;
+    std::vector<int> lines;  // the line of each entry of keys
     std::istringstream in(text);
     int line_no = 0;
     for (std::string line; std::getline(in, line);) {
@@ -195,10 +222,21 @@ Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text
             }
             return Error{where + "unknown option '" + std::string(opt) + "'; the only option is ranks=FIRST-LAST"};
         }
-        for (const auto& k : keys) {
-            if (k.public_z85 == key.public_z85) return Error{where + "this key is already listed for node '" + k.node + "'"};
+        if (!head_node.empty() && key.node == head_node) {
+            return Error{where + "'" + key.node + "' is the head's own node name (node.name); its ranks are the head's, "
+                         "so no key may join under it: give the node another node.name"};
+        }
+        for (size_t i = 0; i < keys.size(); ++i) {
+            if (keys[i].public_z85 == key.public_z85) {
+                return Error{where + "this key is already listed for node '" + keys[i].node + "'"};
+            }
+            if (keys[i].node == key.node) {
+                return Error{where + "node '" + key.node + "' is already listed on line " + std::to_string(lines[i]) +
+                             "; one key per node (remove one of the two lines)"};
+            }
         }
         keys.push_back(std::move(key));
+        lines.push_back(line_no);
     }
     return keys;
 }

@@ -25,9 +25,15 @@ Result<KeyPair> generate();
 // existing file unless `overwrite`.
 Status write_key_pair(const std::string& path, const KeyPair& pair, const std::string& node, bool overwrite);
 
-// Reads a secret key file. Refuses a file that group or others can read, a malformed key, and
-// the example keys published with libzmq (anyone can impersonate those).
-Result<KeyPair> load_secret(const std::string& path);
+// The group whose members may read a node's secret key (mode 0640): the daemon's own.
+inline constexpr const char* service_group = "dpengine";
+// The user the daemon runs as under systemd, who must be able to read the key.
+inline constexpr const char* service_user = "dpengine";
+
+// Reads a secret key file. Refuses a file that others can read, or that group can read unless
+// it is mode 0640 with group `reader_group`; a malformed key; and the example keys published
+// with libzmq (anyone can impersonate those).
+Result<KeyPair> load_secret(const std::string& path, const std::string& reader_group = service_group);
 // The content checks of load_secret on a file's text; `origin` names it in errors.
 Result<KeyPair> parse_secret(const std::string& text, const std::string& origin);
 
@@ -47,9 +53,11 @@ struct AuthorizedKey {
 };
 
 // Parses an authorized-keys file: blank lines and '#' comments are skipped; errors name the
-// file and line.
-Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path);
+// file and line. Refuses a file anyone may write, two lines for one node (whose ranks= would
+// apply?), and a line for `head_node`, the head's own name (its ranks are the head's).
+Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path, const std::string& head_node = {});
 // The same on a file's text; `origin` names it in errors.
-Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text, const std::string& origin);
+Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text, const std::string& origin,
+                                                         const std::string& head_node = {});
 
 }  // namespace dpengine::keys

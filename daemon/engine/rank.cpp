@@ -382,11 +382,16 @@ public:
                 if (auto state = loop_->state(); state.phase == EngineState::Phase::failed) return engine_failed(state);
             }
             if (!serving()) {
-                if (!hello_sent_ && connected_ && Clock::now() >= hello_not_before_) hello_sent_ = conn_.send(hello_, 0);
+                if (connected_ && hello_due()) send_hello();
                 if (options_.connect_timeout > 0 && !ever_configured_ &&
                     Clock::now() - started > std::chrono::duration<double>(options_.connect_timeout)) {
-                    log::error("no CONFIG from the head at {} within {} s; is dpengined running there?",
-                               options_.connect, options_.connect_timeout);
+                    if (!last_refusal_.empty()) {
+                        log::error("no CONFIG from the head at {} within {} s; it last said: {}", options_.connect,
+                                   options_.connect_timeout, last_refusal_);
+                    } else {
+                        log::error("no CONFIG from the head at {} within {} s; is dpengined running there?",
+                                   options_.connect, options_.connect_timeout);
+                    }
                     return exit_code::unreachable;
                 }
                 continue;
@@ -540,6 +545,41 @@ private:
         return state.exit_code;
     }
 
+    // HELLO goes out on every new connection, after a refusal worth retrying, and again while
+    // the head leaves it unanswered: the head may be ignoring this address for a while
+    // (handshake.refusal_mute), and a rank that only waited would wait forever. The wait for
+    // an answer doubles up to a cap, with a random part so that a node's ranks spread out.
+    bool hello_due() const {
+        auto now = Clock::now();
+        if (!hello_sent_) return now >= hello_not_before_;
+        return !starting_ && now - hello_sent_at_ >= hello_answer_wait_;  // starting_: CONFIG came
+    }
+
+    void send_hello() {
+        bool again = hello_sent_;
+        if (!conn_.send(hello_, 0)) return;
+        hello_sent_ = true;
+        hello_sent_at_ = Clock::now();
+        if (!again) return;
+        if (!hello_unanswered_logged_) {
+            log::notice("no answer from the head at {} to HELLO for {:.0f} s; sending it again with back-off",
+                        options_.connect, std::chrono::duration<double>(hello_answer_wait_).count());
+            hello_unanswered_logged_ = true;
+        }
+        hello_answer_wait_ = std::min(hello_answer_wait_ * 2, hello_answer_wait_max) + jitter(hello_answer_wait_ / 4);
+    }
+
+    // An answer came (CONFIG or REFUSED): the next HELLO waits the shortest time again.
+    void hello_answered() {
+        hello_answer_wait_ = hello_answer_wait_first;
+        hello_unanswered_logged_ = false;
+    }
+
+    static Clock::duration jitter(Clock::duration up_to) {
+        auto span = static_cast<uint64_t>(std::max<Clock::duration::rep>(1, up_to.count()));
+        return Clock::duration(static_cast<Clock::duration::rep>(random_u64() % span));
+    }
+
     // A restarted rank may find the head still holding its predecessor until that one's
     // heartbeats time out; it retries for a while, then gives up (another process has it).
     bool retry_duplicate() {
@@ -590,6 +630,7 @@ private:
     int on_message(wire::Envelope& env) {
         if (auto* config = std::get_if<wire::Config>(&env.message)) return on_config(*config);
         if (auto* refused = std::get_if<wire::Refused>(&env.message)) {
+            hello_answered();
             if (refused->code == "not-registered" && ever_configured_) {
                 // The head does not know this connection (it restarted, or declared this rank
                 // lost). Whatever was in flight is gone on its side too: start over. The head
@@ -608,6 +649,17 @@ private:
                             refused->message);
                 hello_sent_ = false;
                 hello_not_before_ = Clock::now() + std::chrono::seconds(1);
+                return -1;
+            }
+            if (refused->code == "node-not-registered") {
+                // This node's daemon registers with the head at about the same time as its
+                // ranks say HELLO; until it has, the head knows no ranks of it. Retried with
+                // back-off until handshake.connect_timeout (first time) or for good (rejoining).
+                if (last_refusal_.empty()) log::notice("the head holds no ranks for this node yet ({}); retrying", refused->message);
+                last_refusal_ = refused->message + " (" + refused->code + ")";
+                hello_sent_ = false;
+                hello_not_before_ = Clock::now() + not_registered_wait_ + jitter(not_registered_wait_ / 4);
+                not_registered_wait_ = std::min(not_registered_wait_ * 2, hello_answer_wait_max);
                 return -1;
             }
             log::error("the head refused rank {}: {} ({})", options_.rank, refused->message, refused->code);
@@ -638,6 +690,9 @@ private:
 
     int on_config(const wire::Config& config) {
         if (configured_) return -1;
+        hello_answered();
+        last_refusal_.clear();
+        not_registered_wait_ = hello_answer_wait_first / 8;
         rejoining_ = false;
         epoch_ = config.epoch;
         heartbeat_every_ = std::chrono::duration_cast<Clock::duration>(
@@ -729,6 +784,13 @@ private:
     Clock::time_point last_wait_log_{};
     Clock::time_point hello_not_before_{};
     Clock::time_point first_duplicate_{};
+    static constexpr Clock::duration hello_answer_wait_first = std::chrono::seconds(2);
+    static constexpr Clock::duration hello_answer_wait_max = std::chrono::seconds(8);
+    Clock::time_point hello_sent_at_{};
+    Clock::duration hello_answer_wait_ = hello_answer_wait_first;
+    bool hello_unanswered_logged_ = false;
+    Clock::duration not_registered_wait_ = hello_answer_wait_first / 8;  // after node-not-registered
+    std::string last_refusal_;  // the last refusal worth retrying, for the connect_timeout error
 };
 
 }  // namespace

@@ -72,6 +72,17 @@ std::string NodeRegistry::block_problem(const std::string& node, uint32_t start,
         std::string owner = link_.owner_of(r);
         if (!owner.empty() && owner != node) return "rank " + std::to_string(r) + " is registered by node '" + owner + "'";
     }
+    // Ranks another key's ranks= reserves are that node's, registered or not.
+    for (const auto& key : link_.authorized_keys()) {
+        if (key.node == node || !key.ranks) continue;
+        uint32_t first = key.ranks->first, last = key.ranks->second;
+        for (uint32_t r = std::max(start, first); r < start + count && r <= last; ++r) {
+            if (link_.owner_of(r) != node) {
+                return "rank " + std::to_string(r) + " is reserved for node '" + key.node + "' (ranks=" +
+                       std::to_string(first) + "-" + std::to_string(last) + " in security.authorized_keys)";
+            }
+        }
+    }
     if (auto allowed = link_.key_ranks(node); allowed && count &&
                                               (start < allowed->first || start + count - 1 > allowed->second)) {
         return "node '" + node + "' may only run ranks " + std::to_string(allowed->first) + "-" +
@@ -123,14 +134,15 @@ void NodeRegistry::on_message(const std::string& routing_id, const wire::Envelop
     }
     auto known = node_of_connection_.find(routing_id);
     auto* status = std::get_if<wire::NodeStatus>(&envelope.message);
-    if (known == node_of_connection_.end() || !status) {
-        // A head that restarted does not know the node: it registers again.
-        if (!status) {
-            link_.send_to(routing_id, wire::ErrorReply{"unexpected-type", std::string("a node may not send ") +
-                                                                              wire::type_name(envelope.message)});
-        } else {
-            link_.refuse_peer(routing_id, "not-registered", "send NODE_HELLO first");
-        }
+    if (known == node_of_connection_.end()) {
+        // A head that restarted does not know the node: it registers again. (The rank link
+        // limits how often an unregistered connection is answered.)
+        link_.refuse_peer(routing_id, "not-registered", "send NODE_HELLO first");
+        return;
+    }
+    if (!status) {
+        link_.send_to(routing_id, wire::ErrorReply{"unexpected-type", std::string("a node may not send ") +
+                                                                          wire::type_name(envelope.message)});
         return;
     }
     Entry& entry = nodes_.at(known->second);

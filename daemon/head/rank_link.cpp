@@ -57,11 +57,17 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
                            [this](const std::string& id) { connection_gone(id); }}),
       deadline_timer_(io),
       group_(io, config, group_peers()),
-      refusal_limiter_(config.handshake.refusal_rate_limit, config.handshake.refusal_mute) {
+      refusal_limiter_(config.handshake.refusal_rate_limit, config.handshake.refusal_mute),
+      unregistered_answers_(config.handshake.refusal_rate_limit, config.handshake.refusal_mute) {
     ranks_.resize(config.dp_size());
     for (uint32_t r = 0; r < ranks_.size(); ++r) {
         ranks_[r].info.rank = r;
         ranks_[r].info.state = RankState::starting;
+    }
+    // The head's own block is its own before any peer can say HELLO: nobody else may claim it.
+    const uint32_t first_local = config.first_local_rank();
+    for (uint32_t r = first_local; r < ranks_.size() && r - first_local < config.size_local(); ++r) {
+        set_owner(r, config.node.name);
     }
 }
 
@@ -109,12 +115,27 @@ bool RankLink::send(const std::string& routing_id, const wire::Message& message)
     return socket_.send(routing_id, send_buffer_);
 }
 
+bool RankLink::may_answer_unregistered(const std::string& routing_id) {
+    auto now = Clock::now();
+    unregistered_answers_.configure(config_.handshake.refusal_rate_limit, config_.handshake.refusal_mute);
+    if (unregistered_answers_.muted(routing_id, now) || unregistered_answers_.refused(routing_id, now)) {
+        ++refusals_["rate-limited"];
+        return false;
+    }
+    return true;
+}
+
 void RankLink::refuse(const std::string& routing_id, const std::string& code, const std::string& message) {
     ++refusals_[code];
     // Stale traffic from a peer the head has forgotten (a rank declared lost across a
-    // partition) is answered with not-registered and is no flood: counting it would mute the
-    // peer's address just as it registers again.
-    if (routing_id == message_routing_id_ && code != "not-registered") {
+    // partition), and a rank that comes before its node registered, are answered and are no
+    // flood: counting them would mute the peer's address just as it registers again. Their
+    // answers are limited per connection instead: a flood of them draws no flood of replies.
+    if (code == "not-registered" || code == "node-not-registered") {
+        if (may_answer_unregistered(routing_id)) send(routing_id, wire::Refused{code, message});
+        return;
+    }
+    if (routing_id == message_routing_id_) {
         refusal_limiter_.configure(config_.handshake.refusal_rate_limit, config_.handshake.refusal_mute);
         if (refusal_limiter_.refused(message_peer_, Clock::now())) {
             log::warning("ignoring {} for {}s: refused more than {} times within a second (rate-limited)",
@@ -132,13 +153,20 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     message_routing_id_.clear();  // refusals count against a peer only while it is unregistered
     if (known == rank_of_connection_.end()) {
         // A peer refused too often is not answered for a while: its flood costs no replies.
+        // Under CURVE the peer is its key's node at its address, so that one key's flood does
+        // not mute another node behind the same address; a node that holds ranks is never
+        // muted, or its own ranks' retries (or a neighbour's flood) would lock them out.
         std::string address = RankSocket::frame_property(payload, "Peer-Address");
+        std::string key_node = RankSocket::frame_property(payload, "User-Id");
         message_peer_ = address.empty() ? "connection " + hex(routing_id) : address;
-        if (refusal_limiter_.muted(message_peer_, Clock::now())) {
-            ++refusals_["rate-limited"];
-            return;
+        if (!key_node.empty()) message_peer_ = key_node + "@" + message_peer_;
+        if (key_node.empty() || !holds_ranks(key_node)) {
+            if (refusal_limiter_.muted(message_peer_, Clock::now())) {
+                ++refusals_["rate-limited"];
+                return;
+            }
+            message_routing_id_ = routing_id;
         }
-        message_routing_id_ = routing_id;
     }
     auto env = wire::decode(payload.to_string_view());
     if (!env) {
@@ -161,6 +189,9 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     }
     if (auto* hello = std::get_if<wire::Hello>(&env->message)) {
         if (known != rank_of_connection_.end()) {
+            // The rank sent its HELLO again before the CONFIG reached it: the CONFIG is on its way.
+            const Slot& held = ranks_[known->second];
+            if (hello->rank == held.info.rank && hello->incarnation == held.incarnation) return;
             send(routing_id, wire::ErrorReply{"duplicate-hello", "this connection already registered as rank " +
                                                                      std::to_string(known->second)});
             return;
@@ -221,22 +252,34 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     }
 }
 
-// With CURVE the node is the name the ZAP handler gave the connection's key; a node may claim
-// only its own ranks. Without CURVE (ipc://, or insecure TCP) it is what HELLO says.
-std::string RankLink::ownership_problem(uint32_t rank, const std::string& node) const {
+// With CURVE the node is the name the ZAP handler gave the connection's key; without CURVE
+// (ipc://, or insecure TCP) it is what HELLO says. A node may claim only ranks it holds: those
+// of the block the head gave it (the head's own from the start, others' through the node
+// link), or unowned ranks that its key's ranks= reserves. A node that holds nothing yet (its
+// daemon has not registered) is told so with a code its ranks retry.
+std::optional<Error> RankLink::ownership_problem(uint32_t rank, const std::string& node) const {
     const std::string r = std::to_string(rank);
-    {
-        auto key = socket_.key_of(node);
-        if (key && key->ranks && (rank < key->ranks->first || rank > key->ranks->second)) {
-            return "rank " + r + " is not among node '" + node + "' ranks " + std::to_string(key->ranks->first) + "-" +
-                   std::to_string(key->ranks->second) + " (security.authorized_keys)";
-        }
+    auto reserved = key_ranks(node);
+    if (reserved && (rank < reserved->first || rank > reserved->second)) {
+        return Error{"rank " + r + " is not among node '" + node + "' ranks " + std::to_string(reserved->first) + "-" +
+                         std::to_string(reserved->second) + " (security.authorized_keys)",
+                     "rank-not-owned"};
     }
     const std::string& owner = ranks_[rank].owner;
-    if (!owner.empty() && owner != node) {
-        return "rank " + r + " belongs to node '" + owner + "', not '" + node + "'";
+    if (!owner.empty()) {
+        if (owner == node) return std::nullopt;
+        return Error{"rank " + r + " belongs to node '" + owner + "', not '" + node + "'", "rank-not-owned"};
     }
-    return {};
+    if (reserved) return std::nullopt;
+    if (holds_ranks(node)) return Error{"rank " + r + " is not among the ranks node '" + node + "' holds", "rank-not-owned"};
+    return Error{"node '" + node + "' holds no ranks yet: its daemon has not registered with the head, and its line in "
+                     "security.authorized_keys reserves none (ranks=FIRST-LAST)",
+                 "node-not-registered"};
+}
+
+bool RankLink::holds_ranks(const std::string& node) const {
+    auto owned = owned_count_.find(node);
+    return (owned != owned_count_.end() && owned->second > 0) || key_ranks(node).has_value();
 }
 
 std::string RankLink::describe_node(const std::string& node) const {
@@ -264,8 +307,16 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
         return refuse_logged("config-mismatch", "engine.model: this node says '" + hello.model + "', the head has '" +
                                                     config_.engine.model + "'");
     }
-    if (auto problem = ownership_problem(hello.rank, node); !problem.empty()) {
-        return refuse_logged("rank-not-owned", problem);
+    if (auto problem = ownership_problem(hello.rank, node)) {
+        // Expected while a node starts (its ranks may come before its registration): noted once
+        // per connection, and retried by the rank.
+        if (problem->code == "node-not-registered") {
+            if (RankSocket::first_warning(routing_id)) {
+                log::notice("refused rank {} from {} for now: {} ({})", hello.rank, who, problem->message, problem->code);
+            }
+            return refuse(routing_id, problem->code, problem->message);
+        }
+        return refuse_logged(problem->code, problem->message);
     }
     Slot& slot = ranks_[hello.rank];
     if (!slot.routing_id.empty()) {
@@ -287,7 +338,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     slot.incarnation = hello.incarnation;
     slot.step_rate.reset();  // a new registration: its counters may start again
     slot.info.health_failures = 0;
-    slot.owner = node;
+    set_owner(hello.rank, node);
     slot.info.node = node;
     slot.info.last_error.clear();
     slot.last_heard = Clock::now();
@@ -673,7 +724,15 @@ std::map<std::string, uint64_t> RankLink::refusals() const {
 }
 
 void RankLink::set_owner(uint32_t rank, const std::string& node) {
-    if (rank < ranks_.size()) ranks_[rank].owner = node;
+    if (rank >= ranks_.size()) return;
+    std::string& owner = ranks_[rank].owner;
+    if (owner == node) return;
+    if (!owner.empty()) {
+        auto count = owned_count_.find(owner);
+        if (count != owned_count_.end() && --count->second == 0) owned_count_.erase(count);
+    }
+    owner = node;
+    if (!node.empty()) ++owned_count_[node];
 }
 
 std::optional<std::pair<uint32_t, uint32_t>> RankLink::key_ranks(const std::string& node) const {

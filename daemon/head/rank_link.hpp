@@ -113,7 +113,8 @@ public:
     void refuse_peer(const std::string& routing_id, const std::string& code, const std::string& message) {
         refuse(routing_id, code, message);
     }
-    // The node allowed to register a rank ("": the first to come); the registry moves ranks.
+    // The node allowed to register a rank ("": none; a key's ranks= may claim it). The head
+    // owns its local block from the start; the registry gives blocks to nodes and moves them.
     void set_owner(uint32_t rank, const std::string& node);
     std::string owner_of(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].owner : std::string(); }
     RankState state_of(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].info.state : RankState::stopped; }
@@ -123,6 +124,8 @@ public:
     void raise_epoch(uint64_t at_least) { epoch_ = std::max(epoch_, at_least); }
     // security.authorized_keys: the ranks=A-B of the node's key, when CURVE is on and it has one.
     std::optional<std::pair<uint32_t, uint32_t>> key_ranks(const std::string& node) const;
+    // security.authorized_keys as the head uses it now (empty without CURVE).
+    std::vector<keys::AuthorizedKey> authorized_keys() const { return socket_.authorized_keys(); }
 
 private:
     friend struct RankLinkFuzzAccess;  // tests/fuzz/fuzz_handshake.cpp feeds on_message directly
@@ -155,7 +158,12 @@ private:
 
     void on_message(const std::string& routing_id, zmq::message_t& payload);
     void on_hello(const std::string& routing_id, const wire::Hello& hello, const std::string& node);
-    std::string ownership_problem(uint32_t rank, const std::string& node) const;
+    // Why `node` may not register `rank` (its reason code and message), or nothing.
+    std::optional<Error> ownership_problem(uint32_t rank, const std::string& node) const;
+    // Whether `node` holds ranks: a block the head gave it, or a ranks= reservation.
+    bool holds_ranks(const std::string& node) const;
+    // False when a connection got its share of answers for now (handshake.refusal_rate_limit).
+    bool may_answer_unregistered(const std::string& routing_id);
     std::string describe_node(const std::string& node) const;
     void on_outputs(Slot& slot, const wire::Outputs& outputs);
     void refuse(const std::string& routing_id, const std::string& code, const std::string& message);
@@ -201,8 +209,13 @@ private:
 
     // The DP group (lockstep mode).
     DpGroupCoordinator group_;
-    // Refusals per peer address, to mute a peer that keeps getting refused.
+    // Ranks owned per node (Slot::owner), so that holds_ranks() costs no scan per message.
+    std::unordered_map<std::string, uint32_t> owned_count_;
+    // Refusals per peer (address, and the key's node under CURVE), to mute a peer that keeps
+    // getting refused; a node that holds ranks is never muted.
     RefusalLimiter refusal_limiter_;
+    // Answers per connection to messages that need a registration first (not-registered).
+    RefusalLimiter unregistered_answers_;
     std::string message_routing_id_;  // the connection and address of the message on_message handles
     std::string message_peer_;
 };

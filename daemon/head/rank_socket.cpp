@@ -63,7 +63,7 @@ RankSocket::~RankSocket() {
 Result<std::vector<keys::AuthorizedKey>> RankSocket::allow_list() const {
     auto secret = keys::load_secret(config_.security.key);
     if (!secret) return Error{"security.key: " + secret.error().message};
-    auto authorized = keys::load_authorized_keys(config_.security.authorized_keys);
+    auto authorized = keys::load_authorized_keys(config_.security.authorized_keys, config_.node.name);
     if (!authorized) return Error{"security.authorized_keys: " + authorized.error().message};
     // No rank range on the head's own key: the head runs its configured block and whatever
     // 'dpctl assign' moves to it, and rank ownership (RankLink::ownership_problem) holds it to that.
@@ -180,6 +180,11 @@ bool RankSocket::send(const std::string& routing_id, std::string_view bytes) {
 std::optional<keys::AuthorizedKey> RankSocket::key_of(const std::string& node) const {
     if (!zap_) return std::nullopt;
     return zap_->find_node(node);
+}
+
+std::vector<keys::AuthorizedKey> RankSocket::authorized_keys() const {
+    if (!zap_) return {};
+    return zap_->authorized();
 }
 
 void RankSocket::add_refusals(std::map<std::string, uint64_t>& out) const {

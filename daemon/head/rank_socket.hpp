@@ -47,6 +47,8 @@ public:
     Status reload_authorized_keys();
     // The authorized key of NODE, when CURVE is on and the file names it.
     std::optional<keys::AuthorizedKey> key_of(const std::string& node) const;
+    // Every authorized key (none without CURVE).
+    std::vector<keys::AuthorizedKey> authorized_keys() const;
     // Failed handshakes and refused keys by reason code.
     void add_refusals(std::map<std::string, uint64_t>& out) const;
 

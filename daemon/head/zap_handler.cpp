@@ -39,6 +39,11 @@ std::optional<keys::AuthorizedKey> ZapHandler::find_node(const std::string& node
     return std::nullopt;
 }
 
+std::vector<keys::AuthorizedKey> ZapHandler::authorized() const {
+    std::lock_guard lock(mutex_);
+    return authorized_;
+}
+
 void ZapHandler::run() {
     // Refusals are logged once per (address, key), so a peer retrying every second does not
     // flood the journal; the set is bounded so a flood of addresses cannot grow it.

@@ -25,6 +25,8 @@ public:
 
     // The key's entry, for rank-ownership checks once a connection says HELLO.
     std::optional<keys::AuthorizedKey> find_node(const std::string& node) const;
+    // The allow-list as it is now.
+    std::vector<keys::AuthorizedKey> authorized() const;
     uint64_t refusals() const { return refusals_; }
     // A new allow-list (config reload); connections already admitted stay.
     void replace(std::vector<keys::AuthorizedKey> authorized);

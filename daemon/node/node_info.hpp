@@ -21,11 +21,12 @@ struct NodeInfo {
     uint64_t incarnation = 0;
 };
 
-// "A-B", "A" or "none": a block of ranks, for messages.
+// "A-B", "A" or "none": a block of ranks, for messages. In 64 bits: a block a peer asked for
+// may end past the last 32-bit rank, and its message must say so rather than wrap.
 inline std::string describe_block(uint32_t start, uint32_t count) {
     if (count == 0) return "none";
     if (count == 1) return std::to_string(start);
-    return std::to_string(start) + "-" + std::to_string(start + count - 1);
+    return std::to_string(start) + "-" + std::to_string(uint64_t{start} + count - 1);
 }
 
 }  // namespace dpengine

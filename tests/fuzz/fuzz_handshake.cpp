@@ -52,6 +52,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     CountingSink sink;
     {
         dpengine::RankLink link(io, head_config(), events);
+        // Rank 0 is the head's; the others are node-b's, as if it had registered through the
+        // node link (the seeds' HELLOs come from node-b), so that fuzzing gets past HELLO.
+        for (uint32_t r = 1; r < link.size(); ++r) link.set_owner(r, "node-b");
         size_t pos = 0;
         while (pos + 3 <= size) {
             uint8_t connection = data[pos];

@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <grp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -464,4 +465,72 @@ TEST_CASE("authorized keys from text: a line of only vertical whitespace is blan
     auto bad = keys::parse_authorized_keys("\v not-a-key node\n", "authorized_keys");
     REQUIRE_FALSE(bad);
     REQUIRE(bad.error().message.find("authorized_keys:1: expected a 40-character Z85 public key") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who may read and write the key files
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("keys: load_secret accepts mode 0640 only with the service's group", "[keys]") {
+    KeysTempDir dir;
+    auto pair = new_pair();
+    // The process's own group stands in for dpengine: the file is created with it.
+    const struct group* own = ::getgrgid(::getegid());
+    REQUIRE(own != nullptr);
+    const std::string group = own->gr_name;
+    std::string path = dir.write("node.key", pair.secret_z85 + "\n", 0640);
+    REQUIRE(::chown(path.c_str(), static_cast<uid_t>(-1), ::getegid()) == 0);
+    auto readable = keys::load_secret(path, group);
+    if (!readable) FAIL(readable.error().message);
+    CHECK(readable->public_z85 == pair.public_z85);
+
+    // Another group may not read it; nor may the group write it, nor others read it.
+    auto other = keys::load_secret(path, "dpengine-no-such-group");
+    REQUIRE_FALSE(other.ok());
+    CHECK_THAT(other.error().message, Catch::Contains("mode 0640"));
+    CHECK_THAT(other.error().message, Catch::Contains("chgrp dpengine-no-such-group " + path + " && chmod 640"));
+    for (mode_t mode : {mode_t{0660}, mode_t{0644}, mode_t{0650}}) {
+        INFO("mode " << std::oct << mode);
+        REQUIRE(::chmod(path.c_str(), mode) == 0);
+        CHECK_FALSE(keys::load_secret(path, group).ok());
+    }
+}
+
+TEST_CASE("keys: an authorized keys file anyone may write is refused", "[keys]") {
+    KeysTempDir dir;
+    std::string text = new_pair().public_z85 + " node-b\n";
+    for (mode_t mode : {mode_t{0666}, mode_t{0602}}) {
+        INFO("mode " << std::oct << mode);
+        std::string path = dir.write("authorized_keys", text, mode);
+        auto r = keys::load_authorized_keys(path);
+        REQUIRE_FALSE(r.ok());
+        CHECK_THAT(r.error().message, Catch::StartsWith(path));
+        CHECK_THAT(r.error().message, Catch::Contains("chmod o-w " + path));
+    }
+    // Writable by its group (an admins' group) is the owner's choice.
+    CHECK(keys::load_authorized_keys(dir.write("authorized_keys", text, 0664)).ok());
+}
+
+TEST_CASE("keys: authorized keys refuse a node listed twice, naming both lines", "[keys]") {
+    KeysTempDir dir;
+    auto a = new_pair(), b = new_pair();
+    std::string path = dir.write("authorized_keys",
+                                 "# nodes\n" + a.public_z85 + " node-b ranks=2-3\n\n" + b.public_z85 + " node-b\n", 0644);
+    auto r = keys::load_authorized_keys(path);
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Catch::StartsWith(path + ":4:"));
+    CHECK_THAT(r.error().message, Catch::Contains("node 'node-b' is already listed on line 2"));
+}
+
+TEST_CASE("keys: authorized keys refuse a line with the head's own node name", "[keys]") {
+    KeysTempDir dir;
+    auto a = new_pair(), b = new_pair();
+    std::string path = dir.write("authorized_keys", a.public_z85 + " node-b\n" + b.public_z85 + " head-a ranks=0-1\n",
+                                 0644);
+    auto r = keys::load_authorized_keys(path, "head-a");
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Catch::StartsWith(path + ":2:"));
+    CHECK_THAT(r.error().message, Catch::Contains("'head-a' is the head's own node name"));
+    // Another head may list it.
+    CHECK(keys::load_authorized_keys(path, "head-z").ok());
 }
