@@ -11,8 +11,11 @@ answers the requests that reach it out of bounds, one case after the other:
     client does not read: the head stops at frontend.max_response_bytes (here 16 MiB), the
     client gets a response cut short (never the 320 MiB), and the head's peak resident
     memory stays far below what it would take to hold the answer;
-  - 150 OUTPUTS messages of 1M items each: while they arrive, /health keeps answering
-    (each within 5 s) and the head's peak memory stays bounded.
+  - 60 OUTPUTS messages of 1M items each (8 MiB): while the head works through them,
+    /health keeps answering, none of its answers waiting more than a quarter of the flood
+    (or 5 s), where a head that handles the flood in one go answers nothing until it ends;
+    and the head's peak memory grows by less than 3/4 of what the flood sent (a head that
+    queues what it has not handled yet holds nearly all of it).
 The head warns about the rank by number (rank-misbehaved), rate-limited; rank 0 serves
 correct completions throughout, and at the end the peer still serves as rank 1.
 """
@@ -31,7 +34,7 @@ from netns import (ABORT, CONFIG, ERROR, HEARTBEAT, OUTPUTS, READY, REFUSED, REQ
 MAX_RESPONSE_BYTES = 16 << 20
 BIG_PIECE = 8 << 20
 BIG_PIECES = 40
-FLOOD_MESSAGES = 150
+FLOOD_MESSAGES = 60
 FLOOD_ITEMS = 1 << 20
 
 
@@ -256,9 +259,15 @@ def outputs_flood(head, rank: HostileRank, baseline_rss: int) -> int:
     peak = peak_rss(head.pid)
     log(f"  flood sent in {time.monotonic() - started:.1f} s; /health asked {len(latencies)} times, slowest "
         f"{max(latencies):.2f} s; head peak {peak >> 20} MiB (baseline {baseline_rss >> 20} MiB)")
+    took = time.monotonic() - started
     check(not failures, "/health answers 200 throughout the flood", failures[:3])
-    check(max(latencies) < 5.0, "/health answers within 5 s throughout the flood", sorted(latencies)[-5:])
-    return peak
+    # Relative to the flood, not a fixed time: this machine may be slow, but a head that
+    # yields between messages answers many times during the flood, one that does not answers
+    # once it is over.
+    bound = max(5.0, took / 4)
+    check(max(latencies) < bound, f"/health answers within {bound:.1f} s throughout the {took:.1f} s flood",
+          sorted(latencies)[-5:])
+    return peak, len(message) * FLOOD_MESSAGES
 
 
 def main() -> None:
@@ -289,13 +298,13 @@ def main() -> None:
 
                 rank.answer = lambda r, rid, body: r.outputs(
                     [[rid, 200, "application/json", Bin(b'{"choices":[{"text":"fine"}]}'), True, 1]])
-                peak = outputs_flood(head, rank, baseline)
-                check(peak < baseline + (512 << 20),
-                      "the head's peak memory stays within 512 MiB of its baseline through the flood",
-                      f"{peak >> 20} MiB")
+                peak, flood_bytes = outputs_flood(head, rank, baseline)
+                check(peak - baseline < flood_bytes * 3 // 4,
+                      f"the head's peak memory grows by less than 3/4 of the flood's {flood_bytes >> 20} MiB",
+                      f"{peak >> 20} MiB, baseline {baseline >> 20} MiB")
                 for i in range(4):
                     status, body = head.complete(f"after the flood {i}", max_tokens=4)
-                    check_eq(status, 200, f"completion {i} after the flood", body)
+                    check(status == 200, f"completion {i} after the flood: 200", body)
                 check_eq(head.health(), {"status": "ok", "ready_ranks": 2, "ranks": 2}, "/health at the end")
                 check(not rank.errors, "the peer saw no errors", rank.errors)
             finally:
