@@ -6,7 +6,7 @@ A head (DP=2, rank 0) and node B (rank 1) serve; from a third namespace:
     reason every 10 s (dpengine-protocol(7)); the next line after the window says how many
     were suppressed, and the lines and those counts add up to the refusals;
   - 300 connections with an authorized key (node-p) that complete the CURVE handshake and
-    never send HELLO: once handshake.register_timeout (here 3 s) has passed, the head closes
+    never send HELLO: once handshake.register_timeout (here 5 s) has passed, the head closes
     every one, counts them (registration-timeout) and logs them in a line or two; node B's
     rank and node link, registered long before, stay connected.
 Afterwards the same rank processes serve correct completions, and the head's open fds are
@@ -22,7 +22,7 @@ from netns import Cluster, Network, completion_load, refusal_counts, zmq_module
 
 KEY_FLOOD = 3000
 SILENT_CONNECTIONS = 300
-REGISTER_TIMEOUT = 3.0
+REGISTER_TIMEOUT = 5.0
 LOG_WINDOW = 10.0
 
 
