@@ -52,6 +52,8 @@ struct FrontendSection {
     uint32_t max_connections = 16384;
     double idle_timeout = 60.0;      // seconds a keep-alive connection may sit idle
     double request_timeout = 600.0;  // seconds a request may take from arrival to its last byte
+    // Most bytes of response a rank may send for one request; past it the request fails (502).
+    uint64_t max_response_bytes = 64 << 20;
 };
 
 struct EngineSection {
@@ -101,6 +103,9 @@ struct HandshakeSection {
     // seconds (0: never).
     uint32_t refusal_rate_limit = 20;
     double refusal_mute = 10.0;
+    // Seconds a connection to the rank port may take to register (an accepted HELLO or
+    // NODE_HELLO); then the head closes it.
+    double register_timeout = 10.0;
 };
 
 // What happens when a rank process dies: restarts with capped exponential back-off, up to a

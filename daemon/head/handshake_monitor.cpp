@@ -10,9 +10,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-// One log line per reason per interval; the rest are counted into the next line.
-constexpr std::chrono::seconds log_interval{10};
-
 std::string describe(uint16_t event, uint32_t value) {
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
         return std::string("the ZMTP handshake did not complete (") + std::strerror(static_cast<int>(value)) + ")";
@@ -42,11 +39,12 @@ std::string HandshakeMonitor::reason_code(uint16_t event, uint32_t value) {
 }
 
 HandshakeMonitor::HandshakeMonitor(asio::io_context& io, zmq::context_t& context, zmq::socket_t& watched,
-                                   const std::string& name)
-    : pair_(context, zmq::socket_type::pair), watcher_(io) {
+                                   const std::string& name, ConnectionEvents connections)
+    : pair_(context, zmq::socket_type::pair), watcher_(io), connections_(std::move(connections)) {
     const std::string endpoint = "inproc://" + name;
     if (zmq_socket_monitor(watched.handle(), endpoint.c_str(),
-                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0) {
+                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
         throw zmq::error_t();
     }
     pair_.set(zmq::sockopt::linger, 0);
@@ -79,6 +77,15 @@ void HandshakeMonitor::drain() {
         uint32_t value;
         std::memcpy(&event, header.data(), sizeof event);
         std::memcpy(&value, static_cast<const char*>(header.data()) + 2, sizeof value);
+        // For these two the value is the connection's file descriptor.
+        if (event == ZMQ_EVENT_ACCEPTED) {
+            if (connections_.accepted) connections_.accepted(static_cast<int>(value));
+            continue;
+        }
+        if (event == ZMQ_EVENT_DISCONNECTED) {
+            if (connections_.closed) connections_.closed(static_cast<int>(value));
+            continue;
+        }
         std::string reason = reason_code(event, value);
         if (!reason.empty()) record(reason, describe(event, value), address.to_string());
     }
@@ -87,16 +94,10 @@ void HandshakeMonitor::drain() {
 
 void HandshakeMonitor::record(const std::string& reason, const std::string& detail, const std::string& endpoint) {
     ++failures_[reason];
-    LogState& state = log_state_[reason];
-    auto now = std::chrono::steady_clock::now();
-    if (state.last != std::chrono::steady_clock::time_point{} && now - state.last < log_interval) {
-        ++state.suppressed;
-        return;
+    if (auto suppressed = log_throttle_.admit(reason)) {
+        log::warning("refused a connection on {}: {} ({}){}", endpoint, detail, reason,
+                     LogThrottle::suppressed_note(*suppressed));
     }
-    std::string others = state.suppressed ? fmt::format(" ({} more since the last report)", state.suppressed) : "";
-    log::warning("refused a connection on {}: {} ({}){}", endpoint, detail, reason, others);
-    state.last = now;
-    state.suppressed = 0;
 }
 
 }  // namespace dpengine

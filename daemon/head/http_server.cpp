@@ -68,7 +68,7 @@ openai::HttpError server_error(const Error& error) {
     e.message = error.message;
     e.code = error.code;
     e.type = "server_error";
-    if (error.code == "rank-lost") e.status = 502;
+    if (error.code == "rank-lost" || error.code == "rank-misbehaved") e.status = 502;
     else if (error.code == "timeout") e.status = 504;
     else e.status = 503;
     return e;
@@ -247,7 +247,7 @@ private:
         self_ = shared_from_this();
         started_at_ = std::chrono::steady_clock::now();
         metric_key_ = "endpoint=\"" + endpoint_label(path) + (request.stream ? "\",stream=\"true\"" : "\",stream=\"false\"");
-        auto id = server_.ranks_.submit(std::move(request), this);
+        auto id = server_.ranks_.submit(std::move(request), this, routed_body.token_limit);
         if (!id) return end_exchange_with_status(server_error(id.error()));
         engine_id_ = *id;
         arm_timer(server_.config_.frontend.request_timeout, [](HttpSession& s) {
@@ -350,6 +350,8 @@ private:
     void close_after_flush() {
         timer_.cancel();
         keep_alive_ = false;
+        // Nothing left to write and no write under way: no on_write() will close it.
+        if (!writing_ && out_.empty()) return close();
         response_complete_ = true;
         flush();
     }

@@ -53,7 +53,11 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
     : io_(io),
       config_(config),
       events_(std::move(events)),
-      socket_(io, config, {[this](const std::string& id, zmq::message_t& payload) { on_message(id, payload); },
+      socket_(io, config, {[this](const std::string& id, zmq::message_t& payload) {
+                               message_items_ = 1;
+                               on_message(id, payload);
+                               return message_items_;
+                           },
                            [this](const std::string& id) { connection_gone(id); }}),
       deadline_timer_(io),
       group_(io, config, group_peers()),
@@ -111,6 +115,11 @@ Status RankLink::bind(const std::string& endpoint) {
 }
 
 bool RankLink::send(const std::string& routing_id, const wire::Message& message) {
+    // A connection that gets its configuration has registered: the registration deadline
+    // (handshake.register_timeout) is over for it.
+    if (std::holds_alternative<wire::Config>(message) || std::holds_alternative<wire::NodeConfig>(message)) {
+        socket_.registered(routing_id);
+    }
     send_buffer_ = wire::encode(message, epoch_);
     return socket_.send(routing_id, send_buffer_);
 }
@@ -169,6 +178,9 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
         }
     }
     auto env = wire::decode(payload.to_string_view());
+    if (auto* outputs = env ? std::get_if<wire::Outputs>(&env->message) : nullptr) {
+        message_items_ = std::max<size_t>(1, outputs->items.size());
+    }
     if (!env) {
         if (RankSocket::first_warning(routing_id)) {
             log::warning("refusing a message from {}: {} ({})",
@@ -380,6 +392,10 @@ void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
         if (it == requests_.end() || it->second.rank != slot.info.rank) continue;
         it->second.retry.responded = true;
         slot.info.tokens += piece.tokens;
+        if (auto problem = output_problem(it->second, piece); !problem.empty()) {
+            fail_request_of_misbehaving_rank(slot, piece.id, problem);
+            continue;
+        }
         RequestSink* sink = it->second.sink;
         if (piece.done) {
             requests_.erase(it);
@@ -388,6 +404,34 @@ void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
         }
         sink->on_output(piece);
     }
+}
+
+std::string RankLink::output_problem(InFlight& request, const wire::Output& piece) const {
+    request.tokens += piece.tokens;
+    request.bytes += piece.data.size() + piece.content_type.size();
+    if (request.token_limit && request.tokens > *request.token_limit) {
+        return fmt::format("sent {} completion tokens for a request that allows {} (its max_tokens times its choices)",
+                           request.tokens, *request.token_limit);
+    }
+    if (request.bytes > config_.frontend.max_response_bytes) {
+        return fmt::format("sent more than {} bytes of response for one request (frontend.max_response_bytes)",
+                           config_.frontend.max_response_bytes);
+    }
+    return {};
+}
+
+void RankLink::fail_request_of_misbehaving_rank(Slot& slot, uint64_t id, const std::string& problem) {
+    auto it = requests_.find(id);
+    RequestSink* sink = it->second.sink;
+    requests_.erase(it);
+    --slot.info.in_flight;
+    count_event(slot, "rank-misbehaved");
+    send(slot.routing_id, wire::Abort{{id}});
+    if (auto others = log_throttle_.admit("rank-misbehaved " + std::to_string(slot.info.rank))) {
+        log::warning("rank {} (node '{}') {}: the request failed and was aborted on the rank "
+                     "(rank-misbehaved){}", slot.info.rank, slot.info.node, problem, LogThrottle::suppressed_note(*others));
+    }
+    sink->on_failure(Error{"rank " + std::to_string(slot.info.rank) + " " + problem, "rank-misbehaved"});
 }
 
 void RankLink::note_load(Slot& slot, const wire::Heartbeat& heartbeat) {
@@ -437,7 +481,7 @@ void RankLink::connection_gone(const std::string& routing_id) {
     });
 }
 
-Result<uint64_t> RankLink::submit(wire::Request request, RequestSink* sink) {
+Result<uint64_t> RankLink::submit(wire::Request request, RequestSink* sink, std::optional<uint64_t> token_limit) {
     if (ready_count_ > 0 && !has_quorum()) {
         return Error{std::to_string(ready_count_) + " of " + std::to_string(ranks_.size()) +
                          " ranks are ready, fewer than data_parallel.min_ranks (" +
@@ -460,7 +504,7 @@ Result<uint64_t> RankLink::submit(wire::Request request, RequestSink* sink) {
         best = other;
     }
     uint64_t id = request.id;
-    requests_.emplace(id, InFlight{best->info.rank, sink, {}, std::move(request)});
+    requests_.emplace(id, InFlight{best->info.rank, sink, {}, std::move(request), token_limit});
     ++best->info.in_flight;
     return id;
 }

@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/wire.hpp"
 #include "head/dp_group_coordinator.hpp"
+#include "head/log_throttle.hpp"
 #include "head/loop_stall.hpp"
 #include "head/rank_info.hpp"
 #include "head/refusal_limiter.hpp"
@@ -61,7 +62,10 @@ public:
 
     // Front-end: sends the request to the rank the load policy picks. Fails when no rank can
     // take it. The sink must stay valid until the request finishes, fails, or is aborted.
-    Result<uint64_t> submit(wire::Request request, RequestSink* sink);
+    // TOKEN_LIMIT: the completion tokens the request allows (its max_tokens times its
+    // choices), when its body says; a rank that sends more, or more than
+    // frontend.max_response_bytes, fails the request (rank-misbehaved).
+    Result<uint64_t> submit(wire::Request request, RequestSink* sink, std::optional<uint64_t> token_limit = std::nullopt);
     // The client went away: forget the request and tell its rank to stop working on it.
     void abort(uint64_t id);
 
@@ -150,6 +154,9 @@ private:
         RequestSink* sink;
         head::RetryState retry;
         wire::Request request;  // kept to move it to another rank if this one is lost first
+        std::optional<uint64_t> token_limit;  // see submit()
+        uint64_t tokens = 0;  // of the response so far
+        uint64_t bytes = 0;
     };
     // The rank the load policy picks, other than `except`, or nothing.
     Slot* pick_rank(std::optional<uint32_t> except = std::nullopt);
@@ -166,6 +173,11 @@ private:
     bool may_answer_unregistered(const std::string& routing_id);
     std::string describe_node(const std::string& node) const;
     void on_outputs(Slot& slot, const wire::Outputs& outputs);
+    // What is wrong with PIECE, the next of REQUEST's response, counted into it: more tokens
+    // or bytes than the request allows; empty when nothing is.
+    std::string output_problem(InFlight& request, const wire::Output& piece) const;
+    // The rank broke the protocol with request ID: fail it to its client, abort it on the rank.
+    void fail_request_of_misbehaving_rank(Slot& slot, uint64_t id, const std::string& problem);
     void refuse(const std::string& routing_id, const std::string& code, const std::string& message);
     bool send(const std::string& routing_id, const wire::Message& message);
     void set_state(Slot& slot, RankState state);
@@ -218,6 +230,8 @@ private:
     RefusalLimiter unregistered_answers_;
     std::string message_routing_id_;  // the connection and address of the message on_message handles
     std::string message_peer_;
+    size_t message_items_ = 1;  // the work the message on_message handles takes (RankSocket's budget)
+    LogThrottle log_throttle_;  // warnings about ranks that break the protocol
 };
 
 }  // namespace dpengine

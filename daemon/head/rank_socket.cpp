@@ -5,6 +5,7 @@
 
 #include <boost/asio/post.hpp>
 
+#include <algorithm>
 #include <unordered_set>
 
 namespace dpengine {
@@ -13,8 +14,20 @@ namespace asio = boost::asio;
 
 namespace {
 
-// Messages handled per wake-up before the loop yields to HTTP work.
+// Work handled per wake-up before the loop yields to HTTP work: messages, and the items in
+// them (an OUTPUTS message may carry a million), so a flood of large messages cannot hold
+// the loop for more than about one message's decoding.
 constexpr int drain_budget = 512;
+constexpr size_t drain_item_budget = 8192;
+
+// Messages received from one connection and not handled yet are bounded by about this many
+// bytes (as messages of daemon.max_message_bytes): a peer that sends faster than the head
+// handles is held back by TCP and its own send queue instead of growing the head's memory.
+constexpr uint64_t receive_queue_bytes = 128 << 20;
+constexpr int min_receive_queue = 16;
+
+// How often connections are checked against handshake.register_timeout.
+constexpr std::chrono::milliseconds registration_check_interval{500};
 
 // Remembers which peers were already warned about, so a misbehaving peer is logged once
 // rather than once per message; bounded so a flood of peers cannot grow it.
@@ -49,8 +62,10 @@ std::string RankSocket::describe_peer(zmq::message_t& frame) {
 
 RankSocket::RankSocket(asio::io_context& io, const Config& config, Handlers handlers)
     : io_(io), config_(config), handlers_(std::move(handlers)), context_(1),
-      router_(context_, zmq::socket_type::router), watcher_(io) {
+      router_(context_, zmq::socket_type::router), watcher_(io), registration_timer_(io) {
     transport::configure(router_, config.daemon.max_message_bytes);
+    router_.set(zmq::sockopt::rcvhwm, static_cast<int>(std::max<uint64_t>(
+                                          min_receive_queue, receive_queue_bytes / config.daemon.max_message_bytes)));
     // Sending to a connection that is gone is an error we see, not a silent drop.
     router_.set(zmq::sockopt::router_mandatory, 1);
 }
@@ -106,8 +121,13 @@ Status RankSocket::start_security() {
 Status RankSocket::bind(const std::string& endpoint) {
     if (auto secured = start_security(); !secured) return secured;
     try {
-        // Before bind(): no connection may escape the count of failed handshakes.
-        handshake_monitor_ = std::make_unique<HandshakeMonitor>(io_, context_, router_, "dpengine-rank-link-monitor");
+        // Before bind(): no connection may escape the count of failed handshakes, nor the
+        // registration deadline.
+        HandshakeMonitor::ConnectionEvents connections{
+            [this](int fd) { registration_.accepted(fd, RegistrationDeadline::Clock::now()); },
+            [this](int fd) { registration_.closed(fd); }};
+        handshake_monitor_ = std::make_unique<HandshakeMonitor>(io_, context_, router_, "dpengine-rank-link-monitor",
+                                                                std::move(connections));
         router_.bind(endpoint);
     } catch (const zmq::error_t& e) {
         return Error{"cannot bind the rank endpoint " + endpoint + ": " + e.what()};
@@ -115,7 +135,36 @@ Status RankSocket::bind(const std::string& endpoint) {
     endpoint_ = endpoint;
     watcher_.assign(router_.get(zmq::sockopt::fd));
     arm();
+    enforce_registration_deadline();
     return Ok{};
+}
+
+void RankSocket::registered(const std::string& routing_id) {
+    if (message_routing_id_ && *message_routing_id_ == routing_id && message_fd_ >= 0) {
+        registration_.registered(message_fd_);
+    }
+}
+
+void RankSocket::enforce_registration_deadline() {
+    // The monitor's waiting events first: a connection that just closed must not be taken
+    // for one still waiting.
+    handshake_monitor_->drain();
+    auto closed = registration_.expire(RegistrationDeadline::Clock::now(),
+                                       std::chrono::duration_cast<RegistrationDeadline::Clock::duration>(
+                                           std::chrono::duration<double>(config_.handshake.register_timeout)));
+    registration_timeouts_ += closed.size();
+    if (!closed.empty()) {
+        if (auto others = log_throttle_.admit("registration-timeout", LogThrottle::Clock::now(), closed.size())) {
+            log::warning("closed a connection from {} on {}: it did not register (an accepted HELLO or NODE_HELLO) "
+                         "within {} s (handshake.register_timeout) (registration-timeout){}",
+                         closed.front(), endpoint_, config_.handshake.register_timeout,
+                         LogThrottle::suppressed_note(*others));
+        }
+    }
+    registration_timer_.expires_after(registration_check_interval);
+    registration_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (!ec) enforce_registration_deadline();
+    });
 }
 
 // ZeroMQ's fd is edge-triggered: it only signals that ZMQ_EVENTS may have changed. So the
@@ -142,7 +191,8 @@ void RankSocket::schedule_drain() {
 }
 
 void RankSocket::drain() {
-    for (int i = 0; i < drain_budget; ++i) {
+    size_t items = 0;
+    for (int i = 0; i < drain_budget && items < drain_item_budget; ++i) {
         if (!(router_.get(zmq::sockopt::events) & ZMQ_POLLIN)) {
             arm();
             return;
@@ -159,7 +209,12 @@ void RankSocket::drain() {
             }
             continue;
         }
-        handlers_.message(id.to_string(), payload);
+        const std::string routing_id = id.to_string();
+        message_routing_id_ = &routing_id;
+        message_fd_ = zmq_msg_get(payload.handle(), ZMQ_SRCFD);
+        items += handlers_.message(routing_id, payload);
+        message_routing_id_ = nullptr;
+        message_fd_ = -1;
     }
     schedule_drain();  // more may be waiting: continue after other work had its turn
 }
@@ -192,6 +247,7 @@ void RankSocket::add_refusals(std::map<std::string, uint64_t>& out) const {
         for (const auto& [reason, count] : handshake_monitor_->failures()) out[reason] += count;
     }
     if (zap_ && zap_->refusals()) out["unauthorized-key"] += zap_->refusals();
+    if (registration_timeouts_) out["registration-timeout"] += registration_timeouts_;
 }
 
 }  // namespace dpengine

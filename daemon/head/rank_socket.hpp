@@ -1,16 +1,20 @@
 // The head's ROUTER socket that every rank and node connects to: CURVE with the ZAP handler
 // that admits only authorized keys, the handshake monitor that counts failed ZMTP handshakes,
-// and the edge-triggered drain of ZeroMQ's notification fd on the daemon's event loop. It
-// moves bytes; what they mean is RankLink's business.
+// the registration deadline that closes connections which never register, and the
+// edge-triggered drain of ZeroMQ's notification fd on the daemon's event loop. It moves
+// bytes; what they mean is RankLink's business.
 #pragma once
 
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "head/handshake_monitor.hpp"
+#include "head/log_throttle.hpp"
+#include "head/registration_deadline.hpp"
 #include "head/zap_handler.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <functional>
 #include <map>
@@ -24,8 +28,10 @@ namespace dpengine {
 class RankSocket {
 public:
     struct Handlers {
-        // One well-formed message (routing id + one payload frame).
-        std::function<void(const std::string& routing_id, zmq::message_t& payload)> message;
+        // One well-formed message (routing id + one payload frame). Returns the work it took,
+        // in items (an OUTPUTS message's pieces; 1 for other messages): each wake-up of the
+        // event loop handles a bounded amount of work before HTTP and timers get their turn.
+        std::function<size_t(const std::string& routing_id, zmq::message_t& payload)> message;
         // Sending to the connection failed because it is gone (EHOSTUNREACH).
         std::function<void(const std::string& routing_id)> connection_gone;
     };
@@ -42,6 +48,9 @@ public:
 
     // False when the connection is gone or its queue is full.
     bool send(const std::string& routing_id, std::string_view bytes);
+    // The connection of the message being handled registered (the head sent it its
+    // configuration): the registration deadline no longer applies to it.
+    void registered(const std::string& routing_id);
 
     // Re-reads security.authorized_keys (config reload). Fails, changing nothing, on a bad file.
     Status reload_authorized_keys();
@@ -68,6 +77,7 @@ private:
     void arm();
     void drain();
     void schedule_drain();
+    void enforce_registration_deadline();
 
     boost::asio::io_context& io_;
     const Config& config_;
@@ -79,6 +89,13 @@ private:
     std::string endpoint_;
     bool drain_scheduled_ = false;
     bool armed_ = false;
+    // The message being handled: its connection, for registered().
+    const std::string* message_routing_id_ = nullptr;
+    int message_fd_ = -1;
+    RegistrationDeadline registration_;
+    boost::asio::steady_timer registration_timer_;
+    uint64_t registration_timeouts_ = 0;
+    LogThrottle log_throttle_;
     // Declared after router_ so that it closes first.
     std::unique_ptr<HandshakeMonitor> handshake_monitor_;
 };

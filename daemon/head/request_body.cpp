@@ -6,6 +6,10 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 namespace dpengine::head {
 namespace {
 
@@ -55,6 +59,29 @@ openai::HttpError invalid(std::string message, std::string param = {}) {
     return openai::HttpError{.message = std::move(message), .param = std::move(param)};
 }
 
+// A member that is a non-negative integer (1 and 1.0 alike); nothing for anything else, which
+// is the engine's to refuse.
+std::optional<uint64_t> count_member(const json::object& object, std::string_view key) {
+    const json::value* v = object.if_contains(key);
+    if (!v) return std::nullopt;
+    if (v->is_uint64()) return v->get_uint64();
+    if (v->is_int64() && v->get_int64() >= 0) return static_cast<uint64_t>(v->get_int64());
+    if (!v->is_double()) return std::nullopt;
+    double d = v->get_double();
+    if (d >= 0 && d < 1e18 && std::floor(d) == d) return static_cast<uint64_t>(d);
+    return std::nullopt;
+}
+
+std::optional<uint64_t> token_limit(const json::object& object) {
+    auto max_tokens = count_member(object, "max_tokens"), max_completion = count_member(object, "max_completion_tokens");
+    if (!max_tokens && !max_completion) return std::nullopt;
+    uint64_t per_choice = std::max(max_tokens.value_or(0), max_completion.value_or(0));
+    uint64_t choices = std::max<uint64_t>({1, count_member(object, "n").value_or(1), count_member(object, "best_of").value_or(1)});
+    uint64_t limit;
+    if (__builtin_mul_overflow(per_choice, choices, &limit)) return std::numeric_limits<uint64_t>::max();
+    return limit;
+}
+
 }  // namespace
 
 std::pair<size_t, size_t> member_value_span(std::string_view s, std::string_view key) {
@@ -92,6 +119,7 @@ std::variant<RoutedBody, openai::HttpError> route_body(std::string_view body, co
 
     RoutedBody routed;
     if (const json::value* stream = object->if_contains("stream")) routed.stream = stream->is_bool() && stream->get_bool();
+    routed.token_limit = token_limit(*object);
     const json::value* model = object->if_contains("model");
     if (!model) {
         routed.body = body;

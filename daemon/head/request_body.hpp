@@ -1,11 +1,14 @@
 // What the head reads from a client's request body: only what routing and policy need (the
-// model it names and whether it streams). The body itself goes to the engine unchanged, but
+// model it names, whether it streams, and how many completion tokens it allows, which bounds
+// what a rank may send back). The body itself goes to the engine unchanged, but
 // for the documented model-name mapping (engine.served_model_name). Pure functions: the
 // fuzzers drive them directly.
 #pragma once
 
 #include "core/api_error.hpp"
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -20,6 +23,10 @@ struct ModelNames {
 struct RoutedBody {
     std::string body;  // what the engine gets
     bool stream = false;
+    // The most completion tokens the answer may have: "max_tokens" (or
+    // "max_completion_tokens", the larger when both) times the choices ("n", "best_of");
+    // nothing when the body states no limit (the engine applies its own default).
+    std::optional<uint64_t> token_limit;
 };
 
 // Checks that BODY is a JSON object (nesting at most 32 deep) whose "model", when present, is

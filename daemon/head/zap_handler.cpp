@@ -2,8 +2,7 @@
 
 #include "core/log.hpp"
 #include "core/quiet_thread.hpp"
-
-#include <unordered_set>
+#include "head/log_throttle.hpp"
 
 namespace dpengine {
 
@@ -45,9 +44,8 @@ std::vector<keys::AuthorizedKey> ZapHandler::authorized() const {
 }
 
 void ZapHandler::run() {
-    // Refusals are logged once per (address, key), so a peer retrying every second does not
-    // flood the journal; the set is bounded so a flood of addresses cannot grow it.
-    std::unordered_set<std::string> logged;
+    // At most one line per reason every 10 s, however many keys and addresses a flood uses.
+    LogThrottle log_throttle;
     while (!stop_) {
         zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
         if (zmq::poll(&item, 1, std::chrono::milliseconds(100)) == 0) continue;
@@ -78,12 +76,11 @@ void ZapHandler::run() {
         }
         if (status != "200") {
             ++refusals_;
-            std::string what = key_z85.empty() ? "mechanism " + (mechanism.empty() ? std::string("?") : mechanism)
-                                               : "key " + keys::fingerprint(key_z85);
-            if (logged.size() > 4096) logged.clear();
-            if (logged.insert(address + " " + what).second) {
-                log::warning("refused a connection from {}: {} is not in security.authorized_keys (unauthorized-key)",
-                             address, what);
+            if (auto suppressed = log_throttle.admit("unauthorized-key")) {
+                std::string what = key_z85.empty() ? "mechanism " + (mechanism.empty() ? std::string("?") : mechanism)
+                                                   : "key " + keys::fingerprint(key_z85);
+                log::warning("refused a connection from {}: {} is not in security.authorized_keys (unauthorized-key){}",
+                             address, what, LogThrottle::suppressed_note(*suppressed));
             }
         }
         std::array<std::string, 6> reply = {"1.0", request_id, status, text, user, ""};

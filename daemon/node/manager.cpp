@@ -280,6 +280,7 @@ public:
         applied.frontend.max_connections = next.frontend.max_connections;
         applied.frontend.idle_timeout = next.frontend.idle_timeout;
         applied.frontend.request_timeout = next.frontend.request_timeout;
+        applied.frontend.max_response_bytes = next.frontend.max_response_bytes;
         applied.engine.default_max_tokens = next.engine.default_max_tokens;
         applied.handshake = next.handshake;
         applied.supervision = next.supervision;

@@ -1,4 +1,5 @@
 #include "head/handshake_monitor.hpp"
+#include "head/log_throttle.hpp"
 #include "head/refusal_limiter.hpp"
 
 #include <catch2/catch.hpp>
@@ -49,4 +50,23 @@ TEST_CASE("failed ZMTP handshakes map to reason codes", "[handshake_monitor]") {
     // ZAP refusals are the ZAP handler's to count.
     REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, 400).empty());
     REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZAP_BAD_VERSION).empty());
+}
+
+TEST_CASE("one log line per reason per interval, the next one counting those left out", "[log_throttle]") {
+    using dpengine::LogThrottle;
+    LogThrottle throttle;
+    auto t = LogThrottle::Clock::time_point{} + 1000s;
+    REQUIRE(throttle.admit("unauthorized-key", t) == 0u);
+    for (int i = 0; i < 2999; ++i) REQUIRE_FALSE(throttle.admit("unauthorized-key", t + 3ms * i).has_value());
+    REQUIRE(throttle.admit("mechanism-mismatch", t + 1s) == 0u);  // each reason on its own
+    REQUIRE_FALSE(throttle.admit("unauthorized-key", t + 9999ms).has_value());
+    REQUIRE(throttle.admit("unauthorized-key", t + 10s) == 3000u);  // the 2999 and the one at 9.999 s
+    REQUIRE_FALSE(throttle.admit("unauthorized-key", t + 11s).has_value());
+    REQUIRE(throttle.admit("unauthorized-key", t + 60s) == 1u);
+    // Several events at once: one line for all of them.
+    REQUIRE(throttle.admit("registration-timeout", t, 300) == 299u);
+    REQUIRE_FALSE(throttle.admit("registration-timeout", t + 1s, 50).has_value());
+    REQUIRE(throttle.admit("registration-timeout", t + 10s, 2) == 51u);
+    REQUIRE(LogThrottle::suppressed_note(0).empty());
+    REQUIRE(LogThrottle::suppressed_note(3000) == " (3000 more suppressed since the last line for this reason)");
 }

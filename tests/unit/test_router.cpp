@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -93,6 +94,23 @@ TEST_CASE("the model-name mapping replaces only the value of model", "[request_b
     auto routed = route_body(body, names);
     REQUIRE(std::get<RoutedBody>(routed).body ==
             "{ \"messages\": [{\"role\":\"user\",\"content\":\"model\"}] ,\n \"model\" : \"/models/tiny-q8.gguf\", \"n\":1}");
+}
+
+TEST_CASE("the completion tokens a body allows: max_tokens times its choices", "[request_body]") {
+    ModelNames names{"tiny", ""};
+    auto limit = [&](std::string_view body) { return std::get<RoutedBody>(route_body(body, names)).token_limit; };
+    REQUIRE_FALSE(limit(R"({"prompt":"hi"})").has_value());  // the engine's default applies
+    REQUIRE(limit(R"({"max_tokens":1})") == 1u);
+    REQUIRE(limit(R"({"max_tokens":16,"n":4})") == 64u);
+    REQUIRE(limit(R"({"max_tokens":16,"n":2,"best_of":5})") == 80u);
+    REQUIRE(limit(R"({"max_completion_tokens":32,"max_tokens":8})") == 32u);
+    REQUIRE(limit(R"({"max_completion_tokens":7.0})") == 7u);
+    REQUIRE(limit(R"({"max_tokens":0})") == 0u);
+    // Not a count: the engine's to refuse, no bound here.
+    for (auto body : {R"({"max_tokens":-1})", R"({"max_tokens":"9"})", R"({"max_tokens":2.5})", R"({"max_tokens":null})"}) {
+        REQUIRE_FALSE(limit(body).has_value());
+    }
+    REQUIRE(limit(R"({"max_tokens":4294967296,"n":4294967296})") == std::numeric_limits<uint64_t>::max());
 }
 
 TEST_CASE("bodies the head refuses itself", "[request_body]") {
