@@ -52,6 +52,19 @@ struct FrontendSection {
     uint32_t max_connections = 16384;
     double idle_timeout = 60.0;      // seconds a keep-alive connection may sit idle
     double request_timeout = 600.0;  // seconds a request may take from arrival to its last byte
+    // Connections one client address may hold at once; more are closed at once.
+    uint32_t max_connections_per_client = 1024;
+    // Output a connection may have waiting behind a write its client has not taken, and
+    // seconds a write may go without the client taking a byte: past either the client is not
+    // reading, so the connection closes and its requests are aborted.
+    uint64_t max_buffered_output = 4 << 20;
+    double write_timeout = 30.0;
+    // A file of API key hashes (core/api_keys.hpp); set: every endpoint but /health needs
+    // "Authorization: Bearer KEY". Empty: no keys.
+    std::string api_keys;
+    // PEM files: set both to serve HTTPS.
+    std::string tls_certificate;
+    std::string tls_key;
 };
 
 struct EngineSection {
