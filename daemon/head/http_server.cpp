@@ -216,9 +216,11 @@ public:
             engine_id_ = 0;
             finish_exchange();
         }
-        // What waits behind a write the client has not taken yet grows only while the client
-        // does not read: past the cap it is closed, and the engine stops.
-        if (writing_ && out_.size() > server_.config_.frontend.max_buffered_output) {
+        // Past the cap, output goes out now rather than after the burst; and if a write the
+        // client has not taken yet is still in progress, the client is not reading: it is
+        // closed, and the engine stops. So a connection holds at most about twice the cap.
+        if (out_.size() > server_.config_.frontend.max_buffered_output) {
+            if (!writing_) return flush();
             return drop_slow_client("more than frontend.max_buffered_output (" +
                                     std::to_string(server_.config_.frontend.max_buffered_output) +
                                     " bytes) of output waits for it");

@@ -628,10 +628,13 @@ class Daemon:
     env:    extra environment (e.g. WATCHDOG_USEC); NOTIFY_SOCKET and a unique
             DPENGINE_TEST_TAG are always set (the tag finds every process it started).
     name:   a label for the output.
+    wrapper: a command that execs dpengined, given as its first arguments (e.g. ["prlimit",
+            "--nofile=128:128", "--"]); the daemon keeps the wrapper's pid.
     """
 
     def __init__(self, config: Optional[dict | str] = None, args: Iterable[str] = (),
-                 env: Optional[dict] = None, name: str = "dpengined", base: bool = True):
+                 env: Optional[dict] = None, name: str = "dpengined", base: bool = True,
+                 wrapper: Iterable[str] = ()):
         self.name = name
         self.tmp = tempfile.mkdtemp(prefix=f"dpe-{name}-")
         self.runtime_dir = os.path.join(self.tmp, "run")
@@ -647,6 +650,7 @@ class Daemon:
             self.port = self.config["frontend"]["port"]
         self.config_path = write_config(self.tmp, self.config)
         self.args = list(args)
+        self.wrapper = list(wrapper)
         self.extra_env = dict(env or {})
         self.tag = f"DPENGINE_TEST_TAG={uuid.uuid4().hex}"
         self.log_path = os.path.join(self.tmp, "dpengined.log")
@@ -670,7 +674,7 @@ class Daemon:
         name, value = self.tag.split("=", 1)
         env[name] = value
         env.update(self.extra_env)
-        argv = [dpengined_path(), "--config", self.config_path, *self.args]
+        argv = [*self.wrapper, dpengined_path(), "--config", self.config_path, *self.args]
         with open(self.log_path, "wb") as logf, open(self.stdout_path, "wb") as outf:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=outf, stderr=logf, env=env,
                                          start_new_session=True)
