@@ -774,7 +774,6 @@ void HttpServer::accept() {
 void HttpServer::pause_accepting(const boost::system::error_code& ec) {
     // The connection waits in the backlog; accepting again at once would only fail again, as
     // fast as the loop turns.
-    using namespace std::chrono_literals;
     accept_backoff_ = std::clamp(accept_backoff_ * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
     if (auto suppressed = descriptors_log_.allow()) {
         log::warning("cannot accept HTTP connections: {} (open-file limit {}, {} client connections open); accepting "
