@@ -799,7 +799,7 @@ Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine
                          ", got '" + use.value + "'", "usage"};
     }
 
-    Status valid = validate(config);
+    Status valid = validate(config, !cmdline.reload);
     if (!valid) return valid.error();
     return config;
 }
@@ -915,7 +915,7 @@ Status validate_passthrough_paths(const EngineSection& engine)
     return Ok{};
 }
 
-Status validate(Config& config)
+Status validate(Config& config, bool probe_ports)
 {
     for (const Field& f : fields)
         if (!in_range(config, f))
@@ -991,7 +991,7 @@ Status validate(Config& config)
         if (dp.rpc_port == 0)
             return Error{"data_parallel.rpc_port must not be 0 when ranks run on other nodes; "
                          "set a fixed port they can connect to"};
-        if (!headless && probe_bind(dp.address, dp.rpc_port) == EADDRINUSE)
+        if (!headless && probe_ports && probe_bind(dp.address, dp.rpc_port) == EADDRINUSE)
             return Error{"data_parallel.rpc_port " + std::to_string(dp.rpc_port) + " on " +
                          dp.address +
                          " is already in use; stop the other process or choose another port"};

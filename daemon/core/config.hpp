@@ -178,6 +178,8 @@ struct CommandLine {
     bool help = false;
     bool version = false;
     bool bus_introspect = false;
+    // Set by the running daemon when it reloads: the ports it holds are not probed.
+    bool reload = false;
     std::vector<std::string> warnings;  // e.g. unknown keys outside strict mode
 };
 
@@ -209,7 +211,8 @@ Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine
 // Checks the config as a whole: size_local <= size - start_rank, start_rank < size,
 // rpc_port != 0 when TCP is used, addresses parse, timeouts positive, known backend, ...
 // Fills in defaults that depend on other values (size_local on a head, node name).
-Status validate(Config& config);
+// `probe_ports`: a head checks that its rpc_port is free (not on reload: it holds it).
+Status validate(Config& config, bool probe_ports = true);
 
 // The effective config as TOML, for --check-config.
 // The DP group library of lockstep mode, with data_parallel.group = "auto" decided: "nccl"

@@ -257,6 +257,7 @@ public:
         std::vector<const char*> args;
         for (const auto& a : argv_) args.push_back(a.c_str());
         CommandLine cmdline;
+        cmdline.reload = true;
         auto fresh = parse_command_line(static_cast<int>(args.size()), args.data(), cmdline);
         if (!fresh) {
             log::error("reload refused, keeping the running configuration: {}", fresh.error().message);

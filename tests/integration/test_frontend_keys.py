@@ -2,9 +2,10 @@
 users drive it: the official OpenAI Python SDK with `api_key` and an https `base_url` that
 trusts a test CA, plain HTTPS requests, dpctl to make the keys, SIGHUP to reload.
 
-A DP=2 head (min_ranks 1) whose rank 1 is killed and stays failed (restart_budget 0), so
-/health has a rank and node to name as missing, with frontend.api_keys, tls_certificate and
-tls_key set:
+A DP=3 head (min_ranks 1) that runs ranks 0 and 1 and waits on TCP for a node with rank 2
+(security.insecure), whose rank 1 is killed and stays failed (restart_budget 0), so /health
+has ranks and a node to name as missing, with frontend.api_keys, tls_certificate and tls_key
+set:
   - dpctl keys api-key makes a key and its line; dpctl keys hash-api-key prints the same line
     for the key on stdin, which is "sha256:" + the key's SHA-256;
   - through the SDK (https, the test CA): completions, chat and a stream work unchanged with
@@ -38,7 +39,7 @@ llamaserver.require_venv()  # the openai SDK lives in build-venv; re-executes th
 import openai  # noqa: E402
 
 import harness  # noqa: E402
-from harness import (HOST, Daemon, check, check_eq, check_in, log, run_dpengined, run_test,  # noqa: E402
+from harness import (HOST, Daemon, check, check_eq, check_in, free_port, log, run_dpengined, run_test,  # noqa: E402
                      synthetic_completion, wait_until, write_config)
 
 
@@ -165,14 +166,19 @@ def front_door(tmp: str) -> None:
     keys_file = os.path.join(tmp, "api_keys")
     write_keys(keys_file, [line1])
 
-    config = {"data_parallel": {"size": 2, "min_ranks": 1}, "supervision": {"restart_budget": 0},
+    # Rank 2 belongs to another node that never comes: the head listens on TCP, which makes
+    # the reloads below those of a multi-node head (its rpc_port is in use, by itself).
+    config = {"data_parallel": {"size": 3, "size_local": 2, "min_ranks": 1, "rpc_port": free_port()},
+              "security": {"insecure": True}, "handshake": {"ready_timeout": 3.0},
+              "supervision": {"restart_budget": 0},
               "frontend": {"api_keys": keys_file, "tls_certificate": cert, "tls_key": cert_key}}
     with Daemon(config, name="front-door") as d:
-        d.wait_ready(30)
+        d.wait_ready(30)  # with ranks 0 and 1, after handshake.ready_timeout
         https = Https(d.port, ca)
         # Rank 1 killed stays failed (no restart budget): /health has a rank and node to name.
         os.kill(d.ranks()[1], signal.SIGKILL)
-        check(wait_until(lambda: "missing" in json.loads(https.request("GET", "/health", key1)[2]), 20),
+        check(wait_until(lambda: any(m.startswith("rank 1 ") for m in
+                                     json.loads(https.request("GET", "/health", key1)[2]).get("missing", [])), 20),
               "rank 1 is missing")
 
         log("the SDK over HTTPS with the key:")
@@ -189,7 +195,7 @@ def front_door(tmp: str) -> None:
         status, _, body = https.request("GET", "/health")
         health = json.loads(body)
         node = socket.gethostname()
-        check(status == 200 and health.get("ready_ranks") == 1 and "missing" not in health and node.encode() not in body,
+        check(status == 200 and health.get("ready_ranks") == 1 and health.get("ranks") == 3 and "missing" not in health and node.encode() not in body,
               "/health without a key: the counts, no missing ranks or node names", (status, body))
         status, _, body = https.request("GET", "/health", key1)
         missing = json.dumps(json.loads(body).get("missing"))
@@ -220,7 +226,9 @@ def front_door(tmp: str) -> None:
               "the refusal names the file and the chmod that fixes it", refusal)
         check_sdk_works(sdk(d.port, ca, key2), "key 2 after the refused reload")
         check(d.running(), "the daemon runs")
+        check_eq(d.stop(), 0, "exit status 0 after SIGTERM")
 
+        # (after the stop: --check-config would find the rpc_port in use)
         r = run_dpengined(["--config", d.config_path, "--check-config"])
         check(r.returncode != 0 and keys_file in r.stderr and f"chmod 600 {keys_file}" in r.stderr,
               "--check-config refuses the exposed key file, naming it and the fix", r.output)
@@ -229,7 +237,6 @@ def front_door(tmp: str) -> None:
         check_in(f"{keys_file}:4:", r.stderr, "a plain key instead of a hash: the error names the line")
         check_in("hash-api-key", r.stderr, "... and how to make its hash")
         check(r.returncode != 0, "... and the configuration is refused")
-        check_eq(d.stop(), 0, "exit status 0 after SIGTERM")
 
 
 if __name__ == "__main__":
