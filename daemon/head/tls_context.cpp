@@ -36,16 +36,18 @@ Result<std::shared_ptr<ssl::context>> load_tls_context(const std::string& certif
                              ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::no_compression |
                              SSL_OP_NO_RENEGOTIATION,
                          ec);
-    if (!ec) context->use_certificate_chain_file(certificate_path, ec);
-    if (ec) {
-        return Error{"cannot load frontend.tls_certificate " + certificate_path + ": " + openssl_reason(ec) +
-                     "; give the server's certificate (then any intermediates) in PEM form"};
-    }
-    context->use_private_key(boost::asio::buffer(*key), ssl::context::pem, ec);
+    // The key first: a certificate that does not match it is then found by the check below,
+    // which says so in words.
+    if (!ec) context->use_private_key(boost::asio::buffer(*key), ssl::context::pem, ec);
     OPENSSL_cleanse(key->data(), key->size());
     if (ec) {
         return Error{"cannot load frontend.tls_key " + key_path + ": " + openssl_reason(ec) +
                      "; give the certificate's private key in PEM form, unencrypted"};
+    }
+    context->use_certificate_chain_file(certificate_path, ec);
+    if (ec) {
+        return Error{"cannot load frontend.tls_certificate " + certificate_path + ": " + openssl_reason(ec) +
+                     "; give the server's certificate (then any intermediates) in PEM form"};
     }
     if (SSL_CTX_check_private_key(context->native_handle()) != 1) {
         ERR_clear_error();

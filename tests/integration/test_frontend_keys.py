@@ -17,7 +17,7 @@ set:
   - reload: a new key file (key 2 only) and a new certificate, then SIGHUP: key 1 gets 401,
     key 2 works through the SDK, and new connections see the new certificate;
   - a key file readable by others: the reload is refused with an error naming the file and
-    the chmod that fixes it, and key 2 keeps working; dpengined --check-config refuses the
+    the chmod that fixes it, and key 2 keeps working; so is a certificate with another's key; dpengined --check-config refuses the
     same file the same way, and a file holding a plain key instead of a hash names the line.
 """
 
@@ -225,10 +225,22 @@ def front_door(tmp: str) -> None:
         check(keys_file in refusal and f"chmod 600 {keys_file}" in refusal,
               "the refusal names the file and the chmod that fixes it", refusal)
         check_sdk_works(sdk(d.port, ca, key2), "key 2 after the refused reload")
+
+        log("a certificate with another certificate's key:")
+        os.chmod(keys_file, 0o600)
+        write_config(d.tmp, harness.merge(d.config, {"frontend": {"tls_certificate": new_cert, "tls_key": cert_key}}))
+        refusals = d.log_text().count("reload refused")
+        os.kill(d.pid, signal.SIGHUP)
+        check(wait_until(lambda: d.log_text().count("reload refused") > refusals, 10), "the reload is refused")
+        refusal = [l for l in d.log_text().splitlines() if "reload refused" in l][-1]
+        check(f"{cert_key} is not the private key of frontend.tls_certificate {new_cert}" in refusal,
+              "the refusal names the key and the certificate it does not belong to", refusal)
+        check_sdk_works(sdk(d.port, ca, key2), "HTTPS after the refused reload")
         check(d.running(), "the daemon runs")
         check_eq(d.stop(), 0, "exit status 0 after SIGTERM")
 
         # (after the stop: --check-config would find the rpc_port in use)
+        os.chmod(keys_file, 0o644)
         r = run_dpengined(["--config", d.config_path, "--check-config"])
         check(r.returncode != 0 and keys_file in r.stderr and f"chmod 600 {keys_file}" in r.stderr,
               "--check-config refuses the exposed key file, naming it and the fix", r.output)
