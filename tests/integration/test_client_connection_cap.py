@@ -1,7 +1,7 @@
 """One client cannot hold every connection slot (issue 14, item 8): with
 frontend.max_connections_per_client = 8, a client address that opens 40 idle connections keeps
 8 (the others are closed at once, counted in
-dpengine_http_connections_closed_total{reason="client-limit"}, with one log line, not 32),
+dpengine_http_connections_closed_total{reason="client-limit"}, with a log line or so, not 33),
 while a client at another address (127.0.0.2) is served meanwhile; once the first client's
 connections close, it is served again. A reload raises the cap, and then 20 connections stay.
 """
@@ -65,7 +65,8 @@ def main() -> None:
         check(not completion_from(d.port, "127.0.0.1", "same client"), "the capped client's next connection is closed")
         lines = [l for l in d.log_text().splitlines() if "max_connections_per_client" in l]
         log("  " + "\n  ".join(lines))
-        check(len(lines) == 1, f"one log line for {OPENED - CAP + 1} closed connections ({len(lines)})")
+        # One line per 10 s: one here, where the machine is not very slow.
+        check(1 <= len(lines) <= 3, f"a line or so for {OPENED - CAP + 1} closed connections, not one each ({len(lines)})")
         # The first CAP connections are the ones kept; the server closed every later one.
         left = harness.wait_closed_by_peer(socks[CAP:], 5 * slow_factor())
         check_eq(left, 0, "every connection past the cap was closed by the server")
