@@ -1,4 +1,6 @@
 // dpctl keys generate PATH [--node NAME] [--force] | dpctl keys show PATH
+// dpctl keys api-key [LABEL] | dpctl keys hash-api-key [LABEL] (the front-end's API keys)
+#include "core/api_keys.hpp"
 #include "core/keys.hpp"
 #include "verbs.hpp"
 
@@ -8,13 +10,17 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <iostream>
+#include <string>
 
 namespace dpctl {
 namespace {
 
 int usage_error(const std::string& message) {
     std::fprintf(stderr, "dpctl keys: %s\nusage: dpctl keys generate PATH [--node NAME] [--force]\n"
-                         "       dpctl keys show PATH\n", message.c_str());
+                         "       dpctl keys show PATH\n"
+                         "       dpctl keys api-key [LABEL]\n"
+                         "       dpctl keys hash-api-key [LABEL] < KEY\n", message.c_str());
     return exit_status::invalid_arguments;
 }
 
@@ -97,13 +103,62 @@ int show(const Args& args) {
     return exit_status::ok;
 }
 
+// The line frontend.api_keys holds for `key`, with the operator's label after it.
+std::string api_key_line(const std::string& key, const std::string& label) {
+    return dpengine::api_keys::hash_line(key) + (label.empty() ? "" : " " + label);
+}
+
+dpengine::Result<std::string> label_of(const Args& args) {
+    if (args.size() > 1) return dpengine::Error{"give one LABEL (quote it if it has spaces)"};
+    if (args.empty()) return std::string();
+    if (args[0].rfind("--", 0) == 0) return dpengine::Error{"unknown option '" + args[0] + "'"};
+    if (args[0].find_first_of("\r\n") != std::string::npos) return dpengine::Error{"the LABEL must be one line"};
+    return args[0];
+}
+
+// A new key, shown once, and its line for the key file.
+int new_api_key(const Args& args) {
+    auto label = label_of(args);
+    if (!label) return usage_error(label.error().message);
+    auto key = dpengine::api_keys::generate();
+    if (!key) {
+        std::fprintf(stderr, "dpctl: %s\n", key.error().message.c_str());
+        return exit_status::failure;
+    }
+    std::printf("API key (give it to the client, as in 'Authorization: Bearer KEY'; it is not kept anywhere):\n%s\n"
+                "Its line for the file frontend.api_keys names:\n%s\n",
+                key->c_str(), api_key_line(*key, *label).c_str());
+    return exit_status::ok;
+}
+
+// The line of a key the operator chose, read from standard input (not the command line,
+// which other users can see in the process list).
+int hash_api_key(const Args& args) {
+    auto label = label_of(args);
+    if (!label) return usage_error(label.error().message);
+    std::string key;
+    std::getline(std::cin, key);
+    if (!key.empty() && key.back() == '\r') key.pop_back();
+    bool printable = !key.empty();
+    for (unsigned char c : key) printable = printable && c > 0x20 && c < 0x7f;
+    if (!printable) {
+        std::fprintf(stderr, "dpctl: give the key on standard input, one line of printable characters without "
+                             "spaces (as in: printf '%%s\\n' \"$KEY\" | dpctl keys hash-api-key)\n");
+        return exit_status::invalid_arguments;
+    }
+    std::printf("%s\n", api_key_line(key, *label).c_str());
+    return exit_status::ok;
+}
+
 }  // namespace
 
 int keys_verb(const Args& args) {
-    if (args.empty()) return usage_error("which? generate or show");
+    if (args.empty()) return usage_error("which? generate, show, api-key or hash-api-key");
     Args rest(args.begin() + 1, args.end());
     if (args[0] == "generate") return generate(rest);
     if (args[0] == "show") return show(rest);
+    if (args[0] == "api-key") return new_api_key(rest);
+    if (args[0] == "hash-api-key") return hash_api_key(rest);
     return usage_error("unknown keys command '" + args[0] + "'");
 }
 

@@ -2,6 +2,7 @@
 #include "core/config.hpp"
 #include "bus/bus_service.hpp"
 #include "core/exit_codes.hpp"
+#include "core/fd_limit.hpp"
 #include "node/manager.hpp"
 
 #include <cstdio>
@@ -34,5 +35,8 @@ int main(int argc, char** argv) {
         std::fputs(dpengine::to_toml(*config).c_str(), stdout);
         return dpengine::exit_code::ok;
     }
+    // Every client connection is a descriptor: the soft limit of a login shell (1024) would be
+    // a few hundred clients. The front-end keeps its connections within what this gives.
+    dpengine::raise_open_file_limit();
     return dpengine::run_node(*config, std::vector<std::string>(argv, argv + argc));
 }

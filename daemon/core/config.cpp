@@ -1,7 +1,9 @@
 #include "config.hpp"
 
+#include "api_keys.hpp"
 #include "keys.hpp"
 #include "placeholders.hpp"
+#include "private_file.hpp"
 
 #include <toml++/toml.h>
 
@@ -76,6 +78,12 @@ constexpr Field fields[] = {
     {"frontend", "idle_timeout", [](Config& c) -> Target { return &c.frontend.idle_timeout; }},
     {"frontend", "request_timeout", [](Config& c) -> Target { return &c.frontend.request_timeout; }},
     {"frontend", "max_response_bytes", [](Config& c) -> Target { return &c.frontend.max_response_bytes; }, 1 << 10, int64_t{1} << 40},
+    {"frontend", "max_connections_per_client", [](Config& c) -> Target { return &c.frontend.max_connections_per_client; }, 1, u32_max},
+    {"frontend", "max_buffered_output", [](Config& c) -> Target { return &c.frontend.max_buffered_output; }, 64 << 10, 1 << 30},
+    {"frontend", "write_timeout", [](Config& c) -> Target { return &c.frontend.write_timeout; }},
+    {"frontend", "api_keys", [](Config& c) -> Target { return &c.frontend.api_keys; }},
+    {"frontend", "tls_certificate", [](Config& c) -> Target { return &c.frontend.tls_certificate; }},
+    {"frontend", "tls_key", [](Config& c) -> Target { return &c.frontend.tls_key; }},
     {"engine", "backend", [](Config& c) -> Target { return &c.engine.backend; }},
     {"engine", "model", [](Config& c) -> Target { return &c.engine.model; }},
     {"engine", "served_model_name", [](Config& c) -> Target { return &c.engine.served_model_name; }},
@@ -793,7 +801,7 @@ Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine
                          ", got '" + use.value + "'", "usage"};
     }
 
-    Status valid = validate(config);
+    Status valid = validate(config, !cmdline.reload);
     if (!valid) return valid.error();
     return config;
 }
@@ -814,6 +822,26 @@ Status validate_keys(const Config& config)
                          "of the head's KEY.pub file), got '" + sec.head_public_key + "'" + why};
     } else if (auto authorized = keys::load_authorized_keys(sec.authorized_keys, config.node.name); !authorized) {
         return Error{"security.authorized_keys: " + authorized.error().message};
+    }
+    return Ok{};
+}
+
+// The front door's files (head only): read now, so a missing or exposed file stops the start
+// (and --check-config) with its fix. The certificate's content is for OpenSSL to judge, when
+// the front-end loads it.
+Status validate_frontend_files(const Config& config)
+{
+    const auto& fe = config.frontend;
+    if (fe.tls_certificate.empty() != fe.tls_key.empty())
+        return Error{"frontend.tls_certificate and frontend.tls_key go together: set both (PEM files) to serve "
+                     "HTTPS, or neither to serve plain HTTP"};
+    if (!fe.tls_key.empty()) {
+        if (auto key = read_private_file(fe.tls_key, "frontend.tls_key"); !key) return key.error();
+        if (::access(fe.tls_certificate.c_str(), R_OK) != 0)
+            return Error{"cannot read frontend.tls_certificate " + fe.tls_certificate + ": " + std::strerror(errno)};
+    }
+    if (!fe.api_keys.empty()) {
+        if (auto keys = api_keys::load(fe.api_keys); !keys) return keys.error();
     }
     return Ok{};
 }
@@ -889,7 +917,7 @@ Status validate_passthrough_paths(const EngineSection& engine)
     return Ok{};
 }
 
-Status validate(Config& config)
+Status validate(Config& config, bool probe_ports)
 {
     for (const Field& f : fields)
         if (!in_range(config, f))
@@ -965,7 +993,7 @@ Status validate(Config& config)
         if (dp.rpc_port == 0)
             return Error{"data_parallel.rpc_port must not be 0 when ranks run on other nodes; "
                          "set a fixed port they can connect to"};
-        if (!headless && probe_bind(dp.address, dp.rpc_port) == EADDRINUSE)
+        if (!headless && probe_ports && probe_bind(dp.address, dp.rpc_port) == EADDRINUSE)
             return Error{"data_parallel.rpc_port " + std::to_string(dp.rpc_port) + " on " +
                          dp.address +
                          " is already in use; stop the other process or choose another port"};
@@ -985,6 +1013,9 @@ Status validate(Config& config)
                      format_double(config.handshake.heartbeat_interval) + ")"};
     if (auto group_ok = validate_dp_group(config); !group_ok) return group_ok;
     if (auto gpu_ok = validate_gpu_settings(config); !gpu_ok) return gpu_ok;
+    if (!headless) {
+        if (auto files_ok = validate_frontend_files(config); !files_ok) return files_ok;
+    }
     return Ok{};
 }
 

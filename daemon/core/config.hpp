@@ -54,6 +54,19 @@ struct FrontendSection {
     double request_timeout = 600.0;  // seconds a request may take from arrival to its last byte
     // Most bytes of response a rank may send for one request; past it the request fails (502).
     uint64_t max_response_bytes = 64 << 20;
+    // Connections one client address may hold at once; more are closed at once.
+    uint32_t max_connections_per_client = 1024;
+    // Output a connection may have waiting behind a write its client has not taken, and
+    // seconds a write may go without the client taking a byte: past either the client is not
+    // reading, so the connection closes and its requests are aborted.
+    uint64_t max_buffered_output = 4 << 20;
+    double write_timeout = 30.0;
+    // A file of API key hashes (core/api_keys.hpp); set: every endpoint but /health needs
+    // "Authorization: Bearer KEY". Empty: no keys.
+    std::string api_keys;
+    // PEM files: set both to serve HTTPS.
+    std::string tls_certificate;
+    std::string tls_key;
 };
 
 struct EngineSection {
@@ -170,6 +183,8 @@ struct CommandLine {
     bool help = false;
     bool version = false;
     bool bus_introspect = false;
+    // Set by the running daemon when it reloads: the ports it holds are not probed.
+    bool reload = false;
     std::vector<std::string> warnings;  // e.g. unknown keys outside strict mode
 };
 
@@ -201,7 +216,8 @@ Result<Config> parse_command_line(int argc, const char* const* argv, CommandLine
 // Checks the config as a whole: size_local <= size - start_rank, start_rank < size,
 // rpc_port != 0 when TCP is used, addresses parse, timeouts positive, known backend, ...
 // Fills in defaults that depend on other values (size_local on a head, node name).
-Status validate(Config& config);
+// `probe_ports`: a head checks that its rpc_port is free (not on reload: it holds it).
+Status validate(Config& config, bool probe_ports = true);
 
 // The effective config as TOML, for --check-config.
 // The DP group library of lockstep mode, with data_parallel.group = "auto" decided: "nccl"

@@ -1,12 +1,14 @@
 #include "http_server.hpp"
 
+#include "core/fd_limit.hpp"
 #include "core/log.hpp"
 #include "head/request_body.hpp"
+#include "head/tls_context.hpp"
 
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/write.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -16,9 +18,12 @@
 #include <boost/json/serialize.hpp>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <type_traits>
 
 namespace dpengine {
 
@@ -114,23 +119,79 @@ void append_hex(std::string& out, size_t n) {
     out.append(buf, len);
 }
 
+// Descriptors the head needs besides client connections (rank and node links, ZeroMQ's own,
+// the bus, the journal, pipes to the ranks): what the open-file limit keeps back.
+uint64_t reserved_descriptors(const Config& config) { return 64 + 4 * uint64_t{config.dp_size()}; }
+
+bool out_of_descriptors(const boost::system::error_code& ec) {
+    return ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space || ec == asio::error::no_memory ||
+           ec == boost::system::errc::too_many_files_open_in_system;
+}
+
+// The client's address as one client counts: an IPv4 client of a dual-stack socket is its IPv4 address.
+asio::ip::address client_address(const asio::ip::address& a) {
+    if (a.is_v6() && a.to_v6().is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+    return a;
+}
+
+// The key of "Authorization: Bearer KEY" (the scheme's case does not matter); empty when
+// there is none.
+std::string_view bearer_key(std::string_view authorization) {
+    constexpr std::string_view scheme = "bearer ";
+    if (authorization.size() <= scheme.size()) return {};
+    for (size_t i = 0; i < scheme.size(); ++i) {
+        if (std::tolower(static_cast<unsigned char>(authorization[i])) != scheme[i]) return {};
+    }
+    std::string_view key = authorization.substr(scheme.size());
+    key.remove_prefix(std::min(key.find_first_not_of(' '), key.size()));
+    return key.substr(0, key.find_last_not_of(" \t") + 1);
+}
+
 }  // namespace
+
+// What the server needs of every connection, whatever its stream (TCP or TLS over TCP).
+class HttpConnection {
+public:
+    virtual ~HttpConnection() = default;
+    // Server shutdown: idle connections close now; one in an exchange closes when it ends.
+    virtual void close_if_idle() = 0;
+};
 
 // One client connection. While an exchange runs, the session keeps itself alive (`self_`),
 // because the rank link holds a plain pointer to it as the request sink.
-class HttpSession : public std::enable_shared_from_this<HttpSession>, public RequestSink {
+template <class Stream>
+class HttpSession final : public HttpConnection, public std::enable_shared_from_this<HttpSession<Stream>>, public RequestSink {
+    static constexpr bool tls = !std::is_same_v<Stream, tcp::socket>;
+    using std::enable_shared_from_this<HttpSession<Stream>>::shared_from_this;
+
 public:
-    HttpSession(HttpServer& server, tcp::socket socket)
-        : server_(server), socket_(std::move(socket)), timer_(server.io_) {
+    HttpSession(HttpServer& server, Stream stream, asio::ip::address client,
+                std::shared_ptr<asio::ssl::context> tls_context = nullptr)
+        : server_(server), stream_(std::move(stream)), client_(client), tls_context_(std::move(tls_context)),
+          timer_(server.io_), write_timer_(server.io_) {
         server_.sessions_.insert(this);
     }
 
-    ~HttpSession() override { server_.sessions_.erase(this); }
+    ~HttpSession() override {
+        server_.sessions_.erase(this);
+        server_.release(client_);
+    }
 
-    void start() { read_request(); }
+    void start() {
+        if constexpr (tls) {
+            // The handshake counts as the wait for the first request.
+            arm_timer(server_.config_.frontend.idle_timeout, [](HttpSession& s) { s.close(); });
+            stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
+                self->timer_.cancel();
+                if (ec) return self->close();
+                self->read_request();
+            });
+        } else {
+            read_request();
+        }
+    }
 
-    // Server shutdown: idle connections close now; one in an exchange closes when it ends.
-    void close_if_idle() {
+    void close_if_idle() override {
         keep_alive_ = false;
         if (!in_exchange_ && !writing_) close();
     }
@@ -155,6 +216,15 @@ public:
             engine_id_ = 0;
             finish_exchange();
         }
+        // Past the cap, output goes out now rather than after the burst; and if a write the
+        // client has not taken yet is still in progress, the client is not reading: it is
+        // closed, and the engine stops. So a connection holds at most about twice the cap.
+        if (out_.size() > server_.config_.frontend.max_buffered_output) {
+            if (!writing_) return flush();
+            return drop_slow_client("more than frontend.max_buffered_output (" +
+                                    std::to_string(server_.config_.frontend.max_buffered_output) +
+                                    " bytes) of output waits for it");
+        }
         flush_soon();
     }
 
@@ -164,19 +234,54 @@ public:
     }
 
 private:
+    tcp::socket& socket() { return beast::get_lowest_layer(stream_); }
+
     void read_request() {
         parser_.emplace();
         parser_->header_limit(header_limit);
         parser_->body_limit(server_.config_.frontend.max_body_bytes);
+        authorized_ = !server_.api_keys_;
         arm_timer(server_.config_.frontend.idle_timeout, [](HttpSession& s) { s.close(); });
-        http::async_read(socket_, buffer_, *parser_,
-                         [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+        if (authorized_) {
+            http::async_read(stream_, buffer_, *parser_,
+                             [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+            return;
+        }
+        // With API keys the headers come first: a request without a valid key is answered
+        // before its body is read.
+        http::async_read_header(stream_, buffer_, *parser_,
+                                [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+    }
+
+    void on_header(beast::error_code ec) {
+        if (ec) return on_read(ec);
+        const auto& req = parser_->get();
+        authorized_ = server_.api_keys_->accepts(bearer_key(req[http::field::authorization]));
+        std::string_view target = req.target();
+        if (!authorized_ && target.substr(0, target.find('?')) != "/health") {
+            timer_.cancel();
+            keep_alive_ = false;  // the body, if any, is not read
+            return respond_unauthorized(!req[http::field::authorization].empty());
+        }
+        http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+    }
+
+    void respond_unauthorized(bool key_given) {
+        openai::HttpError e;
+        e.status = 401;
+        e.code = "invalid_api_key";
+        e.message = key_given ? "incorrect API key provided; use a key listed (as its hash) in the head's frontend.api_keys"
+                              : "no API key provided: send one in an Authorization header using Bearer auth "
+                                "(Authorization: Bearer YOUR_KEY)";
+        respond(401, "application/json", openai::error_body(e),
+                key_given ? "WWW-Authenticate: Bearer realm=\"dpengine\", error=\"invalid_token\"\r\n"
+                          : "WWW-Authenticate: Bearer realm=\"dpengine\"\r\n");
     }
 
     void on_read(beast::error_code ec) {
         timer_.cancel();
         if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::operation_aborted ||
-            ec == asio::error::connection_reset || !socket_.is_open()) {
+            ec == asio::error::connection_reset || ec == asio::ssl::error::stream_truncated || !socket().is_open()) {
             return close();
         }
         keep_alive_ = false;  // after a parse error the stream position is unknown
@@ -207,13 +312,17 @@ private:
             bool serving = ready > 0 && server_.ranks_.has_quorum();
             std::string body = "{\"status\":\"" + std::string(serving ? "ok" : "unavailable") + "\",\"ready_ranks\":" +
                                std::to_string(ready) + ",\"ranks\":" + std::to_string(server_.ranks_.size());
-            // Which ranks are missing, and where, so an operator sees what a partial start waits for.
-            if (ready < server_.ranks_.size()) body += ",\"missing\":" + json_string_array(server_.ranks_.missing_ranks());
+            // Which ranks are missing, and where, so an operator sees what a partial start
+            // waits for; with API keys, only for a caller with a key (it names nodes).
+            if (ready < server_.ranks_.size() && authorized_) {
+                body += ",\"missing\":" + json_string_array(server_.ranks_.missing_ranks());
+            }
             body += "}";
             return respond(serving ? 200 : 503, "application/json", body);
         }
         if (target == "/metrics") {
             if (!get) return method_not_allowed("GET");
+            server_.metrics_.open_connections = server_.sessions_.size();
             return respond(200, "text/plain; version=0.0.4",
                            render_metrics(server_.rank_view_(), server_.ranks_.refusals(), server_.metrics_));
         }
@@ -283,11 +392,14 @@ private:
         out_ += type;
     }
 
-    void start_whole_response(int status, std::string_view type, size_t length) {
+    // `extra_headers`: whole header lines, each ending in CRLF.
+    void start_whole_response(int status, std::string_view type, size_t length, std::string_view extra_headers = {}) {
         append_status_and_type(status, type);
         out_ += "\r\nContent-Length: ";
         out_ += std::to_string(length);
-        out_ += keep_alive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
+        out_ += "\r\n";
+        out_ += extra_headers;
+        out_ += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
     }
 
     void abort_engine_request() {
@@ -369,9 +481,9 @@ private:
 
     void respond_error(const openai::HttpError& error) { respond(error.status, "application/json", openai::error_body(error)); }
 
-    void respond(int status, const char* content_type, const std::string& body) {
+    void respond(int status, const char* content_type, const std::string& body, std::string_view extra_headers = {}) {
         ++server_.metrics_.responses_by_status[status];
-        start_whole_response(status, content_type, body.size());
+        start_whole_response(status, content_type, body.size(), extra_headers);
         out_ += body;
         response_complete_ = true;
         flush();
@@ -389,14 +501,28 @@ private:
     }
 
     void flush() {
-        if (writing_ || out_.empty() || !socket_.is_open()) return;
+        if (writing_ || out_.empty() || !socket().is_open()) return;
         writing_ = true;
         std::swap(out_, in_write_);
-        asio::async_write(socket_, asio::buffer(in_write_),
-                          [self = shared_from_this()](beast::error_code ec, size_t) { self->on_write(ec); });
+        written_ = 0;
+        last_progress_ = std::chrono::steady_clock::now();
+        watch_write_deadline();
+        write_some();
     }
 
-    void on_write(beast::error_code ec) {
+    // The buffer goes out in as many writes as the client's pace needs; each one that takes
+    // bytes is progress for the write deadline.
+    void write_some() {
+        stream_.async_write_some(asio::buffer(in_write_.data() + written_, in_write_.size() - written_),
+                                 [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_write_some(ec, n); });
+    }
+
+    void on_write_some(beast::error_code ec, size_t n) {
+        if (!ec) {
+            written_ += n;
+            last_progress_ = std::chrono::steady_clock::now();
+            if (written_ < in_write_.size()) return write_some();
+        }
         writing_ = false;
         in_write_.clear();
         if (ec) return peer_gone();
@@ -410,11 +536,50 @@ private:
             // The next request is already here (pipelined): stop watching and parse it.
             resume_after_cancel_ = true;
             beast::error_code ignored;
-            socket_.cancel(ignored);
+            socket().cancel(ignored);
             return;
         }
         next_request_after_watch_ = true;
         arm_timer(server_.config_.frontend.idle_timeout, [](HttpSession& s) { s.close(); });
+    }
+
+    // A write that takes no byte for frontend.write_timeout means the client stopped reading.
+    // One timer per session, moved on only when it fires, so a busy stream costs no timer
+    // operations per write.
+    void watch_write_deadline() {
+        if (write_deadline_armed_) return;
+        write_deadline_armed_ = true;
+        auto timeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            std::chrono::duration<double>(server_.config_.frontend.write_timeout));
+        write_timer_.expires_at(last_progress_ + timeout);
+        write_timer_.async_wait([self = shared_from_this(), timeout](beast::error_code ec) {
+            self->write_deadline_armed_ = false;
+            if (ec || !self->writing_) return;
+            if (std::chrono::steady_clock::now() < self->last_progress_ + timeout) return self->watch_write_deadline();
+            self->drop_slow_client("it took no bytes for frontend.write_timeout (" +
+                                   format_seconds(self->server_.config_.frontend.write_timeout) + " s)");
+        });
+    }
+
+    static std::string format_seconds(double s) { return fmt::format("{:g}", s); }
+
+    // The client does not read what it asked for: its request ends on the rank, the
+    // connection closes, and what was waiting for it is freed.
+    void drop_slow_client(const std::string& why) {
+        ++server_.metrics_.connections_closed["slow-client"];
+        if (auto suppressed = server_.slow_client_log_.allow()) {
+            log::warning("closed the HTTP connection of {}: {}; it does not read its response{}", client_.to_string(), why,
+                         *suppressed ? fmt::format(" ({} more since the last such line)", *suppressed) : "");
+        }
+        if (in_exchange_) {
+            abort_engine_request();
+            in_exchange_ = false;
+        }
+        out_.clear();
+        out_.shrink_to_fit();
+        // This may run inside a rank link's callback: the session outlives it.
+        asio::post(server_.io_, [self = shared_from_this()] {});
+        close();
     }
 
     // While a request is served nothing else reads the socket, so a client that disconnects
@@ -422,7 +587,7 @@ private:
     void watch_peer() {
         if (watching_ || buffer_.size() >= read_ahead_limit) return;
         watching_ = true;
-        socket_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
+        stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
             self->watching_ = false;
             // After the exchange ended the session waits for this read to parse what comes next;
             // the read may end either way: cancelled (bytes were already buffered) or with data.
@@ -449,9 +614,7 @@ private:
             // counts as served. frontend.request_timeout still bounds the wait.
             client_gone_ = true;
             out_.clear();
-            beast::error_code ignored;
-            socket_.shutdown(tcp::socket::shutdown_both, ignored);
-            socket_.close(ignored);
+            close_socket();
             return;
         }
         if (in_exchange_) {
@@ -470,33 +633,43 @@ private:
         });
     }
 
+    void close_socket() {
+        beast::error_code ignored;
+        write_timer_.cancel();
+        if (socket().is_open()) {
+            socket().shutdown(tcp::socket::shutdown_both, ignored);
+            socket().close(ignored);
+        }
+    }
+
     void close() {
         timer_.cancel();
-        beast::error_code ignored;
-        if (socket_.is_open()) {
-            socket_.shutdown(tcp::socket::shutdown_both, ignored);
-            socket_.close(ignored);
-        }
+        close_socket();
         self_.reset();
     }
 
-    static inline uint64_t next_exchange_id = 1;
-
     HttpServer& server_;
-    tcp::socket socket_;
-    asio::steady_timer timer_;
+    Stream stream_;
+    const asio::ip::address client_;
+    const std::shared_ptr<asio::ssl::context> tls_context_;  // TLS: the context this connection started with
+    asio::steady_timer timer_;        // the wait for a request, or the request's deadline
+    asio::steady_timer write_timer_;  // the write deadline
     beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::string_body>> parser_;
     std::shared_ptr<HttpSession> self_;
     bool keep_alive_ = true;
     bool chunked_ = true;
+    bool authorized_ = true;          // no API keys, or the request carries one of them
     bool writing_ = false;
+    bool write_deadline_armed_ = false;
     bool flush_posted_ = false;
     bool watching_ = false;
     bool response_complete_ = false;
     bool next_request_after_watch_ = false;
     bool resume_after_cancel_ = false;
     std::string out_, in_write_;
+    size_t written_ = 0;  // of in_write_
+    std::chrono::steady_clock::time_point last_progress_{};  // the client last took bytes
 
     bool in_exchange_ = false;      // a request is with a rank, or its response is being written
     uint64_t engine_id_ = 0;        // the rank link's id while a rank works on it
@@ -512,12 +685,44 @@ private:
 
 HttpServer::HttpServer(asio::io_context& io, const Config& config, RankLink& ranks,
                        std::function<std::vector<RankInfo>()> rank_view)
-    : io_(io), config_(config), ranks_(ranks), rank_view_(std::move(rank_view)), acceptor_(io) {
-    config_changed();
+    : io_(io), config_(config), ranks_(ranks), rank_view_(std::move(rank_view)), acceptor_(io), accept_pause_(io) {
+    model_names_ = {config_.engine.model, config_.engine.served_model_name};
 }
 
-void HttpServer::config_changed() {
+Status HttpServer::config_changed() {
+    const auto& fe = config_.frontend;
+    // Load first, change after: a file that does not load leaves the running front door as it is.
+    std::optional<api_keys::KeySet> keys;
+    if (!fe.api_keys.empty()) {
+        auto loaded = api_keys::load(fe.api_keys);
+        if (!loaded) return loaded.error();
+        keys = std::move(loaded).value();
+    }
+    std::shared_ptr<asio::ssl::context> tls;
+    if (!fe.tls_certificate.empty()) {
+        auto loaded = load_tls_context(fe.tls_certificate, fe.tls_key);
+        if (!loaded) return loaded.error();
+        tls = std::move(loaded).value();
+    }
+    api_keys_ = std::move(keys);
+    tls_ = std::move(tls);
     model_names_ = {config_.engine.model, config_.engine.served_model_name};
+    uint32_t previous = std::exchange(max_connections_, 0);
+    if (connection_limit() != previous && max_connections_ < fe.max_connections) {
+        log::notice("frontend.max_connections is {}, but the open-file limit ({}) leaves room for {} client "
+                    "connections: serving at most that many at once (raise LimitNOFILE= or ulimit -n for more)",
+                    fe.max_connections, open_file_limit(), max_connections_);
+    }
+    return Ok{};
+}
+
+uint32_t HttpServer::connection_limit() {
+    if (max_connections_ == 0) {
+        const uint64_t limit = open_file_limit(), reserved = reserved_descriptors(config_);
+        const uint64_t room = limit > reserved + 16 ? limit - reserved : 16;
+        max_connections_ = static_cast<uint32_t>(std::min<uint64_t>(config_.frontend.max_connections, room));
+    }
+    return max_connections_;
 }
 
 bool HttpServer::routes_engine(std::string_view path) const {
@@ -529,6 +734,7 @@ bool HttpServer::routes_engine(std::string_view path) const {
 HttpServer::~HttpServer() = default;
 
 Status HttpServer::listen() {
+    if (auto loaded = config_changed(); !loaded) return loaded;
     const auto& fe = config_.frontend;
     beast::error_code ec;
     auto address = asio::ip::make_address(fe.host, ec);
@@ -559,29 +765,79 @@ Status HttpServer::listen() {
 void HttpServer::accept() {
     acceptor_.async_accept([this](beast::error_code ec, tcp::socket socket) {
         if (ec == asio::error::operation_aborted || !accepting_) return;
-        if (!ec) {
-            if (sessions_.size() >= config_.frontend.max_connections) {
-                // Over the limit: close at once rather than let the backlog grow without bound.
-                beast::error_code ignored;
-                socket.close(ignored);
-            } else {
-                socket.set_option(tcp::no_delay(true), ec);
-                std::make_shared<HttpSession>(*this, std::move(socket))->start();
-            }
-        } else if (ec == asio::error::no_descriptors) {
-            log::warning("cannot accept HTTP connections: out of file descriptors");
-        }
+        if (out_of_descriptors(ec)) return pause_accepting(ec);
+        accept_backoff_ = std::chrono::milliseconds(0);
+        // Any other error ends that one connection (ECONNABORTED and the like).
+        if (!ec) admit(std::move(socket));
         accept();
     });
+}
+
+void HttpServer::pause_accepting(const boost::system::error_code& ec) {
+    // The connection waits in the backlog; accepting again at once would only fail again, as
+    // fast as the loop turns.
+    accept_backoff_ = std::clamp(accept_backoff_ * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
+    if (auto suppressed = descriptors_log_.allow()) {
+        log::warning("cannot accept HTTP connections: {} (open-file limit {}, {} client connections open); accepting "
+                     "again in {} ms{}",
+                     ec.message(), open_file_limit(), sessions_.size(), accept_backoff_.count(),
+                     *suppressed ? fmt::format(" ({} more such failures since the last line)", *suppressed) : "");
+    }
+    accept_pause_.expires_after(accept_backoff_);
+    accept_pause_.async_wait([this](const boost::system::error_code& ec) {
+        if (!ec && accepting_) accept();
+    });
+}
+
+void HttpServer::admit(tcp::socket socket) {
+    beast::error_code ec;
+    auto remote = socket.remote_endpoint(ec);
+    if (ec) return;  // gone already
+    const auto client = client_address(remote.address());
+    auto refuse = [&](const char* reason, LogThrottle& throttle, const std::string& why) {
+        ++metrics_.connections_closed[reason];
+        if (auto suppressed = throttle.allow()) {
+            log::warning("closed a new HTTP connection from {}: {}{}", client.to_string(), why,
+                         *suppressed ? fmt::format(" ({} more since the last such line)", *suppressed) : "");
+        }
+        beast::error_code ignored;
+        socket.close(ignored);
+    };
+    // Over a limit: close at once rather than let the backlog grow without bound.
+    if (sessions_.size() >= connection_limit()) {
+        return refuse("connection-limit", full_log_,
+                      std::to_string(max_connections_) + " connections are open (frontend.max_connections, within the "
+                                                         "open-file limit)");
+    }
+    uint32_t& count = per_client_[client];
+    if (count >= config_.frontend.max_connections_per_client) {
+        return refuse("client-limit", per_client_log_,
+                      "it has " + std::to_string(count) + " open already (frontend.max_connections_per_client)");
+    }
+    ++count;
+    socket.set_option(tcp::no_delay(true), ec);
+    if (tls_) {
+        std::make_shared<HttpSession<asio::ssl::stream<tcp::socket>>>(
+            *this, asio::ssl::stream<tcp::socket>(std::move(socket), *tls_), client, tls_)
+            ->start();
+    } else {
+        std::make_shared<HttpSession<tcp::socket>>(*this, std::move(socket), client)->start();
+    }
+}
+
+void HttpServer::release(const asio::ip::address& client) {
+    auto it = per_client_.find(client);
+    if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
 }
 
 void HttpServer::stop_accepting() {
     accepting_ = false;
     beast::error_code ignored;
     acceptor_.close(ignored);
+    accept_pause_.cancel();
     // Copy: closing a session may destroy it, which edits the set.
-    std::vector<HttpSession*> open(sessions_.begin(), sessions_.end());
-    for (HttpSession* s : open) {
+    std::vector<HttpConnection*> open(sessions_.begin(), sessions_.end());
+    for (HttpConnection* s : open) {
         if (sessions_.count(s)) s->close_if_idle();
     }
 }

@@ -115,6 +115,14 @@ std::string render_metrics(const std::vector<RankInfo>& ranks, const std::map<st
     for (const auto& [status, count] : frontend.responses_by_status) {
         fmt::format_to(std::back_inserter(out), "dpengine_http_responses_total{{code=\"{}\"}} {}\n", status, count);
     }
+    header(out, "dpengine_http_connections", "gauge", "HTTP client connections open.");
+    fmt::format_to(std::back_inserter(out), "dpengine_http_connections {}\n", frontend.open_connections);
+    header(out, "dpengine_http_connections_closed_total", "counter",
+           "HTTP connections the front-end closed to protect itself, by reason (dpengined.toml(5), [frontend]).");
+    for (const auto& [reason, count] : frontend.connections_closed) {
+        fmt::format_to(std::back_inserter(out), "dpengine_http_connections_closed_total{{reason=\"{}\"}} {}\n",
+                       label_value(reason), count);
+    }
     header(out, "dpengine_request_duration_seconds", "histogram", "Completion requests, from arrival to the last byte.");
     for (const auto& [endpoint, h] : frontend.request_seconds) h.render(out, "dpengine_request_duration_seconds", endpoint);
     header(out, "dpengine_time_to_first_token_seconds", "histogram", "Completion requests, from arrival to the first token.");

@@ -31,6 +31,10 @@ struct FrontendMetrics {
     std::map<std::string, LatencyHistogram> request_seconds;
     std::map<std::string, LatencyHistogram> first_token_seconds;
     std::map<int, uint64_t> responses_by_status;
+    // Connections the front-end closed to protect itself, by reason: "connection-limit",
+    // "client-limit" (frontend.max_connections_per_client), "slow-client" (did not read).
+    std::map<std::string, uint64_t> connections_closed;
+    uint64_t open_connections = 0;  // as of the render
 };
 
 std::string render_metrics(const std::vector<RankInfo>& ranks, const std::map<std::string, uint64_t>& refusals,

@@ -268,6 +268,7 @@ public:
         std::vector<const char*> args;
         for (const auto& a : argv_) args.push_back(a.c_str());
         CommandLine cmdline;
+        cmdline.reload = true;
         auto fresh = parse_command_line(static_cast<int>(args.size()), args.data(), cmdline);
         if (!fresh) {
             log::error("reload refused, keeping the running configuration: {}", fresh.error().message);
@@ -281,6 +282,12 @@ public:
         applied.frontend.idle_timeout = next.frontend.idle_timeout;
         applied.frontend.request_timeout = next.frontend.request_timeout;
         applied.frontend.max_response_bytes = next.frontend.max_response_bytes;
+        applied.frontend.max_connections_per_client = next.frontend.max_connections_per_client;
+        applied.frontend.max_buffered_output = next.frontend.max_buffered_output;
+        applied.frontend.write_timeout = next.frontend.write_timeout;
+        applied.frontend.api_keys = next.frontend.api_keys;
+        applied.frontend.tls_certificate = next.frontend.tls_certificate;
+        applied.frontend.tls_key = next.frontend.tls_key;
         applied.engine.default_max_tokens = next.engine.default_max_tokens;
         applied.handshake = next.handshake;
         applied.supervision = next.supervision;
@@ -289,14 +296,22 @@ public:
         std::string needs_restart = differing_keys(to_toml(applied), to_toml(next));
         Config previous = config_;
         config_ = applied;
+        // The front-end loads its key file and certificate, or keeps the ones it has.
+        if (http_) {
+            if (auto front_reloaded = http_->config_changed(); !front_reloaded) {
+                config_ = previous;
+                log::error("reload refused, keeping the running configuration: {}", front_reloaded.error().message);
+                return Error{"reload refused: " + front_reloaded.error().message, "failed"};
+            }
+        }
         if (link_) {
             if (auto keys_reloaded = link_->reload_authorized_keys(); !keys_reloaded) {
                 config_ = previous;
+                if (http_) (void)http_->config_changed();  // back to the running files, as far as they still load
                 log::error("reload refused, keeping the running configuration: {}", keys_reloaded.error().message);
                 return Error{"reload refused: " + keys_reloaded.error().message, "failed"};
             }
         }
-        if (http_) http_->config_changed();
         if (needs_restart.empty()) {
             log::notice("configuration reloaded");
         } else {

@@ -631,11 +631,13 @@ class Daemon:
     name:   a label for the output.
     user:   run it as this user (with the user's groups, by setpriv), as the unit does with
             User=dpengine; the temp directory is opened to it and the runtime directory is its.
+    wrapper: a command that execs dpengined, given as its first arguments (e.g. ["prlimit",
+            "--nofile=128:128", "--"]); the daemon keeps the wrapper's pid.
     """
 
     def __init__(self, config: Optional[dict | str] = None, args: Iterable[str] = (),
                  env: Optional[dict] = None, name: str = "dpengined", base: bool = True,
-                 user: Optional[str] = None):
+                 user: Optional[str] = None, wrapper: Iterable[str] = ()):
         self.name = name
         self.user = user
         self.tmp = tempfile.mkdtemp(prefix=f"dpe-{name}-")
@@ -652,6 +654,7 @@ class Daemon:
             self.port = self.config["frontend"]["port"]
         self.config_path = write_config(self.tmp, self.config)
         self.args = list(args)
+        self.wrapper = list(wrapper)
         self.extra_env = dict(env or {})
         self.tag = f"DPENGINE_TEST_TAG={uuid.uuid4().hex}"
         self.log_path = os.path.join(self.tmp, "dpengined.log")
@@ -675,7 +678,7 @@ class Daemon:
         name, value = self.tag.split("=", 1)
         env[name] = value
         env.update(self.extra_env)
-        argv = [dpengined_path(), "--config", self.config_path, *self.args]
+        argv = [*self.wrapper, dpengined_path(), "--config", self.config_path, *self.args]
         if self.user is not None:
             account = pwd.getpwnam(self.user)
             os.chmod(self.tmp, 0o755)

@@ -140,7 +140,10 @@ def idle_connections(d: Daemon) -> None:
 
 def main() -> None:
     harness.raise_fd_limit(IDLE_CLIENTS * 2 + 1024)
-    config = {"frontend": {"max_body_bytes": MAX_BODY, "idle_timeout": IDLE_TIMEOUT, "max_connections": MAX_CONNECTIONS},
+    # Every client here is 127.0.0.1: the per-client cap (test_client_connection_cap) is
+    # lifted so that the global one is what the idle connections meet.
+    config = {"frontend": {"max_body_bytes": MAX_BODY, "idle_timeout": IDLE_TIMEOUT, "max_connections": MAX_CONNECTIONS,
+                           "max_connections_per_client": IDLE_CLIENTS},
               "engine": {"step_time_ms": 1.0}}
     with Daemon(config, name="hostile-http") as d:
         d.wait_ready(30)

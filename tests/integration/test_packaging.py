@@ -128,7 +128,7 @@ def test_deb(tmp: str) -> None:
 
     fields = run(["dpkg-deb", "-f", deb]).stdout
     depends = re.search(r"^Depends: (.*)$", fields, re.M)
-    for lib in ("libzmq5", "libsodium23", "libsystemd0", "libc6"):
+    for lib in ("libzmq5", "libsodium23", "libssl3", "libsystemd0", "libc6"):
         check(depends is not None and re.search(rf"\b{lib}\b", depends[1]) is not None, f"deb: Depends: {lib}",
               depends and depends[1])
     check(re.search(r"^Package: dpengine$", fields, re.M) is not None, "deb: Package: dpengine")
@@ -191,7 +191,7 @@ def test_rpm(tmp: str) -> None:
     for phase in ("postinstall", "preuninstall", "postuninstall"):
         check(f"{phase} scriptlet" in scripts, f"rpm: has a {phase} scriptlet")
     requires = run(["rpm", "-qpR", rpm]).stdout
-    for lib in ("libzmq.so.5", "libsodium.so.23", "libsystemd.so.0"):
+    for lib in ("libzmq.so.5", "libsodium.so.23", "libssl.so.3", "libsystemd.so.0"):
         check(lib in requires, f"rpm: requires {lib}", requires)
 
     root = os.path.join(tmp, "rpm-root")
