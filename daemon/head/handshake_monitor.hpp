@@ -8,7 +8,7 @@
 // (head/registration_deadline.hpp): a socket has one monitor. Runs on the daemon's event loop.
 #pragma once
 
-#include "head/log_throttle.hpp"
+#include "core/log_throttle.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>

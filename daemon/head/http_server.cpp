@@ -567,9 +567,9 @@ private:
     // connection closes, and what was waiting for it is freed.
     void drop_slow_client(const std::string& why) {
         ++server_.metrics_.connections_closed["slow-client"];
-        if (auto suppressed = server_.slow_client_log_.allow()) {
+        if (auto suppressed = server_.log_throttle_.admit("slow-client")) {
             log::warning("closed the HTTP connection of {}: {}; it does not read its response{}", client_.to_string(), why,
-                         *suppressed ? fmt::format(" ({} more since the last such line)", *suppressed) : "");
+                         LogThrottle::suppressed_note(*suppressed));
         }
         if (in_exchange_) {
             abort_engine_request();
@@ -777,11 +777,11 @@ void HttpServer::pause_accepting(const boost::system::error_code& ec) {
     // The connection waits in the backlog; accepting again at once would only fail again, as
     // fast as the loop turns.
     accept_backoff_ = std::clamp(accept_backoff_ * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
-    if (auto suppressed = descriptors_log_.allow()) {
+    if (auto suppressed = log_throttle_.admit("out-of-descriptors")) {
         log::warning("cannot accept HTTP connections: {} (open-file limit {}, {} client connections open); accepting "
                      "again in {} ms{}",
                      ec.message(), open_file_limit(), sessions_.size(), accept_backoff_.count(),
-                     *suppressed ? fmt::format(" ({} more such failures since the last line)", *suppressed) : "");
+                     LogThrottle::suppressed_note(*suppressed));
     }
     accept_pause_.expires_after(accept_backoff_);
     accept_pause_.async_wait([this](const boost::system::error_code& ec) {
@@ -794,24 +794,24 @@ void HttpServer::admit(tcp::socket socket) {
     auto remote = socket.remote_endpoint(ec);
     if (ec) return;  // gone already
     const auto client = client_address(remote.address());
-    auto refuse = [&](const char* reason, LogThrottle& throttle, const std::string& why) {
+    auto refuse = [&](const char* reason, const std::string& why) {
         ++metrics_.connections_closed[reason];
-        if (auto suppressed = throttle.allow()) {
+        if (auto suppressed = log_throttle_.admit(reason)) {
             log::warning("closed a new HTTP connection from {}: {}{}", client.to_string(), why,
-                         *suppressed ? fmt::format(" ({} more since the last such line)", *suppressed) : "");
+                         LogThrottle::suppressed_note(*suppressed));
         }
         beast::error_code ignored;
         socket.close(ignored);
     };
     // Over a limit: close at once rather than let the backlog grow without bound.
     if (sessions_.size() >= connection_limit()) {
-        return refuse("connection-limit", full_log_,
+        return refuse("connection-limit",
                       std::to_string(max_connections_) + " connections are open (frontend.max_connections, within the "
                                                          "open-file limit)");
     }
     uint32_t& count = per_client_[client];
     if (count >= config_.frontend.max_connections_per_client) {
-        return refuse("client-limit", per_client_log_,
+        return refuse("client-limit",
                       "it has " + std::to_string(count) + " open already (frontend.max_connections_per_client)");
     }
     ++count;

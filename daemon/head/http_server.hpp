@@ -84,7 +84,7 @@ private:
     std::optional<api_keys::KeySet> api_keys_;             // set: clients need a key
     std::shared_ptr<boost::asio::ssl::context> tls_;       // set: HTTPS
     // One log line per 10 s for each thing outsiders can make happen at will.
-    LogThrottle full_log_, per_client_log_, descriptors_log_, slow_client_log_;
+    LogThrottle log_throttle_;  // connections closed or refused, by reason
 };
 
 }  // namespace dpengine

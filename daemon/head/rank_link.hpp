@@ -9,7 +9,7 @@
 #include "core/error.hpp"
 #include "core/wire.hpp"
 #include "head/dp_group_coordinator.hpp"
-#include "head/log_throttle.hpp"
+#include "core/log_throttle.hpp"
 #include "head/loop_stall.hpp"
 #include "head/rank_info.hpp"
 #include "head/refusal_limiter.hpp"

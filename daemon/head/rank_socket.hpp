@@ -8,7 +8,7 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "head/handshake_monitor.hpp"
-#include "head/log_throttle.hpp"
+#include "core/log_throttle.hpp"
 #include "head/registration_deadline.hpp"
 #include "head/zap_handler.hpp"
 

@@ -2,7 +2,7 @@
 
 #include "core/log.hpp"
 #include "core/quiet_thread.hpp"
-#include "head/log_throttle.hpp"
+#include "core/log_throttle.hpp"
 
 namespace dpengine {
 

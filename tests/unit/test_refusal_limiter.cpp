@@ -1,5 +1,5 @@
 #include "head/handshake_monitor.hpp"
-#include "head/log_throttle.hpp"
+#include "core/log_throttle.hpp"
 #include "head/refusal_limiter.hpp"
 
 #include <catch2/catch.hpp>
