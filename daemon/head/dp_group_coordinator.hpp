@@ -3,6 +3,12 @@
 // serving ranks changes or a member reports it failed, and waves (START_WAVE). RankLink owns
 // one and reaches it through on_group_message and the membership calls; the coordinator
 // reaches the ranks only through the Peers it is given. Runs on the daemon's event loop.
+//
+// Each rendezvous key has one owner among the members, named by the key (group_key_owner):
+// the head stores a key only from its owner, so no member can publish another's address or
+// the NCCL unique id. A member that has not published every key it owes within
+// data_parallel.group_timeout of the formation stalls every other member's rendezvous: it is
+// named and failed (Peers::fail), and the group forms again without it.
 #pragma once
 
 #include "core/config.hpp"
@@ -16,6 +22,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,6 +42,9 @@ public:
         std::function<uint64_t()> bump_epoch;
         // The rank's status figures, where the coordinator records the group it formed.
         std::function<RankInfo*(uint32_t rank)> info;
+        // Takes the rank out of service (it is restarted as a failed rank is): it stalled the
+        // group's formation. `reason` says why; `code` is the reason code.
+        std::function<void(uint32_t rank, const std::string& reason, const std::string& code)> fail;
     };
 
     DpGroupCoordinator(boost::asio::io_context& io, const Config& config, Peers peers);
@@ -59,18 +70,31 @@ public:
     bool paused() const { return group_paused_; }
 
 private:
+    // Checks the formation of `epoch` at its deadline: members that still owe keys are failed.
+    void check_formation(uint64_t epoch);
+    // The keys the member at `index` owes this epoch's rendezvous and has not published.
+    std::vector<std::string> missing_keys(uint32_t index) const;
+
     const Config& config_;
     Peers peers_;
     boost::asio::steady_timer regroup_timer_;
+    boost::asio::steady_timer formation_timer_;  // this epoch's formation deadline
     bool shutting_down_ = false;
     bool regroup_scheduled_ = false;
     bool regroup_forced_ = false;
     std::vector<uint32_t> group_members_;
+    std::string group_kind_;  // this epoch's: "gloo" or "nccl"
     std::map<std::string, std::string> group_kv_;  // this epoch's rendezvous store
     std::multimap<std::string, uint32_t> group_waiters_;  // look-ups waiting for their key
+    std::set<uint32_t> refused_setters_;  // ranks logged this epoch for keys they do not own
     uint64_t wave_started_ = 0;   // the newest wave START_WAVE announced (or a formation began)
     bool group_paused_ = false;   // the group reported the end of a wave, none started since
     uint64_t paused_wave_ = 0;    // the wave to start when it wakes
 };
+
+// The member index (place in the group, not the rank) that owns a rendezvous key of a group of
+// `size` of this kind, or nothing for a key the protocol does not define: gloo's "pair-I-J"
+// (I's address for its connection with J) is member I's, NCCL's "nccl-unique-id" member 0's.
+std::optional<uint32_t> group_key_owner(const std::string& kind, const std::string& key, uint32_t size);
 
 }  // namespace dpengine

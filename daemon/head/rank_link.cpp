@@ -85,6 +85,13 @@ DpGroupCoordinator::Peers RankLink::group_peers() {
     peers.epoch = [this] { return epoch_; };
     peers.bump_epoch = [this] { return bump_epoch(); };
     peers.info = [this](uint32_t rank) { return rank < ranks_.size() ? &ranks_[rank].info : nullptr; };
+    // A member that stalled the group's formation is lost as a hung rank is: its process is
+    // killed and restarted (within the restart budget); the group forms without it meanwhile.
+    peers.fail = [this](uint32_t rank, const std::string& reason, const std::string& code) {
+        if (rank >= ranks_.size() || ranks_[rank].routing_id.empty()) return;
+        fail_rank(ranks_[rank], reason, code);
+        if (events_.deadline_missed) events_.deadline_missed(rank);
+    };
     return peers;
 }
 
