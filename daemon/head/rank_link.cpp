@@ -552,7 +552,10 @@ void RankLink::note_activity(Slot& slot, const wire::Heartbeat& heartbeat) {
 }
 
 bool RankLink::is_hung(Slot& slot, Clock::time_point now) {
-    bool has_work = slot.info.in_flight > 0 || slot.info.running > 0 || slot.info.waiting > 0;
+    // Work is what the head has in flight there. The rank's running/waiting figures are not:
+    // they come from the rank, may lag an abort by a heartbeat, and a rank that nobody waits on
+    // harms no one even if its engine is stuck (a request routed to it starts the clock).
+    bool has_work = slot.info.in_flight > 0;
     bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::unhealthy ||
                    slot.info.state == RankState::draining;
     // The clock runs only while there is work: an idle rank takes no steps.
