@@ -34,6 +34,10 @@ public:
     uint32_t capacity() const { return max_batch_; }
     uint32_t max_model_len() const { return max_model_len_; }
 
+    // The prompt's tokens as the backend counts them, where it can before admission.
+    std::optional<uint32_t> count_prompt_tokens(std::string_view prompt) const {
+        return backend_->count_prompt_tokens(prompt);
+    }
     void add(const SequenceRequest& request);
     // Forgets the sequence; no further output is produced for it.
     void abort(uint64_t id);
