@@ -363,6 +363,7 @@ public:
         hello_.node = options.node;
         hello_.dp_size = options.dp_size;
         hello_.incarnation = random_u64();
+        hello_.pid = static_cast<uint32_t>(getpid());
         hello_.build = DPENGINE_VERSION;
     }
 

@@ -286,6 +286,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     }
     slot.routing_id = routing_id;
     slot.incarnation = hello.incarnation;
+    slot.pid = hello.pid;
     slot.step_rate.reset();  // a new registration: its counters may start again
     slot.info.health_failures = 0;
     slot.owner = node;
@@ -515,17 +516,27 @@ void RankLink::stop(uint32_t rank) {
 void RankLink::rank_spawned(uint32_t rank) {
     if (rank >= ranks_.size()) return;
     Slot& slot = ranks_[rank];
+    if (std::exchange(slot.spawned_before, true)) count_event(slot, "restarted");
+    // Another process holds the rank: it keeps serving (the new one is refused as a duplicate
+    // until that one goes), so the rank is not "connecting" again.
+    if (!slot.routing_id.empty()) return;
     slot.info.last_error.clear();
     slot.info.reason.clear();
-    if (std::exchange(slot.spawned_before, true)) count_event(slot, "restarted");
     slot.deadline = Clock::now() + seconds(config_.handshake.connect_timeout);
     set_state(slot, RankState::connecting);
 }
 
-void RankLink::rank_exited(uint32_t rank, const std::string& cause) {
+void RankLink::rank_exited(uint32_t rank, uint32_t pid, const std::string& cause) {
     if (rank >= ranks_.size()) return;
     Slot& slot = ranks_[rank];
     if (slot.info.state == RankState::stopped) return;
+    if (!slot.routing_id.empty() && (slot.info.node != config_.node.name || slot.pid != pid)) {
+        // Another process registered the rank (one this supervisor did not start, or one on
+        // another node): the exit of this one, which never held it, takes nothing from it.
+        log::info("rank {} process {} {}; the rank stays with the process that registered it (node '{}', pid {})",
+                  rank, pid, cause, slot.info.node, slot.pid);
+        return;
+    }
     if (slot.info.state == RankState::failed) {  // already failed (deadline, init); this is the aftermath
         log::info("rank {} {}", rank, cause);
         return;

@@ -66,7 +66,8 @@ public:
 
     // Supervisor: a local rank's process was started, or exited.
     void rank_spawned(uint32_t rank);
-    void rank_exited(uint32_t rank, const std::string& cause);
+    // `pid`: the process that exited. A registration made by another process keeps the rank.
+    void rank_exited(uint32_t rank, uint32_t pid, const std::string& cause);
     // The rank will not come back by itself (e.g. its restart budget is spent).
     void rank_failed(uint32_t rank, const std::string& reason, const std::string& code);
 
@@ -120,6 +121,7 @@ private:
         RankInfo info;
         std::string routing_id;  // the connection, once HELLO was accepted
         uint64_t incarnation = 0;
+        uint32_t pid = 0;  // as its HELLO stated
         std::chrono::steady_clock::time_point deadline{};  // of the current handshake phase
         std::chrono::steady_clock::time_point last_heard{};
         // The rank's progress counter as its heartbeats last reported it, and since when the
