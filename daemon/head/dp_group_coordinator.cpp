@@ -182,6 +182,9 @@ void DpGroupCoordinator::schedule_regroup(bool force, std::chrono::milliseconds 
 }
 
 void DpGroupCoordinator::regroup(bool force) {
+    // The formation that ends now is judged first when its deadline passed (its timer may not
+    // have run yet): a member failed for stalling it is not in the next one.
+    if (!formation_judged_ && std::chrono::steady_clock::now() >= formation_deadline_) check_formation();
     // Every rank that serves requests steps in lockstep, draining ones included.
     std::vector<uint32_t> members = peers_.serving_ranks();
     if (members == group_members_ && !force) return;
@@ -211,11 +214,15 @@ void DpGroupCoordinator::regroup(bool force) {
     // group_timeout for its peers': past that deadline a member that still owes keys holds
     // up all the others, and re-forming with it would fail the same way forever.
     formation_timer_.cancel();
-    if (members.size() < 2) return;
-    formation_timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(config_.data_parallel.group_timeout)));
+    formation_judged_ = members.size() < 2;  // a group of one meets nobody
+    if (formation_judged_) return;
+    formation_started_ = std::chrono::steady_clock::now();
+    formation_deadline_ = formation_started_ +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(config_.data_parallel.group_timeout));
+    formation_timer_.expires_at(formation_deadline_);
     formation_timer_.async_wait([this, epoch](const boost::system::error_code& ec) {
-        if (!ec) check_formation(epoch);
+        if (!ec && epoch == peers_.epoch()) check_formation();
     });
 }
 
@@ -234,20 +241,44 @@ std::vector<std::string> DpGroupCoordinator::missing_keys(uint32_t index) const 
     return owed;
 }
 
-void DpGroupCoordinator::check_formation(uint64_t epoch) {
-    if (shutting_down_ || epoch != peers_.epoch()) return;  // a newer formation runs
+void DpGroupCoordinator::check_formation() {
+    if (formation_judged_ || shutting_down_) return;
+    formation_judged_ = true;
+    const uint64_t epoch = peers_.epoch();
+    // How long an honest member can be held up (see the header).
+    const double tolerated = config_.handshake.heartbeat_timeout + 2 * config_.data_parallel.group_timeout;
+    std::erase_if(stalls_, [this](const auto& entry) {
+        return std::find(group_members_.begin(), group_members_.end(), entry.first) == group_members_.end();
+    });
     std::vector<std::pair<uint32_t, std::string>> stalled;
     for (uint32_t index = 0; index < group_members_.size(); ++index) {
+        const uint32_t rank = group_members_[index];
         auto missing = missing_keys(index);
-        if (missing.empty()) continue;
+        if (missing.empty()) {
+            stalls_.erase(rank);
+            continue;
+        }
         std::string keys;
         for (size_t k = 0; k < missing.size() && k < 4; ++k) keys += (k ? ", '" : "'") + missing[k] + "'";
         if (missing.size() > 4) keys += " and " + std::to_string(missing.size() - 4) + " more";
-        stalled.emplace_back(group_members_[index],
-                             fmt::format("stalled the DP group's formation (epoch {}, member {} of {}): it did not "
-                                         "publish its rendezvous key(s) {} within data_parallel.group_timeout ({} s); "
-                                         "the group forms without it",
-                                         epoch, index, group_members_.size(), keys, config_.data_parallel.group_timeout));
+        Stall& stall = stalls_[rank];
+        if (stall.formations++ == 0) stall.since = formation_started_;
+        const double stalled_for = std::chrono::duration<double>(std::chrono::steady_clock::now() - stall.since).count();
+        if (stall.formations < 2 || stalled_for < tolerated) {
+            log::notice("rank {} has not published its DP group rendezvous key(s) {} of epoch {} within "
+                        "data_parallel.group_timeout ({} s); formation {} in a row it holds up, for {:.1f} s; it is "
+                        "failed past {:.1f} s",
+                        rank, keys, epoch, config_.data_parallel.group_timeout, stall.formations, stalled_for,
+                        tolerated);
+            continue;
+        }
+        stalls_.erase(rank);
+        stalled.emplace_back(rank, fmt::format("stalled the DP group's formation (epoch {}, member {} of {}): it did "
+                                               "not publish its rendezvous key(s) {} within "
+                                               "data_parallel.group_timeout ({} s), nor in any of the {} formation(s) "
+                                               "of the last {:.1f} s; the group forms without it",
+                                               epoch, index, group_members_.size(), keys,
+                                               config_.data_parallel.group_timeout, stall.formations - 1, stalled_for));
     }
     // Failing a member re-forms the group (the serving ranks change), which ends this epoch.
     for (const auto& [rank, reason] : stalled) {

@@ -7,8 +7,12 @@
 // Each rendezvous key has one owner among the members, named by the key (group_key_owner):
 // the head stores a key only from its owner, so no member can publish another's address or
 // the NCCL unique id. A member that has not published every key it owes within
-// data_parallel.group_timeout of the formation stalls every other member's rendezvous: it is
-// named and failed (Peers::fail), and the group forms again without it.
+// data_parallel.group_timeout of the formation stalls every other member's rendezvous; one
+// that has stalled every formation, at least two, for longer than an honest member can be
+// held up is named and failed (Peers::fail), and the group forms again without it. An honest
+// member can be held up that long: it may be waiting out the old group's collective (up to
+// group_timeout) or connecting to a stopped peer until the head declares that one lost
+// (handshake.heartbeat_timeout) and kills it.
 #pragma once
 
 #include "core/config.hpp"
@@ -70,8 +74,9 @@ public:
     bool paused() const { return group_paused_; }
 
 private:
-    // Checks the formation of `epoch` at its deadline: members that still owe keys are failed.
-    void check_formation(uint64_t epoch);
+    // Judges this epoch's formation, once, at its deadline (or when a new one starts after
+    // it): members that owe keys have stalled it; a second stall in a row fails the member.
+    void check_formation();
     // The keys the member at `index` owes this epoch's rendezvous and has not published.
     std::vector<std::string> missing_keys(uint32_t index) const;
 
@@ -79,6 +84,14 @@ private:
     Peers peers_;
     boost::asio::steady_timer regroup_timer_;
     boost::asio::steady_timer formation_timer_;  // this epoch's formation deadline
+    std::chrono::steady_clock::time_point formation_deadline_{};
+    bool formation_judged_ = true;
+    std::chrono::steady_clock::time_point formation_started_{};
+    struct Stall {
+        uint32_t formations = 0;  // formations in a row the member stalled
+        std::chrono::steady_clock::time_point since;  // when the first of them started
+    };
+    std::map<uint32_t, Stall> stalls_;  // by rank
     bool shutting_down_ = false;
     bool regroup_scheduled_ = false;
     bool regroup_forced_ = false;

@@ -6,9 +6,11 @@ A head with DP=3 in lockstep mode (gloo), ranks 0 and 1 local, rank 2 a scripted
 and on every GROUP_FORM that includes it publishes "pair-0-1" (member 0's address for member 1)
 with a value of its own, while it withholds its own keys ("pair-2-0", "pair-2-1").
   - The forged key is refused: the peer gets ERROR "group-key-not-owned", and the head logs it.
-  - Within data_parallel.group_timeout of that formation the head names rank 2 as the member
-    that stalled it (the keys it withheld, reason group-stalled), fails it, and forms the group
-    of ranks 0 and 1, which serves completions with the synthetic backend's exact text.
+  - Once it has stalled every formation for longer than an honest member can be held up
+    (handshake.heartbeat_timeout + 2 x group_timeout, 5 s here), the head names rank 2 as the
+    member that stalled them (the keys it withheld, reason group-stalled), fails it,
+    and forms the group of ranks 0 and 1, which serves completions with the synthetic
+    backend's exact text.
   - The group then stays formed: no new epoch in the seconds that follow (before, the group
     re-formed every group_timeout forever).
 """
@@ -38,7 +40,7 @@ def main() -> None:
     config = {"data_parallel": {"size": 3, "size_local": 2, "address": HOST, "rpc_port": rpc_port,
                                 "dp_sync": "lockstep", "group": "gloo"},
               "security": {"insecure": True},
-              "handshake": {"heartbeat_interval": 0.5, "heartbeat_timeout": 10.0}}
+              "handshake": {"heartbeat_interval": 0.5, "heartbeat_timeout": 2.0}}
     with Daemon(config, name="lockstep-hostile") as d, \
             Peer(HostNamespace(), f"tcp://{HOST}:{rpc_port}", name="hostile member") as peer:
         check(wait_until(lambda: all(faults.rank_states(d.port).get(r) == "ready" for r in (0, 1)),
@@ -82,11 +84,14 @@ def main() -> None:
             check(d.wait_log(r"rank 2: the DP group's rendezvous key 'pair-0-1' of epoch \d+ belongs to member 0 "
                              r"\(rank 0\), not to member 2 \(rank 2\) \[group-key-not-owned\]", 5),
                   "the head logs the forged key")
-            check(faults.wait_event(d.port, 2, "group-stalled", 1, 15),
+            check(d.wait_log(r"rank 2 has not published its DP group rendezvous key\(s\) 'pair-2-0', 'pair-2-1' of "
+                             r"epoch \d+ within data_parallel.group_timeout", 10 * slow_factor()),
+                  "the first stall is logged, not yet failed")
+            check(faults.wait_event(d.port, 2, "group-stalled", 1, 30),
                   "the member that withheld its keys is failed as group-stalled", faults.rank_events(d.port))
             check(d.wait_log(r"rank 2 \(node 'hostile'\) stalled the DP group's formation \(epoch \d+, member 2 of 3\): "
                              r"it did not publish its rendezvous key\(s\) 'pair-2-0', 'pair-2-1' within "
-                             r"data_parallel.group_timeout", 5),
+                             r"data_parallel.group_timeout \(1.5 s\), nor in any of the \d+ formation\(s\) of the last", 5),
                   "the head's log names the stalling rank and the keys it withheld")
 
             log("--- the group of ranks 0 and 1 forms and serves")
@@ -102,7 +107,7 @@ def main() -> None:
             check(re.search(r"DP group epoch \d+: 2 rank\(s\) \[0,1\]", d.log_text()), "the group of ranks 0 and 1 formed")
             time.sleep(5)
             check_eq(epochs(), settled, "no new formation follows (the group does not re-form forever)")
-            check_eq(len(forms), 1, "the scripted rank was in one formation only")
+            check(len(forms) >= 2, "the scripted rank was in two formations or more", len(forms))
         finally:
             stop.set()
             thread.join(5)

@@ -5,6 +5,7 @@
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
 
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -304,10 +305,12 @@ TEST_CASE("the NCCL unique id is accepted from member 0 only", "[dp_group]") {
     CHECK(values[0].second.value == "abcd");
 }
 
-TEST_CASE("a member that withholds its keys past group_timeout is named and failed", "[dp_group]") {
+TEST_CASE("a member that withholds its keys in formations in a row, for long, is named and failed", "[dp_group]") {
     boost::asio::io_context io;
     FakeRanks ranks(4);
     ranks.config.data_parallel.group_timeout = 0.05;
+    // Stalling is tolerated for heartbeat_timeout + 2 x group_timeout: 0.15 s here.
+    ranks.config.handshake.heartbeat_timeout = 0.05;
     DpGroupCoordinator group(io, ranks.config, ranks.peers());
     auto publish_all = [&](uint32_t rank, uint32_t index, uint32_t size) {
         for (uint32_t peer = 0; peer < size; ++peer) {
@@ -316,6 +319,13 @@ TEST_CASE("a member that withholds its keys past group_timeout is named and fail
             CHECK(group.on_group_message(ranks.infos[rank], set_key(ranks.epoch, key, "addr")));
         }
     };
+    // Runs the timers for `time` (run_for returns early once nothing is pending).
+    auto run = [&](std::chrono::milliseconds time) {
+        const auto until = std::chrono::steady_clock::now() + time;
+        io.restart();
+        io.run_for(time);
+        std::this_thread::sleep_until(until);
+    };
 
     // Every member publishes: the formation's deadline passes without a failure.
     ranks.serving = {0, 1, 2};
@@ -323,26 +333,52 @@ TEST_CASE("a member that withholds its keys past group_timeout is named and fail
     publish_all(0, 0, 3);
     publish_all(1, 1, 3);
     publish_all(2, 2, 3);
-    io.run_for(150ms);
+    run(150ms);
     CHECK(ranks.failed.empty());
 
-    // A formation superseded before its deadline is not judged: rank 3 joins at once.
+    // Formations superseded before their deadline are not judged (rank 3 joins at once).
     ranks.serving = {0, 1, 2, 3};
     group.regroup(false);
     ranks.serving = {0, 1, 3};
     group.regroup(false);
+    // Members 0 and 2 (ranks 0 and 3) publish; member 1 (rank 1) one key of two, and one it
+    // does not own, which is no excuse. Once is not enough to fail it (it may have been
+    // finishing the old group's collective).
+    publish_all(0, 0, 3);
+    publish_all(3, 2, 3);
+    CHECK(group.on_group_message(ranks.infos[1], set_key(ranks.epoch, "pair-1-0", "addr")));
+    CHECK(group.on_group_message(ranks.infos[1], set_key(ranks.epoch, "pair-0-2", "addr")));
+    run(150ms);
+    CHECK(ranks.failed.empty());
+
+    // A member that is late once and prompt in the next formation is not failed.
+    group.regroup(true);  // the members reported the failed rendezvous
+    publish_all(0, 0, 3);
+    publish_all(1, 1, 3);
+    publish_all(3, 2, 3);
+    run(150ms);
+    CHECK(ranks.failed.empty());
+
+    // Stalling two formations in a row, for longer than tolerated, fails it: here the second
+    // ends when the members' failure reports re-form the group, before the deadline's timer.
+    group.regroup(true);
+    run(150ms);  // epoch E: nobody publishes
+    CHECK(ranks.failed.empty());  // every member's first stall: nobody failed
+    // Two stalls within the tolerated time are not enough either.
+    ranks.config.handshake.heartbeat_timeout = 10;
+    group.regroup(true);
+    std::this_thread::sleep_for(60ms);
+    group.regroup(true);
+    CHECK(ranks.failed.empty());
+    ranks.config.handshake.heartbeat_timeout = 0.05;
+    // Members 0 and 2 publish in this epoch; member 1 still one key of two.
     const uint64_t epoch = ranks.epoch;
-    // Members 0 and 2 (ranks 0 and 3) publish; member 1 (rank 1) publishes one key of two.
     publish_all(0, 0, 3);
     publish_all(3, 2, 3);
     CHECK(group.on_group_message(ranks.infos[1], set_key(epoch, "pair-1-0", "addr")));
-    // A key it does not own is no excuse.
-    CHECK(group.on_group_message(ranks.infos[1], set_key(epoch, "pair-0-2", "addr")));
-    io.restart();
-    io.run_for(30ms);
-    CHECK(ranks.failed.empty());  // not before group_timeout
-    io.restart();
-    io.run_for(150ms);
+    std::this_thread::sleep_for(60ms);
+    ranks.serving = {0, 3};  // what the registry reports once rank 1 is failed
+    group.regroup(true);
     REQUIRE(ranks.failed.size() == 1);
     CHECK(ranks.failed[0].rank == 1);
     CHECK(ranks.failed[0].code == "group-stalled");
@@ -351,21 +387,25 @@ TEST_CASE("a member that withholds its keys past group_timeout is named and fail
     CHECK(ranks.failed[0].reason.find("'pair-1-0'") == std::string::npos);
     CHECK(ranks.failed[0].reason.find("epoch " + std::to_string(epoch)) != std::string::npos);
     CHECK(ranks.failed[0].reason.find("data_parallel.group_timeout") != std::string::npos);
+    CHECK(group.members() == std::vector<uint32_t>{0, 3});  // the new group is without it
 
-    // The group forms without it; a group of one owes nothing.
+    // A group of one owes nothing.
     ranks.failed.clear();
     ranks.serving = {0};
     group.regroup(false);
-    io.restart();
-    io.run_for(150ms);
+    run(150ms);
+    group.regroup(true);
+    run(150ms);
     CHECK(ranks.failed.empty());
 
-    // NCCL: member 0 owes the unique id, the others nothing.
+    // NCCL: member 0 owes the unique id, the others nothing; the deadline's timer judges.
     ranks.config.data_parallel.group = "nccl";
     ranks.serving = {2, 3};
     group.regroup(false);
-    io.restart();
-    io.run_for(150ms);
+    run(150ms);
+    CHECK(ranks.failed.empty());
+    group.regroup(true);
+    run(150ms);
     REQUIRE(ranks.failed.size() == 1);
     CHECK(ranks.failed[0].rank == 2);
     CHECK(ranks.failed[0].reason.find("'nccl-unique-id'") != std::string::npos);
@@ -374,8 +414,9 @@ TEST_CASE("a member that withholds its keys past group_timeout is named and fail
     ranks.failed.clear();
     ranks.serving = {0, 1};
     group.regroup(false);
+    run(150ms);
+    group.regroup(true);
     group.shutdown();
-    io.restart();
-    io.run_for(150ms);
+    run(150ms);
     CHECK(ranks.failed.empty());
 }
