@@ -20,10 +20,10 @@ struct TokenOutput {
     uint32_t prompt_tokens = 0;
 };
 
+// A step's tokens. The load is not among them: a copy taken at the step would be stale after
+// an abort; running() and waiting() are always current.
 struct TokenOutputs {
     std::vector<TokenOutput> items;
-    uint32_t running = 0;
-    uint32_t waiting = 0;
 };
 
 class StepLoop {
@@ -45,7 +45,7 @@ public:
     void abort_all();
     bool has_work() const { return !running_.empty() || !waiting_.empty(); }
     // One step of the whole batch. Appends an output for every sequence that gained text or
-    // finished, and sets the load figures.
+    // finished.
     void step(TokenOutputs& out);
     // Lockstep mode: a step on a dummy batch while this rank has no work.
     void dummy_step() {
