@@ -125,7 +125,7 @@ private:
         std::chrono::steady_clock::time_point deadline{};  // of the current handshake phase
         std::chrono::steady_clock::time_point last_heard{};
         // The rank's progress counter as its heartbeats last reported it, and since when the
-        // head has seen it stand still while the rank had work (handshake.hang_timeout).
+        // head has seen it stand still with requests in flight there (handshake.hang_timeout).
         uint64_t progress = 0;
         std::chrono::steady_clock::time_point progress_at{};
         StepRate step_rate;  // steps per second and dummy share, from the heartbeats
@@ -155,7 +155,8 @@ private:
     void fail_rank(Slot& slot, const std::string& reason, const std::string& code);
     void check_deadlines();
     void connection_gone(const std::string& routing_id);
-    // A heartbeat arrived while the rank has work but its progress counter stands still.
+    // The head has had requests in flight on the rank for handshake.hang_timeout while its
+    // progress counter stood still.
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
     // A heartbeat's status figures (wave, memory, step counters for the step rate).
     void note_activity(Slot& slot, const wire::Heartbeat& heartbeat);
