@@ -46,11 +46,12 @@ constexpr uint32_t max_group_members = 65536;
 // ---- encoding: one function per message body ----
 
 void put(Writer& w, const Hello& m) {
-    w.map(7);
+    w.map(8);
     w.str("rank"); w.uint(m.rank);
     w.str("local_rank"); w.uint(m.local_rank);
     w.str("node"); w.str(m.node);
     w.str("incarnation"); w.uint(m.incarnation);
+    w.str("pid"); w.uint(m.pid);
     w.str("build"); w.str(m.build);
     w.str("dp_size"); w.uint(m.dp_size);
     w.str("model"); w.str(m.model);
@@ -328,6 +329,7 @@ Hello get_hello(Reader& r) {
         else if (k == "local_rank") m.local_rank = u32(r);
         else if (k == "node") m.node = r.str();
         else if (k == "incarnation") incarnation = r.uint();
+        else if (k == "pid") m.pid = u32(r);
         else if (k == "build") m.build = r.str();
         else if (k == "dp_size") m.dp_size = u32(r);
         else if (k == "model") m.model = r.str();

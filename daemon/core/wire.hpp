@@ -52,6 +52,7 @@ struct Hello {
     uint32_t local_rank = 0;
     std::string node;
     uint64_t incarnation = 0;  // random per process start; a restarted rank has a new one
+    uint32_t pid = 0;          // its process id on its node (0: not stated)
     std::string build;
     // Values this node states and the head must agree with; 0/empty: not stated.
     uint32_t dp_size = 0;

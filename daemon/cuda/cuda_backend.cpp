@@ -159,6 +159,10 @@ public:
         return true;
     }
 
+    std::optional<uint32_t> count_prompt_tokens(std::string_view prompt) const override {
+        return synthetic_.count_prompt_tokens(prompt);
+    }
+
     void release(engine::Sequence&) override {}
 
     void step(std::span<engine::Sequence* const> batch, std::vector<std::string>& pieces) override {

@@ -9,8 +9,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace dpengine::engine {
@@ -44,6 +46,10 @@ public:
     // A sequence enters the running batch: count its prompt tokens into seq.prompt_tokens and
     // take what it needs (cache space). Returns false when there is no room for it now.
     virtual bool admit(Sequence& seq) = 0;
+    // The tokens of a prompt, as admit() will count them, so that a prompt too long for
+    // max_model_len is refused before it is queued; nothing when the backend counts them only
+    // on admission (the step loop then ends such a sequence at once with "length").
+    virtual std::optional<uint32_t> count_prompt_tokens(std::string_view) const { return std::nullopt; }
     // The sequence finished or was aborted: give back what admit() took.
     virtual void release(Sequence& seq) = 0;
     // One decoding step for the whole batch: appends one token's text to pieces[i] for

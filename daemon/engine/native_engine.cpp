@@ -31,6 +31,14 @@ void NativeEngine::add(const wire::Request& request) {
                                       .done = true});
         return;
     }
+    if (auto refused = too_long(std::get<openai::CompletionRequest>(parsed))) {
+        ready_.push_back(wire::Output{.id = request.id,
+                                      .status = static_cast<uint32_t>(refused->status),
+                                      .content_type = "application/json",
+                                      .data = openai::error_body(*refused),
+                                      .done = true});
+        return;
+    }
     Exchange exchange;
     exchange.request = std::move(std::get<openai::CompletionRequest>(parsed));
     const openai::CompletionRequest& r = exchange.request;
@@ -62,6 +70,23 @@ void NativeEngine::add(const wire::Request& request) {
     }
     requests_.emplace(request.id, std::move(exchange));
     ++waiting_;
+}
+
+std::optional<openai::HttpError> NativeEngine::too_long(const openai::CompletionRequest& r) const {
+    const bool chat = r.endpoint == openai::Endpoint::chat_completions;
+    for (size_t p = 0; p < r.prompts.size(); ++p) {
+        auto tokens = loop_.count_prompt_tokens(r.prompts[p]);
+        if (!tokens || *tokens < limits_.max_model_len) continue;
+        // As vLLM says it: the context length, the prompt's tokens, and what to change.
+        std::string which = chat ? "the messages" : r.prompts.size() > 1 ? "prompt " + std::to_string(p) : "the prompt";
+        return openai::HttpError{
+            .message = "this model's maximum context length is " + std::to_string(limits_.max_model_len) +
+                       " tokens (engine.max_model_len), prompt and completion together; " + which + " has " +
+                       std::to_string(*tokens) + " tokens, which leaves no room for a completion. Shorten it.",
+            .param = chat ? "messages" : "prompt",
+            .code = "context-length-exceeded"};
+    }
+    return std::nullopt;
 }
 
 void NativeEngine::forget(uint64_t id, Exchange& exchange) {

@@ -75,6 +75,9 @@ private:
     // The last piece: the whole response, or the stream's end.
     void complete(Exchange& exchange, wire::Output& piece);
     void forget(uint64_t id, Exchange& exchange);
+    // A 400 when a prompt leaves no room for one token within max_model_len (where the
+    // backend counts prompt tokens before admission).
+    std::optional<openai::HttpError> too_long(const openai::CompletionRequest& request) const;
 
     StepLoop loop_;
     openai::Limits limits_;

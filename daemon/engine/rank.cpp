@@ -275,8 +275,12 @@ public:
         std::lock_guard lock(mutex_);
         beating_ = false;
     }
-    // The loop's figures after each step.
+    // The loop's figures, before it sends OUTPUTS with the same load (after a step or an
+    // abort). A heartbeat reads and sends them under figures_mutex_, so one that read the
+    // figures before a change is on the wire before the OUTPUTS that carries the change: the
+    // head never keeps an older load than the newest the rank reported.
     void publish(uint64_t progress, uint32_t running, uint32_t waiting) {
+        std::lock_guard lock(figures_mutex_);
         progress_.store(progress, std::memory_order_relaxed);
         running_.store(running, std::memory_order_relaxed);
         waiting_.store(waiting, std::memory_order_relaxed);
@@ -308,15 +312,18 @@ private:
             uint64_t epoch = epoch_;
             prompt_ = false;
             lock.unlock();
-            wire::Heartbeat beat{progress_.load(std::memory_order_relaxed), running_.load(std::memory_order_relaxed),
-                                 waiting_.load(std::memory_order_relaxed)};
-            beat.dummy_steps = dummy_steps_.load(std::memory_order_relaxed);
-            beat.wave = wave_.load(std::memory_order_relaxed);
-            beat.memory_used = memory_used_.load(std::memory_order_relaxed);
-            beat.engine_queued = engine_queued_.load(std::memory_order_relaxed);
-            beat.kv_cache_usage = kv_cache_usage_.load(std::memory_order_relaxed);
-            beat.health_failures = health_failures_.load(std::memory_order_relaxed);
-            conn_.send(beat, epoch);
+            {
+                std::lock_guard figures(figures_mutex_);
+                wire::Heartbeat beat{progress_.load(std::memory_order_relaxed),
+                                     running_.load(std::memory_order_relaxed), waiting_.load(std::memory_order_relaxed)};
+                beat.dummy_steps = dummy_steps_.load(std::memory_order_relaxed);
+                beat.wave = wave_.load(std::memory_order_relaxed);
+                beat.memory_used = memory_used_.load(std::memory_order_relaxed);
+                beat.engine_queued = engine_queued_.load(std::memory_order_relaxed);
+                beat.kv_cache_usage = kv_cache_usage_.load(std::memory_order_relaxed);
+                beat.health_failures = health_failures_.load(std::memory_order_relaxed);
+                conn_.send(beat, epoch);
+            }
             conn_.wake();
             lock.lock();
             cv_.wait_for(lock, stop, interval_, [this] { return prompt_; });
@@ -334,6 +341,7 @@ private:
 
     Connection& conn_;
     std::mutex mutex_;
+    std::mutex figures_mutex_;  // a heartbeat's reading and sending of the load vs publish()
     std::condition_variable_any cv_;
     bool beating_ = false;
     bool prompt_ = false;  // beat_now() was called since the last heartbeat
@@ -355,6 +363,7 @@ public:
         hello_.node = options.node;
         hello_.dp_size = options.dp_size;
         hello_.incarnation = random_u64();
+        hello_.pid = static_cast<uint32_t>(getpid());
         hello_.build = DPENGINE_VERSION;
     }
 
@@ -401,6 +410,7 @@ public:
                 tokens.items.clear();
                 lockstep_->advance(lockstep_engine_->loop(), tokens, *this);
                 lockstep_engine_->deliver(tokens, outputs);
+                publish_progress();
                 if (!outputs.items.empty()) conn_.send(outputs, epoch_);
                 if (Clock::now() >= next_group_report_) {
                     conn_.send(lockstep_->report(), epoch_);
@@ -409,9 +419,11 @@ public:
             } else if (loop_->has_work()) {
                 outputs.items.clear();
                 loop_->step(outputs);
+                publish_progress();
                 if (!outputs.items.empty()) conn_.send(outputs, epoch_);
+            } else {
+                publish_progress();  // an idle engine's figures change too (health)
             }
-            publish_progress();
         }
         return exit_code::ok;
     }

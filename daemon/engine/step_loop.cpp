@@ -128,8 +128,6 @@ void StepLoop::step(TokenOutputs& out) {
             return true;
         });
     }
-    out.running = running();
-    out.waiting = waiting();
 }
 
 }  // namespace dpengine::engine

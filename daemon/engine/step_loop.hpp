@@ -20,10 +20,10 @@ struct TokenOutput {
     uint32_t prompt_tokens = 0;
 };
 
+// A step's tokens. The load is not among them: a copy taken at the step would be stale after
+// an abort; running() and waiting() are always current.
 struct TokenOutputs {
     std::vector<TokenOutput> items;
-    uint32_t running = 0;
-    uint32_t waiting = 0;
 };
 
 class StepLoop {
@@ -34,6 +34,10 @@ public:
     uint32_t capacity() const { return max_batch_; }
     uint32_t max_model_len() const { return max_model_len_; }
 
+    // The prompt's tokens as the backend counts them, where it can before admission.
+    std::optional<uint32_t> count_prompt_tokens(std::string_view prompt) const {
+        return backend_->count_prompt_tokens(prompt);
+    }
     void add(const SequenceRequest& request);
     // Forgets the sequence; no further output is produced for it.
     void abort(uint64_t id);
@@ -41,7 +45,7 @@ public:
     void abort_all();
     bool has_work() const { return !running_.empty() || !waiting_.empty(); }
     // One step of the whole batch. Appends an output for every sequence that gained text or
-    // finished, and sets the load figures.
+    // finished.
     void step(TokenOutputs& out);
     // Lockstep mode: a step on a dummy batch while this rank has no work.
     void dummy_step() {

@@ -50,15 +50,19 @@ uint32_t SyntheticBackend::token(uint64_t prompt_hash, uint64_t seed, uint32_t p
 
 std::string_view SyntheticBackend::word(uint32_t token) { return words()[token % vocabulary_size]; }
 
-bool SyntheticBackend::admit(Sequence& seq) {
+uint32_t SyntheticBackend::words_in(std::string_view prompt) {
     uint32_t count = 0;
     bool in_word = false;
-    for (unsigned char c : seq.prompt) {
+    for (unsigned char c : prompt) {
         bool space = c == ' ' || c == '\n' || c == '\t' || c == '\r';
         if (!space && !in_word) ++count;
         in_word = !space;
     }
-    seq.prompt_tokens = count;
+    return count;
+}
+
+bool SyntheticBackend::admit(Sequence& seq) {
+    seq.prompt_tokens = words_in(seq.prompt);
     seq.backend_slot = prompt_hash(seq.prompt);
     return true;
 }

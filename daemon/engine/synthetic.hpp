@@ -20,12 +20,15 @@ public:
     explicit SyntheticBackend(std::chrono::nanoseconds step_time) : step_time_(step_time) {}
     std::string device() const override { return "cpu (synthetic)"; }
     bool admit(Sequence& seq) override;
+    std::optional<uint32_t> count_prompt_tokens(std::string_view prompt) const override { return words_in(prompt); }
     void release(Sequence&) override {}
     void step(std::span<Sequence* const> batch, std::vector<std::string>& pieces) override;
     // Takes a step's time, like a forward pass on a dummy batch.
     void dummy_step() override;
 
     static uint64_t prompt_hash(std::string_view prompt);
+    // The prompt's tokens: its whitespace-separated words.
+    static uint32_t words_in(std::string_view prompt);
     static uint32_t token(uint64_t prompt_hash, uint64_t seed, uint32_t position);
     static std::string_view word(uint32_t token);
 

@@ -95,6 +95,13 @@ DpGroupCoordinator::Peers RankLink::group_peers() {
     peers.epoch = [this] { return epoch_; };
     peers.bump_epoch = [this] { return bump_epoch(); };
     peers.info = [this](uint32_t rank) { return rank < ranks_.size() ? &ranks_[rank].info : nullptr; };
+    // A member that stalled the group's formation is lost as a hung rank is: its process is
+    // killed and restarted (within the restart budget); the group forms without it meanwhile.
+    peers.fail = [this](uint32_t rank, const std::string& reason, const std::string& code) {
+        if (rank >= ranks_.size() || ranks_[rank].routing_id.empty()) return;
+        fail_rank(ranks_[rank], reason, code);
+        if (events_.deadline_missed) events_.deadline_missed(rank);
+    };
     return peers;
 }
 
@@ -348,6 +355,7 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
     }
     slot.routing_id = routing_id;
     slot.incarnation = hello.incarnation;
+    slot.pid = hello.pid;
     slot.step_rate.reset();  // a new registration: its counters may start again
     slot.info.health_failures = 0;
     set_owner(hello.rank, node);
@@ -623,17 +631,27 @@ void RankLink::stop(uint32_t rank, const StopCause& cause) {
 void RankLink::rank_spawned(uint32_t rank) {
     if (rank >= ranks_.size()) return;
     Slot& slot = ranks_[rank];
+    if (std::exchange(slot.spawned_before, true)) count_event(slot, "restarted");
+    // Another process holds the rank: it keeps serving (the new one is refused as a duplicate
+    // until that one goes), so the rank is not "connecting" again.
+    if (!slot.routing_id.empty()) return;
     slot.info.last_error.clear();
     slot.info.reason.clear();
-    if (std::exchange(slot.spawned_before, true)) count_event(slot, "restarted");
     slot.deadline = Clock::now() + seconds(config_.handshake.connect_timeout);
     set_state(slot, RankState::connecting);
 }
 
-void RankLink::rank_exited(uint32_t rank, const std::string& cause) {
+void RankLink::rank_exited(uint32_t rank, uint32_t pid, const std::string& cause) {
     if (rank >= ranks_.size()) return;
     Slot& slot = ranks_[rank];
     if (slot.info.state == RankState::stopped) return;
+    if (!slot.routing_id.empty() && (slot.info.node != config_.node.name || slot.pid != pid)) {
+        // Another process registered the rank (one this supervisor did not start, or one on
+        // another node): the exit of this one, which never held it, takes nothing from it.
+        log::info("rank {} process {} {}; the rank stays with the process that registered it (node '{}', pid {})",
+                  rank, pid, cause, slot.info.node, slot.pid);
+        return;
+    }
     if (slot.info.state == RankState::failed) {  // already failed (deadline, init); this is the aftermath
         log::info("rank {} {}", rank, cause);
         return;
@@ -660,7 +678,10 @@ void RankLink::note_activity(Slot& slot, const wire::Heartbeat& heartbeat) {
 }
 
 bool RankLink::is_hung(Slot& slot, Clock::time_point now) {
-    bool has_work = slot.info.in_flight > 0 || slot.info.running > 0 || slot.info.waiting > 0;
+    // Work is what the head has in flight there. The rank's running/waiting figures are not:
+    // they come from the rank, may lag an abort by a heartbeat, and a rank that nobody waits on
+    // harms no one even if its engine is stuck (a request routed to it starts the clock).
+    bool has_work = slot.info.in_flight > 0;
     bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::unhealthy ||
                    slot.info.state == RankState::draining;
     // The clock runs only while there is work: an idle rank takes no steps.

@@ -71,7 +71,8 @@ public:
 
     // Supervisor: a local rank's process was started, or exited.
     void rank_spawned(uint32_t rank);
-    void rank_exited(uint32_t rank, const std::string& cause);
+    // `pid`: the process that exited. A registration made by another process keeps the rank.
+    void rank_exited(uint32_t rank, uint32_t pid, const std::string& cause);
     // The rank will not come back by itself (e.g. its restart budget is spent).
     void rank_failed(uint32_t rank, const std::string& reason, const std::string& code);
 
@@ -137,10 +138,11 @@ private:
         RankInfo info;
         std::string routing_id;  // the connection, once HELLO was accepted
         uint64_t incarnation = 0;
+        uint32_t pid = 0;  // as its HELLO stated
         std::chrono::steady_clock::time_point deadline{};  // of the current handshake phase
         std::chrono::steady_clock::time_point last_heard{};
         // The rank's progress counter as its heartbeats last reported it, and since when the
-        // head has seen it stand still while the rank had work (handshake.hang_timeout).
+        // head has seen it stand still with requests in flight there (handshake.hang_timeout).
         uint64_t progress = 0;
         std::chrono::steady_clock::time_point progress_at{};
         StepRate step_rate;  // steps per second and dummy share, from the heartbeats
@@ -185,7 +187,8 @@ private:
     void check_deadlines();
     void excuse_own_stall(std::chrono::steady_clock::time_point now);
     void connection_gone(const std::string& routing_id);
-    // A heartbeat arrived while the rank has work but its progress counter stands still.
+    // The head has had requests in flight on the rank for handshake.hang_timeout while its
+    // progress counter stood still.
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
     // A heartbeat's status figures (wave, memory, step counters for the step rate).
     void note_activity(Slot& slot, const wire::Heartbeat& heartbeat);

@@ -583,7 +583,7 @@ private:
         }
         // A rank that moved to another node may be registered from there already: its old
         // process's exit says nothing about it.
-        if (link_ && local.assigned) link_->rank_exited(exit.rank, cause);
+        if (link_ && local.assigned) link_->rank_exited(exit.rank, static_cast<uint32_t>(exit.pid), cause);
         bus_.rank_changed(exit.rank);
         if (node_link_) node_link_->report_soon();
         if (!local.assigned) {  // moved to another node: gone from here

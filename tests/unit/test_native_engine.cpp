@@ -345,19 +345,31 @@ TEST_CASE("native engine: an aborted refused request sends nothing", "[native_en
     CHECK(run(engine).empty());
 }
 
-TEST_CASE("native engine: a prompt over max_model_len ends at once with 'length'", "[native_engine]") {
-    NativeEngine engine = make(test_config(8, 3));
+TEST_CASE("native engine: a prompt that leaves no room within max_model_len is refused with 400", "[native_engine]") {
+    NativeEngine engine = make(test_config(8, 4));
     engine.add(request(1, completions, R"({"prompt":"one two three four","max_tokens":2})"));
-    engine.add(request(2, completions, R"({"prompt":"one two three four","max_tokens":2,"stream":true})"));
+    engine.add(request(2, completions, R"({"prompt":"one two three four five","max_tokens":2,"stream":true})"));
+    engine.add(request(3, completions, R"({"prompt":["fits","one two three four"]})"));
+    engine.add(request(4, chat, R"({"messages":[{"role":"user","content":"a b c d"}]})"));
+    engine.add(request(5, completions, R"({"prompt":"one two three","max_tokens":2})"));  // room for one token
+    CHECK(engine.running() == 0);  // only the last was queued
+    CHECK(engine.waiting() == 1);
     auto pieces = run(engine);
-    const json::object response = whole_response(pieces[1]);
-    CHECK(response.at("choices").at(0).at("text") == "");
+    const auto error_of = [&](uint64_t id) { return whole_response(pieces[id], 400).at("error").as_object(); };
+    for (uint64_t id : {1, 2, 3, 4}) {
+        CAPTURE(id);
+        const json::object error = error_of(id);
+        CHECK(error.at("type") == "invalid_request_error");
+        CHECK(error.at("code") == "context-length-exceeded");
+        CHECK_THAT(text(error.at("message")), Catch::Contains("maximum context length is 4 tokens (engine.max_model_len)"));
+    }
+    CHECK_THAT(text(error_of(1).at("message")), Catch::Contains("the prompt has 4 tokens"));
+    CHECK_THAT(text(error_of(2).at("message")), Catch::Contains("the prompt has 5 tokens"));
+    CHECK_THAT(text(error_of(3).at("message")), Catch::Contains("prompt 1 has 4 tokens"));
+    CHECK(error_of(4).at("param") == "messages");
+    const json::object response = whole_response(pieces[5]);
     CHECK(response.at("choices").at(0).at("finish_reason") == "length");
-    CHECK(response.at("usage").at("prompt_tokens") == 4);
-    CHECK(response.at("usage").at("completion_tokens") == 0);
-    const auto events = stream_events(pieces[2]);
-    REQUIRE(events.size() == 2);
-    CHECK(events[0].at("choices").at(0).at("finish_reason") == "length");
+    CHECK(response.at("usage").at("completion_tokens") == 1);
 }
 
 TEST_CASE("native engine: lockstep's loop() and deliver() make the same pieces as step()", "[native_engine]") {

@@ -109,8 +109,7 @@ std::map<uint64_t, RunResult> run(Harness& h, int max_steps = 10000) {
     for (int step = 0; h.loop->has_work(); ++step) {
         REQUIRE(step < max_steps);
         TokenOutputs out = h.step();
-        CHECK(out.running == h.loop->running());
-        CHECK(out.waiting == h.loop->waiting());
+        CHECK(h.loop->running() <= h.loop->capacity());
         std::set<uint64_t> seen;
         for (const auto& o : out.items) {
             INFO("request " << o.id << " at step " << step);
@@ -346,8 +345,8 @@ TEST_CASE("step loop: max_batch bounds the running batch; waiting requests join 
             text[o.id] += o.text;
         }
         if (step == 0) {
-            CHECK(out.running == 2);
-            CHECK(out.waiting == 3);
+            CHECK(h.loop->running() == 2);
+            CHECK(h.loop->waiting() == 3);
             REQUIRE(out.items.size() == 2);
             CHECK(out.items[0].id == 1);
             CHECK(out.items[1].id == 2);
@@ -705,8 +704,8 @@ TEST_CASE("step loop: abort_all forgets running and waiting requests", "[step_lo
     uint64_t steps = h.loop->steps();
     auto out = h.step();
     CHECK(out.items.empty());
-    CHECK(out.running == 0);
-    CHECK(out.waiting == 0);
+    CHECK(h.loop->running() == 0);
+    CHECK(h.loop->waiting() == 0);
     CHECK(h.loop->steps() == steps);
 
     // The loop keeps working afterwards.
