@@ -20,7 +20,7 @@ namespace dpengine::wire {
 // status, content type and body bytes), answered by the rank's engine; major 1 carried the
 // synthetic engine's fields (prompt, max_tokens, ...) and the head formatted the answer.
 inline constexpr uint32_t protocol_major = 2;
-inline constexpr uint32_t protocol_minor = 1;  // 2.1: NODE_STATUS's leaving
+inline constexpr uint32_t protocol_minor = 1;  // 2.1: NODE_STATUS's leaving, HELLO's pid
 
 enum class Type : uint8_t {
     hello = 1,
