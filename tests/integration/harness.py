@@ -346,13 +346,22 @@ def voluntary_switches(pid: int) -> int:
     return total
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` (VmRSS in /proc/PID/status)."""
+def _status_bytes(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` (VmRSS in /proc/PID/status)."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The most resident memory `pid` had so far (VmHWM in /proc/PID/status)."""
+    return _status_bytes(pid, "VmHWM")
 
 
 def fd_count(pid: int) -> int:

@@ -895,6 +895,14 @@ class Peer:
             raise TestFailure(f"[{self.name}] no answer to HELLO (rank {rank}) within {timeout} s; events {self.events}")
         return m
 
+    def join(self, rank: int, timeout: float, node: str = "scripted") -> int:
+        """Connect, register as `rank` and say READY, checking each step; the epoch."""
+        harness.check(self.handshake_succeeded(timeout), f"[{self.name}] connected")
+        answer = self.register(rank, timeout=timeout, node=node)
+        harness.check(answer.type == CONFIG, f"[{self.name}] the head configured rank {rank}", answer)
+        self.send(READY, {"max_batch": 8, "device": "python3-zmq"}, answer.epoch)
+        return answer.epoch
+
 
 class ServingPeer:
     """A Peer that serves as rank `rank` in a thread: HELLO → CONFIG → READY, then HEARTBEAT

@@ -8,14 +8,14 @@
     idle rank is not declared hung: no event is counted, the process is the same, it was not
     restarted, and it still answers.
 (2) The head's hang clock runs on what it has in flight on a rank, not on the figures the rank
-    reports: a scripted rank (python3-zmq, insecure TCP on loopback) whose heartbeats say
+    reports: a scripted rank (python3-zmq, CURVE over TCP from another namespace, its key
+    reserving rank 0 in the head's authorized_keys) whose heartbeats say
     running 2, waiting 1 with a progress counter that never moves (an engine whose figures
     lag, as they did after aborts) is not hung while the head has nothing in flight there;
     once a request is routed to it and it takes no step, it is declared hung within the
     timeout, and the client gets an error.
 """
 
-import contextlib
 import json
 import socket
 import threading
@@ -24,7 +24,7 @@ import time
 import faults
 import harness
 from harness import HOST, Daemon, check, check_eq, log, run_test, slow_factor, wait_until
-from netns import CONFIG, ERROR, HEARTBEAT, READY, REFUSED, REQUEST, Peer
+from netns import ERROR, HEARTBEAT, REFUSED, REQUEST, Cluster, Network, Peer
 
 HANG_TIMEOUT = 3.0
 STREAMS = 300
@@ -108,69 +108,67 @@ def idle_after_cancels() -> None:
         check_eq(d.stop(), 0, "exit status after SIGTERM")
 
 
-class HostNamespace:
-    """netns.Peer connects from a namespace; this one is the test's own."""
-
-    def entered(self):
-        return contextlib.nullcontext()
-
-
 def hang_clock_follows_in_flight() -> None:
     log("--- (2) the hang clock runs on the head's requests in flight, not on the rank's figures")
-    rpc_port = harness.free_port()
-    config = {"data_parallel": {"size": 1, "size_local": 0, "address": HOST, "rpc_port": rpc_port},
-              "security": {"insecure": True},
-              "handshake": {"hang_timeout": HANG_TIMEOUT, "heartbeat_interval": 0.5, "heartbeat_timeout": 30.0}}
-    with Daemon(config, name="cancel-hang-clock") as d, \
-            Peer(HostNamespace(), f"tcp://{HOST}:{rpc_port}", name="lagging rank") as peer:
-        check(peer.handshake_succeeded(15 * slow_factor()), "the scripted rank connected")
-        answer = peer.register(0, timeout=15 * slow_factor(), node="scripted")
-        check(answer.type == CONFIG, "the head configured the scripted rank", answer)
-        epoch = answer.epoch
-        peer.send(READY, {"max_batch": 8, "device": "python3-zmq"}, epoch)
-        stop = threading.Event()
-        requests: list = []
+    with Network("ci") as net:
+        a, p = net.add_nodes("head", "p")
+        # The default engine (model "synthetic", no step time), as in part (1).
+        with Cluster(net, "ipv4", engine={"model": "synthetic", "step_time_ms": 0}) as c:
+            head = c.head(a, dp=1, dpl=0, authorized=[("scripted", "0-0")],
+                          config={"handshake": {"hang_timeout": HANG_TIMEOUT, "heartbeat_interval": 0.5,
+                                                "heartbeat_timeout": 30.0}})
+            head.start()
+            with Peer(p, c.endpoint(), c.key("scripted"), c.key("head").public, name="lagging rank") as peer:
+                lagging_rank(head, peer)
+            check_eq(head.stop(), 0, "exit status after SIGTERM")
 
-        def beat() -> None:
-            # Figures that say "busy" with a counter that never moves, as a rank's stale load did.
-            while not stop.is_set():
-                peer.send(HEARTBEAT, {"progress": 7, "running": 2, "waiting": 1}, epoch)
-                m = peer.recv(0.5)
-                while m is not None:
-                    if m.type == REQUEST:
-                        requests.append(m.body)  # never answered: the engine is stuck
-                    elif m.type in (REFUSED, ERROR):
-                        return
-                    m = peer.recv(0)
-        beater = threading.Thread(target=beat, daemon=True)
-        beater.start()
-        try:
-            check(wait_until(lambda: faults.rank_states(d.port).get(0) == "ready", 15 * slow_factor(), 0.1),
-                  "the scripted rank is ready", faults.rank_states(d.port))
-            time.sleep(3 * HANG_TIMEOUT)
-            events = faults.rank_events(d.port)
-            check(not events, "with nothing in flight the rank is not hung, whatever its figures say", events)
-            check_eq(faults.rank_states(d.port).get(0), "ready", "it is still ready")
 
-            result: dict = {}
+def lagging_rank(head, peer: Peer) -> None:
+    """Rank 0 on `peer`, whose heartbeats report load that never moves and which never answers."""
+    epoch = peer.join(0, 15 * slow_factor(), node="scripted")
+    stop = threading.Event()
+    requests: list = []
 
-            def ask() -> None:
-                result["response"] = harness.request(d.port, "POST", "/v1/completions",
-                                                     {"model": "synthetic", "prompt": "stuck", "max_tokens": 2},
-                                                     timeout=60)
-            client = threading.Thread(target=ask, daemon=True)
-            client.start()
-            check(faults.wait_event(d.port, 0, "hung", 1, 4 * HANG_TIMEOUT),
-                  "with a request in flight and no step, the rank is declared hung", faults.rank_events(d.port))
-            client.join(30)
-            check(len(requests) >= 1, "the request reached the scripted rank")
-            response = result.get("response")
-            check(response is not None and response.status >= 500, "the client got an error",
-                  response and (response.status, response.body[:200]))
-        finally:
-            stop.set()
-            beater.join(5)
-        check_eq(d.stop(), 0, "exit status after SIGTERM")
+    def beat() -> None:
+        # Figures that say "busy" with a counter that never moves, as a rank's stale load did.
+        while not stop.is_set():
+            peer.send(HEARTBEAT, {"progress": 7, "running": 2, "waiting": 1}, epoch)
+            m = peer.recv(0.5)
+            while m is not None:
+                if m.type == REQUEST:
+                    requests.append(m.body)  # never answered: the engine is stuck
+                elif m.type in (REFUSED, ERROR):
+                    return
+                m = peer.recv(0)
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        check(wait_until(lambda: faults.rank_states(head.port, head.ns).get(0) == "ready", 15 * slow_factor(), 0.1),
+              "the scripted rank is ready", faults.rank_states(head.port, head.ns))
+        time.sleep(3 * HANG_TIMEOUT)
+        events = faults.rank_events(head.port, head.ns)
+        check(not events, "with nothing in flight the rank is not hung, whatever its figures say", events)
+        check_eq(faults.rank_states(head.port, head.ns).get(0), "ready", "it is still ready")
+
+        result: dict = {}
+
+        def ask() -> None:
+            result["response"] = head.request("POST", "/v1/completions",
+                                              {"model": "synthetic", "prompt": "stuck", "max_tokens": 2},
+                                              timeout=60)
+        client = threading.Thread(target=ask, daemon=True)
+        client.start()
+        check(faults.wait_event(head.port, 0, "hung", 1, 4 * HANG_TIMEOUT, ns=head.ns),
+              "with a request in flight and no step, the rank is declared hung",
+              faults.rank_events(head.port, head.ns))
+        client.join(30)
+        check(len(requests) >= 1, "the request reached the scripted rank")
+        response = result.get("response")
+        check(response is not None and response.status >= 500, "the client got an error",
+              response and (response.status, response.body[:200]))
+    finally:
+        stop.set()
+        beater.join(5)
 
 
 def main() -> None:

@@ -38,15 +38,6 @@ FLOOD_MESSAGES = 60
 FLOOD_ITEMS = 1 << 20
 
 
-def peak_rss(pid: int) -> int:
-    """VmHWM: the most resident memory `pid` had so far."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 class HostileRank:
     """Rank `rank` on a Peer, served from a thread (a ZeroMQ socket belongs to one thread):
     HELLO → CONFIG → READY, a HEARTBEAT every second, each REQUEST handed to `answer(self,
@@ -194,7 +185,7 @@ def too_many_bytes(head, rank: HostileRank) -> None:
     wait_abort(rank, rid, f"{BIG_PIECES} x {BIG_PIECE >> 20} MiB for max_tokens 1")
     took = time.monotonic() - started
     time.sleep(1.0)  # what the head still had queued
-    peak = peak_rss(head.pid)
+    peak = harness.peak_rss_bytes(head.pid)
     log(f"  {BIG_PIECES} x {BIG_PIECE >> 20} MiB answered in {took:.1f} s; head peak {peak >> 20} MiB")
     received = 0
     client.settimeout(30 * slow_factor())
@@ -256,7 +247,7 @@ def outputs_flood(head, rank: HostileRank, baseline_rss: int) -> int:
             time.sleep(0.2)
         if harness.cpu_ns(head.pid) - cpu_before < 250_000_000:
             break
-    peak = peak_rss(head.pid)
+    peak = harness.peak_rss_bytes(head.pid)
     log(f"  flood sent in {time.monotonic() - started:.1f} s; /health asked {len(latencies)} times, slowest "
         f"{max(latencies):.2f} s; head peak {peak >> 20} MiB (baseline {baseline_rss >> 20} MiB)")
     took = time.monotonic() - started
@@ -284,7 +275,7 @@ def main() -> None:
                 check(rank.ready.wait(15 * slow_factor()), "the peer registered as rank 1", rank.errors)
                 check(head.wait_ready_ranks(2, 15), "both ranks are ready", head.health())
                 baseline = harness.rss_bytes(head.pid)
-                log(f"  head baseline {baseline >> 20} MiB, peak so far {peak_rss(head.pid) >> 20} MiB")
+                log(f"  head baseline {baseline >> 20} MiB, peak so far {harness.peak_rss_bytes(head.pid) >> 20} MiB")
 
                 too_many_tokens(head, rank)
                 too_many_tokens_streamed(head, rank)

@@ -36,15 +36,6 @@ N = 16
 WHOLE_TOKENS = 65536
 
 
-def hwm_bytes(pid: int) -> int:
-    """Peak resident memory of `pid` (VmHWM in /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def non_reader(port: int, body: dict) -> socket.socket:
     """A connection with a 4 KiB receive buffer that sends one request and reads nothing."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -110,7 +101,7 @@ def main() -> None:
         d.wait_ready(30)
         serves(d, "start")
         baseline = harness.Footprint(d.pid)
-        log(f"baseline: {baseline}, peak {hwm_bytes(d.pid) >> 20} MiB")
+        log(f"baseline: {baseline}, peak {harness.peak_rss_bytes(d.pid) >> 20} MiB")
         bound = baseline.rss + scale * (CLIENTS * 4 * CAP + (64 << 20))
 
         log(f"{CLIENTS} streaming clients (n={N}, max_tokens={MAX_TOKENS}) that never read:")
@@ -118,7 +109,7 @@ def main() -> None:
         socks = [non_reader(d.port, body) for _ in range(CLIENTS)]
         closed = wait_until(lambda: slow_client_closes(d.port) >= CLIENTS, 60 * slow_factor(), 0.5)
         check(closed, f"all {CLIENTS} non-reading clients are closed as slow clients", slow_client_closes(d.port))
-        peak = hwm_bytes(d.pid)
+        peak = harness.peak_rss_bytes(d.pid)
         log(f"  peak resident memory {peak >> 20} MiB (bound {bound >> 20} MiB)")
         check(peak <= bound, f"the head's peak memory stays within baseline + {scale} x ({CLIENTS} x 4 x "
                              f"max_buffered_output + 64 MiB) = {bound >> 20} MiB", f"{peak >> 20} MiB")
