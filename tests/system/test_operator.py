@@ -60,6 +60,10 @@ KNOWN = {
     "journal-syslog-identifier": "issue 15 item 10: no SYSLOG_IDENTIFIER=dpengined",
     "remove-enable-symlink": "issue 15 item 10: apt remove leaves the enable symlink dangling",
     "logs-unreadable-nonzero": "issue 15 item 10: dpctl logs prints '-- No entries --' and exits 0",
+    # Found by this test: the ranks get default_max_tokens in their CONFIG at the handshake
+    # only, so a reload does not reach running ranks, though dpengined.toml(5) lists the key
+    # under RELOADING.
+    "reload-default-max-tokens": "engine.default_max_tokens reloads for new ranks only",
     "drain-survives-restart": "issue 15 item 5: a drained rank comes back ready after a crash",
 }
 
@@ -255,26 +259,48 @@ def step_completion(vm: VM) -> None:
           f"{out(res)}; expected {synthetic_text(PROMPT, 7, 8)!r}")
 
 
+def big_body_status(vm: VM) -> str:
+    """The HTTP status of a completion whose body is about 3000 bytes."""
+    body = {"model": "synthetic", "prompt": "word " * 600, "max_tokens": 1}
+    return sh(vm, "curl -sS -o /dev/null -w '%{http_code}' --max-time 60 -H 'Content-Type: application/json' "
+                  f"-d {shlex.quote(json.dumps(body))} http://127.0.0.1:8000/v1/completions").stdout.strip()
+
+
+def default_tokens(vm: VM) -> object:
+    """completion_tokens of a completion that does not say max_tokens."""
+    try:
+        return json.loads(completion(vm, None).stdout)["usage"]["completion_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def step_reload(vm: VM) -> None:
-    sh(vm, "printf '[engine]\\ndefault_max_tokens = 5\\n' >/etc/dpengine/dpengined.toml.d/60-reload.toml")
+    check(big_body_status(vm) == "200", "a 3000-byte request is served with the default frontend.max_body_bytes")
+    sh(vm, "printf '[frontend]\\nmax_body_bytes = 2000\\n[engine]\\ndefault_max_tokens = 5\\n' "
+           ">/etc/dpengine/dpengined.toml.d/60-reload.toml")
     res = sh(vm, "systemctl reload dpengined", timeout=120)
     check(res.returncode == 0, "systemctl reload of a good drop-in succeeds", out(res))
-    res = wait_for(vm, "true", lambda r: json.loads(completion(vm, None).stdout or "{}").get("usage", {})
-                   .get("completion_tokens") == 5, 30)
-    tokens = json.loads(completion(vm, None).stdout or "{}").get("usage", {}).get("completion_tokens")
-    check(tokens == 5, "the reloaded engine.default_max_tokens = 5 applies", f"completion_tokens {tokens}")
+    # ExecReload= may return before the daemon has read the files (issue 15 item 3): wait.
+    res = wait_for(vm, "true", lambda r: big_body_status(vm) == "413", 30)
+    check(big_body_status(vm) == "413", "the reloaded frontend.max_body_bytes = 2000 applies (413)")
+    tokens = default_tokens(vm)
+    check(tokens == 5, "the reloaded engine.default_max_tokens = 5 applies to the running ranks",
+          f"completion_tokens {tokens}", known="reload-default-max-tokens")
 
     sh(vm, "printf '[frontend]\\nmax_connections = \"many\"\\n' >/etc/dpengine/dpengined.toml.d/70-bad.toml")
     res = sh(vm, "systemctl reload dpengined", timeout=120)
     check(res.returncode != 0, "systemctl reload of a bad drop-in exits non-zero", out(res),
           known="reload-refusal-nonzero")
-    reason = sh(vm, "sleep 2; journalctl -u dpengined --no-pager -n 30 -o cat").stdout
-    check("max_connections" in reason, "the refusal names the bad key (journal)", reason[-1500:])
+    reason = wait_for(vm, "journalctl -u dpengined --no-pager -n 30 -o cat",
+                      lambda r: "reload refused" in r.stdout, 30).stdout
+    check("reload refused" in reason and "frontend.max_connections" in reason,
+          "the journal says the reload was refused and names the bad key", reason[-1500:])
     check(sh(vm, "systemctl is-active dpengined").stdout.strip() == "active", "the daemon runs on after the refusal")
-    tokens = json.loads(completion(vm, None).stdout or "{}").get("usage", {}).get("completion_tokens")
-    check(tokens == 5, "the running configuration is kept after the refusal", f"completion_tokens {tokens}")
+    check(big_body_status(vm) == "413", "the running configuration is kept after the refusal")
     sh(vm, "rm -f /etc/dpengine/dpengined.toml.d/60-reload.toml /etc/dpengine/dpengined.toml.d/70-bad.toml")
     check(sh(vm, "systemctl reload dpengined").returncode == 0, "reload after removing the drop-ins")
+    wait_for(vm, "true", lambda r: big_body_status(vm) == "200", 30)
+    check(big_body_status(vm) == "200", "back to the default frontend.max_body_bytes")
 
 
 def step_kill(vm: VM) -> None:

@@ -87,7 +87,8 @@ class VM:
                # qboot (in qemu-system-data): a small firmware that boots -kernel directly and
                # needs no seabios package.
                "-bios", "qboot.rom",
-               "-display", "none", "-monitor", "none", "-serial", f"file:{self.console_log}",
+               # No default VGA, NIC or drives: less for TCG to emulate and the guest to probe.
+               "-nodefaults", "-display", "none", "-monitor", "none", "-serial", f"file:{self.console_log}",
                "-kernel", os.path.join(self.image_dir, "vmlinuz"),
                "-initrd", os.path.join(self.image_dir, "initrd.img"),
                "-append", f"console=ttyS0 root=/dev/vda rw panic=-1 dpengine.ssh_key={pub}",
