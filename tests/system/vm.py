@@ -1,0 +1,177 @@
+"""A Debian 12 virtual machine for the system tests, booted with qemu and driven over ssh.
+
+    with VM(image_dir, workdir) as vm:      # boots, waits for ssh
+        vm.run("systemctl is-system-running --wait")
+        vm.copy_in("dpengine_1.0.0-1_amd64.deb", "/root/")
+    # qemu is gone here, whatever happened inside
+
+image_dir comes from tests/system/build-image (disk.img, vmlinuz, initrd.img). The disk is
+used through a qcow2 overlay in workdir, so the cached image stays as built. qemu's user
+network runs with restrict=on (the guest reaches nothing outside) and forwards one free
+loopback port to the guest's ssh. Each VM makes its own ed25519 key and hands the public half
+to the guest on the kernel command line (the image's dpengine-test-key.service authorizes it).
+
+Accelerator: DPENGINE_VM_ACCEL=kvm or tcg; by default TCG, since nested KVM aborts guests on
+the CI machines. Everything is bounded in time; qemu is killed in close() if it does not power
+off by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import time
+
+SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
+               "-o", "ServerAliveCountMax=6"]
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VMError(Exception):
+    pass
+
+
+class VM:
+    def __init__(self, image_dir: str, workdir: str, memory_mib: int = 1536, cpus: int = 2,
+                 boot_timeout: float = 300.0):
+        self.image_dir = image_dir
+        self.workdir = workdir
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.boot_timeout = boot_timeout
+        self.console_log = os.path.join(workdir, "console.log")
+        self.key = os.path.join(workdir, "id_ed25519")
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.boot_seconds = 0.0
+
+    # ---- lifecycle ----
+
+    def __enter__(self) -> "VM":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        if not os.path.exists(self.key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dpengine-system-test", "-f", self.key],
+                           check=True, timeout=30)
+        with open(self.key + ".pub") as f:
+            pub = f.read().split()[1]
+        overlay = os.path.join(self.workdir, "overlay.qcow2")
+        if os.path.exists(overlay):
+            os.unlink(overlay)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        os.path.join(self.image_dir, "disk.img"), overlay], check=True, timeout=60)
+        self.port = free_loopback_port()
+        accel = os.environ.get("DPENGINE_VM_ACCEL", "tcg")
+        # TCG: one host thread per vCPU (multi-threaded TCG).
+        accel_arg = "tcg,thread=multi" if accel == "tcg" else accel
+        cmd = ["qemu-system-x86_64", "-accel", accel_arg, "-m", str(self.memory_mib), "-smp", str(self.cpus),
+               "-cpu", "max" if accel == "tcg" else "host",
+               # qboot (in qemu-system-data): a small firmware that boots -kernel directly and
+               # needs no seabios package.
+               "-bios", "qboot.rom",
+               # No default VGA, NIC or drives: less for TCG to emulate and the guest to probe.
+               "-nodefaults", "-display", "none", "-monitor", "none", "-serial", f"file:{self.console_log}",
+               "-kernel", os.path.join(self.image_dir, "vmlinuz"),
+               "-initrd", os.path.join(self.image_dir, "initrd.img"),
+               "-append", f"console=ttyS0 root=/dev/vda rw panic=-1 dpengine.ssh_key={pub}",
+               "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+               "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+               "-device", "virtio-net-pci,netdev=n0,romfile=",
+               "-device", "virtio-rng-pci"]
+        started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(os.path.join(self.workdir, "qemu.log"), "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_for_ssh(self.boot_timeout)
+        self.boot_seconds = time.monotonic() - started
+
+    def wait_for_ssh(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise VMError(f"qemu exited while booting; console:\n{self.console_tail()}")
+            try:
+                res = self.ssh(["true"], timeout=20)
+                if res.returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(2)
+        raise VMError(f"no ssh within {timeout:.0f} s; console:\n{self.console_tail()}")
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.ssh(["systemctl", "poweroff"], timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.console_log, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no console log)"
+
+    # ---- commands ----
+
+    def ssh(self, argv: list[str], user: str = "root", timeout: float = 120.0, input: str | None = None
+            ) -> subprocess.CompletedProcess:
+        cmd = ["ssh", *SSH_OPTIONS, "-i", self.key, "-p", str(self.port), f"{user}@127.0.0.1", "--",
+               shlex.join(argv)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+
+    def run(self, script: str, user: str = "root", timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Runs a shell script in the guest as user (over ssh); returns the completed process."""
+        return self.ssh(["sh", "-c", script], user=user, timeout=timeout)
+
+    def copy_in(self, local: str, remote: str, timeout: float = 120.0) -> None:
+        subprocess.run(["scp", *SSH_OPTIONS, "-i", self.key, "-P", str(self.port), local, f"root@127.0.0.1:{remote}"],
+                       check=True, capture_output=True, timeout=timeout)
+
+    def reboot(self, timeout: float | None = None) -> float:
+        """Reboots the guest (qemu stays, the guest restarts); returns seconds until ssh answers."""
+        boot_id = self.run("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        started = time.monotonic()
+        try:
+            self.ssh(["systemctl", "reboot"], timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = started + (timeout or self.boot_timeout)
+        while time.monotonic() < deadline:
+            self.wait_for_ssh(deadline - time.monotonic())
+            try:
+                if self.run("cat /proc/sys/kernel/random/boot_id", timeout=20).stdout.strip() not in ("", boot_id):
+                    return time.monotonic() - started
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(2)
+        raise VMError("the guest did not come back after reboot")
