@@ -1,4 +1,6 @@
-// Key files: a node's secret key file and the head's authorized-keys list, as read from disk.
+// Key files: a node's secret key file, the head's authorized-keys list and the front-end's API
+// key hashes, as read from disk.
+#include "core/api_keys.hpp"
 #include "core/keys.hpp"
 
 #include <cstdlib>
@@ -16,5 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             (void)dpengine::keys::fingerprint(key.public_z85);
         }
     }
+    auto api_keys = dpengine::api_keys::parse(text, "api_keys");
+    if (api_keys && (api_keys->size() == 0 || api_keys->accepts(text) != api_keys->accepts(text))) std::abort();
     return 0;
 }
