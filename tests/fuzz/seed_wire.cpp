@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     const std::string dir = argv[1];
-    Hello hello{1, 0, "node-b", 0x1234, "0.1.0", 4, "synthetic"};
+    Hello hello{1, 0, "node-b", 0x1234, 4242, "0.1.0", 4, "synthetic"};
     Config config;
     config.dp_size = 4;
     config.rank = 1;
