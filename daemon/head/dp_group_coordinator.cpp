@@ -272,13 +272,14 @@ void DpGroupCoordinator::check_formation() {
                         tolerated);
             continue;
         }
-        stalls_.erase(rank);
+        const uint32_t formations = stall.formations;
+        stalls_.erase(rank);  // `stall` is gone from here on
         stalled.emplace_back(rank, fmt::format("stalled the DP group's formation (epoch {}, member {} of {}): it did "
                                                "not publish its rendezvous key(s) {} within "
                                                "data_parallel.group_timeout ({} s), nor in any of the {} formation(s) "
                                                "of the last {:.1f} s; the group forms without it",
                                                epoch, index, group_members_.size(), keys,
-                                               config_.data_parallel.group_timeout, stall.formations - 1, stalled_for));
+                                               config_.data_parallel.group_timeout, formations - 1, stalled_for));
     }
     // Failing a member re-forms the group (the serving ranks change), which ends this epoch.
     for (const auto& [rank, reason] : stalled) {

@@ -156,7 +156,8 @@ def main() -> None:
     with Network("hc") as net:
         a, b, p = net.add_nodes("head", "b", "p")
         with Cluster(net, "ipv4", handshake={"register_timeout": REGISTER_TIMEOUT}) as c:
-            head = c.head(a, dp=2, dpl=1, authorized=[("node-b", "1-1"), ("node-p", None)])
+            head = c.head(a, dp=2, dpl=1, authorized=[("node-b", "1-1"), ("node-p", None)],
+                          env=harness.memory_check_env())
             node_b = c.headless(b, "node-b", dp=2, dpl=1, dpr=1)
             head.start()
             node_b.start()

@@ -267,7 +267,8 @@ def main() -> None:
         a, p = net.add_nodes("head", "p")
         with Cluster(net, "ipv4") as c:
             head = c.head(a, dp=2, dpl=1, authorized=[("node-p", "1-1")],
-                          config={"frontend": {"max_response_bytes": MAX_RESPONSE_BYTES}})
+                          config={"frontend": {"max_response_bytes": MAX_RESPONSE_BYTES}},
+                          env=harness.memory_check_env())
             head.start()
             check(head.wait_ready_ranks(1, 30), "rank 0 is ready", head.health())
             peer = Peer(p, c.endpoint(), c.key("node-p"), c.key("head").public, name="hostile rank 1")

@@ -18,7 +18,6 @@ frontend.max_buffered_output = 256 KiB and frontend.write_timeout = 3 s:
 """
 
 import json
-import os
 import socket
 import time
 
@@ -91,13 +90,9 @@ def serves(d: Daemon, what: str) -> None:
 def main() -> None:
     config = {"frontend": {"max_buffered_output": CAP, "write_timeout": WRITE_TIMEOUT},
               "engine": {"max_model_len": WHOLE_TOKENS + 64, "step_time_ms": 0.0}}
-    env, scale = {}, 1
-    if harness.is_sanitized_build():
-        # The sanitizers' allocators keep freed memory in quarantine, and their own tables grow
-        # with what is allocated: a smaller quarantine, and more room.
-        env["ASAN_OPTIONS"] = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=16"]))
-        scale = 4
-    with Daemon(config, name="slow-readers", env=env) as d:
+    # The sanitizers' own tables grow with what is allocated: more room in their builds.
+    scale = 4 if harness.is_sanitized_build() else 1
+    with Daemon(config, name="slow-readers", env=harness.memory_check_env()) as d:
         d.wait_ready(30)
         serves(d, "start")
         baseline = harness.Footprint(d.pid)
