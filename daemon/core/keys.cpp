@@ -1,5 +1,7 @@
 #include "keys.hpp"
 
+#include "private_file.hpp"
+
 #include <fcntl.h>
 #include <grp.h>
 #include <sodium.h>
@@ -25,12 +27,6 @@ constexpr std::array<std::string_view, 2> published_secret_keys = {
 };
 
 std::string errno_text() { return std::strerror(errno); }
-
-std::string mode_text(mode_t mode) {
-    char text[8];
-    std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
-    return text;
-}
 
 // Mode 0640 with the service's group: how packaging lets the daemon read a key root owns.
 bool readable_by_group_only(const struct stat& st, const std::string& group) {

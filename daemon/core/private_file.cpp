@@ -5,9 +5,16 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace dpengine {
+
+std::string mode_text(mode_t mode) {
+    char text[8];
+    std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+    return text;
+}
 
 Result<std::string> read_private_file(const std::string& path, std::string_view what, size_t max_bytes) {
     const std::string name = std::string(what) + " " + path;
@@ -22,10 +29,8 @@ Result<std::string> read_private_file(const std::string& path, std::string_view 
     if (::fstat(fd, &st) != 0) return Error{"cannot read " + name + ": " + std::strerror(errno)};
     if (!S_ISREG(st.st_mode)) return Error{name + " is not a regular file"};
     if (st.st_mode & 027) {
-        char mode[8];
-        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
         return Error{name + " can be " + ((st.st_mode & 020) || (st.st_mode & 002) ? "changed" : "read") +
-                     " by others (mode " + mode + "); run 'chmod 600 " + path +
+                     " by others (mode " + mode_text(st.st_mode) + "); run 'chmod 600 " + path +
                      "' (or 640 when root owns it and the service's group reads it)"};
     }
     if (static_cast<uint64_t>(st.st_size) > max_bytes) {

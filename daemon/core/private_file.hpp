@@ -7,8 +7,12 @@
 
 #include <string>
 #include <string_view>
+#include <sys/types.h>
 
 namespace dpengine {
+
+// A file mode as chmod takes it: "0640".
+std::string mode_text(mode_t mode);
 
 // The text of PATH. Refused, with the chmod that fixes it, when others have any access to the
 // file or its group may write it (mode 0600, or 0640 for a file root owns and the service's
