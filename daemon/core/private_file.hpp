@@ -15,8 +15,8 @@ namespace dpengine {
 std::string mode_text(mode_t mode);
 
 // The text of PATH. Refused, with the chmod that fixes it, when others have any access to the
-// file or its group may write it (mode 0600, or 0640 for a file root owns and the service's
-// group reads, are accepted); when it is not a regular file; or when it is larger than
+// file or its group may write it (so 0600, or 0640 for a file root owns and the service's
+// group reads, pass); when it is not a regular file; or when it is larger than
 // `max_bytes`. `what` names the file in errors ("frontend.api_keys").
 Result<std::string> read_private_file(const std::string& path, std::string_view what, size_t max_bytes = 1 << 20);
 
