@@ -136,6 +136,12 @@ Status RankSocket::bind(const std::string& endpoint) {
 
 void RankSocket::registered(const std::string& routing_id) {
     if (message_routing_id_ && *message_routing_id_ == routing_id && message_fd_ >= 0) {
+        // The monitor reports a connection's acceptance on its own socket, which is read on
+        // its own wake-ups: a connection's first messages can be handled before that report.
+        // libzmq's one I/O thread writes the report before the connection's handshake starts,
+        // so reading what the monitor holds now takes it in; otherwise the late report would
+        // start a deadline for a connection that has registered already, and close it.
+        handshake_monitor_->drain();
         registration_.registered(message_fd_);
     }
 }
