@@ -52,6 +52,8 @@ WATCHED = ["/etc", "/usr/sbin", "/usr/bin", "/usr/libexec", "/usr/lib/systemd/sy
 NOISE = re.compile(r"^(/var/lib/(dpkg|apt|systemd|ucf|man-db|polkit-1)|/var/cache|/etc/ld\.so\.cache|"
                    r"/run/(lock|user|systemd|dpengine-e2e)|/etc/(passwd|group|shadow|gshadow|subuid|subgid)-?$|"
                    r"/etc/\.pwd\.lock|/etc/netns|/var/lib/dbus)")
+ENABLE_LINK = "/etc/systemd/system/multi-user.target.wants/dpengined.service"
+
 # Expected leftovers after purge: the account tools' backups and lock (the user and group
 # themselves are lines in /etc/passwd and /etc/group).
 LEFTOVERS = re.compile(r"^/etc/(passwd|group|shadow|gshadow|subuid|subgid)-$")
@@ -291,7 +293,10 @@ def main() -> int:
             check_installed()
             serve_as_service_user(tmp)
 
-            print("== apt-get remove: configuration and keys stay", flush=True)
+            print("== apt-get remove: configuration and keys stay, the service is disabled", flush=True)
+            out = run(["systemctl", "enable", "dpengined.service"], timeout=30)
+            check(out.returncode == 0 and os.path.lexists(ENABLE_LINK), "systemctl enable dpengined",
+                  (out.stdout + out.stderr)[-1000:])
             with open("/etc/dpengine/keys/node.key", "w") as f:
                 f.write("stand-in for a key\n")
             with open("/etc/dpengine/dpengined.toml", "a") as f:
@@ -299,6 +304,8 @@ def main() -> int:
             out = run(["apt-get", "remove", "-y", "-q", "dpengine"], timeout=120, env=APT_ENV)
             check(out.returncode == 0, "apt-get remove", (out.stdout + out.stderr)[-2000:])
             check(not os.path.exists("/usr/sbin/dpengined"), "the programs are gone")
+            check(not os.path.lexists(ENABLE_LINK), "no enable symlink is left to a unit that is gone",
+                  os.path.lexists(ENABLE_LINK) and os.readlink(ENABLE_LINK))
             check(os.path.exists("/etc/dpengine/keys/node.key"), "the keys stay")
             check("# changed by the operator" in open("/etc/dpengine/dpengined.toml").read()
                   if os.path.exists("/etc/dpengine/dpengined.toml") else False, "the changed configuration stays")
