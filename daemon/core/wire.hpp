@@ -1,11 +1,13 @@
 // The wire protocol between the head and its engine ranks (man page: dpengine-protocol(7)).
 // Every ZeroMQ message is one msgpack array [major, minor, type, epoch, body]; body is a map
-// with short string keys (unknown keys are skipped, so a minor version can add fields), except
-// where the man page says array for the hot path. Decoding is typed and bounded.
+// with short string keys, except where the man page says array for the hot path. Each
+// message's fields are declared once, in wire_fields.hpp; that list drives encoding and
+// decoding (typed and bounded) and the fuzz seeds.
 #pragma once
 
 #include "error.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -16,35 +18,37 @@
 
 namespace dpengine::wire {
 
-// Major 2: requests and responses are the client's OpenAI bodies (REQUEST, OUTPUTS items of
-// status, content type and body bytes), answered by the rank's engine; major 1 carried the
-// synthetic engine's fields (prompt, max_tokens, ...) and the head formatted the answer.
+// The protocol's version. Compatibility rule (decode() implements it):
+//  - The major must be the same; a message of another major is refused ("version-mismatch").
+//  - Any minor of the same major is accepted. A message of an older minor lacks the fields
+//    added since: they take their defaults, which mean what the older peer meant. A message of
+//    a newer minor may carry map fields and elements at the end of a positional array that
+//    this side does not know: they are skipped.
+//  - So a minor version may only add optional fields (never a required one: wire_fields.hpp
+//    checks this at compile time), append elements to positional arrays, and add reason codes.
+//    Anything else, a new message type included (a receiver refuses a type it does not know,
+//    "unknown-type"), needs a new major version.
+//  - Hence head and nodes of different minors of one major work together, as in a rolling
+//    upgrade (tested one minor apart, both ways).
+//
+// Changelog (git history; dpengine-protocol(7) says the same):
+//  2.1  HELLO: pid. NODE_STATUS: leaving. NODE_CONFIG activity rows: device, in_flight,
+//       waiting, served (elements 7-10). ERROR code group-key-not-owned.
+//  2.0  REQUEST (type 5) carries the endpoint and the client's body, replacing ADD (the
+//       synthetic engine's prompt, max_tokens, temperature, top_p, seed, stop); OUTPUTS rows
+//       are response pieces [id, status, content_type, data, done, tokens] instead of generated
+//       text. CONFIG engine: default_max_tokens, health_interval, health_failures. HEARTBEAT:
+//       engine_queued, kv_cache_usage, health_failures.
+//  1.0  The first version: HELLO, CONFIG, REFUSED, READY, ADD, ABORT, OUTPUTS, HEARTBEAT,
+//       SHUTDOWN, ERROR. Later additions were shipped without raising the minor, still
+//       saying 1.0: the node link (types 11-14), the DP group (types 25-29; CONFIG sync,
+//       sync_interval, group_timeout), CONFIG engine command, env, health_path,
+//       ready_timeout, max_concurrency (http backend) and hidden_size, num_layers,
+//       vocab_size, gpu_memory_fraction, gpus, gpu_sharing (cuda backend), NODE_CONFIG states
+//       and activity, HEARTBEAT dummy_steps, wave, memory_used. 2.0 is a clean break from all
+//       of them.
 inline constexpr uint32_t protocol_major = 2;
-inline constexpr uint32_t protocol_minor = 1;  // 2.1: NODE_STATUS's leaving, HELLO's pid
-
-enum class Type : uint8_t {
-    hello = 1,
-    config = 2,
-    refused = 3,
-    ready = 4,
-    request = 5,
-    abort = 6,
-    outputs = 7,
-    heartbeat = 8,
-    shutdown = 9,
-    error = 10,
-    // The node link (a headless daemon ↔ the head), on the same socket as the ranks.
-    node_hello = 11,
-    node_config = 12,
-    node_status = 13,
-    assign = 14,
-    // The DP group (lockstep mode): rendezvous through the head, group formation and waves.
-    group_kv = 25,
-    group_value = 26,
-    group_form = 27,
-    start_wave = 28,
-    group_state = 29,
-};
+inline constexpr uint32_t protocol_minor = 1;
 
 // rank → head: the first message on a connection.
 struct Hello {
@@ -52,7 +56,7 @@ struct Hello {
     uint32_t local_rank = 0;
     std::string node;
     uint64_t incarnation = 0;  // random per process start; a restarted rank has a new one
-    uint32_t pid = 0;          // its process id on its node (0: not stated)
+    uint32_t pid = 0;          // since 2.1: its process id on its node (0: not stated)
     std::string build;
     // Values this node states and the head must agree with; 0/empty: not stated.
     uint32_t dp_size = 0;
@@ -299,10 +303,72 @@ struct GroupState {
     std::string error;  // why the group failed
 };
 
-// The alternatives in the order of their type numbers (type_name() relies on it).
-using Message = std::variant<Hello, Config, Refused, Ready, Request, Abort, Outputs, Heartbeat, Shutdown, ErrorReply,
-                             NodeHello, NodeConfig, NodeStatus, Assign,
-                             GroupKv, GroupValue, GroupForm, StartWave, GroupState>;
+// Who sends a message type.
+enum class Direction : uint8_t { rank_to_head, head_to_rank, rank_and_head, node_to_head, head_to_node };
+
+// A message type's name as a template argument.
+template <size_t N>
+struct TypeName {
+    char text[N];
+    constexpr TypeName(const char (&name)[N]) {
+        for (size_t i = 0; i < N; ++i) text[i] = name[i];
+    }
+};
+
+// One row of the type table: number, name, body struct, sender.
+template <uint8_t Number, TypeName Name, class Body, Direction Sender>
+struct MessageType {
+    using body = Body;
+    static constexpr uint8_t number = Number;
+    static constexpr const char* name = Name.text;
+    static constexpr Direction direction = Sender;
+};
+
+struct TypeInfo {
+    uint8_t number;
+    const char* name;
+    Direction direction;
+};
+
+template <class... Rows>
+struct TypeTable {
+    using Message = std::variant<typename Rows::body...>;
+    // In the order of Message's alternatives: info[message.index()].
+    static constexpr TypeInfo info[] = {{Rows::number, Rows::name, Rows::direction}...};
+
+    static constexpr bool numbers_distinct() {
+        for (size_t i = 0; i < sizeof...(Rows); ++i)
+            for (size_t j = i + 1; j < sizeof...(Rows); ++j)
+                if (info[i].number == info[j].number) return false;
+        return true;
+    }
+    static_assert(numbers_distinct(), "two message types with one number");
+};
+
+// Every message type, once. Numbers are grouped: 1-10 ranks, 11-19 the node link (a headless
+// daemon, on the same socket as the ranks), 25-29 the DP group (lockstep mode).
+using Types = TypeTable<
+    MessageType<1, "HELLO", Hello, Direction::rank_to_head>,
+    MessageType<2, "CONFIG", Config, Direction::head_to_rank>,
+    MessageType<3, "REFUSED", Refused, Direction::head_to_rank>,
+    MessageType<4, "READY", Ready, Direction::rank_to_head>,
+    MessageType<5, "REQUEST", Request, Direction::head_to_rank>,
+    MessageType<6, "ABORT", Abort, Direction::head_to_rank>,
+    MessageType<7, "OUTPUTS", Outputs, Direction::rank_to_head>,
+    MessageType<8, "HEARTBEAT", Heartbeat, Direction::rank_and_head>,
+    MessageType<9, "SHUTDOWN", Shutdown, Direction::head_to_rank>,
+    MessageType<10, "ERROR", ErrorReply, Direction::rank_and_head>,
+    MessageType<11, "NODE_HELLO", NodeHello, Direction::node_to_head>,
+    MessageType<12, "NODE_CONFIG", NodeConfig, Direction::head_to_node>,
+    MessageType<13, "NODE_STATUS", NodeStatus, Direction::node_to_head>,
+    MessageType<14, "ASSIGN", Assign, Direction::head_to_node>,
+    MessageType<25, "GROUP_KV", GroupKv, Direction::rank_to_head>,
+    MessageType<26, "GROUP_VALUE", GroupValue, Direction::head_to_rank>,
+    MessageType<27, "GROUP_FORM", GroupForm, Direction::head_to_rank>,
+    MessageType<28, "START_WAVE", StartWave, Direction::rank_and_head>,
+    MessageType<29, "GROUP_STATE", GroupState, Direction::rank_to_head>>;
+
+using Message = Types::Message;
 
 // True for the node-link messages (NODE_HELLO ... ASSIGN).
 bool is_node_link(const Message& message);
@@ -314,7 +380,10 @@ struct Envelope {
 
 const char* type_name(const Message& message);
 
-std::string encode(const Message& message, uint64_t epoch = 0);
+// The message as a peer of protocol 2.`minor` (at most protocol_minor) sends it: the header
+// says that minor and the fields added after it are left out. Only the tests of the
+// compatibility rule ask for an older minor.
+std::string encode(const Message& message, uint64_t epoch = 0, uint32_t minor = protocol_minor);
 
 // Errors carry a reason code: "malformed", "unknown-type" or "version-mismatch" (the message
 // names both versions).

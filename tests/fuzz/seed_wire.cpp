@@ -1,8 +1,11 @@
 // Writes the seed corpora of fuzz_wire, fuzz_msgpack and fuzz_handshake from real encoded
-// messages: one file per message type, and handshake sequences as a rank really sends them.
+// messages: realistic ones, one of every type with every field set (from the field lists of
+// core/wire_fields.hpp), and handshake sequences as a rank really sends them.
 // Usage: fuzz_seed_wire CORPUS_DIR (the directories corpus/<target>/ must exist).
+#include "../support/wire_filled.hpp"
 #include "core/wire.hpp"
 
+#include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <vector>
@@ -65,6 +68,11 @@ int main(int argc, char** argv) {
         {"shutdown", Shutdown{}},
         {"error", ErrorReply{"malformed", "expected an array"}},
     };
+    for (const Message& message : filled::every_type()) {
+        std::string name = "every-field-";
+        for (const char* c = type_name(message); *c; ++c) name += *c == '_' ? '-' : char(std::tolower(*c));
+        messages.emplace_back(name, message);
+    }
     for (const auto& [name, message] : messages) {
         std::string bytes = encode(message, 1);
         write(dir + "/fuzz_wire/" + name, bytes);
