@@ -16,6 +16,12 @@ namespace {
 
 constexpr const char* properties_interface = "org.freedesktop.DBus.Properties";
 
+// A watched signal arrived: the waiting loop re-reads the ranks.
+int note_change(sd_bus_message*, void* changed, sd_bus_error*) {
+    *static_cast<bool*>(changed) = true;
+    return 0;
+}
+
 std::string bus_address() {
     const char* address = std::getenv("DBUS_SYSTEM_BUS_ADDRESS");
     return address && *address ? address : "unix:path=/run/dbus/system_bus_socket";
@@ -261,6 +267,44 @@ void BusClient::manage(const char* method, const std::string& what) {
                                error.get(), &raw, "");
     MessagePtr reply(raw);
     if (r < 0) fail(what, r, error, true);
+}
+
+void BusClient::watch_ranks(const std::vector<uint32_t>& ranks, const std::string& what) {
+    auto added = [&](int r, sd_bus_slot* slot) {
+        if (r < 0) fail(what + ": subscribing to the daemon's change signals", r, BusError(), false);
+        watches_.emplace_back(slot);
+    };
+    sd_bus_slot* slot = nullptr;
+    const std::string owner_changed = std::string("type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                                                  "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='") +
+                                      api::service + "'";
+    added(sd_bus_add_match(bus_.get(), &slot, owner_changed.c_str(), note_change, changed_.get()), slot);
+    for (uint32_t rank : ranks) {
+        const std::string path = std::string(api::rank_path_prefix) + "/" + std::to_string(rank);
+        slot = nullptr;
+        added(sd_bus_match_signal(bus_.get(), &slot, api::service, path.c_str(), properties_interface,
+                                  "PropertiesChanged", note_change, changed_.get()),
+              slot);
+    }
+}
+
+bool BusClient::wait_for_change(std::chrono::steady_clock::time_point deadline, const std::string& what) {
+    using namespace std::chrono;
+    for (;;) {
+        // Dispatch what is queued first: signals that came while a method call waited for its
+        // reply are queued, not lost.
+        int r = sd_bus_process(bus_.get(), nullptr);
+        if (r < 0) fail(what, r, BusError(), false);
+        if (*changed_) {
+            *changed_ = false;
+            return true;
+        }
+        if (r > 0) continue;
+        const auto now = steady_clock::now();
+        if (now >= deadline) return false;
+        r = sd_bus_wait(bus_.get(), static_cast<uint64_t>(duration_cast<microseconds>(deadline - now).count()) + 1);
+        if (r < 0 && r != -EINTR) fail(what, r, BusError(), false);
+    }
 }
 
 }  // namespace dpctl

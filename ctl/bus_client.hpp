@@ -5,6 +5,7 @@
 
 #include <systemd/sd-bus.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -18,6 +19,11 @@ struct BusUnref {
     void operator()(sd_bus* bus) const { sd_bus_flush_close_unref(bus); }
 };
 using BusPtr = std::unique_ptr<sd_bus, BusUnref>;
+
+struct SlotUnref {
+    void operator()(sd_bus_slot* slot) const { sd_bus_slot_unref(slot); }
+};
+using SlotPtr = std::unique_ptr<sd_bus_slot, SlotUnref>;
 
 struct MessageUnref {
     void operator()(sd_bus_message* m) const { sd_bus_message_unref(m); }
@@ -107,11 +113,22 @@ public:
     void manage(const char* method, uint32_t rank, const std::string& what);
     void manage(const char* method, const std::string& what);
 
+    // Subscribes to PropertiesChanged of these ranks' objects, and to the daemon's bus name
+    // changing owner (it stopped or restarted: the next read says so), for wait_for_change().
+    // `what` describes the wait for error messages.
+    void watch_ranks(const std::vector<uint32_t>& ranks, const std::string& what);
+    // Reads the bus until a watched signal arrives (true; signals that came during other calls
+    // count) or `deadline` passes (false).
+    bool wait_for_change(std::chrono::steady_clock::time_point deadline, const std::string& what);
+
 private:
-    explicit BusClient(BusPtr bus) : bus_(std::move(bus)) {}
+    explicit BusClient(BusPtr bus) : bus_(std::move(bus)), changed_(std::make_unique<bool>(false)) {}
     [[noreturn]] void fail(const std::string& what, int r, const BusError& error, bool mutating) const;
 
     BusPtr bus_;
+    // Set by the watches' callbacks: on the heap, where a moved BusClient leaves it.
+    std::unique_ptr<bool> changed_;
+    std::vector<SlotPtr> watches_;
 };
 
 }  // namespace dpctl

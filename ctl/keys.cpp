@@ -2,7 +2,7 @@
 // dpctl keys api-key [LABEL] | dpctl keys hash-api-key [LABEL] (the front-end's API keys)
 #include "core/api_keys.hpp"
 #include "core/keys.hpp"
-#include "verbs.hpp"
+#include "verb_table.hpp"
 
 #include <pwd.h>
 #include <unistd.h>
@@ -49,7 +49,8 @@ std::string give_to_service_user(const std::string& path) {
     return std::string("Owner: ") + user + " (the service's user, which reads it)\n";
 }
 
-int generate(const Args& args) {
+int generate(Invocation& in) {
+    const Args& args = in.args;
     std::string path, node = host_name();
     bool force = false;
     for (size_t i = 0; i < args.size(); ++i) {
@@ -85,9 +86,8 @@ int generate(const Args& args) {
     return exit_status::ok;
 }
 
-int show(const Args& args) {
-    if (args.size() != 1) return usage_error("show takes exactly one PATH");
-    const std::string& path = args[0];
+int show(Invocation& in) {
+    const std::string& path = in.args[0];
     // A secret key file shows its public half; a .pub file shows itself.
     auto pair = dpengine::keys::load_secret(path);
     std::string pub;
@@ -108,8 +108,8 @@ std::string api_key_line(const std::string& key, const std::string& label) {
     return dpengine::api_keys::hash_line(key) + (label.empty() ? "" : " " + label);
 }
 
+// The optional LABEL (the verb table allows at most one).
 dpengine::Result<std::string> label_of(const Args& args) {
-    if (args.size() > 1) return dpengine::Error{"give one LABEL (quote it if it has spaces)"};
     if (args.empty()) return std::string();
     if (args[0].rfind("--", 0) == 0) return dpengine::Error{"unknown option '" + args[0] + "'"};
     if (args[0].find_first_of("\r\n") != std::string::npos) return dpengine::Error{"the LABEL must be one line"};
@@ -117,8 +117,8 @@ dpengine::Result<std::string> label_of(const Args& args) {
 }
 
 // A new key, shown once, and its line for the key file.
-int new_api_key(const Args& args) {
-    auto label = label_of(args);
+int new_api_key(Invocation& in) {
+    auto label = label_of(in.args);
     if (!label) return usage_error(label.error().message);
     auto key = dpengine::api_keys::generate();
     if (!key) {
@@ -133,8 +133,8 @@ int new_api_key(const Args& args) {
 
 // The line of a key the operator chose, read from standard input (not the command line,
 // which other users can see in the process list).
-int hash_api_key(const Args& args) {
-    auto label = label_of(args);
+int hash_api_key(Invocation& in) {
+    auto label = label_of(in.args);
     if (!label) return usage_error(label.error().message);
     std::string key;
     std::getline(std::cin, key);
@@ -152,14 +152,19 @@ int hash_api_key(const Args& args) {
 
 }  // namespace
 
-int keys_verb(const Args& args) {
-    if (args.empty()) return usage_error("which? generate, show, api-key or hash-api-key");
-    Args rest(args.begin() + 1, args.end());
-    if (args[0] == "generate") return generate(rest);
-    if (args[0] == "show") return show(rest);
-    if (args[0] == "api-key") return new_api_key(rest);
-    if (args[0] == "hash-api-key") return hash_api_key(rest);
-    return usage_error("unknown keys command '" + args[0] + "'");
+std::span<const Verb> keys_verbs() {
+    using Access = Verb::Access;
+    static constexpr Verb table[] = {
+        {"generate", "PATH [--node NAME] [--force]", 1, 4, Access::local, true, generate},
+        {"show", "PATH", 1, 1, Access::local, false, show},
+        {"api-key", "[LABEL]", 0, 1, Access::local, false, new_api_key},
+        {"hash-api-key", "[LABEL] < KEY", 0, 1, Access::local, false, hash_api_key},
+    };
+    return table;
+}
+
+int keys_verb(Invocation& in) {
+    return dispatch_verb(keys_verbs(), "keys ", in.args[0], in.options, Args(in.args.begin() + 1, in.args.end()));
 }
 
 }  // namespace dpctl

@@ -2,7 +2,7 @@
 // through sd_journal_send with DPENGINE_UNIT="rank N" when the daemon runs under systemd, so
 // journalctl picks them out by that field. Without journald the daemon and its ranks log to
 // the daemon's standard error instead, and there is nothing for dpctl to read.
-#include "verbs.hpp"
+#include "verb_table.hpp"
 
 #include <grp.h>
 #include <signal.h>
@@ -50,11 +50,9 @@ bool may_read_system_journal() {
 
 }  // namespace
 
-int logs_verb(const Options& options, const Args& args) {
-    if (args.size() != 1) {
-        throw Failure(exit_status::invalid_arguments, "logs takes exactly one RANK; usage: dpctl logs RANK [-f] [-n N]");
-    }
-    const uint32_t rank = parse_rank("logs", args[0]);
+int logs_verb(Invocation& in) {
+    const Options& options = in.options;
+    const uint32_t rank = parse_rank("logs", in.args[0]);
     if (!may_read_system_journal()) {
         throw Failure(exit_status::access_denied,
                       "this user may not read the system journal, where dpengined and its ranks log (journalctl "

@@ -1,6 +1,8 @@
 // dpctl's command line: global options anywhere, the first word is the verb, the rest its
-// arguments (options the verb "keys" has of its own pass through to it).
+// arguments (options of a verb's own, as its row in the verb table says, pass through to it).
 #include "options.hpp"
+
+#include "verb_table.hpp"
 
 #include <cstdio>
 #include <cstdlib>
@@ -138,14 +140,13 @@ CommandLine parse_command_line(int argc, char** argv) {
             options.follow = true;
         } else if (is_option(arg, "--lines", "-n")) {
             options.lines = parse_lines(option_value(argc, argv, i, arg, "--lines"));
-        } else if (verb == "keys" || verb == "assign") {  // options of their own
+        } else if (const Verb* v = find_verb(verbs(), verb); v && v->own_options) {
             args.push_back(arg);
         } else {
             throw UsageError{"unknown option '" + arg + "'"};
         }
     }
     if (verb.empty()) verb = "status";
-    if (verb == "version" && !args.empty()) throw UsageError{"version takes no arguments"};
     return cl;
 }
 

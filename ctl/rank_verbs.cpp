@@ -1,29 +1,19 @@
 // dpctl start|stop|restart|drain|undrain RANK and dpctl start-node|stop-node: one Manager
 // method call each (root or group dpengine), then, unless --no-block, a wait until the daemon
-// reports the outcome: the methods only begin the change (a stop drains first).
+// reports the outcome (wait.hpp): the methods only begin the change (a stop drains first).
 #include "bus/api.hpp"
 #include "bus_client.hpp"
-#include "verbs.hpp"
+#include "verb_table.hpp"
+#include "wait.hpp"
 
 #include <chrono>
-#include <cmath>
-#include <functional>
-#include <thread>
+#include <stdexcept>
 
 namespace dpctl {
 
 namespace api = dpengine::bus;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-// What a wait sees in one look at the ranks: done, still going, or failed (with why).
-struct Progress {
-    enum { waiting, done, failed } outcome = waiting;
-    std::string message;
-};
-using Check = std::function<Progress(const std::vector<RankRow>&)>;
 
 const RankRow* find(const std::vector<RankRow>& ranks, uint32_t rank) {
     for (const auto& r : ranks) {
@@ -36,23 +26,6 @@ std::string describe(const RankRow& r) {
     std::string s = "rank " + std::to_string(r.rank) + " is " + r.state;
     if (!r.last_error.empty()) s += " (" + (r.reason.empty() ? "" : r.reason + ": ") + r.last_error + ")";
     return s;
-}
-
-void wait_for(BusClient& bus, const Options& options, const std::string& what, const Check& check) {
-    const auto deadline = Clock::now() + std::chrono::duration<double>(options.timeout_s);
-    std::string last;
-    for (;;) {
-        auto ranks = bus.ranks();
-        Progress p = check(ranks);
-        if (p.outcome == Progress::done) return;
-        if (p.outcome == Progress::failed) throw Failure(exit_status::failure, what + " failed: " + p.message);
-        if (Clock::now() >= deadline) {
-            throw Failure(exit_status::failure,
-                          what + " did not complete within " + std::to_string(std::lround(options.timeout_s)) +
-                              " s (" + p.message + "); the daemon goes on in the background: see 'dpctl status'");
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
 }
 
 bool gone(const RankRow& r) { return r.pid == 0 && (r.state == "stopped" || r.state == "failed"); }
@@ -95,6 +68,10 @@ Check drained(uint32_t rank) {
     };
 }
 
+// A drain is done when the rank has nothing in flight, and the daemon does not signal InFlight
+// (it changes with every request): the wait also re-reads this often.
+constexpr std::chrono::milliseconds in_flight_recheck{100};
+
 struct RankAction {
     const char* verb;
     const char* method;
@@ -129,21 +106,18 @@ uint32_t parse_rank(const std::string& verb, const std::string& text) {
     return *rank;
 }
 
-int rank_action_verb(const std::string& verb, const Options& options, const Args& args) {
+int rank_action_verb(Invocation& in) {
+    const std::string verb(in.verb.name);
     const RankAction* action = nullptr;
     for (const auto& a : rank_actions) {
         if (verb == a.verb) action = &a;
     }
-    if (!action) throw Failure(exit_status::invalid_arguments, "unknown command '" + verb + "'");
-    if (args.size() != 1) {
-        throw Failure(exit_status::invalid_arguments,
-                      verb + " takes exactly one RANK" + (args.empty() ? "" : " (got " + std::to_string(args.size()) + ")") +
-                          "; usage: dpctl " + verb + " RANK");
-    }
-    const uint32_t rank = parse_rank(verb, args[0]);
+    if (!action) throw std::logic_error("dpctl " + verb + " is in the verb table but not in rank_actions");
+    const uint32_t rank = parse_rank(verb, in.args[0]);
     const std::string what = std::string(action->doing) + " rank " + std::to_string(rank);
+    const Options& options = in.options;
 
-    auto bus = BusClient::connect();
+    BusClient& bus = in.bus();
     // Before a restart: its count, to recognise the new process.
     std::optional<uint64_t> restarts_before;
     bool head = true;
@@ -157,19 +131,18 @@ int rank_action_verb(const std::string& verb, const Options& options, const Args
     bus.manage(action->method, rank, what);
     if (!options.block || verb == "undrain") return exit_status::ok;
 
-    if (verb == "start") wait_for(bus, options, what, started(rank, head, std::nullopt));
-    else if (verb == "restart") wait_for(bus, options, what, started(rank, head, restarts_before));
-    else if (verb == "stop") wait_for(bus, options, what, stopped(rank, head));
-    else if (verb == "drain") wait_for(bus, options, what, drained(rank));
+    const Wait wait{what, {rank}, std::nullopt};
+    if (verb == "start") wait_for(bus, options, wait, started(rank, head, std::nullopt));
+    else if (verb == "restart") wait_for(bus, options, wait, started(rank, head, restarts_before));
+    else if (verb == "stop") wait_for(bus, options, wait, stopped(rank, head));
+    else if (verb == "drain") wait_for(bus, options, {what, {rank}, in_flight_recheck}, drained(rank));
     return exit_status::ok;
 }
 
-int node_action_verb(const std::string& verb, const Options& options, const Args& args) {
-    if (!args.empty()) {
-        throw Failure(exit_status::invalid_arguments, verb + " takes no arguments (got '" + args[0] + "'); see 'dpctl --help'");
-    }
-    const bool start = verb == "start-node";
-    auto bus = BusClient::connect();
+int node_action_verb(Invocation& in) {
+    const bool start = in.verb.name == "start-node";
+    const Options& options = in.options;
+    BusClient& bus = in.bus();
     ManagerInfo manager;
     if (options.block) manager = bus.manager();
     const std::string what = std::string(start ? "starting" : "stopping") + " the ranks of this node";
@@ -178,9 +151,12 @@ int node_action_verb(const std::string& verb, const Options& options, const Args
 
     const bool head = manager.role == "head";
     // This node's ranks: those with a process here (only the node that runs a rank knows its
-    // pid), and those that name this node.
+    // pid), and those that name this node. Which they are can change as they start: every
+    // listed rank's signals wake the wait.
     auto local = [&](const RankRow& r) { return r.pid != 0 || r.node == manager.node; };
-    wait_for(bus, options, what, [&](const std::vector<RankRow>& ranks) -> Progress {
+    std::vector<uint32_t> listed;
+    for (const auto& r : bus.ranks()) listed.push_back(r.rank);
+    wait_for(bus, options, {what, listed, std::nullopt}, [&](const std::vector<RankRow>& ranks) -> Progress {
         std::string pending, failed;
         for (const auto& r : ranks) {
             if (!local(r)) continue;
@@ -196,13 +172,9 @@ int node_action_verb(const std::string& verb, const Options& options, const Args
     return exit_status::ok;
 }
 
-int reload_verb(const Options&, const Args& args) {
-    if (!args.empty()) {
-        throw Failure(exit_status::invalid_arguments, "reload takes no arguments (got '" + args[0] + "'); see 'dpctl --help'");
-    }
-    auto bus = BusClient::connect();
+int reload_verb(Invocation& in) {
     // The daemon answers after the new configuration is applied, or with why it was refused.
-    bus.manage(api::reload, "reloading the configuration");
+    in.bus().manage(api::reload, "reloading the configuration");
     return exit_status::ok;
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 namespace dpctl {
 
@@ -45,6 +46,16 @@ std::string printable(std::string_view text) {
         }
     }
     return out;
+}
+
+std::string utc_time(uint64_t unix_seconds) {
+    if (unix_seconds == 0) return "";
+    std::time_t t = static_cast<std::time_t>(unix_seconds);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[40];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    return buf;
 }
 
 const char* state_colour(std::string_view state) {

@@ -3,6 +3,7 @@
 // before it reaches a terminal.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -24,6 +25,9 @@ bool use_colour();
 
 // Control characters (and DEL) as \n, \t, \xNN; everything else as is.
 std::string printable(std::string_view text);
+
+// Unix seconds as "2026-11-27 07:55:07 UTC"; "" for 0 (never).
+std::string utc_time(uint64_t unix_seconds);
 
 // The colour of a rank state: ready green, failed red, draining/stopped yellow.
 const char* state_colour(std::string_view state);

@@ -1,6 +1,6 @@
-// dpctl's verbs: one function each, taking the options and the arguments after the verb and
-// returning the exit status (documented in --help and dpctl(1)). A verb that cannot go on
-// throws Failure; main() prints its message and exits with its status.
+// dpctl's verbs: one function each, taking its Invocation (verb_table.hpp) and returning the
+// exit status (documented in --help and dpctl(1)). A verb that cannot go on throws Failure;
+// run() prints its message and returns its status.
 #pragma once
 
 #include <cstdint>
@@ -44,17 +44,17 @@ std::optional<uint32_t> parse_uint32(const std::string& text);
 // A rank number as typed (exit 2 otherwise, before any bus call).
 uint32_t parse_rank(const std::string& verb, const std::string& text);
 
-int status_verb(const Options& options, const Args& args);
-int ranks_verb(const Options& options, const Args& args);
-int rank_action_verb(const std::string& verb, const Options& options, const Args& args);  // start stop ...
-int node_action_verb(const std::string& verb, const Options& options, const Args& args);  // start-node stop-node
-int reload_verb(const Options& options, const Args& args);
-int logs_verb(const Options& options, const Args& args);
-int keys_verb(const Args& args);
-int nodes_verb(const Options& options, const Args& args);
-struct NodeRow;
-// The nodes table of 'dpctl nodes', which 'dpctl status' shows too.
-void print_nodes_table(const std::vector<NodeRow>& nodes, const Options& options, bool colour);
-int assign_verb(const Options& options, const Args& args);  // assign NODE --start-rank R --count N
+// The handlers of verb_table.cpp's rows; their argument counts are checked before they run.
+class Invocation;
+int status_verb(Invocation& in);
+int ranks_verb(Invocation& in);
+int rank_action_verb(Invocation& in);  // start stop restart drain undrain
+int node_action_verb(Invocation& in);  // start-node stop-node
+int reload_verb(Invocation& in);
+int logs_verb(Invocation& in);
+int keys_verb(Invocation& in);         // dispatches to keys_verbs()
+int nodes_verb(Invocation& in);
+int assign_verb(Invocation& in);       // assign NODE --start-rank R --count N
+int version_verb(Invocation& in);
 
 }  // namespace dpctl
