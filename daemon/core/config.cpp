@@ -40,18 +40,25 @@ using Target = std::variant<std::string*, bool*, Role*, uint16_t*, uint32_t*, ui
 struct Field {
     std::string_view section;
     std::string_view key;
+    OnReload on_reload;  // what a reload does with a changed value (config.hpp)
     Target (*target)(Config&);
     int64_t min;        // integers: the accepted range
     int64_t max;
     bool zero_allowed;  // numbers: whether 0 is accepted (negatives never are)
 
-    constexpr Field(std::string_view section, std::string_view key, Target (*target)(Config&),
-                    int64_t min = 0, int64_t max = 0, bool zero_allowed = false)
-        : section(section), key(key), target(target), min(min), max(max),
+    constexpr Field(std::string_view section, std::string_view key, OnReload on_reload,
+                    Target (*target)(Config&), int64_t min = 0, int64_t max = 0,
+                    bool zero_allowed = false)
+        : section(section), key(key), on_reload(on_reload), target(target), min(min), max(max),
           zero_allowed(zero_allowed)
     {
     }
 };
+
+// The reload column's values, short so that the table stays one line a key.
+constexpr OnReload restart = OnReload::restart;
+constexpr OnReload live = OnReload::live;
+constexpr OnReload rank_start = OnReload::rank_start;
 
 constexpr int64_t u16_max = UINT16_MAX;
 constexpr int64_t u32_max = UINT32_MAX;
@@ -59,75 +66,75 @@ constexpr int64_t max_dp_size = 65536;
 
 // clang-format off
 constexpr Field fields[] = {
-    {"node", "role", [](Config& c) -> Target { return &c.node.role; }},
-    {"node", "name", [](Config& c) -> Target { return &c.node.name; }},
-    {"data_parallel", "size", [](Config& c) -> Target { return &c.data_parallel.size; }, 1, max_dp_size},
-    {"data_parallel", "size_local", [](Config& c) -> Target { return &c.data_parallel.size_local; }, 0, max_dp_size},
-    {"data_parallel", "start_rank", [](Config& c) -> Target { return &c.data_parallel.start_rank; }, 0, max_dp_size - 1},
-    {"data_parallel", "address", [](Config& c) -> Target { return &c.data_parallel.address; }},
-    {"data_parallel", "rpc_port", [](Config& c) -> Target { return &c.data_parallel.rpc_port; }, 0, u16_max},
-    {"data_parallel", "min_ranks", [](Config& c) -> Target { return &c.data_parallel.min_ranks; }, 1, max_dp_size},
-    {"data_parallel", "dp_sync", [](Config& c) -> Target { return &c.data_parallel.dp_sync; }},
-    {"data_parallel", "group", [](Config& c) -> Target { return &c.data_parallel.group; }},
-    {"data_parallel", "sync_interval", [](Config& c) -> Target { return &c.data_parallel.sync_interval; }, 1, 4096},
-    {"data_parallel", "group_timeout", [](Config& c) -> Target { return &c.data_parallel.group_timeout; }},
-    {"frontend", "host", [](Config& c) -> Target { return &c.frontend.host; }},
-    {"frontend", "port", [](Config& c) -> Target { return &c.frontend.port; }, 1, u16_max},
-    {"frontend", "max_body_bytes", [](Config& c) -> Target { return &c.frontend.max_body_bytes; }, 1 << 10, 1 << 30},
-    {"frontend", "max_connections", [](Config& c) -> Target { return &c.frontend.max_connections; }, 1, u32_max},
-    {"frontend", "idle_timeout", [](Config& c) -> Target { return &c.frontend.idle_timeout; }},
-    {"frontend", "request_timeout", [](Config& c) -> Target { return &c.frontend.request_timeout; }},
-    {"frontend", "max_response_bytes", [](Config& c) -> Target { return &c.frontend.max_response_bytes; }, 1 << 10, int64_t{1} << 40},
-    {"frontend", "max_connections_per_client", [](Config& c) -> Target { return &c.frontend.max_connections_per_client; }, 1, u32_max},
-    {"frontend", "max_buffered_output", [](Config& c) -> Target { return &c.frontend.max_buffered_output; }, 64 << 10, 1 << 30},
-    {"frontend", "write_timeout", [](Config& c) -> Target { return &c.frontend.write_timeout; }},
-    {"frontend", "api_keys", [](Config& c) -> Target { return &c.frontend.api_keys; }},
-    {"frontend", "tls_certificate", [](Config& c) -> Target { return &c.frontend.tls_certificate; }},
-    {"frontend", "tls_key", [](Config& c) -> Target { return &c.frontend.tls_key; }},
-    {"engine", "backend", [](Config& c) -> Target { return &c.engine.backend; }},
-    {"engine", "model", [](Config& c) -> Target { return &c.engine.model; }},
-    {"engine", "served_model_name", [](Config& c) -> Target { return &c.engine.served_model_name; }},
-    {"engine", "max_batch", [](Config& c) -> Target { return &c.engine.max_batch; }, 1, u32_max},
-    {"engine", "step_time_ms", [](Config& c) -> Target { return &c.engine.step_time_ms; }, 0, 0, true},
-    {"engine", "default_max_tokens", [](Config& c) -> Target { return &c.engine.default_max_tokens; }, 1, u32_max},
-    {"engine", "max_model_len", [](Config& c) -> Target { return &c.engine.max_model_len; }, 1, u32_max},
-    {"engine", "command", [](Config& c) -> Target { return &c.engine.command; }},
-    {"engine", "env", [](Config& c) -> Target { return &c.engine.env; }},
-    {"engine", "health_path", [](Config& c) -> Target { return &c.engine.health_path; }},
-    {"engine", "ready_timeout", [](Config& c) -> Target { return &c.engine.ready_timeout; }},
-    {"engine", "health_interval", [](Config& c) -> Target { return &c.engine.health_interval; }},
-    {"engine", "health_failures", [](Config& c) -> Target { return &c.engine.health_failures; }, 1, 1000},
-    {"engine", "passthrough_paths", [](Config& c) -> Target { return &c.engine.passthrough_paths; }},
-    {"engine", "max_concurrency", [](Config& c) -> Target { return &c.engine.max_concurrency; }, 1, u32_max},
-    {"engine", "hidden_size", [](Config& c) -> Target { return &c.engine.hidden_size; }, 16, 65536},
-    {"engine", "num_layers", [](Config& c) -> Target { return &c.engine.num_layers; }, 1, 1024},
-    {"engine", "vocab_size", [](Config& c) -> Target { return &c.engine.vocab_size; }, 2, 1 << 20},
-    {"engine", "gpu_memory_fraction", [](Config& c) -> Target { return &c.engine.gpu_memory_fraction; }},
-    {"engine", "gpus", [](Config& c) -> Target { return &c.engine.gpus; }},
-    {"engine", "gpu_sharing", [](Config& c) -> Target { return &c.engine.gpu_sharing; }},
-    {"handshake", "connect_timeout", [](Config& c) -> Target { return &c.handshake.connect_timeout; }},
-    {"handshake", "init_timeout", [](Config& c) -> Target { return &c.handshake.init_timeout; }},
-    {"handshake", "ready_timeout", [](Config& c) -> Target { return &c.handshake.ready_timeout; }},
-    {"handshake", "heartbeat_interval", [](Config& c) -> Target { return &c.handshake.heartbeat_interval; }},
-    {"handshake", "heartbeat_timeout", [](Config& c) -> Target { return &c.handshake.heartbeat_timeout; }},
-    {"handshake", "hang_timeout", [](Config& c) -> Target { return &c.handshake.hang_timeout; }},
-    {"handshake", "refusal_rate_limit", [](Config& c) -> Target { return &c.handshake.refusal_rate_limit; }, 0, u32_max, true},
-    {"handshake", "refusal_mute", [](Config& c) -> Target { return &c.handshake.refusal_mute; }},
-    {"handshake", "register_timeout", [](Config& c) -> Target { return &c.handshake.register_timeout; }},
-    {"supervision", "restart_backoff", [](Config& c) -> Target { return &c.supervision.restart_backoff; }},
-    {"supervision", "restart_backoff_max", [](Config& c) -> Target { return &c.supervision.restart_backoff_max; }},
-    {"supervision", "restart_budget", [](Config& c) -> Target { return &c.supervision.restart_budget; }, 0, u32_max, true},
-    {"supervision", "restart_window", [](Config& c) -> Target { return &c.supervision.restart_window; }},
-    {"supervision", "head_grace_period", [](Config& c) -> Target { return &c.supervision.head_grace_period; }},
-    {"security", "key", [](Config& c) -> Target { return &c.security.key; }},
-    {"security", "authorized_keys", [](Config& c) -> Target { return &c.security.authorized_keys; }},
-    {"security", "head_public_key", [](Config& c) -> Target { return &c.security.head_public_key; }},
-    {"security", "insecure", [](Config& c) -> Target { return &c.security.insecure; }},
-    {"daemon", "runtime_directory", [](Config& c) -> Target { return &c.daemon.runtime_directory; }},
-    {"daemon", "engine_program", [](Config& c) -> Target { return &c.daemon.engine_program; }},
-    {"daemon", "strict", [](Config& c) -> Target { return &c.daemon.strict; }},
-    {"daemon", "max_message_bytes", [](Config& c) -> Target { return &c.daemon.max_message_bytes; }, 1 << 10, 1 << 30},
-    {"daemon", "stop_timeout", [](Config& c) -> Target { return &c.daemon.stop_timeout; }},
+    {"node", "role", restart, [](Config& c) -> Target { return &c.node.role; }},
+    {"node", "name", restart, [](Config& c) -> Target { return &c.node.name; }},
+    {"data_parallel", "size", restart, [](Config& c) -> Target { return &c.data_parallel.size; }, 1, max_dp_size},
+    {"data_parallel", "size_local", restart, [](Config& c) -> Target { return &c.data_parallel.size_local; }, 0, max_dp_size},
+    {"data_parallel", "start_rank", restart, [](Config& c) -> Target { return &c.data_parallel.start_rank; }, 0, max_dp_size - 1},
+    {"data_parallel", "address", restart, [](Config& c) -> Target { return &c.data_parallel.address; }},
+    {"data_parallel", "rpc_port", restart, [](Config& c) -> Target { return &c.data_parallel.rpc_port; }, 0, u16_max},
+    {"data_parallel", "min_ranks", restart, [](Config& c) -> Target { return &c.data_parallel.min_ranks; }, 1, max_dp_size},
+    {"data_parallel", "dp_sync", restart, [](Config& c) -> Target { return &c.data_parallel.dp_sync; }},
+    {"data_parallel", "group", restart, [](Config& c) -> Target { return &c.data_parallel.group; }},
+    {"data_parallel", "sync_interval", restart, [](Config& c) -> Target { return &c.data_parallel.sync_interval; }, 1, 4096},
+    {"data_parallel", "group_timeout", restart, [](Config& c) -> Target { return &c.data_parallel.group_timeout; }},
+    {"frontend", "host", restart, [](Config& c) -> Target { return &c.frontend.host; }},
+    {"frontend", "port", restart, [](Config& c) -> Target { return &c.frontend.port; }, 1, u16_max},
+    {"frontend", "max_body_bytes", live, [](Config& c) -> Target { return &c.frontend.max_body_bytes; }, 1 << 10, 1 << 30},
+    {"frontend", "max_connections", live, [](Config& c) -> Target { return &c.frontend.max_connections; }, 1, u32_max},
+    {"frontend", "idle_timeout", live, [](Config& c) -> Target { return &c.frontend.idle_timeout; }},
+    {"frontend", "request_timeout", live, [](Config& c) -> Target { return &c.frontend.request_timeout; }},
+    {"frontend", "max_response_bytes", live, [](Config& c) -> Target { return &c.frontend.max_response_bytes; }, 1 << 10, int64_t{1} << 40},
+    {"frontend", "max_connections_per_client", live, [](Config& c) -> Target { return &c.frontend.max_connections_per_client; }, 1, u32_max},
+    {"frontend", "max_buffered_output", live, [](Config& c) -> Target { return &c.frontend.max_buffered_output; }, 64 << 10, 1 << 30},
+    {"frontend", "write_timeout", live, [](Config& c) -> Target { return &c.frontend.write_timeout; }},
+    {"frontend", "api_keys", live, [](Config& c) -> Target { return &c.frontend.api_keys; }},
+    {"frontend", "tls_certificate", live, [](Config& c) -> Target { return &c.frontend.tls_certificate; }},
+    {"frontend", "tls_key", live, [](Config& c) -> Target { return &c.frontend.tls_key; }},
+    {"engine", "backend", restart, [](Config& c) -> Target { return &c.engine.backend; }},
+    {"engine", "model", restart, [](Config& c) -> Target { return &c.engine.model; }},
+    {"engine", "served_model_name", restart, [](Config& c) -> Target { return &c.engine.served_model_name; }},
+    {"engine", "max_batch", restart, [](Config& c) -> Target { return &c.engine.max_batch; }, 1, u32_max},
+    {"engine", "step_time_ms", restart, [](Config& c) -> Target { return &c.engine.step_time_ms; }, 0, 0, true},
+    {"engine", "default_max_tokens", rank_start, [](Config& c) -> Target { return &c.engine.default_max_tokens; }, 1, u32_max},
+    {"engine", "max_model_len", restart, [](Config& c) -> Target { return &c.engine.max_model_len; }, 1, u32_max},
+    {"engine", "command", restart, [](Config& c) -> Target { return &c.engine.command; }},
+    {"engine", "env", restart, [](Config& c) -> Target { return &c.engine.env; }},
+    {"engine", "health_path", restart, [](Config& c) -> Target { return &c.engine.health_path; }},
+    {"engine", "ready_timeout", restart, [](Config& c) -> Target { return &c.engine.ready_timeout; }},
+    {"engine", "health_interval", restart, [](Config& c) -> Target { return &c.engine.health_interval; }},
+    {"engine", "health_failures", restart, [](Config& c) -> Target { return &c.engine.health_failures; }, 1, 1000},
+    {"engine", "passthrough_paths", restart, [](Config& c) -> Target { return &c.engine.passthrough_paths; }},
+    {"engine", "max_concurrency", restart, [](Config& c) -> Target { return &c.engine.max_concurrency; }, 1, u32_max},
+    {"engine", "hidden_size", restart, [](Config& c) -> Target { return &c.engine.hidden_size; }, 16, 65536},
+    {"engine", "num_layers", restart, [](Config& c) -> Target { return &c.engine.num_layers; }, 1, 1024},
+    {"engine", "vocab_size", restart, [](Config& c) -> Target { return &c.engine.vocab_size; }, 2, 1 << 20},
+    {"engine", "gpu_memory_fraction", restart, [](Config& c) -> Target { return &c.engine.gpu_memory_fraction; }},
+    {"engine", "gpus", restart, [](Config& c) -> Target { return &c.engine.gpus; }},
+    {"engine", "gpu_sharing", restart, [](Config& c) -> Target { return &c.engine.gpu_sharing; }},
+    {"handshake", "connect_timeout", live, [](Config& c) -> Target { return &c.handshake.connect_timeout; }},
+    {"handshake", "init_timeout", live, [](Config& c) -> Target { return &c.handshake.init_timeout; }},
+    {"handshake", "ready_timeout", live, [](Config& c) -> Target { return &c.handshake.ready_timeout; }},
+    {"handshake", "heartbeat_interval", rank_start, [](Config& c) -> Target { return &c.handshake.heartbeat_interval; }},
+    {"handshake", "heartbeat_timeout", live, [](Config& c) -> Target { return &c.handshake.heartbeat_timeout; }},
+    {"handshake", "hang_timeout", live, [](Config& c) -> Target { return &c.handshake.hang_timeout; }},
+    {"handshake", "refusal_rate_limit", live, [](Config& c) -> Target { return &c.handshake.refusal_rate_limit; }, 0, u32_max, true},
+    {"handshake", "refusal_mute", live, [](Config& c) -> Target { return &c.handshake.refusal_mute; }},
+    {"handshake", "register_timeout", live, [](Config& c) -> Target { return &c.handshake.register_timeout; }},
+    {"supervision", "restart_backoff", live, [](Config& c) -> Target { return &c.supervision.restart_backoff; }},
+    {"supervision", "restart_backoff_max", live, [](Config& c) -> Target { return &c.supervision.restart_backoff_max; }},
+    {"supervision", "restart_budget", live, [](Config& c) -> Target { return &c.supervision.restart_budget; }, 0, u32_max, true},
+    {"supervision", "restart_window", live, [](Config& c) -> Target { return &c.supervision.restart_window; }},
+    {"supervision", "head_grace_period", rank_start, [](Config& c) -> Target { return &c.supervision.head_grace_period; }},
+    {"security", "key", restart, [](Config& c) -> Target { return &c.security.key; }},
+    {"security", "authorized_keys", live, [](Config& c) -> Target { return &c.security.authorized_keys; }},
+    {"security", "head_public_key", restart, [](Config& c) -> Target { return &c.security.head_public_key; }},
+    {"security", "insecure", restart, [](Config& c) -> Target { return &c.security.insecure; }},
+    {"daemon", "runtime_directory", restart, [](Config& c) -> Target { return &c.daemon.runtime_directory; }},
+    {"daemon", "engine_program", restart, [](Config& c) -> Target { return &c.daemon.engine_program; }},
+    {"daemon", "strict", restart, [](Config& c) -> Target { return &c.daemon.strict; }},
+    {"daemon", "max_message_bytes", restart, [](Config& c) -> Target { return &c.daemon.max_message_bytes; }, 1 << 10, 1 << 30},
+    {"daemon", "stop_timeout", live, [](Config& c) -> Target { return &c.daemon.stop_timeout; }},
 };
 // clang-format on
 
@@ -1089,6 +1096,31 @@ std::string to_toml(const Config& config)
             out += "# " + std::string(f.key) + " is unset\n";
     }
     return out;
+}
+
+std::vector<ConfigKey> config_keys()
+{
+    std::vector<ConfigKey> out;
+    for (const Field& f : fields) out.push_back({full_name(f), f.on_reload});
+    return out;
+}
+
+std::vector<ConfigKey> apply_reload(Config& running, const Config& next)
+{
+    Config source = next;  // the field table hands out mutable pointers
+    std::vector<ConfigKey> changed;
+    for (const Field& f : fields) {
+        bool differs = std::visit(
+            [&](auto* to) {
+                auto* from = std::get<decltype(to)>(f.target(source));
+                if (*to == *from) return false;
+                if (f.on_reload != OnReload::restart) *to = *from;
+                return true;
+            },
+            f.target(running));
+        if (differs) changed.push_back({full_name(f), f.on_reload});
+    }
+    return changed;
 }
 
 std::string usage_text()

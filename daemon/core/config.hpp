@@ -228,6 +228,24 @@ std::string dp_group_kind(const Config& config);
 
 std::string to_toml(const Config& config);
 
+// What a reload (SIGHUP, dpctl reload) does with a key whose value changed: it applies at
+// once (live), it is taken and reaches each rank when that rank next starts, as the rank's
+// arguments or its CONFIG carry it (rank_start), or it waits for the daemon's next start
+// (restart). dpengined.toml(5) lists the keys of each kind under RELOADING.
+enum class OnReload { restart, live, rank_start };
+
+struct ConfigKey {
+    std::string name;  // "section.key"
+    OnReload on_reload;
+};
+
+// Every key of the file, in the order to_toml() prints them.
+std::vector<ConfigKey> config_keys();
+
+// A reload: takes from `next` (validated) every key a reload applies, and returns every key
+// whose value differs between the two, the ones left for a restart included.
+std::vector<ConfigKey> apply_reload(Config& running, const Config& next);
+
 // The text of --help.
 std::string usage_text();
 

@@ -407,7 +407,7 @@ void RankLink::on_outputs(Slot& slot, const wire::Outputs& outputs) {
         RequestSink* sink = it->second.sink;
         if (piece.done) {
             requests_.erase(it);
-            --slot.info.in_flight;
+            request_left(slot);
             ++slot.info.served;
         }
         sink->on_output(piece);
@@ -432,7 +432,7 @@ void RankLink::fail_request_of_misbehaving_rank(Slot& slot, uint64_t id, const s
     auto it = requests_.find(id);
     RequestSink* sink = it->second.sink;
     requests_.erase(it);
-    --slot.info.in_flight;
+    request_left(slot);
     count_event(slot, "rank-misbehaved");
     send(slot.routing_id, wire::Abort{{id}});
     if (auto others = log_throttle_.admit("rank-misbehaved " + std::to_string(slot.info.rank))) {
@@ -517,11 +517,15 @@ Result<uint64_t> RankLink::submit(wire::Request request, RequestSink* sink, std:
     return id;
 }
 
+void RankLink::request_left(Slot& slot) {
+    if (--slot.info.in_flight == 0 && events_.rank_idle) events_.rank_idle(slot.info.rank);
+}
+
 void RankLink::abort(uint64_t id) {
     auto it = requests_.find(id);
     if (it == requests_.end()) return;
     Slot& slot = ranks_[it->second.rank];
-    --slot.info.in_flight;
+    request_left(slot);
     requests_.erase(it);
     if (!slot.routing_id.empty()) send(slot.routing_id, wire::Abort{{id}});
 }
@@ -566,7 +570,7 @@ void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::strin
         auto it = requests_.find(id);
         if (it == requests_.end()) continue;  // ended meanwhile: a sibling choice's failure aborted it
         InFlight& request = it->second;
-        --slot.info.in_flight;
+        request_left(slot);
         if (request.retry.may_retry()) {
             if (Slot* other = pick_rank(slot.info.rank); other && send(other->routing_id, request.request)) {
                 request.rank = other->info.rank;

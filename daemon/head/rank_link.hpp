@@ -52,6 +52,9 @@ public:
         // A rank missed a handshake deadline or went silent; if it is local, the supervisor
         // should kill it (and its restart policy takes over).
         std::function<void(uint32_t rank)> deadline_missed;
+        // The last request in flight on a rank ended (answered, failed, aborted or moved).
+        // Called from inside the link's bookkeeping: a listener that acts on the link posts.
+        std::function<void(uint32_t rank)> rank_idle;
     };
 
     RankLink(boost::asio::io_context& io, const Config& config, Events events);
@@ -193,6 +196,8 @@ private:
     // A heartbeat's status figures (wave, memory, step counters for the step rate).
     void note_activity(Slot& slot, const wire::Heartbeat& heartbeat);
     void count_event(Slot& slot, const std::string& reason) { ++slot.info.events[reason]; }
+    // One of the slot's requests ended there; tells events_.rank_idle when it was the last.
+    void request_left(Slot& slot);
 
     // The DP group (lockstep mode) is group_'s (head/dp_group_coordinator.hpp): the head keeps
     // the group's rendezvous store, re-forms the group (bumping the epoch) when the set of

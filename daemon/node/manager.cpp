@@ -13,9 +13,11 @@
 #include "node/node_control.hpp"
 #include "node/node_link.hpp"
 #include "node/notify.hpp"
+#include "node/restart_limit.hpp"
 #include "node/supervisor.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -23,7 +25,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <deque>
 #include <map>
 #include <memory>
 
@@ -47,9 +48,10 @@ struct LocalRank {
     uint64_t starts = 0;
     // An operator asked to stop (or restart) it: drain, then stop once idle or at the deadline.
     enum class Pending { none, stop, restart } pending = Pending::none;
-    Clock::time_point stop_deadline{};
+    // Set while the rank drains before a stop: it fires at daemon.stop_timeout.
+    std::unique_ptr<asio::steady_timer> stop_deadline;
     std::string last_exit;  // headless nodes: the last exit, for status
-    std::deque<Clock::time_point> restarts;  // unplanned restarts within supervision.restart_window
+    RestartLimit restart_limit;  // unplanned restarts: supervision.restart_budget and back-off
     bool waiting_for_head = false;  // headless: exited for a lost head; starts when it answers
     std::string last_reason;        // headless: the reason code of last_exit, for status
     std::unique_ptr<asio::steady_timer> restart_timer;
@@ -66,7 +68,6 @@ public:
           ready_timer_(io_),
           watchdog_timer_(io_),
           drain_timer_(io_),
-          pending_timer_(io_),
           supervisor_(io_, [this](const ProcessExit& exit) { on_rank_exit(exit); }),
           head_probe_(io_, config_.data_parallel.address, config_.data_parallel.rpc_port),
           bus_(io_, *this) {
@@ -101,12 +102,12 @@ public:
             if (!ec) stop(sig);
         });
         wait_for_reload_signal();
-        auto common = common_rank_arguments();
-        if (!common) {
-            log::error("{}", common.error().message);
+        auto server_key = rank_server_key();
+        if (!server_key) {
+            log::error("{}", server_key.error().message);
             return exit_code::failure;
         }
-        rank_arguments_ = std::move(common).value();
+        server_key_ = std::move(server_key).value();
         for (auto& [rank, local] : local_) {
             if (auto spawned = spawn(rank); !spawned) {
                 log::error("{}", spawned.error().message);
@@ -228,7 +229,7 @@ public:
         if ((*local)->running) return Error{"rank " + std::to_string(rank) + " is already running", "bad-state"};
         (*local)->pending = LocalRank::Pending::none;
         (*local)->waiting_for_head = false;
-        (*local)->restarts.clear();  // an operator's start is a fresh budget
+        (*local)->restart_limit.reset();  // an operator's start is a fresh budget
         if ((*local)->restart_timer) (*local)->restart_timer->cancel();
         return spawn(rank);
     }
@@ -275,27 +276,8 @@ public:
             return Error{"reload refused: " + fresh.error().message, "failed"};
         }
         for (const auto& w : cmdline.warnings) log::warning("{}", w);
-        const Config& next = *fresh;
-        Config applied = config_;
-        applied.frontend.max_body_bytes = next.frontend.max_body_bytes;
-        applied.frontend.max_connections = next.frontend.max_connections;
-        applied.frontend.idle_timeout = next.frontend.idle_timeout;
-        applied.frontend.request_timeout = next.frontend.request_timeout;
-        applied.frontend.max_response_bytes = next.frontend.max_response_bytes;
-        applied.frontend.max_connections_per_client = next.frontend.max_connections_per_client;
-        applied.frontend.max_buffered_output = next.frontend.max_buffered_output;
-        applied.frontend.write_timeout = next.frontend.write_timeout;
-        applied.frontend.api_keys = next.frontend.api_keys;
-        applied.frontend.tls_certificate = next.frontend.tls_certificate;
-        applied.frontend.tls_key = next.frontend.tls_key;
-        applied.engine.default_max_tokens = next.engine.default_max_tokens;
-        applied.handshake = next.handshake;
-        applied.supervision = next.supervision;
-        applied.security.authorized_keys = next.security.authorized_keys;
-        applied.daemon.stop_timeout = next.daemon.stop_timeout;
-        std::string needs_restart = differing_keys(to_toml(applied), to_toml(next));
         Config previous = config_;
-        config_ = applied;
+        auto changed = apply_reload(config_, *fresh);
         // The front-end loads its key file and certificate, or keeps the ones it has.
         if (http_) {
             if (auto front_reloaded = http_->config_changed(); !front_reloaded) {
@@ -312,36 +294,28 @@ public:
                 return Error{"reload refused: " + keys_reloaded.error().message, "failed"};
             }
         }
-        if (needs_restart.empty()) {
-            log::notice("configuration reloaded");
-        } else {
-            log::warning("configuration reloaded; changes to {} take effect after a restart", needs_restart);
-        }
+        log_reload(changed);
         return Ok{};
     }
 
 private:
-    // The keys whose lines differ between two to_toml() texts, as "section.key, ...".
-    static std::string differing_keys(const std::string& a, const std::string& b) {
-        auto lines = [](const std::string& text) {
-            std::map<std::string, std::string> out;
-            std::string section;
-            size_t pos = 0;
-            while (pos < text.size()) {
-                size_t end = text.find('\n', pos);
-                std::string line = text.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-                pos = end == std::string::npos ? text.size() : end + 1;
-                if (line.size() > 2 && line.front() == '[') section = line.substr(1, line.size() - 2);
-                else if (auto eq = line.find(" = "); eq != std::string::npos) out[section + "." + line.substr(0, eq)] = line;
+    // Names what of a reload does not apply at once: keys that reach ranks as they start,
+    // and keys that wait for the daemon's restart.
+    static void log_reload(const std::vector<ConfigKey>& changed) {
+        auto names = [&](OnReload kind) {
+            std::string out;
+            for (const auto& key : changed) {
+                if (key.on_reload == kind) out += (out.empty() ? "" : ", ") + key.name;
             }
             return out;
         };
-        auto la = lines(a), lb = lines(b);
-        std::string keys;
-        for (const auto& [key, line] : lb) {
-            if (la[key] != line) keys += (keys.empty() ? "" : ", ") + key;
+        std::string at_rank_start = names(OnReload::rank_start), after_restart = names(OnReload::restart);
+        std::string text = "configuration reloaded";
+        if (!at_rank_start.empty()) {
+            text += "; changes to " + at_rank_start + " reach each rank when it next starts ('dpctl restart RANK')";
         }
-        return keys;
+        if (!after_restart.empty()) text += "; changes to " + after_restart + " take effect after a restart";
+        log::write(after_restart.empty() ? log::Level::notice : log::Level::warning, text);
     }
 
     void wait_for_reload_signal() {
@@ -389,31 +363,36 @@ private:
             return Error{"rank " + std::to_string(rank) + " is not running", "bad-state"};
         }
         r.pending = what;
-        r.stop_deadline = Clock::now() + millis(config_.daemon.stop_timeout);
         // A rank that serves gets no new requests from now on; it stops once idle.
         if (link_) (void)link_->drain(rank);
         log::info("{} rank {}: draining first", what == LocalRank::Pending::stop ? "stopping" : "restarting", rank);
-        check_pending_stops();
+        if (!link_ || link_->in_flight_on(rank) == 0) {
+            end_rank_drain(rank);
+            return Ok{};
+        }
+        // Otherwise the link's rank_idle event ends the drain (on_rank_idle), or this does.
+        r.stop_deadline = std::make_unique<asio::steady_timer>(io_, millis(config_.daemon.stop_timeout));
+        r.stop_deadline->async_wait([this, rank](const boost::system::error_code& ec) {
+            if (!ec) end_rank_drain(rank);
+        });
         return Ok{};
     }
 
-    void check_pending_stops() {
-        bool waiting = false;
-        for (auto& [rank, local] : local_) {
-            if (local.pending == LocalRank::Pending::none || !local.running) continue;
-            bool idle = !link_ || link_->in_flight_on(rank) == 0;
-            if (idle || Clock::now() >= local.stop_deadline) {
-                if (link_) link_->stop(rank);
-                supervisor_.signal(rank, SIGTERM);
-            } else {
-                waiting = true;
-            }
-        }
-        if (!waiting) return;
-        pending_timer_.expires_after(std::chrono::milliseconds(50));
-        pending_timer_.async_wait([this](const boost::system::error_code& ec) {
-            if (!ec) check_pending_stops();
-        });
+    // The drain before a stop is over, idle or at daemon.stop_timeout: the rank exits now, and
+    // what it still has in flight fails.
+    void end_rank_drain(uint32_t rank) {
+        local_.at(rank).stop_deadline.reset();
+        if (link_) link_->stop(rank);
+        supervisor_.signal(rank, SIGTERM);
+    }
+
+    // The link's event (posted: it comes from inside the link's bookkeeping): the last request
+    // in flight on `rank` ended. A stop waiting for the rank goes on, and so does the daemon's
+    // own stop once nothing is in flight anywhere.
+    void on_rank_idle(uint32_t rank) {
+        if (link_->in_flight_on(rank) > 0) return;  // it took a request since
+        if (auto it = local_.find(rank); it != local_.end() && it->second.stop_deadline) end_rank_drain(rank);
+        if (stopping_ && link_->in_flight() == 0) end_drain();
     }
 
     // ---- the cluster view ----
@@ -506,6 +485,7 @@ private:
         events.ready_count_changed = [this] { update_status(); };
         events.rank_changed = [this](uint32_t rank) { bus_.rank_changed(rank); };
         events.deadline_missed = [this](uint32_t rank) { supervisor_.signal(rank, SIGKILL); };
+        events.rank_idle = [this](uint32_t rank) { asio::post(io_, [this, rank] { on_rank_idle(rank); }); };
         link_ = std::make_unique<RankLink>(io_, config_, std::move(events));
         if (auto bound = link_->bind(endpoint_); !bound) return bound;
         NodeRegistry::Hooks node_hooks;
@@ -524,10 +504,24 @@ private:
         return Ok{};
     }
 
-    // The arguments every rank of this node gets besides its rank numbers.
-    Result<std::vector<std::string>> common_rank_arguments() {
+    // The public key a rank checks the head's with (CURVE; "" without): loaded once, at start,
+    // as security.key changes only with a restart.
+    Result<std::string> rank_server_key() const {
+        if (!config_.uses_curve()) return std::string();
+        if (config_.node.role == Role::headless) return config_.security.head_public_key;
+        auto own = keys::load_secret(config_.security.key);
+        if (!own) return Error{"security.key: " + own.error().message};
+        return own->public_z85;
+    }
+
+    // The rank's command line, from the configuration as it is now: a reload's values of
+    // handshake.connect_timeout and supervision.head_grace_period reach the ranks started after it.
+    std::vector<std::string> rank_argv(uint32_t rank, uint32_t local_index) const {
         const bool headless = config_.node.role == Role::headless;
         std::vector<std::string> args = {
+            find_engine_program(config_.daemon.engine_program),
+            "--rank", std::to_string(rank),
+            "--local-rank", std::to_string(local_index),
             "--connect", endpoint_,
             "--node", config_.node.name,
             // A head's own ranks must reach it at once; a headless node waits for its head.
@@ -539,24 +533,13 @@ private:
         if (headless && config_.dp_size()) args.insert(args.end(), {"--dp-size", std::to_string(config_.dp_size())});
         // Only a headless node's ranks outlive their head; the head's own stop with it.
         if (headless) args.insert(args.end(), {"--head-grace-period", fmt::format("{}", config_.supervision.head_grace_period)});
-        if (config_.uses_curve()) {
-            std::string server_key = config_.security.head_public_key;
-            if (!headless) {
-                auto own = keys::load_secret(config_.security.key);
-                if (!own) return Error{"security.key: " + own.error().message};
-                server_key = own->public_z85;
-            }
-            args.insert(args.end(), {"--key", config_.security.key, "--server-key", server_key});
-        }
+        if (config_.uses_curve()) args.insert(args.end(), {"--key", config_.security.key, "--server-key", server_key_});
         return args;
     }
 
     Status spawn(uint32_t rank) {
         LocalRank& local = local_.at(rank);
-        std::vector<std::string> argv = {find_engine_program(config_.daemon.engine_program), "--rank",
-                                         std::to_string(rank), "--local-rank", std::to_string(local.local_index)};
-        argv.insert(argv.end(), rank_arguments_.begin(), rank_arguments_.end());
-        auto pid = supervisor_.spawn(rank, argv);
+        auto pid = supervisor_.spawn(rank, rank_argv(rank, local.local_index));
         if (!pid) return pid.error();
         local.running = true;
         ++local.starts;
@@ -573,6 +556,7 @@ private:
         local.running = false;
         local.last_exit = cause;
         local.last_reason = "rank-exited";
+        local.stop_deadline.reset();
         auto pending = std::exchange(local.pending, LocalRank::Pending::none);
         if (stopping_ || pending != LocalRank::Pending::none) {
             log::info("rank {} (pid {}) stopped: {}", exit.rank, exit.pid, cause);
@@ -613,9 +597,8 @@ private:
             return;
         }
         const auto& sup = config_.supervision;
-        auto now = Clock::now();
-        while (!local.restarts.empty() && now - local.restarts.front() > millis(sup.restart_window)) local.restarts.pop_front();
-        if (local.restarts.size() >= sup.restart_budget) {
+        auto delay = local.restart_limit.admit(sup, Clock::now());
+        if (!delay) {
             std::string reason = "exhausted its restart budget (" + std::to_string(sup.restart_budget) + " restarts in " +
                                  std::to_string(static_cast<int>(sup.restart_window)) +
                                  " s, supervision.restart_budget); 'dpctl start " + std::to_string(exit.rank) + "' tries again";
@@ -626,12 +609,11 @@ private:
             bus_.rank_changed(exit.rank);
             return;
         }
-        double delay = std::min(sup.restart_backoff_max, sup.restart_backoff * double(1u << std::min<size_t>(local.restarts.size(), 20)));
-        local.restarts.push_back(now);
-        log::info("restarting rank {} in {:.1f} s (restart {} of {} within {} s)", exit.rank, delay, local.restarts.size(),
-                  sup.restart_budget, static_cast<int>(sup.restart_window));
+        log::info("restarting rank {} in {:.1f} s (restart {} of {} within {} s)", exit.rank,
+                  std::chrono::duration<double>(*delay).count(), local.restart_limit.counted(), sup.restart_budget,
+                  static_cast<int>(sup.restart_window));
         if (!local.restart_timer) local.restart_timer = std::make_unique<asio::steady_timer>(io_);
-        local.restart_timer->expires_after(millis(delay));
+        local.restart_timer->expires_after(*delay);
         local.restart_timer->async_wait([this, rank = exit.rank](const boost::system::error_code& ec) {
             if (ec || stopping_) return;
             auto it = local_.find(rank);
@@ -761,30 +743,34 @@ private:
         log::info("received {}; stopping", sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
         notify::stopping();
         ready_timer_.cancel();
-        pending_timer_.cancel();
         head_probe_.cancel();
         for (auto& [rank, local] : local_) {
             if (local.restart_timer) local.restart_timer->cancel();
+            local.stop_deadline.reset();  // the daemon's drain below covers every rank
         }
         if (http_) http_->stop_accepting();
         // Before the ranks stop: the head then knows their end is no failure.
         if (node_link_) node_link_->leave();
-        drain_deadline_ = Clock::now() + millis(config_.daemon.stop_timeout);
         // A second signal means "now".
         signals_.async_wait([this](const boost::system::error_code& ec, int) {
-            if (!ec) drain_deadline_ = Clock::now();
+            if (!ec) end_drain();
         });
-        wait_for_drain();
-    }
-
-    void wait_for_drain() {
-        if (link_ && link_->in_flight() > 0 && Clock::now() < drain_deadline_) {
-            drain_timer_.expires_after(std::chrono::milliseconds(50));
-            drain_timer_.async_wait([this](const boost::system::error_code& ec) {
-                if (!ec) wait_for_drain();
-            });
+        if (!link_ || link_->in_flight() == 0) {
+            end_drain();
             return;
         }
+        // Otherwise the rank_idle event of the last request ends the drain (on_rank_idle), or this does.
+        drain_timer_.expires_after(millis(config_.daemon.stop_timeout));
+        drain_timer_.async_wait([this](const boost::system::error_code& ec) {
+            if (!ec) end_drain();
+        });
+    }
+
+    // The requests in flight at the stop are done, daemon.stop_timeout passed, or a second
+    // signal came: what is still in flight fails, and the ranks stop.
+    void end_drain() {
+        if (std::exchange(drain_ended_, true)) return;
+        drain_timer_.cancel();
         if (link_) {
             if (link_->in_flight() > 0) {
                 log::warning("{} request(s) still in flight after {} s (daemon.stop_timeout); failing them",
@@ -808,7 +794,7 @@ private:
     RuntimeDir runtime_dir_;
     asio::io_context io_;
     asio::signal_set signals_, reload_signal_;
-    asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_, pending_timer_;
+    asio::steady_timer ready_timer_, watchdog_timer_, drain_timer_;
     Supervisor supervisor_;
     HeadProbe head_probe_;
     std::unique_ptr<RankLink> link_;
@@ -817,12 +803,12 @@ private:
     std::unique_ptr<HttpServer> http_;
     BusService bus_;
     std::map<uint32_t, LocalRank> local_;
-    std::vector<std::string> rank_arguments_;
+    std::string server_key_;  // see rank_server_key()
     std::string endpoint_;
     bool ready_sent_ = false;
     bool all_ready_logged_ = false;
     bool stopping_ = false;
-    Clock::time_point drain_deadline_{};
+    bool drain_ended_ = false;  // end_drain() ran
 };
 
 }  // namespace
