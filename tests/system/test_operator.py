@@ -21,9 +21,6 @@ step checking its outcome:
 10. `apt remove` (configuration kept, nothing of the unit left) and `apt purge`: only the
     documented leftovers (the dpengine user and group) remain.
 
-Checks of defects that issue 15 names and that this branch does not fix are KNOWN: a failure
-there prints "XFAIL" and does not fail the test; a pass prints "XPASS" so the entry can go.
-
 Needs root (debootstrap), qemu-system-x86, debootstrap, e2fsprogs, openssh-client; skips
 (exit 77) with the reason otherwise. Every step is bounded in time; qemu is killed at the end
 whatever happens. Environment: DPENGINE_BUILD_DIR, DPENGINE_DEB (a .deb to use instead of
@@ -54,14 +51,6 @@ from vm import VM  # noqa: E402
 BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
 SKIP = 77
 
-# Issue 15 items that this test checks and that are not fixed on this branch.
-KNOWN = {
-    # Found by this test: the ranks get default_max_tokens in their CONFIG at the handshake
-    # only, so a reload does not reach running ranks, though dpengined.toml(5) lists the key
-    # under RELOADING.
-    "reload-default-max-tokens": "engine.default_max_tokens reloads for new ranks only",
-}
-
 DROPIN = """[data_parallel]
 size = 2
 [engine]
@@ -70,7 +59,6 @@ step_time_ms = 50.0
 PROMPT = "the quick brown fox"
 
 failures: list[str] = []
-xfails: list[str] = []
 timings: list[tuple[str, float]] = []
 
 
@@ -78,14 +66,7 @@ class StepFailed(Exception):
     pass
 
 
-def check(cond: object, what: str, detail: object = None, known: str | None = None) -> bool:
-    if known is not None:
-        if cond:
-            print(f"XPASS: {what} ({KNOWN[known]} is fixed: drop '{known}' from KNOWN)", flush=True)
-        else:
-            print(f"XFAIL: {what} ({KNOWN[known]})" + (f"\n    {detail}" if detail else ""), flush=True)
-            xfails.append(what)
-        return bool(cond)
+def check(cond: object, what: str, detail: object = None) -> bool:
     if cond:
         print(f"ok: {what}", flush=True)
     else:
@@ -273,12 +254,19 @@ def step_reload(vm: VM) -> None:
            ">/etc/dpengine/dpengined.toml.d/60-reload.toml")
     res = sh(vm, "systemctl reload dpengined", timeout=120)
     check(res.returncode == 0, "systemctl reload of a good drop-in succeeds", out(res))
-    # ExecReload= may return before the daemon has read the files (issue 15 item 3): wait.
     res = wait_for(vm, "true", lambda r: big_body_status(vm) == "413", 30)
     check(big_body_status(vm) == "413", "the reloaded frontend.max_body_bytes = 2000 applies (413)")
+    # engine.default_max_tokens reaches each rank when it next starts (dpengined.toml(5),
+    # RELOADING): after a reload the running ranks keep theirs; restarted, they take the new one.
+    journal = sh(vm, "journalctl -u dpengined --no-pager -n 30 -o cat").stdout
+    check("engine.default_max_tokens" in journal and "next starts" in journal,
+          "the journal names engine.default_max_tokens as reaching each rank when it next starts", journal[-1500:])
+    for rank in (0, 1):
+        res = sh(vm, f"dpctl restart {rank}", timeout=120)
+        check(res.returncode == 0, f"dpctl restart {rank}", out(res))
     tokens = default_tokens(vm)
-    check(tokens == 5, "the reloaded engine.default_max_tokens = 5 applies to the running ranks",
-          f"completion_tokens {tokens}", known="reload-default-max-tokens")
+    check(tokens == 5, "after dpctl restart the ranks apply the reloaded engine.default_max_tokens = 5",
+          f"completion_tokens {tokens}")
 
     sh(vm, "printf '[frontend]\\nmax_connections = \"many\"\\n' >/etc/dpengine/dpengined.toml.d/70-bad.toml")
     res = sh(vm, "systemctl reload dpengined", timeout=120)
@@ -473,7 +461,7 @@ def main() -> int:
     if failures:
         print(f"FAILED: {len(failures)} check(s): " + "; ".join(failures))
         return 1
-    print("PASS" + (f" ({len(xfails)} known defect(s) still present)" if xfails else ""))
+    print("PASS")
     return 0
 
 
