@@ -59,11 +59,10 @@ Result<Caller> classify_caller(sd_bus_message* m) {
 int reply_status(sd_bus_message* m, sd_bus_error* error, const Status& status) {
     if (status) return sd_bus_reply_method_return(m, "");
     const auto& e = status.error();
-    const char* name = e.code == "invalid-rank" || e.code == "invalid-args" ? SD_BUS_ERROR_INVALID_ARGS
-                       : e.code == "bad-state"  ? bus::error_bad_state
-                       : e.code == "not-local"  ? bus::error_not_local
-                                                : bus::error_failed;
-    return sd_bus_error_set(error, name, e.message.c_str());
+    // The table names each control answer's D-Bus error; a code that is none is a failure.
+    std::string_view name = entry(e.reason()).bus_error;
+    if (name.empty()) name = entry(Reason::failed).bus_error;
+    return sd_bus_error_set(error, std::string(name).c_str(), e.message.c_str());
 }
 
 bool polkit_running(sd_bus* bus) {
