@@ -94,7 +94,7 @@ int assign_ranks(sd_bus_message* m, void* userdata, sd_bus_error* error) {
 
 const Property<ManagerSnapshot> manager_properties[] = {
     member<&ManagerSnapshot::role>("Role", constant),
-    member<&ManagerSnapshot::node_name>("NodeName", constant),
+    member<&ManagerSnapshot::node>("NodeName", constant),
     member<&ManagerSnapshot::dp_size>("DPSize", constant),
     member<&ManagerSnapshot::epoch>("Epoch", signals_changes),
     member<&ManagerSnapshot::ready_ranks>("ReadyRanks", signals_changes),

@@ -2,6 +2,7 @@
 // and nodes, and the methods that change things (each through polkit.hpp's authorize_then).
 #pragma once
 
+#include "bus/api.hpp"
 #include "bus/object_table.hpp"
 #include "node/node_control.hpp"
 
@@ -10,15 +11,7 @@
 
 namespace dpengine::bus {
 
-// What the manager's properties read, taken together.
-struct ManagerSnapshot {
-    std::string role;
-    std::string node_name;
-    uint32_t dp_size = 0;
-    uint64_t epoch = 0;
-    uint32_t ready_ranks = 0;
-    std::string version;
-};
+using ManagerSnapshot = ManagerProperties;
 
 ManagerSnapshot manager_snapshot(const NodeControl& node);
 
