@@ -811,11 +811,15 @@ std::optional<std::pair<uint32_t, uint32_t>> RankLink::key_ranks(const std::stri
 std::vector<RankInfo> RankLink::ranks() const {
     std::vector<RankInfo> out;
     out.reserve(ranks_.size());
-    for (const auto& s : ranks_) {
-        out.push_back(s.info);
-        out.back().activity_known = true;
-    }
+    for (uint32_t rank = 0; rank < ranks_.size(); ++rank) out.push_back(*rank_info(rank));
     return out;
+}
+
+std::optional<RankInfo> RankLink::rank_info(uint32_t rank) const {
+    if (rank >= ranks_.size()) return std::nullopt;
+    RankInfo info = ranks_[rank].info;
+    info.activity_known = true;
+    return info;
 }
 
 }  // namespace dpengine

@@ -105,6 +105,7 @@ public:
     size_t in_flight() const { return requests_.size(); }
     uint32_t size() const { return static_cast<uint32_t>(ranks_.size()); }
     std::vector<RankInfo> ranks() const;
+    std::optional<RankInfo> rank_info(uint32_t rank) const;  // one of ranks(); nullopt past the DP size
     // Re-reads security.authorized_keys (config reload). Fails, changing nothing, on a bad file.
     Status reload_authorized_keys() { return socket_.reload_authorized_keys(); }
     // Refused handshakes and connections by reason code (the ZAP handler's included).
