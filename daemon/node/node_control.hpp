@@ -23,14 +23,9 @@ public:
     virtual uint32_t ready_ranks() const = 0;
     // Every rank this node knows: all of them on a head, its own on a headless node.
     virtual std::vector<RankInfo> ranks() const = 0;
-    // One of them, as ranks() has it (the bus reads one rank object at a time); nullopt for a
-    // rank this node does not know.
-    virtual std::optional<RankInfo> rank_info(uint32_t rank) const {
-        for (auto& info : ranks()) {
-            if (info.rank == rank) return info;
-        }
-        return std::nullopt;
-    }
+    // One of them, as ranks() has it, built alone (the bus reads one rank object at a time);
+    // nullopt for a rank this node does not know.
+    virtual std::optional<RankInfo> rank_info(uint32_t rank) const = 0;
 
     // Errors carry a reason code (core/reason.hpp): invalid-rank, not-local, bad-state, failed.
     virtual Status start_rank(uint32_t rank) = 0;
@@ -44,8 +39,8 @@ public:
 
     // The cluster: on a head every node (itself too); on a headless node itself and its head.
     virtual std::vector<NodeInfo> nodes() const { return {}; }
-    // One of them by name, as nodes() has it.
-    virtual std::optional<NodeInfo> node_info(const std::string& name) const {
+    // One of them by name (a cluster has a handful of nodes: nodes() scanned).
+    std::optional<NodeInfo> node_info(const std::string& name) const {
         for (auto& info : nodes()) {
             if (info.name == name) return info;
         }
