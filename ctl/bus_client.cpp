@@ -1,6 +1,7 @@
 #include "bus_client.hpp"
 
 #include "bus/api.hpp"
+#include "core/reason.hpp"
 #include "verbs.hpp"
 
 #include <cerrno>
@@ -101,9 +102,11 @@ void BusClient::fail(const std::string& what, int r, const BusError& error, bool
         throw Failure(exit_status::access_denied,
                       mutating ? "access denied: " + message : "access denied: " + what + ": " + message);
     }
-    if (name == SD_BUS_ERROR_INVALID_ARGS || name == api::error_bad_state || name == api::error_not_local ||
-        name == api::error_invalid_rank) {
-        throw Failure(exit_status::rejected, message.empty() ? name : message);
+    // The daemon's own answers: the reason table gives each its exit status.
+    if (auto reason = dpengine::reason_from_bus_error(name)) {
+        const int status = dpengine::entry(*reason).dpctl_exit;
+        const std::string why = message.empty() ? name : message;
+        throw Failure(status, status == exit_status::rejected ? why : what + ": " + why);
     }
     if (name == SD_BUS_ERROR_UNKNOWN_METHOD || name == SD_BUS_ERROR_UNKNOWN_OBJECT ||
         name == SD_BUS_ERROR_UNKNOWN_INTERFACE || name == SD_BUS_ERROR_UNKNOWN_PROPERTY) {
@@ -117,7 +120,7 @@ void BusClient::fail(const std::string& what, int r, const BusError& error, bool
         throw Failure(exit_status::not_running, std::string("lost the connection to the system bus at ") +
                                                     bus_address() + " (" + std::strerror(-r) + ")");
     }
-    if (name == api::error_failed || !message.empty()) throw Failure(exit_status::failure, what + ": " + message);
+    if (!message.empty()) throw Failure(exit_status::failure, what + ": " + message);
     throw Failure(exit_status::failure, what + ": " + (name.empty() ? std::strerror(-r) : name));
 }
 

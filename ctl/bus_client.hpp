@@ -3,6 +3,8 @@
 // message say what happened and how to fix it (see verbs.hpp).
 #pragma once
 
+#include "bus/api.hpp"
+
 #include <systemd/sd-bus.h>
 
 #include <chrono>
@@ -48,15 +50,7 @@ private:
 
 // ---- what the daemon reports ----
 
-// org.dpengine1.Manager's properties.
-struct ManagerInfo {
-    std::string role;
-    std::string node;
-    uint32_t dp_size = 0;
-    uint64_t epoch = 0;
-    uint32_t ready_ranks = 0;
-    std::string version;
-};
+using ManagerInfo = dpengine::bus::ManagerProperties;
 
 // One entry of ListRanks() -> a(usssuuuttss).
 struct RankRow {

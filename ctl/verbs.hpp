@@ -3,6 +3,8 @@
 // run() prints its message and returns its status.
 #pragma once
 
+#include "core/dpctl_exit.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -11,14 +13,7 @@
 
 namespace dpctl {
 
-namespace exit_status {
-inline constexpr int ok = 0;
-inline constexpr int failure = 1;             // the operation failed or did not complete in time
-inline constexpr int invalid_arguments = 2;   // bad command line; nothing was asked of the daemon
-inline constexpr int not_running = 3;         // no org.dpengine1 on the system bus, or no bus
-inline constexpr int access_denied = 4;       // the caller may not do this
-inline constexpr int rejected = 5;            // the daemon refused the request as invalid
-}  // namespace exit_status
+namespace exit_status = dpengine::dpctl_exit;
 
 struct Failure : std::runtime_error {
     Failure(int status, const std::string& message) : std::runtime_error(message), status(status) {}

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
     }
     if (!config) {
         std::fprintf(stderr, "dpengined: %s\n", config.error().message.c_str());
-        return config.error().code == "usage" ? dpengine::exit_code::usage : dpengine::exit_code::config;
+        return config.error().reason() == dpengine::Reason::usage ? dpengine::exit_code::usage : dpengine::exit_code::config;
     }
     if (config->has_remote_ranks() && config->security.insecure) {
         std::fprintf(stderr, "dpengined: warning: security.insecure is set: traffic between nodes is plaintext and "

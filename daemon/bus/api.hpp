@@ -3,6 +3,9 @@
 // daemon prints with --bus-introspect.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 namespace dpengine::bus {
 
 inline constexpr const char* service = "org.dpengine1";
@@ -48,11 +51,18 @@ inline constexpr const char* list_nodes = "ListNodes";
 inline constexpr const char* assign_ranks = "AssignRanks";
 inline constexpr const char* list_nodes_signature = "a(ssssuuutt)";
 
-// Errors: org.dpengine1.Error.<Name>
-inline constexpr const char* error_invalid_rank = "org.dpengine1.Error.InvalidRank";
-inline constexpr const char* error_not_local = "org.dpengine1.Error.NotLocal";
-inline constexpr const char* error_bad_state = "org.dpengine1.Error.BadState";
-inline constexpr const char* error_failed = "org.dpengine1.Error.Failed";
+// Errors (org.dpengine1.Error.<Name>): core/reason.hpp's table names the error each reason code
+// answers with, and the exit status dpctl gives for it.
+
+// org.dpengine1.Manager's properties, as the daemon serves them and dpctl reads them.
+struct ManagerProperties {
+    std::string role;
+    std::string node;  // NodeName
+    uint32_t dp_size = 0;
+    uint64_t epoch = 0;
+    uint32_t ready_ranks = 0;
+    std::string version;
+};
 
 // The group whose members may change things (besides root).
 inline constexpr const char* manage_group = "dpengine";

@@ -1,9 +1,13 @@
-// The org.dpengine1 service on the system bus (or $DBUS_SYSTEM_BUS_ADDRESS): a thin sd-bus
-// adapter over NodeControl. Runs on the daemon's event loop. When no bus is reachable the
+// The org.dpengine1 service on the system bus (or $DBUS_SYSTEM_BUS_ADDRESS): the connection that
+// serves the objects of manager_bus, rank_bus and node_bus (thin sd-bus adapters over
+// NodeControl). Runs on the daemon's event loop. When no bus is reachable the
 // daemon goes on serving and this keeps trying to connect in the background, so a bus restart
 // never stops inference.
 #pragma once
 
+#include "bus/manager_bus.hpp"
+#include "bus/node_bus.hpp"
+#include "bus/rank_bus.hpp"
 #include "node/node_control.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -30,7 +34,8 @@ public:
     // A node registered or was lost, or ranks moved: the manager's Epoch may have changed.
     void nodes_changed();
 
-    // The interface description, as --bus-introspect prints it.
+    // The interface description, as --bus-introspect prints it: written from the vtables the
+    // bus serves.
     static const char* introspection_xml();
 
 private:
@@ -48,7 +53,9 @@ private:
     void arm();
 
     boost::asio::io_context& io_;
-    NodeControl& node_;
+    bus::ManagerBus manager_;
+    bus::RankBus ranks_;
+    bus::NodeBus nodes_;
     std::unique_ptr<sd_bus, BusDeleter> bus_;
     std::vector<std::unique_ptr<sd_bus_slot, SlotDeleter>> slots_;  // objects and enumerators
     boost::asio::posix::stream_descriptor fd_;

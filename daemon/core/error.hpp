@@ -3,6 +3,8 @@
 // turned into these values at its edge.
 #pragma once
 
+#include "core/reason.hpp"
+
 #include <string>
 #include <utility>
 #include <variant>
@@ -10,8 +12,14 @@
 namespace dpengine {
 
 struct Error {
+    Error(std::string message) : message(std::move(message)) {}
+    Error(std::string message, ReasonCode code) : message(std::move(message)), code(code) {}
+
     std::string message;
-    std::string code;  // a stable reason code for logs and metrics, e.g. "version-mismatch"
+    std::string code;  // a reason code from core/reason.hpp for logs and metrics, or "" for none
+
+    // The code's entry in the table; "failed" for an error that names none.
+    Reason reason() const { return reason_from_code(code).value_or(Reason::failed); }
 };
 
 template <class T>

@@ -347,7 +347,7 @@ private:
         (void)!::write(wakeup_fd_, &one, sizeof one);
     }
 
-    void fail(int exit_code, const std::string& reason_code, const std::string& message) {
+    void fail(int exit_code, ReasonCode reason_code, const std::string& message) {
         {
             std::lock_guard lock(mutex_);
             if (state_.phase == EngineState::Phase::failed) return;

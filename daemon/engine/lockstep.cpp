@@ -86,7 +86,7 @@ void Lockstep::form(Link& link) {
     spec.timeout = settings_.timeout;
     auto group = factory_(spec, link.rendezvous(form.group_epoch));
     if (!group) {
-        if (group.error().code == "superseded") return;  // a newer formation is pending
+        if (group.error().reason() == Reason::superseded) return;  // a newer formation is pending
         fail(link, group.error());
         return;
     }

@@ -643,7 +643,7 @@ private:
         if (auto* config = std::get_if<wire::Config>(&env.message)) return on_config(*config);
         if (auto* refused = std::get_if<wire::Refused>(&env.message)) {
             hello_answered();
-            if (refused->code == "not-registered" && ever_configured_) {
+            if (refused->code == ReasonCode("not-registered").str() && ever_configured_) {
                 // The head does not know this connection (it restarted, or declared this rank
                 // lost). Whatever was in flight is gone on its side too: start over. The head
                 // answers every message sent before the new HELLO the same way: one HELLO.
@@ -656,14 +656,14 @@ private:
                 hello_sent_ = false;
                 return -1;
             }
-            if (refused->code == "duplicate-rank" && retry_duplicate()) {
+            if (refused->code == ReasonCode("duplicate-rank").str() && retry_duplicate()) {
                 log::notice("the head still holds rank {} for an earlier process ({}); retrying", options_.rank,
                             refused->message);
                 hello_sent_ = false;
                 hello_not_before_ = Clock::now() + std::chrono::seconds(1);
                 return -1;
             }
-            if (refused->code == "node-not-registered") {
+            if (refused->code == ReasonCode("node-not-registered").str()) {
                 // This node's daemon registers with the head at about the same time as its
                 // ranks say HELLO; until it has, the head knows no ranks of it. Retried with
                 // back-off until handshake.connect_timeout (first time) or for good (rejoining).

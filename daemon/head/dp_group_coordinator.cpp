@@ -95,11 +95,11 @@ bool DpGroupCoordinator::on_group_message(RankInfo& info, const wire::Message& m
                                       std::to_string(epoch) + " belongs to " + owned_by + ", not to member " +
                                       std::to_string(index) + " (rank " + std::to_string(rank) + ")";
                 if (refused_setters_.insert(rank).second) log::warning("rank {}: {} [group-key-not-owned]", rank, message);
-                peers_.send(rank, wire::ErrorReply{"group-key-not-owned", message});
+                peers_.send(rank, wire::ErrorReply{ReasonCode("group-key-not-owned"), message});
                 return true;
             }
             if (kv->value->size() > max_value_bytes || group_kv_.size() >= max_group_keys(group_members_.size())) {
-                peers_.send(rank, wire::ErrorReply{"group-store-full", "the DP group's rendezvous store is full"});
+                peers_.send(rank, wire::ErrorReply{ReasonCode("group-store-full"), "the DP group's rendezvous store is full"});
                 return true;
             }
             // First set wins: the owner cannot change what its peers may have fetched already.
@@ -148,7 +148,7 @@ bool DpGroupCoordinator::on_group_message(RankInfo& info, const wire::Message& m
         return true;
     }
     if (std::holds_alternative<wire::GroupValue>(message) || std::holds_alternative<wire::GroupForm>(message)) {
-        peers_.send(rank, wire::ErrorReply{"unexpected-type", std::string("a rank may not send ") + wire::type_name(message)});
+        peers_.send(rank, wire::ErrorReply{ReasonCode("unexpected-type"), std::string("a rank may not send ") + wire::type_name(message)});
         return true;
     }
     return false;

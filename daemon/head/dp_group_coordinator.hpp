@@ -16,6 +16,7 @@
 #pragma once
 
 #include "core/config.hpp"
+#include "core/reason.hpp"
 #include "core/wire.hpp"
 #include "head/rank_info.hpp"
 
@@ -48,7 +49,7 @@ public:
         std::function<RankInfo*(uint32_t rank)> info;
         // Takes the rank out of service (it is restarted as a failed rank is): it stalled the
         // group's formation. `reason` says why; `code` is the reason code.
-        std::function<void(uint32_t rank, const std::string& reason, const std::string& code)> fail;
+        std::function<void(uint32_t rank, const std::string& reason, ReasonCode code)> fail;
     };
 
     DpGroupCoordinator(boost::asio::io_context& io, const Config& config, Peers peers);

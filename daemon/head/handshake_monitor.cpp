@@ -28,14 +28,14 @@ std::string describe(uint16_t event, uint32_t value) {
 
 }  // namespace
 
-std::string HandshakeMonitor::reason_code(uint16_t event, uint32_t value) {
-    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) return "handshake-incomplete";
+std::optional<Reason> HandshakeMonitor::reason_code(uint16_t event, uint32_t value) {
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) return Reason::handshake_incomplete;
     if (event != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) return {};
-    if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) return "mechanism-mismatch";
-    if (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) return "curve-handshake-failed";
+    if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) return Reason::mechanism_mismatch;
+    if (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) return Reason::curve_handshake_failed;
     // ZAP protocol errors are between libzmq and our own handler: not the peer's doing.
     if (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED && value <= ZMQ_PROTOCOL_ERROR_ZAP_INVALID_METADATA) return {};
-    return "protocol-error";
+    return Reason::protocol_error;
 }
 
 HandshakeMonitor::HandshakeMonitor(asio::io_context& io, zmq::context_t& context, zmq::socket_t& watched,
@@ -86,16 +86,15 @@ void HandshakeMonitor::drain() {
             if (connections_.closed) connections_.closed(static_cast<int>(value));
             continue;
         }
-        std::string reason = reason_code(event, value);
-        if (!reason.empty()) record(reason, describe(event, value), address.to_string());
+        if (auto reason = reason_code(event, value)) record(*reason, describe(event, value), address.to_string());
     }
     arm();
 }
 
-void HandshakeMonitor::record(const std::string& reason, const std::string& detail, const std::string& endpoint) {
+void HandshakeMonitor::record(ReasonCode reason, const std::string& detail, const std::string& endpoint) {
     ++failures_[reason];
     if (auto suppressed = log_throttle_.admit(reason)) {
-        log::warning("refused a connection on {}: {} ({}){}", endpoint, detail, reason,
+        log::warning("refused a connection on {}: {} ({}){}", endpoint, detail, reason.str(),
                      LogThrottle::suppressed_note(*suppressed));
     }
 }

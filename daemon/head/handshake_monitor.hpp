@@ -9,6 +9,7 @@
 #pragma once
 
 #include "core/log_throttle.hpp"
+#include "core/reason.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <zmq.hpp>
 
@@ -41,14 +43,14 @@ public:
 
     // The reason code for a ZMQ_EVENT_HANDSHAKE_FAILED_* event and its value; empty for events
     // that are not counted here (ZAP refusals).
-    static std::string reason_code(uint16_t event, uint32_t value);
+    static std::optional<Reason> reason_code(uint16_t event, uint32_t value);
 
     // Handles the events that are waiting now (the caller is about to act on what they say).
     void drain();
 
 private:
     void arm();
-    void record(const std::string& reason, const std::string& detail, const std::string& endpoint);
+    void record(ReasonCode reason, const std::string& detail, const std::string& endpoint);
 
     zmq::socket_t pair_;
     boost::asio::posix::stream_descriptor watcher_;

@@ -73,8 +73,8 @@ openai::HttpError server_error(const Error& error) {
     e.message = error.message;
     e.code = error.code;
     e.type = "server_error";
-    if (error.code == "rank-lost" || error.code == "rank-misbehaved") e.status = 502;
-    else if (error.code == "timeout") e.status = 504;
+    if (error.reason() == Reason::rank_lost || error.reason() == Reason::rank_misbehaved) e.status = 502;
+    else if (error.reason() == Reason::timeout) e.status = 504;
     else e.status = 503;
     return e;
 }
@@ -566,7 +566,7 @@ private:
     // The client does not read what it asked for: its request ends on the rank, the
     // connection closes, and what was waiting for it is freed.
     void drop_slow_client(const std::string& why) {
-        ++server_.metrics_.connections_closed["slow-client"];
+        ++server_.metrics_.connections_closed[ReasonCode("slow-client")];
         if (auto suppressed = server_.log_throttle_.admit("slow-client")) {
             log::warning("closed the HTTP connection of {}: {}; it does not read its response{}", client_.to_string(), why,
                          LogThrottle::suppressed_note(*suppressed));
@@ -794,7 +794,7 @@ void HttpServer::admit(tcp::socket socket) {
     auto remote = socket.remote_endpoint(ec);
     if (ec) return;  // gone already
     const auto client = client_address(remote.address());
-    auto refuse = [&](const char* reason, const std::string& why) {
+    auto refuse = [&](ReasonCode reason, const std::string& why) {
         ++metrics_.connections_closed[reason];
         if (auto suppressed = log_throttle_.admit(reason)) {
             log::warning("closed a new HTTP connection from {}: {}{}", client.to_string(), why,

@@ -118,9 +118,9 @@ wire::NodeConfig NodeRegistry::config_for(const Entry& entry) const {
     return block;
 }
 
-void NodeRegistry::refuse(const std::string& routing_id, const std::string& node, const std::string& code,
+void NodeRegistry::refuse(const std::string& routing_id, const std::string& node, ReasonCode code,
                           const std::string& message) {
-    log::warning("refused node '{}': {} ({})", node, message, code);
+    log::warning("refused node '{}': {} ({})", node, message, code.str());
     link_.refuse_peer(routing_id, code, message);
 }
 
@@ -141,7 +141,7 @@ void NodeRegistry::on_message(const std::string& routing_id, const wire::Envelop
         return;
     }
     if (!status) {
-        link_.send_to(routing_id, wire::ErrorReply{"unexpected-type", std::string("a node may not send ") +
+        link_.send_to(routing_id, wire::ErrorReply{ReasonCode("unexpected-type"), std::string("a node may not send ") +
                                                                           wire::type_name(envelope.message)});
         return;
     }

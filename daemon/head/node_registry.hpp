@@ -7,6 +7,7 @@
 #pragma once
 
 #include "core/config.hpp"
+#include "core/reason.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
 #include "head/loop_stall.hpp"
@@ -81,7 +82,7 @@ private:
                   const std::string& peer);
     void on_status(Entry& entry, const wire::NodeStatus& status);
     void on_goodbye(Entry& entry);
-    void refuse(const std::string& routing_id, const std::string& node, const std::string& code,
+    void refuse(const std::string& routing_id, const std::string& node, ReasonCode code,
                 const std::string& message);
     // The entry holding `rank`, or nullptr.
     Entry* holder(uint32_t rank);

@@ -97,7 +97,7 @@ DpGroupCoordinator::Peers RankLink::group_peers() {
     peers.info = [this](uint32_t rank) { return rank < ranks_.size() ? &ranks_[rank].info : nullptr; };
     // A member that stalled the group's formation is lost as a hung rank is: its process is
     // killed and restarted (within the restart budget); the group forms without it meanwhile.
-    peers.fail = [this](uint32_t rank, const std::string& reason, const std::string& code) {
+    peers.fail = [this](uint32_t rank, const std::string& reason, ReasonCode code) {
         if (rank >= ranks_.size() || ranks_[rank].routing_id.empty()) return;
         fail_rank(ranks_[rank], reason, code);
         if (events_.deadline_missed) events_.deadline_missed(rank);
@@ -135,13 +135,13 @@ bool RankLink::may_answer_unregistered(const std::string& routing_id) {
     auto now = Clock::now();
     unregistered_answers_.configure(config_.handshake.refusal_rate_limit, config_.handshake.refusal_mute);
     if (unregistered_answers_.muted(routing_id, now) || unregistered_answers_.refused(routing_id, now)) {
-        ++refusals_["rate-limited"];
+        ++refusals_[ReasonCode("rate-limited")];
         return false;
     }
     return true;
 }
 
-void RankLink::refuse(const std::string& routing_id, const std::string& code, const std::string& message) {
+void RankLink::refuse(const std::string& routing_id, ReasonCode code, const std::string& message) {
     ++refusals_[code];
     // Stale traffic from a peer the head has forgotten (a rank declared lost across a
     // partition), and a rank that comes before its node registered, are answered and are no
@@ -178,7 +178,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
         if (!key_node.empty()) message_peer_ = key_node + "@" + message_peer_;
         if (key_node.empty() || !holds_ranks(key_node)) {
             if (refusal_limiter_.muted(message_peer_, Clock::now())) {
-                ++refusals_["rate-limited"];
+                ++refusals_[ReasonCode("rate-limited")];
                 return;
             }
             message_routing_id_ = routing_id;
@@ -194,7 +194,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
                          known == rank_of_connection_.end() ? RankSocket::describe_peer(payload) : "rank " + std::to_string(known->second),
                          env.error().message, env.error().code);
         }
-        if (known == rank_of_connection_.end()) refuse(routing_id, env.error().code, env.error().message);
+        if (known == rank_of_connection_.end()) refuse(routing_id, env.error().reason(), env.error().message);
         else send(routing_id, wire::ErrorReply{env.error().code, env.error().message});
         return;
     }
@@ -211,7 +211,7 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
             // The rank sent its HELLO again before the CONFIG reached it: the CONFIG is on its way.
             const Slot& held = ranks_[known->second];
             if (hello->rank == held.info.rank && hello->incarnation == held.incarnation) return;
-            send(routing_id, wire::ErrorReply{"duplicate-hello", "this connection already registered as rank " +
+            send(routing_id, wire::ErrorReply{ReasonCode("duplicate-hello"), "this connection already registered as rank " +
                                                                      std::to_string(known->second)});
             return;
         }
@@ -261,12 +261,14 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
         set_state(slot, RankState::ready);
     } else if (auto* err = std::get_if<wire::ErrorReply>(&env->message)) {
         if (slot.info.state == RankState::initializing) {
-            fail_rank(slot, "failed to initialise: " + err->message, err->code);
+            // The rank's own word for it where the table has one: its codes become metrics labels.
+            fail_rank(slot, "failed to initialise: " + err->message,
+                      reason_from_code(err->code).value_or(Reason::init_failed));
         } else {
             log::warning("rank {} reports: {} ({})", slot.info.rank, err->message, err->code);
         }
     } else {
-        send(routing_id, wire::ErrorReply{"unexpected-type", std::string("a rank may not send ") +
+        send(routing_id, wire::ErrorReply{ReasonCode("unexpected-type"), std::string("a rank may not send ") +
                                                                  wire::type_name(env->message)});
     }
 }
@@ -310,8 +312,8 @@ std::string RankLink::describe_node(const std::string& node) const {
 void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello, const std::string& key_node) {
     const std::string node = key_node.empty() ? hello.node : key_node;
     const std::string who = describe_node(node);
-    auto refuse_logged = [&](const std::string& code, const std::string& message) {
-        log::warning("refused rank {} from {}: {} ({})", hello.rank, who, message, code);
+    auto refuse_logged = [&](ReasonCode code, const std::string& message) {
+        log::warning("refused rank {} from {}: {} ({})", hello.rank, who, message, code.str());
         refuse(routing_id, code, message);
     };
     if (hello.rank >= config_.dp_size()) {
@@ -333,9 +335,9 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
             if (RankSocket::first_warning(routing_id)) {
                 log::notice("refused rank {} from {} for now: {} ({})", hello.rank, who, problem->message, problem->code);
             }
-            return refuse(routing_id, problem->code, problem->message);
+            return refuse(routing_id, problem->reason(), problem->message);
         }
-        return refuse_logged(problem->code, problem->message);
+        return refuse_logged(problem->reason(), problem->message);
     }
     Slot& slot = ranks_[hello.rank];
     if (!slot.routing_id.empty()) {
@@ -548,8 +550,8 @@ void RankLink::set_state(Slot& slot, RankState state) {
     if (changed && lockstep() && !shutting_down_) group_.schedule_regroup(false, std::chrono::milliseconds(50));
 }
 
-void RankLink::fail_rank(Slot& slot, const std::string& reason, const std::string& code) {
-    log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason, code);
+void RankLink::fail_rank(Slot& slot, const std::string& reason, ReasonCode code) {
+    log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason, code.str());
     slot.info.last_error = reason;
     slot.info.reason = code;
     count_event(slot, code);
@@ -663,7 +665,7 @@ void RankLink::rank_exited(uint32_t rank, uint32_t pid, const std::string& cause
     fail_rank(slot, cause, "rank-exited");
 }
 
-void RankLink::rank_failed(uint32_t rank, const std::string& reason, const std::string& code) {
+void RankLink::rank_failed(uint32_t rank, const std::string& reason, ReasonCode code) {
     if (rank >= ranks_.size()) return;
     Slot& slot = ranks_[rank];
     slot.info.last_error = reason;
@@ -813,11 +815,15 @@ std::optional<std::pair<uint32_t, uint32_t>> RankLink::key_ranks(const std::stri
 std::vector<RankInfo> RankLink::ranks() const {
     std::vector<RankInfo> out;
     out.reserve(ranks_.size());
-    for (const auto& s : ranks_) {
-        out.push_back(s.info);
-        out.back().activity_known = true;
-    }
+    for (uint32_t rank = 0; rank < ranks_.size(); ++rank) out.push_back(*rank_info(rank));
     return out;
+}
+
+std::optional<RankInfo> RankLink::rank_info(uint32_t rank) const {
+    if (rank >= ranks_.size()) return std::nullopt;
+    RankInfo info = ranks_[rank].info;
+    info.activity_known = true;
+    return info;
 }
 
 }  // namespace dpengine

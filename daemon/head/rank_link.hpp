@@ -6,6 +6,7 @@
 #pragma once
 
 #include "core/config.hpp"
+#include "core/reason.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
 #include "head/dp_group_coordinator.hpp"
@@ -77,7 +78,7 @@ public:
     // `pid`: the process that exited. A registration made by another process keeps the rank.
     void rank_exited(uint32_t rank, uint32_t pid, const std::string& cause);
     // The rank will not come back by itself (e.g. its restart budget is spent).
-    void rank_failed(uint32_t rank, const std::string& reason, const std::string& code);
+    void rank_failed(uint32_t rank, const std::string& reason, ReasonCode code);
 
     // Operator actions. A draining rank gets no new requests and finishes the ones it has.
     // until_undrain: an operator's drain, which holds until undrain(), also for the processes
@@ -89,7 +90,7 @@ public:
     // what is still in flight ends with the cause.
     struct StopCause {
         std::string reason = "was stopped by an operator";
-        std::string code = "rank-stopped";
+        ReasonCode code = Reason::rank_stopped;
     };
     void stop(uint32_t rank, const StopCause& cause);
     void stop(uint32_t rank) { stop(rank, StopCause{}); }
@@ -107,6 +108,7 @@ public:
     size_t in_flight() const { return requests_.size(); }
     uint32_t size() const { return static_cast<uint32_t>(ranks_.size()); }
     std::vector<RankInfo> ranks() const;
+    std::optional<RankInfo> rank_info(uint32_t rank) const;  // one of ranks(); nullopt past the DP size
     // Re-reads security.authorized_keys (config reload). Fails, changing nothing, on a bad file.
     Status reload_authorized_keys() { return socket_.reload_authorized_keys(); }
     // Refused handshakes and connections by reason code (the ZAP handler's included).
@@ -118,7 +120,7 @@ public:
                                                   const std::string& key_node, const std::string& peer)>;
     void set_node_handler(NodeMessageHandler handler) { node_handler_ = std::move(handler); }
     bool send_to(const std::string& routing_id, const wire::Message& message) { return send(routing_id, message); }
-    void refuse_peer(const std::string& routing_id, const std::string& code, const std::string& message) {
+    void refuse_peer(const std::string& routing_id, ReasonCode code, const std::string& message) {
         refuse(routing_id, code, message);
     }
     // The node allowed to register a rank ("": none; a key's ranks= may claim it). The head
@@ -183,10 +185,10 @@ private:
     std::string output_problem(InFlight& request, const wire::Output& piece) const;
     // The rank broke the protocol with request ID: fail it to its client, abort it on the rank.
     void fail_request_of_misbehaving_rank(Slot& slot, uint64_t id, const std::string& problem);
-    void refuse(const std::string& routing_id, const std::string& code, const std::string& message);
+    void refuse(const std::string& routing_id, ReasonCode code, const std::string& message);
     bool send(const std::string& routing_id, const wire::Message& message);
     void set_state(Slot& slot, RankState state);
-    void fail_rank(Slot& slot, const std::string& reason, const std::string& code);
+    void fail_rank(Slot& slot, const std::string& reason, ReasonCode code);
     void check_deadlines();
     void excuse_own_stall(std::chrono::steady_clock::time_point now);
     void connection_gone(const std::string& routing_id);
@@ -195,7 +197,7 @@ private:
     bool is_hung(Slot& slot, std::chrono::steady_clock::time_point now);
     // A heartbeat's status figures (wave, memory, step counters for the step rate).
     void note_activity(Slot& slot, const wire::Heartbeat& heartbeat);
-    void count_event(Slot& slot, const std::string& reason) { ++slot.info.events[reason]; }
+    void count_event(Slot& slot, ReasonCode reason) { ++slot.info.events[reason]; }
     // One of the slot's requests ended there; tells events_.rank_idle when it was the last.
     void request_left(Slot& slot);
 

@@ -247,8 +247,8 @@ void RankSocket::add_refusals(std::map<std::string, uint64_t>& out) const {
     if (handshake_monitor_) {
         for (const auto& [reason, count] : handshake_monitor_->failures()) out[reason] += count;
     }
-    if (zap_ && zap_->refusals()) out["unauthorized-key"] += zap_->refusals();
-    if (registration_timeouts_) out["registration-timeout"] += registration_timeouts_;
+    if (zap_ && zap_->refusals()) out[ReasonCode("unauthorized-key")] += zap_->refusals();
+    if (registration_timeouts_) out[ReasonCode("registration-timeout")] += registration_timeouts_;
 }
 
 }  // namespace dpengine

@@ -149,55 +149,61 @@ public:
     std::vector<RankInfo> ranks() const override {
         std::vector<RankInfo> out;
         if (link_) {
-            out = link_->ranks();
+            for (uint32_t rank = 0; rank < link_->size(); ++rank) out.push_back(*rank_info(rank));
         } else {
+            for (const auto& entry : local_) out.push_back(*rank_info(entry.first));
+        }
+        return out;
+    }
+
+    // One rank as ranks() has it, without building the others' (the bus reads one at a time).
+    std::optional<RankInfo> rank_info(uint32_t rank) const override {
+        const auto local_entry = local_.find(rank);
+        const bool is_local = local_entry != local_.end();
+        std::optional<RankInfo> found;
+        if (link_) {
+            found = link_->rank_info(rank);
+        } else if (is_local) {
             // A headless node knows its processes; their protocol state lives on the head, which
             // reports it over the node link.
-            for (const auto& [rank, local] : local_) {
-                RankInfo info;
-                info.rank = rank;
-                info.node = config_.node.name;
-                info.state = local.running ? RankState::starting : RankState::stopped;
-                if (local.running && node_link_) {
-                    if (auto reported = rank_state_from_string(node_link_->rank_state(rank))) info.state = *reported;
-                    if (auto activity = node_link_->rank_activity(rank)) {
-                        info.activity_known = true;
-                        info.group_kind = activity->group_kind == "none" ? "" : activity->group_kind;
-                        info.group_epoch = activity->group_epoch;
-                        info.wave = activity->wave;
-                        info.memory_used = activity->memory_used;
-                        info.steps_per_second = activity->steps_per_second;
-                        info.dummy_step_share = activity->dummy_step_share;
-                        info.device = activity->device;
-                        info.in_flight = activity->in_flight;
-                        info.waiting = activity->waiting;
-                        info.served = activity->served;
-                    }
+            const auto& local = local_entry->second;
+            RankInfo& info = found.emplace();
+            info.rank = rank;
+            info.node = config_.node.name;
+            info.state = local.running ? RankState::starting : RankState::stopped;
+            if (local.running && node_link_) {
+                if (auto reported = rank_state_from_string(node_link_->rank_state(rank))) info.state = *reported;
+                if (auto activity = node_link_->rank_activity(rank)) {
+                    info.activity_known = true;
+                    info.group_kind = activity->group_kind == "none" ? "" : activity->group_kind;
+                    info.group_epoch = activity->group_epoch;
+                    info.wave = activity->wave;
+                    info.memory_used = activity->memory_used;
+                    info.steps_per_second = activity->steps_per_second;
+                    info.dummy_step_share = activity->dummy_step_share;
+                    info.device = activity->device;
+                    info.in_flight = activity->in_flight;
+                    info.waiting = activity->waiting;
+                    info.served = activity->served;
                 }
-                info.last_error = local.last_exit;
-                info.reason = local.last_reason;
-                out.push_back(info);
             }
+            info.last_error = local.last_exit;
+            info.reason = local.last_reason;
         }
-        for (auto& info : out) {
-            auto it = local_.find(info.rank);
-            if (it == local_.end()) continue;
-            info.restarts = it->second.starts > 0 ? it->second.starts - 1 : 0;
-        }
-        for (auto [rank, pid] : supervisor_.pids()) {
-            for (auto& info : out) {
-                if (info.rank == rank) info.pid = static_cast<uint32_t>(pid);
-            }
+        if (!found) return std::nullopt;
+        RankInfo& info = *found;
+        if (is_local) info.restarts = local_entry->second.starts > 0 ? local_entry->second.starts - 1 : 0;
+        for (auto [r, pid] : supervisor_.pids()) {
+            if (r == rank) info.pid = static_cast<uint32_t>(pid);
         }
         // Ranks of headless nodes: their process as the node last reported it.
-        for (auto& info : out) {
-            if (!registry_ || local_.count(info.rank)) continue;
-            if (auto process = registry_->rank_process(info.rank)) {
+        if (registry_ && !is_local) {
+            if (auto process = registry_->rank_process(rank)) {
                 info.pid = process->pid;
                 info.restarts = process->restarts;
             }
         }
-        return out;
+        return found;
     }
 
     std::vector<NodeInfo> nodes() const override {

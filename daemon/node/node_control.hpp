@@ -6,6 +6,7 @@
 #include "head/rank_link.hpp"
 #include "node/node_info.hpp"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,11 @@ public:
     virtual uint32_t ready_ranks() const = 0;
     // Every rank this node knows: all of them on a head, its own on a headless node.
     virtual std::vector<RankInfo> ranks() const = 0;
+    // One of them, as ranks() has it, built alone (the bus reads one rank object at a time);
+    // nullopt for a rank this node does not know.
+    virtual std::optional<RankInfo> rank_info(uint32_t rank) const = 0;
 
-    // Errors carry a reason code: "invalid-rank", "not-local", "bad-state", "failed".
+    // Errors carry a reason code (core/reason.hpp): invalid-rank, not-local, bad-state, failed.
     virtual Status start_rank(uint32_t rank) = 0;
     virtual Status stop_rank(uint32_t rank) = 0;     // drains first, then stops
     virtual Status restart_rank(uint32_t rank) = 0;  // drains, stops, starts again
@@ -35,8 +39,15 @@ public:
 
     // The cluster: on a head every node (itself too); on a headless node itself and its head.
     virtual std::vector<NodeInfo> nodes() const { return {}; }
+    // One of them by name (a cluster has a handful of nodes: nodes() scanned).
+    std::optional<NodeInfo> node_info(const std::string& name) const {
+        for (auto& info : nodes()) {
+            if (info.name == name) return info;
+        }
+        return std::nullopt;
+    }
     // Head: give a headless node exactly ranks start .. start + count - 1, moving them from
-    // their holders. Errors carry a reason code: "invalid-args", "bad-state", "not-local".
+    // their holders. Errors carry a reason code: invalid-args, bad-state, not-local.
     virtual Status assign_ranks(const std::string& node, uint32_t start, uint32_t count) {
         (void)node, (void)start, (void)count;
         return Error{"ranks are assigned on the head", "not-local"};

@@ -10,8 +10,8 @@
 - dpengined.toml(5): every key printed by `dpengined --check-config` is documented under
   OPTIONS in its [section], and nothing else is; a "Default X" in a key's text matches the
   built-in default.
-- dpctl(1): every command, option and exit status of `dpctl --help` (and ctl/verbs.hpp) is
-  documented, and nothing else is.
+- dpctl(1): every command, option and exit status of `dpctl --help` (and
+  daemon/core/dpctl_exit.hpp) is documented, and nothing else is.
 - dpengine-protocol(7): every message type of daemon/core/wire.hpp (number and name), every
   field name the encoder writes, and every REFUSED/ERROR reason code the head and the ranks
   send appear in the page.
@@ -239,8 +239,8 @@ def test_dpctl_1() -> None:
 
     check_options(help_options, documented_options(secs.get("OPTIONS", [])), "dpctl ")
 
-    code = set(int_constants(os.path.join("ctl", "verbs.hpp")).values()) \
-        if os.path.exists(os.path.join(SRC, "ctl", "verbs.hpp")) else help_statuses
+    code = set(int_constants(os.path.join("daemon", "core", "dpctl_exit.hpp")).values()) \
+        if os.path.exists(os.path.join(SRC, "daemon", "core", "dpctl_exit.hpp")) else help_statuses
     listed = documented_statuses(secs)
     for status in sorted(code | help_statuses):
         check(status in listed, f"dpctl exit status {status} is documented")
@@ -271,7 +271,7 @@ def test_protocol_7() -> None:
     for path in ("daemon/head/rank_link.cpp", "daemon/head/node_registry.cpp", "daemon/node/manager.cpp",
                  "daemon/engine/rank.cpp", "daemon/core/wire.hpp"):
         src = read(os.path.join(SRC, path))
-        codes |= set(re.findall(r'(?:refuse(?:_logged|_peer)?\((?:[\w.]+,\s*){0,2}|(?:Refused|ErrorReply)\{)"([a-z-]+)"', src))
+        codes |= set(re.findall(r'(?:refuse(?:_logged|_peer)?\((?:[\w.]+,\s*){0,2}|(?:Refused|ErrorReply)\{(?:ReasonCode\()?)"([a-z-]+)"', src))
         # Failure codes the head logs and reports for a rank: fail_rank(slot, reason, "code").
         codes |= set(re.findall(r'(?:fail_rank|rank_failed)\([^;]*?,\s*"([a-z-]+)"\)', src, re.S))
         if path.endswith("wire.hpp"):
