@@ -561,7 +561,7 @@ private:
         LocalRank& local = local_.at(exit.rank);
         local.running = false;
         local.last_exit = cause;
-        local.last_reason = "rank-exited";
+        local.last_reason = ReasonCode("rank-exited");
         local.stop_deadline.reset();
         auto pending = std::exchange(local.pending, LocalRank::Pending::none);
         if (stopping_ || pending != LocalRank::Pending::none) {
@@ -610,7 +610,7 @@ private:
                                  " s, supervision.restart_budget); 'dpctl start " + std::to_string(exit.rank) + "' tries again";
             log::error("rank {} {}", exit.rank, reason);
             local.last_exit = reason;
-            local.last_reason = "restart-budget-exhausted";
+            local.last_reason = ReasonCode("restart-budget-exhausted");
             if (link_) link_->rank_failed(exit.rank, reason, "restart-budget-exhausted");
             bus_.rank_changed(exit.rank);
             return;
@@ -636,7 +636,7 @@ private:
     void wait_for_head(uint32_t rank) {
         LocalRank& local = local_.at(rank);
         local.waiting_for_head = true;
-        local.last_reason = "head-grace-expired";
+        local.last_reason = ReasonCode("head-grace-expired");
         local.last_exit = "stopped after losing the head for longer than supervision.head_grace_period "
                           "[head-grace-expired]; starts again when the head answers";
         log::warning("rank {} {}", rank, local.last_exit);

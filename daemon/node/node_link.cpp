@@ -2,6 +2,7 @@
 
 #include "core/keys.hpp"
 #include "core/log.hpp"
+#include "core/reason.hpp"
 #include "core/transport.hpp"
 
 #include <boost/asio/post.hpp>
@@ -162,7 +163,7 @@ void NodeLink::on_message(zmq::message_t& payload) {
         }
     } else if (auto* refused = std::get_if<wire::Refused>(&env->message)) {
         registered_ = false;
-        if (refused->code == "not-registered") {
+        if (refused->code == ReasonCode("not-registered").str()) {
             log::notice("node link: the head does not know this node (it restarted?); registering again");
             last_hello_ = {};
             asio::post(io_, [this] { tick(); });
