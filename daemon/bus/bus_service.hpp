@@ -4,7 +4,7 @@
 // never stops inference.
 #pragma once
 
-#include "node/node_control.hpp"
+#include "bus/node_control.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
