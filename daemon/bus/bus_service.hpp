@@ -7,8 +7,8 @@
 
 #include "bus/manager_bus.hpp"
 #include "bus/node_bus.hpp"
+#include "bus/node_control.hpp"
 #include "bus/rank_bus.hpp"
-#include "node/node_control.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>

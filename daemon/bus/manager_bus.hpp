@@ -4,7 +4,7 @@
 
 #include "bus/api.hpp"
 #include "bus/object_table.hpp"
-#include "node/node_control.hpp"
+#include "bus/node_control.hpp"
 
 #include <span>
 #include <string>

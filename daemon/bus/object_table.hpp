@@ -5,7 +5,7 @@
 // source for both (like resolved's *-bus.c files, whose vtables are their only description).
 #pragma once
 
-#include "node/node_control.hpp"
+#include "bus/node_control.hpp"
 
 #include <systemd/sd-bus.h>
 

@@ -1,7 +1,10 @@
-// The interface between the rank's continuous-batching step loop and the thing that computes
-// tokens. The step loop owns scheduling, stop conditions and output; a backend only counts
-// admits sequences and computes one next token per running sequence per step. The synthetic
-// backend implements it here; the GPU backend plugs into the same interface.
+// The interface between the rank's continuous-batching step loop (the native engine's) and the
+// thing that computes tokens. The step loop owns scheduling, stop conditions and output; a
+// backend only admits sequences (counting their prompt tokens) and computes one next token per
+// running sequence per step. Two implement it: the synthetic backend (synthetic.hpp), built into
+// the rank program, and the cuda backend (daemon/cuda), which the rank loads as a module only
+// when CONFIG names it (engine.cpp). The http backend (http_backend.hpp) has no step loop: it
+// is an Engine of its own, forwarding to a server.
 #pragma once
 
 #include "core/error.hpp"
@@ -64,7 +67,9 @@ public:
     virtual uint64_t memory_used() const { return 0; }
 };
 
-// Creates the backend CONFIG names; errors name the backend and the setting at fault.
+// Creates the backend built into the rank program that CONFIG names (the synthetic one; the
+// cuda module has a make_backend of its own, engine/cuda_module.hpp); errors name the backend
+// and the setting at fault.
 Result<std::unique_ptr<Backend>> make_backend(const wire::EngineConfig& config);
 
 }  // namespace dpengine::engine

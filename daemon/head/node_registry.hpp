@@ -9,10 +9,10 @@
 #include "core/config.hpp"
 #include "core/reason.hpp"
 #include "core/error.hpp"
+#include "core/node_info.hpp"
 #include "core/wire.hpp"
 #include "head/loop_stall.hpp"
 #include "head/rank_link.hpp"
-#include "node/node_info.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>

@@ -1,6 +1,7 @@
 // A rank's state and the figures the head keeps about it (status, metrics, the node link).
-// Its own header so that the pieces RankLink is built of (head/dp_group_coordinator.hpp) can
-// use it without RankLink.
+// Its own header, with no ZeroMQ in it, so that the pieces RankLink is built of
+// (head/dp_group_coordinator.hpp) and the bus (bus/node_control.hpp) can use it without
+// RankLink.
 #pragma once
 
 #include <cstdint>

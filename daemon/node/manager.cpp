@@ -1,6 +1,7 @@
 #include "node/manager.hpp"
 
 #include "bus/bus_service.hpp"
+#include "bus/node_control.hpp"
 #include "core/exit_codes.hpp"
 #include "core/keys.hpp"
 #include "core/log.hpp"
@@ -10,7 +11,6 @@
 #include "head/node_registry.hpp"
 #include "head/rank_link.hpp"
 #include "node/head_probe.hpp"
-#include "node/node_control.hpp"
 #include "node/node_link.hpp"
 #include "node/notify.hpp"
 #include "node/restart_limit.hpp"

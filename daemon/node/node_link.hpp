@@ -9,8 +9,8 @@
 
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/node_info.hpp"
 #include "core/wire.hpp"
-#include "node/node_info.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>

@@ -1,5 +1,5 @@
-// Unit tests for how blocks of ranks are written in messages (daemon/node/node_info.hpp).
-#include "node/node_info.hpp"
+// Unit tests for how blocks of ranks are written in messages (daemon/core/node_info.hpp).
+#include "core/node_info.hpp"
 
 #include <catch2/catch.hpp>
 

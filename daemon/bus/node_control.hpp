@@ -1,10 +1,12 @@
 // What the bus adapter (and anything else that drives a node) may ask of it. Implemented by
 // the manager; keeps the D-Bus code a thin layer with no knowledge of processes or sockets.
+// It lives with the bus, its caller, so that the bus layer needs nothing from node/ above it,
+// and it names ranks by head/rank_info.hpp alone, so the bus does not pull in ZeroMQ.
 #pragma once
 
 #include "core/error.hpp"
-#include "head/rank_link.hpp"
-#include "node/node_info.hpp"
+#include "core/node_info.hpp"
+#include "head/rank_info.hpp"
 
 #include <optional>
 #include <string>
