@@ -179,10 +179,11 @@ void lockstep(const CudaModule& module, const wire::EngineConfig& config, uint32
     double synced = loop_rate(loop, &group, link, steps, 4);
     double overhead_us = (1e6 / synced) - (1e6 / alone);
     double raw_us = raw_all_reduce_us(steps);
-    std::printf("device: %s\nsteps: %u\nsteps_per_s_alone: %.1f\nsteps_per_s_lockstep_nccl: %.1f\n"
-                "lockstep_overhead_us_per_step: %.2f\nraw_nccl_all_reduce_us: %.2f\n"
-                "lockstep_overhead_vs_raw_nccl: %.2f\n",
-                loop->device().c_str(), steps, alone, synced, overhead_us, raw_us, overhead_us / raw_us);
+    std::printf(
+        "device: %s\nsteps: %u\nsteps_per_s_alone: %.1f\nsteps_per_s_lockstep_nccl: %.1f\n"
+        "lockstep_overhead_us_per_step: %.2f\nraw_nccl_all_reduce_us: %.2f\n"
+        "lockstep_overhead_vs_raw_nccl: %.2f\n",
+        loop->device().c_str(), steps, alone, synced, overhead_us, raw_us, overhead_us / raw_us);
 }
 
 }  // namespace

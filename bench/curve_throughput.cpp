@@ -180,7 +180,8 @@ public:
             acked = n - base_;
         }
         uint64_t total = control('S') - base_;
-        if (total != sent) fail(spec_.name + ": " + std::to_string(sent) + " sent, " + std::to_string(total) + " arrived");
+        if (total != sent)
+            fail(spec_.name + ": " + std::to_string(sent) + " sent, " + std::to_string(total) + " arrived");
         base_ += total;
         return {total, std::chrono::duration<double>(Clock::now() - start).count()};
     }
@@ -194,9 +195,9 @@ private:
             if (head.size() >= 2) std::memcpy(&id, head.data(), 2);
             if (head.more()) (void)monitor_->recv(address, zmq::recv_flags::none);
             const char* name = id == ZMQ_EVENT_DISCONNECTED ? "disconnected"
-                             : id == ZMQ_EVENT_CONNECT_RETRIED ? "connect-retried"
-                             : id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED ? "handshake-succeeded"
-                             : "handshake-failed";
+                : id == ZMQ_EVENT_CONNECT_RETRIED           ? "connect-retried"
+                : id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED       ? "handshake-succeeded"
+                                                            : "handshake-failed";
             events += events.empty() ? name : std::string(", ") + name;
         }
         fail(spec_.name + ": " + what + " (connection events: " + (events.empty() ? "none" : events) + ")");
@@ -335,8 +336,9 @@ int main(int argc, char** argv) {
         if (a == "--link") {
             auto spec = parse_spec(val());
             if (!spec) {
-                std::fprintf(stderr, "dpengine-curve-throughput: --link is STACK:MECHANISM:IO_THREADS:BYTES "
-                                     "(ours|raw, null|curve), e.g. ours:curve:1:1024\n");
+                std::fprintf(stderr,
+                             "dpengine-curve-throughput: --link is STACK:MECHANISM:IO_THREADS:BYTES "
+                             "(ours|raw, null|curve), e.g. ours:curve:1:1024\n");
                 return 2;
             }
             specs.push_back(*spec);
@@ -344,8 +346,9 @@ int main(int argc, char** argv) {
         else if (a == "--slice") slice = std::atof(val());
         else if (a == "--warmup") warmup = std::atof(val());
         else {
-            std::fprintf(stderr, "usage: dpengine-curve-throughput --link STACK:MECHANISM:IO_THREADS:BYTES [--link ...] "
-                                 "[--rounds N] [--slice S] [--warmup S]\n");
+            std::fprintf(stderr,
+                         "usage: dpengine-curve-throughput --link STACK:MECHANISM:IO_THREADS:BYTES [--link ...] "
+                         "[--rounds N] [--slice S] [--warmup S]\n");
             return 2;
         }
     }
@@ -385,9 +388,11 @@ int main(int argc, char** argv) {
             std::printf("%s.best_slice_mb_per_s: %.2f\n", s.name.c_str(),
                         *std::max_element(t.slice_mb_per_s.begin(), t.slice_mb_per_s.end()));
             std::printf("%s.slices_mb_per_s:", s.name.c_str());
-            for (size_t k = 0; k < t.slice_mb_per_s.size(); ++k) std::printf("%s%.1f", k ? "," : " ", t.slice_mb_per_s[k]);
+            for (size_t k = 0; k < t.slice_mb_per_s.size(); ++k)
+                std::printf("%s%.1f", k ? "," : " ", t.slice_mb_per_s[k]);
             std::printf("\n%s.slices_cpu_util:", s.name.c_str());
-            for (size_t k = 0; k < t.slice_cpu_util.size(); ++k) std::printf("%s%.3f", k ? "," : " ", t.slice_cpu_util[k]);
+            for (size_t k = 0; k < t.slice_cpu_util.size(); ++k)
+                std::printf("%s%.3f", k ? "," : " ", t.slice_cpu_util[k]);
             std::printf("\n");
             std::printf("%s.cpu_util: %.3f\n", s.name.c_str(), t.cpu / t.seconds);
         }

@@ -206,8 +206,8 @@ public:
 
     int run() {
         start_ = Clock::now();
-        double limit = opt_.timeout > 0 ? opt_.timeout
-                                         : (opt_.hold ? 120.0 + opt_.settle : opt_.warmup + opt_.duration + 60.0);
+        double limit =
+            opt_.timeout > 0 ? opt_.timeout : (opt_.hold ? 120.0 + opt_.settle : opt_.warmup + opt_.duration + 60.0);
         if (opt_.requests) limit = opt_.timeout > 0 ? opt_.timeout : 600.0;
         safety_timer_.expires_after(std::chrono::milliseconds(static_cast<int64_t>(limit * 1000)));
         safety_timer_.async_wait([this](const error_code& ec) {
@@ -308,13 +308,14 @@ private:
     void build_request() {
         std::string body = opt_.body;
         if (body.empty() && opt_.method == "POST") {
-            body = "{\"model\":\"synthetic\",\"prompt\":\"" + json_escape(opt_.prompt) + "\",\"max_tokens\":" +
-                   std::to_string(opt_.max_tokens) + (opt_.stream ? ",\"stream\":true" : "") + "}";
+            body = "{\"model\":\"synthetic\",\"prompt\":\"" + json_escape(opt_.prompt) +
+                "\",\"max_tokens\":" + std::to_string(opt_.max_tokens) + (opt_.stream ? ",\"stream\":true" : "") + "}";
         }
         request_ = opt_.method + " " + opt_.path + " HTTP/1.1\r\nHost: " + opt_.host + ":" + std::to_string(opt_.port) +
-                   "\r\nUser-Agent: dpengine-loadgen\r\nAccept: */*\r\n";
+            "\r\nUser-Agent: dpengine-loadgen\r\nAccept: */*\r\n";
         if (opt_.method == "POST") {
-            request_ += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+            request_ +=
+                "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
         } else {
             request_ += "\r\n";
         }
@@ -567,8 +568,7 @@ bool Conn::parse() {
     for (;;) {
         std::string_view avail(buf_.data() + pos_, buf_.size() - pos_);
         switch (st_) {
-            case State::idle:
-                return avail.empty();  // bytes nobody asked for
+            case State::idle: return avail.empty();  // bytes nobody asked for
             case State::headers: {
                 auto end = avail.find("\r\n\r\n");
                 if (end == std::string_view::npos) return avail.size() < 65536;
@@ -649,7 +649,8 @@ bool Conn::parse_headers(std::string_view head) {
     size_t at = head.find("\r\n");
     while (at != std::string_view::npos) {
         size_t next = head.find("\r\n", at + 2);
-        std::string_view line = head.substr(at + 2, next == std::string_view::npos ? std::string_view::npos : next - at - 2);
+        std::string_view line =
+            head.substr(at + 2, next == std::string_view::npos ? std::string_view::npos : next - at - 2);
         auto colon = line.find(':');
         if (colon != std::string_view::npos) {
             std::string_view name = line.substr(0, colon), value = trim(line.substr(colon + 1));

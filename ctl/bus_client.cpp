@@ -29,13 +29,13 @@ std::string bus_address() {
 }
 
 bool is_connection_error(int r) {
-    return r == -ENOENT || r == -ECONNREFUSED || r == -ECONNRESET || r == -ENOTCONN || r == -EPIPE ||
-           r == -ESHUTDOWN || r == -EACCES || r == -EPERM || r == -ENXIO;
+    return r == -ENOENT || r == -ECONNREFUSED || r == -ECONNRESET || r == -ENOTCONN || r == -EPIPE || r == -ESHUTDOWN ||
+        r == -EACCES || r == -EPERM || r == -ENXIO;
 }
 
 std::string not_running_message() {
     return std::string("dpengined is not running (") + api::service +
-           " is not on the system bus); start it with 'systemctl start dpengined'";
+        " is not on the system bus); start it with 'systemctl start dpengined'";
 }
 
 // Reads one a{sv} property dictionary into `set(name, reader)` calls.
@@ -95,9 +95,10 @@ void BusClient::fail(const std::string& what, int r, const BusError& error, bool
     if (name == SD_BUS_ERROR_ACCESS_DENIED || name == SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED) {
         // The bus's own refusal (its policy) says nothing useful; the daemon's says why.
         if (mutating && (message.empty() || message.rfind("Rejected send message", 0) == 0)) {
-            throw Failure(exit_status::access_denied, std::string("access denied: changing dpengine needs root or "
-                                                                  "membership of the group '") +
-                                                          api::manage_group + "'");
+            throw Failure(exit_status::access_denied,
+                          std::string("access denied: changing dpengine needs root or "
+                                      "membership of the group '") +
+                              api::manage_group + "'");
         }
         throw Failure(exit_status::access_denied,
                       mutating ? "access denied: " + message : "access denied: " + what + ": " + message);
@@ -110,15 +111,17 @@ void BusClient::fail(const std::string& what, int r, const BusError& error, bool
     }
     if (name == SD_BUS_ERROR_UNKNOWN_METHOD || name == SD_BUS_ERROR_UNKNOWN_OBJECT ||
         name == SD_BUS_ERROR_UNKNOWN_INTERFACE || name == SD_BUS_ERROR_UNKNOWN_PROPERTY) {
-        throw Failure(exit_status::failure, what + ": the running dpengined does not offer this (" +
-                                                message + "); is it older than this dpctl (" DPENGINE_VERSION ")?");
+        throw Failure(exit_status::failure,
+                      what + ": the running dpengined does not offer this (" + message +
+                          "); is it older than this dpctl (" DPENGINE_VERSION ")?");
     }
     if (name == SD_BUS_ERROR_NO_REPLY || name == SD_BUS_ERROR_TIMEOUT || r == -ETIMEDOUT) {
         throw Failure(exit_status::failure, what + ": dpengined did not answer in time");
     }
     if (!error.is_set() && is_connection_error(r)) {
-        throw Failure(exit_status::not_running, std::string("lost the connection to the system bus at ") +
-                                                    bus_address() + " (" + std::strerror(-r) + ")");
+        throw Failure(
+            exit_status::not_running,
+            std::string("lost the connection to the system bus at ") + bus_address() + " (" + std::strerror(-r) + ")");
     }
     if (!message.empty()) throw Failure(exit_status::failure, what + ": " + message);
     throw Failure(exit_status::failure, what + ": " + (name.empty() ? std::strerror(-r) : name));
@@ -127,8 +130,8 @@ void BusClient::fail(const std::string& what, int r, const BusError& error, bool
 ManagerInfo BusClient::manager() {
     BusError error;
     sd_bus_message* raw = nullptr;
-    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, properties_interface, "GetAll",
-                               error.get(), &raw, "s", api::manager_interface);
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, properties_interface, "GetAll", error.get(),
+                               &raw, "s", api::manager_interface);
     MessagePtr reply(raw);
     if (r < 0) fail("reading the daemon's properties", r, error, false);
     ManagerInfo info;
@@ -140,7 +143,8 @@ ManagerInfo BusClient::manager() {
         else if (name == "ReadyRanks") info.ready_ranks = static_cast<uint32_t>(n);
         else if (name == "Version") info.version = std::move(s);
     });
-    if (r < 0) throw Failure(exit_status::failure, std::string("cannot parse the daemon's properties: ") + std::strerror(-r));
+    if (r < 0)
+        throw Failure(exit_status::failure, std::string("cannot parse the daemon's properties: ") + std::strerror(-r));
     return info;
 }
 
@@ -170,8 +174,9 @@ std::vector<RankRow> BusClient::ranks() {
         if (r >= 0) r = sd_bus_message_exit_container(reply.get());
     }
     if (r < 0) {
-        throw Failure(exit_status::failure, std::string("cannot parse the answer to ListRanks (expected ") +
-                                                api::list_ranks_signature + "): " + std::strerror(-r));
+        throw Failure(exit_status::failure,
+                      std::string("cannot parse the answer to ListRanks (expected ") + api::list_ranks_signature +
+                          "): " + std::strerror(-r));
     }
     return rows;
 }
@@ -209,8 +214,9 @@ void BusClient::add_activity(std::vector<RankRow>& rows) {
         if (r >= 0) r = sd_bus_message_exit_container(reply.get());
     }
     if (r < 0) {
-        throw Failure(exit_status::failure, std::string("cannot parse the answer to ListRankActivity (expected ") +
-                                                api::list_rank_activity_signature + "): " + std::strerror(-r));
+        throw Failure(exit_status::failure,
+                      std::string("cannot parse the answer to ListRankActivity (expected ") +
+                          api::list_rank_activity_signature + "): " + std::strerror(-r));
     }
 }
 
@@ -239,8 +245,9 @@ std::vector<NodeRow> BusClient::nodes() {
         if (r >= 0) r = sd_bus_message_exit_container(reply.get());
     }
     if (r < 0) {
-        throw Failure(exit_status::failure, std::string("cannot parse the answer to ListNodes (expected ") +
-                                                api::list_nodes_signature + "): " + std::strerror(-r));
+        throw Failure(exit_status::failure,
+                      std::string("cannot parse the answer to ListNodes (expected ") + api::list_nodes_signature +
+                          "): " + std::strerror(-r));
     }
     return rows;
 }
@@ -257,8 +264,8 @@ void BusClient::assign(const std::string& node, uint32_t start, uint32_t count, 
 void BusClient::manage(const char* method, uint32_t rank, const std::string& what) {
     BusError error;
     sd_bus_message* raw = nullptr;
-    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, method,
-                               error.get(), &raw, "u", rank);
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, method, error.get(),
+                               &raw, "u", rank);
     MessagePtr reply(raw);
     if (r < 0) fail(what, r, error, true);
 }
@@ -266,8 +273,8 @@ void BusClient::manage(const char* method, uint32_t rank, const std::string& wha
 void BusClient::manage(const char* method, const std::string& what) {
     BusError error;
     sd_bus_message* raw = nullptr;
-    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, method,
-                               error.get(), &raw, "");
+    int r = sd_bus_call_method(bus_.get(), api::service, api::manager_path, api::manager_interface, method, error.get(),
+                               &raw, "");
     MessagePtr reply(raw);
     if (r < 0) fail(what, r, error, true);
 }
@@ -278,9 +285,10 @@ void BusClient::watch_ranks(const std::vector<uint32_t>& ranks, const std::strin
         watches_.emplace_back(slot);
     };
     sd_bus_slot* slot = nullptr;
-    const std::string owner_changed = std::string("type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
-                                                  "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='") +
-                                      api::service + "'";
+    const std::string owner_changed = std::string(
+                                          "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                                          "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='") +
+        api::service + "'";
     added(sd_bus_add_match(bus_.get(), &slot, owner_changed.c_str(), note_change, changed_.get()), slot);
     for (uint32_t rank : ranks) {
         const std::string path = std::string(api::rank_path_prefix) + "/" + std::to_string(rank);

@@ -17,10 +17,12 @@ namespace dpctl {
 namespace {
 
 int usage_error(const std::string& message) {
-    std::fprintf(stderr, "dpctl keys: %s\nusage: dpctl keys generate PATH [--node NAME] [--force]\n"
-                         "       dpctl keys show PATH\n"
-                         "       dpctl keys api-key [LABEL]\n"
-                         "       dpctl keys hash-api-key [LABEL] < KEY\n", message.c_str());
+    std::fprintf(stderr,
+                 "dpctl keys: %s\nusage: dpctl keys generate PATH [--node NAME] [--force]\n"
+                 "       dpctl keys show PATH\n"
+                 "       dpctl keys api-key [LABEL]\n"
+                 "       dpctl keys hash-api-key [LABEL] < KEY\n",
+                 message.c_str());
     return exit_status::invalid_arguments;
 }
 
@@ -38,13 +40,14 @@ std::string give_to_service_user(const std::string& path) {
     const char* user = dpengine::keys::service_user;
     const struct passwd* pw = ::getpwnam(user);
     if (!pw) {
-        return std::string("Owner: root; user '") + user + "' does not exist here. If dpengined runs as another "
-               "user, run 'chown USER " + path + "' for it; once '" + user + "' exists, run 'chown " + user + " " +
-               path + "'\n";
+        return std::string("Owner: root; user '") + user +
+            "' does not exist here. If dpengined runs as another "
+            "user, run 'chown USER " +
+            path + "' for it; once '" + user + "' exists, run 'chown " + user + " " + path + "'\n";
     }
     if (::chown(path.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
         return std::string("Owner: root; could not give it to user '") + user + "': " + std::strerror(errno) +
-               "; run 'chown " + user + " " + path + "'\n";
+            "; run 'chown " + user + " " + path + "'\n";
     }
     return std::string("Owner: ") + user + " (the service's user, which reads it)\n";
 }
@@ -79,10 +82,11 @@ int generate(Invocation& in) {
         return exit_status::failure;
     }
     std::string owner = give_to_service_user(path);
-    std::printf("Secret key: %s (mode 0600)\n%sPublic key: %s.pub; add its line to the head's security.authorized_keys\n"
-                "Fingerprint: %s\n%s\n",
-                path.c_str(), owner.c_str(), path.c_str(), dpengine::keys::fingerprint(pair->public_z85).c_str(),
-                pair->public_z85.c_str());
+    std::printf(
+        "Secret key: %s (mode 0600)\n%sPublic key: %s.pub; add its line to the head's security.authorized_keys\n"
+        "Fingerprint: %s\n%s\n",
+        path.c_str(), owner.c_str(), path.c_str(), dpengine::keys::fingerprint(pair->public_z85).c_str(),
+        pair->public_z85.c_str());
     return exit_status::ok;
 }
 
@@ -125,9 +129,10 @@ int new_api_key(Invocation& in) {
         std::fprintf(stderr, "dpctl: %s\n", key.error().message.c_str());
         return exit_status::failure;
     }
-    std::printf("API key (give it to the client, as in 'Authorization: Bearer KEY'; it is not kept anywhere):\n%s\n"
-                "Its line for the file frontend.api_keys names:\n%s\n",
-                key->c_str(), api_key_line(*key, *label).c_str());
+    std::printf(
+        "API key (give it to the client, as in 'Authorization: Bearer KEY'; it is not kept anywhere):\n%s\n"
+        "Its line for the file frontend.api_keys names:\n%s\n",
+        key->c_str(), api_key_line(*key, *label).c_str());
     return exit_status::ok;
 }
 
@@ -142,8 +147,9 @@ int hash_api_key(Invocation& in) {
     bool printable = !key.empty();
     for (unsigned char c : key) printable = printable && c > 0x20 && c < 0x7f;
     if (!printable) {
-        std::fprintf(stderr, "dpctl: give the key on standard input, one line of printable characters without "
-                             "spaces (as in: printf '%%s\\n' \"$KEY\" | dpctl keys hash-api-key)\n");
+        std::fprintf(stderr,
+                     "dpctl: give the key on standard input, one line of printable characters without "
+                     "spaces (as in: printf '%%s\\n' \"$KEY\" | dpctl keys hash-api-key)\n");
         return exit_status::invalid_arguments;
     }
     std::printf("%s\n", api_key_line(key, *label).c_str());

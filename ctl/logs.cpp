@@ -26,7 +26,7 @@ constexpr const char* unit = "dpengined.service";
 
 std::string without_journal_hint(uint32_t rank) {
     return "without journald, dpengined and its ranks log to dpengined's standard error, where rank " +
-           std::to_string(rank) + "'s lines start with 'rank " + std::to_string(rank) + ":'";
+        std::to_string(rank) + "'s lines start with 'rank " + std::to_string(rank) + ":'";
 }
 
 // The groups journald lets read the system journal: systemd-journal, and by the ACLs of
@@ -87,20 +87,24 @@ int logs_verb(Invocation& in) {
     int err = posix_spawnp(&pid, "journalctl", nullptr, &attr, cargv.data(), environ);
     posix_spawnattr_destroy(&attr);
     if (err != 0) {
-        throw Failure(exit_status::failure, std::string("cannot run journalctl (") + std::strerror(err) +
-                                                "): rank logs are read from the systemd journal" + hint);
+        throw Failure(exit_status::failure,
+                      std::string("cannot run journalctl (") + std::strerror(err) +
+                          "): rank logs are read from the systemd journal" + hint);
     }
-    struct sigaction ignore {}, old_int {};
+    struct sigaction ignore {
+    }, old_int{};
     ignore.sa_handler = SIG_IGN;
     sigaction(SIGINT, &ignore, &old_int);
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
     sigaction(SIGINT, &old_int, nullptr);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return exit_status::ok;
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) return exit_status::ok;  // Ctrl-C ended --follow
     throw Failure(exit_status::failure,
-                  "journalctl " + std::string(WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
-                                                                 : "was killed by signal " + std::to_string(WTERMSIG(status))) +
+                  "journalctl " +
+                      std::string(WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
+                                                    : "was killed by signal " + std::to_string(WTERMSIG(status))) +
                       " reading rank " + std::to_string(rank) + "'s log" + hint);
 }
 

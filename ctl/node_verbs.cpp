@@ -45,8 +45,11 @@ AssignArgs parse_assign(const Args& args) {
             (n == "--count" ? out.count : out.start) = parse_number(n, value);
             goto next;
         }
-        if (a.size() > 1 && a[0] == '-') throw Failure(exit_status::invalid_arguments, "assign: unknown option '" + a + "'" + usage);
-        if (!out.node.empty()) throw Failure(exit_status::invalid_arguments, "assign takes one NODE (got '" + out.node + "' and '" + a + "')" + usage);
+        if (a.size() > 1 && a[0] == '-')
+            throw Failure(exit_status::invalid_arguments, "assign: unknown option '" + a + "'" + usage);
+        if (!out.node.empty())
+            throw Failure(exit_status::invalid_arguments,
+                          "assign takes one NODE (got '" + out.node + "' and '" + a + "')" + usage);
         out.node = a;
     next:;
     }
@@ -70,24 +73,28 @@ int nodes_verb(Invocation& in) {
 
 int assign_verb(Invocation& in) {
     const AssignArgs a = parse_assign(in.args);
-    const std::string what = "assigning ranks " + rank_block(a.start.value(), a.count.value()) + " to node '" + a.node + "'";
+    const std::string what =
+        "assigning ranks " + rank_block(a.start.value(), a.count.value()) + " to node '" + a.node + "'";
     BusClient& bus = in.bus();
     bus.assign(a.node, *a.start, *a.count, what);
     if (!in.options.block) return exit_status::ok;
     // Done when every rank of the block is ready and registered from the node.
     std::vector<uint32_t> block;
-    for (uint64_t rank = *a.start; rank < uint64_t{*a.start} + *a.count; ++rank) block.push_back(static_cast<uint32_t>(rank));
+    for (uint64_t rank = *a.start; rank < uint64_t{*a.start} + *a.count; ++rank)
+        block.push_back(static_cast<uint32_t>(rank));
     wait_for(bus, in.options, {what, block, std::nullopt}, [&](const std::vector<RankRow>& ranks) -> Progress {
         std::string pending;
         for (const auto& r : ranks) {
             if (r.rank < *a.start || r.rank - *a.start >= *a.count) continue;
             if (r.state == "ready" && r.node == a.node) continue;
             if (r.state == "failed" && r.node == a.node) {
-                return {Progress::failed, "rank " + std::to_string(r.rank) + " failed on node '" + a.node + "'" +
-                                              (r.last_error.empty() ? "" : ": " + r.last_error)};
+                return {Progress::failed,
+                        "rank " + std::to_string(r.rank) + " failed on node '" + a.node + "'" +
+                            (r.last_error.empty() ? "" : ": " + r.last_error)};
             }
-            pending += (pending.empty() ? "" : "; ") + ("rank " + std::to_string(r.rank) + " is " + r.state +
-                                                       (r.node.empty() ? "" : " on node '" + r.node + "'"));
+            pending += (pending.empty() ? "" : "; ") +
+                ("rank " + std::to_string(r.rank) + " is " + r.state +
+                 (r.node.empty() ? "" : " on node '" + r.node + "'"));
         }
         return {pending.empty() ? Progress::done : Progress::waiting, pending};
     });

@@ -92,7 +92,8 @@ bool is_option(const std::string& arg, const char* long_name, const char* short_
 double parse_seconds(const std::string& text) {
     char* end = nullptr;
     double v = std::strtod(text.c_str(), &end);
-    if (text.empty() || *end || !(v > 0) || v > 1e9) throw UsageError{"--timeout: '" + text + "' is not a number of seconds"};
+    if (text.empty() || *end || !(v > 0) || v > 1e9)
+        throw UsageError{"--timeout: '" + text + "' is not a number of seconds"};
     return v;
 }
 

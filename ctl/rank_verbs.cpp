@@ -79,7 +79,7 @@ struct RankAction {
 };
 
 constexpr RankAction rank_actions[] = {
-    {"start", api::start_rank, "starting"},     {"stop", api::stop_rank, "stopping"},
+    {"start", api::start_rank, "starting"},       {"stop", api::stop_rank, "stopping"},
     {"restart", api::restart_rank, "restarting"}, {"drain", api::drain_rank, "draining"},
     {"undrain", api::undrain_rank, "undraining"},
 };
@@ -100,8 +100,9 @@ std::optional<uint32_t> parse_uint32(const std::string& text) {
 uint32_t parse_rank(const std::string& verb, const std::string& text) {
     auto rank = parse_uint32(text);
     if (!rank) {
-        throw Failure(exit_status::invalid_arguments,
-                      verb + ": '" + text + "' is not a rank: give the rank's number (0 to DP size - 1, see 'dpctl ranks')");
+        throw Failure(
+            exit_status::invalid_arguments,
+            verb + ": '" + text + "' is not a rank: give the rank's number (0 to DP size - 1, see 'dpctl ranks')");
     }
     return *rank;
 }
@@ -160,8 +161,7 @@ int node_action_verb(Invocation& in) {
         std::string pending, failed;
         for (const auto& r : ranks) {
             if (!local(r)) continue;
-            bool settled = start ? (head ? serving(r) || r.state == "failed" || gone(r) : r.pid != 0)
-                                 : r.pid == 0;
+            bool settled = start ? (head ? serving(r) || r.state == "failed" || gone(r) : r.pid != 0) : r.pid == 0;
             if (!settled) pending += (pending.empty() ? "" : "; ") + describe(r);
             else if (start && head && !serving(r)) failed += (failed.empty() ? "" : "; ") + describe(r);
         }

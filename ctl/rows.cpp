@@ -52,7 +52,9 @@ std::string bytes_cell(uint64_t bytes) {
 const Field<RankRow> rank_fields[] = {
     {"RANK", "rank", Align::right, [](const RankRow& r) -> json::value { return r.rank; }},
     {"STATE", "state", Align::left, [](const RankRow& r) -> json::value { return json::string(r.state); },
-     [](const RankRow& r) { return Table::Cell{r.state, state_colour(r.state)}; }},
+     [](const RankRow& r) {
+         return Table::Cell{r.state, state_colour(r.state)};
+     }},
     {"NODE", "node", Align::left, [](const RankRow& r) -> json::value { return json::string(r.node); }},
     {"DEVICE", "device", Align::left, [](const RankRow& r) -> json::value { return json::string(r.device); }},
     {"PID", "pid", Align::right, [](const RankRow& r) -> json::value { return r.pid; },  // 0: no process
@@ -63,8 +65,7 @@ const Field<RankRow> rank_fields[] = {
     {"RESTARTS", "restarts", Align::right, [](const RankRow& r) -> json::value { return r.restarts; }},
     {nullptr, "last_error", Align::left, [](const RankRow& r) -> json::value { return json::string(r.last_error); }},
     {nullptr, "reason", Align::left, [](const RankRow& r) -> json::value { return json::string(r.reason); }},
-    {"GROUP", "group_kind", Align::left,
-     [](const RankRow& r) { return known(r, json::string(r.group_kind)); }},
+    {"GROUP", "group_kind", Align::left, [](const RankRow& r) { return known(r, json::string(r.group_kind)); }},
     {"EPOCH", "group_epoch", Align::right, [](const RankRow& r) { return known(r, r.group_epoch); },
      [](const RankRow& r) { return Table::Cell{grouped(r) ? std::to_string(r.group_epoch) : ""}; }},
     {"WAVE", "wave", Align::right, [](const RankRow& r) { return known(r, r.wave); },
@@ -75,7 +76,8 @@ const Field<RankRow> rank_fields[] = {
      [](const RankRow& r) { return Table::Cell{grouped(r) ? formatted("%.0f%%", r.dummy_step_share * 100) : ""}; }},
     {"MEM", "memory_used", Align::right, [](const RankRow& r) { return known(r, r.memory_used); },
      [](const RankRow& r) { return Table::Cell{r.activity_known ? bytes_cell(r.memory_used) : ""}; }},
-    {"ERROR", nullptr, Align::left, nullptr, [](const RankRow& r) {
+    {"ERROR", nullptr, Align::left, nullptr,
+     [](const RankRow& r) {
          std::string error = error_cell(r);
          const char* c = error.empty() ? colour::none : colour::red;
          return Table::Cell{std::move(error), c};
@@ -94,7 +96,9 @@ const Field<NodeRow> node_fields[] = {
     {"NODE", "name", Align::left, [](const NodeRow& n) -> json::value { return json::string(n.name); }},
     {"ROLE", "role", Align::left, [](const NodeRow& n) -> json::value { return json::string(n.role); }},
     {"STATE", "state", Align::left, [](const NodeRow& n) -> json::value { return json::string(n.state); },
-     [](const NodeRow& n) { return Table::Cell{n.state, node_state_colour(n.state)}; }},
+     [](const NodeRow& n) {
+         return Table::Cell{n.state, node_state_colour(n.state)};
+     }},
     {nullptr, "start_rank", Align::left, [](const NodeRow& n) -> json::value { return n.start_rank; }},
     {nullptr, "count", Align::left, [](const NodeRow& n) -> json::value { return n.count; }},
     {"RANKS", "ranks", Align::left,
@@ -126,7 +130,8 @@ const Field<NodeFacts> fact_fields[] = {
                                 (headless ? " on this node" : ""),
                             ready_colour(f)};
      }},
-    {"Version", "version", Align::left, [](const NodeFacts& f) -> json::value { return json::string(f.manager.version); }},
+    {"Version", "version", Align::left,
+     [](const NodeFacts& f) -> json::value { return json::string(f.manager.version); }},
 };
 
 }  // namespace

@@ -42,8 +42,9 @@ int status_verb(Invocation& in) {
     // A headless node: its link to the head.
     for (const auto& n : nodes) {
         if (manager.role != "headless" || n.role != "head") continue;
-        print_fact("Head link", n.state + (n.state == "connected" ? " to " : " from ") + n.address +
-                                    (n.name.empty() ? "" : " (node " + n.name + ")"),
+        print_fact("Head link",
+                   n.state + (n.state == "connected" ? " to " : " from ") + n.address +
+                       (n.name.empty() ? "" : " (node " + n.name + ")"),
                    colour ? (n.state == "connected" ? colour::green : colour::red) : colour::none);
         if (n.since) print_fact("Since", utc_time(n.since), colour::none);
     }

@@ -13,9 +13,8 @@ namespace {
 
 // Terminal columns of UTF-8 text: one per code point (enough for names, states and messages).
 size_t display_width(std::string_view text) {
-    return static_cast<size_t>(std::count_if(text.begin(), text.end(), [](char c) {
-        return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-    }));
+    return static_cast<size_t>(
+        std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
 }
 
 }  // namespace
@@ -96,12 +95,10 @@ void Table::print(std::FILE* out, bool header, bool colour) const {
         std::fputs(s.c_str(), out);
     };
     if (header) {
-        line([&](size_t c) -> const std::string& { return columns_[c].title; },
-             [](size_t) { return colour::bold; });
+        line([&](size_t c) -> const std::string& { return columns_[c].title; }, [](size_t) { return colour::bold; });
     }
     for (const auto& row : rows_) {
-        line([&](size_t c) -> const std::string& { return row[c].text; },
-             [&](size_t c) { return row[c].colour; });
+        line([&](size_t c) -> const std::string& { return row[c].text; }, [&](size_t c) { return row[c].colour; });
     }
 }
 

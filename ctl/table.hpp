@@ -40,7 +40,7 @@ public:
         Align align = Align::left;
     };
     struct Cell {
-        std::string text;                  // printed through printable(); empty prints "-"
+        std::string text;  // printed through printable(); empty prints "-"
         const char* colour = colour::none;
     };
 

@@ -39,8 +39,7 @@ inline constexpr size_t any_number = static_cast<size_t>(-1);
 // that a verb checks its arguments before any bus call (exit status 2 without a daemon).
 class Invocation {
 public:
-    Invocation(const Verb& verb, const Options& options, const Args& args)
-        : verb(verb), options(options), args(args) {}
+    Invocation(const Verb& verb, const Options& options, const Args& args) : verb(verb), options(options), args(args) {}
     Invocation(const Invocation&) = delete;
     Invocation& operator=(const Invocation&) = delete;
 
@@ -65,7 +64,7 @@ const Verb* find_verb(std::span<const Verb> table, std::string_view name);
 // Runs the verb `name` of `table` with `args`: throws UsageError (exit status 2) for an unknown
 // verb or an argument count outside its row's bounds, naming the usage. `prefix` is what comes
 // before the verb in messages: "" for dpctl's commands, "keys " for those of 'dpctl keys'.
-int dispatch_verb(std::span<const Verb> table, std::string_view prefix, const std::string& name,
-                  const Options& options, const Args& args);
+int dispatch_verb(std::span<const Verb> table, std::string_view prefix, const std::string& name, const Options& options,
+                  const Args& args);
 
 }  // namespace dpctl

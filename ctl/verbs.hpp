@@ -26,10 +26,10 @@ using Args = std::vector<std::string>;
 struct Options {
     bool json = false;
     bool legend = true;
-    bool block = true;                 // wait for start/stop/restart/drain to complete
-    double timeout_s = 600;            // ... for at most this long
-    bool follow = false;               // logs
-    std::optional<unsigned> lines;     // logs
+    bool block = true;              // wait for start/stop/restart/drain to complete
+    double timeout_s = 600;         // ... for at most this long
+    bool follow = false;            // logs
+    std::optional<unsigned> lines;  // logs
 };
 
 // A number as typed on the command line: decimal digits only, at most UINT32_MAX; nullopt
@@ -47,9 +47,9 @@ int rank_action_verb(Invocation& in);  // start stop restart drain undrain
 int node_action_verb(Invocation& in);  // start-node stop-node
 int reload_verb(Invocation& in);
 int logs_verb(Invocation& in);
-int keys_verb(Invocation& in);         // dispatches to keys_verbs()
+int keys_verb(Invocation& in);  // dispatches to keys_verbs()
 int nodes_verb(Invocation& in);
-int assign_verb(Invocation& in);       // assign NODE --start-rank R --count N
+int assign_verb(Invocation& in);  // assign NODE --start-rank R --count N
 int version_verb(Invocation& in);
 
 }  // namespace dpctl

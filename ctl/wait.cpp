@@ -7,8 +7,8 @@ namespace dpctl {
 
 void wait_for(BusClient& bus, const Options& options, const Wait& wait, const Check& check) {
     using Clock = std::chrono::steady_clock;
-    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                             std::chrono::duration<double>(options.timeout_s));
+    const auto deadline =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.timeout_s));
     bus.watch_ranks(wait.ranks, wait.what);
     for (;;) {
         Progress p = check(bus.ranks());

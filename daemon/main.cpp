@@ -25,11 +25,13 @@ int main(int argc, char** argv) {
     }
     if (!config) {
         std::fprintf(stderr, "dpengined: %s\n", config.error().message.c_str());
-        return config.error().reason() == dpengine::Reason::usage ? dpengine::exit_code::usage : dpengine::exit_code::config;
+        return config.error().reason() == dpengine::Reason::usage ? dpengine::exit_code::usage
+                                                                  : dpengine::exit_code::config;
     }
     if (config->has_remote_ranks() && config->security.insecure) {
-        std::fprintf(stderr, "dpengined: warning: security.insecure is set: traffic between nodes is plaintext and "
-                             "unauthenticated; use it only on an isolated test network\n");
+        std::fprintf(stderr,
+                     "dpengined: warning: security.insecure is set: traffic between nodes is plaintext and "
+                     "unauthenticated; use it only on an isolated test network\n");
     }
     if (cmdline.check_config) {
         std::fputs(dpengine::to_toml(*config).c_str(), stdout);

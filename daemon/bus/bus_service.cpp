@@ -18,9 +18,9 @@ namespace asio = boost::asio;
 
 const char* BusService::introspection_xml() {
     static const std::string xml = std::string("<node name=\"") + bus::manager_path + "\">\n" +
-                                   bus::interface_xml(bus::manager_interface, bus::vtable<bus::ManagerBus>()) +
-                                   bus::interface_xml(bus::node_interface, bus::vtable<bus::NodeBus>()) +
-                                   bus::interface_xml(bus::rank_interface, bus::vtable<bus::RankBus>()) + "</node>\n";
+        bus::interface_xml(bus::manager_interface, bus::vtable<bus::ManagerBus>()) +
+        bus::interface_xml(bus::node_interface, bus::vtable<bus::NodeBus>()) +
+        bus::interface_xml(bus::rank_interface, bus::vtable<bus::RankBus>()) + "</node>\n";
     return xml.c_str();
 }
 
@@ -69,7 +69,8 @@ void BusService::connect() {
     }
     if (r < 0) {
         if (!warned_) {
-            log::warning("D-Bus: cannot {}: {}; serving without the bus, retrying in the background", step, std::strerror(-r));
+            log::warning("D-Bus: cannot {}: {}; serving without the bus, retrying in the background", step,
+                         std::strerror(-r));
             warned_ = true;
         }
         schedule_reconnect();
@@ -124,7 +125,7 @@ void BusService::arm() {
     if (events & POLLOUT) fd_.async_wait(asio::posix::stream_descriptor::wait_write, on_ready);
     uint64_t deadline_usec = 0;
     if (sd_bus_get_timeout(bus_.get(), &deadline_usec) >= 0 && deadline_usec != UINT64_MAX) {
-        timespec now {};
+        timespec now{};
         clock_gettime(CLOCK_MONOTONIC, &now);
         uint64_t now_usec = uint64_t(now.tv_sec) * 1000000 + uint64_t(now.tv_nsec) / 1000;
         timer_.expires_after(std::chrono::microseconds(deadline_usec > now_usec ? deadline_usec - now_usec : 0));

@@ -71,13 +71,15 @@ int rank_method(sd_bus_message* m, void* userdata, sd_bus_error* error) {
     uint32_t rank = 0;
     if (int r = sd_bus_message_read(m, "u", &rank); r < 0) return r;
     NodeControl& node = node_of(userdata);
-    return authorize_then(m, action_manage_ranks, [&node, rank] { return (node.*Action)(rank); }, error);
+    return authorize_then(
+        m, action_manage_ranks, [&node, rank] { return (node.*Action)(rank); }, error);
 }
 
 template <Status (NodeControl::*Action)(), const char* const& PolkitAction>
 int node_method(sd_bus_message* m, void* userdata, sd_bus_error* error) {
     NodeControl& node = node_of(userdata);
-    return authorize_then(m, PolkitAction, [&node] { return (node.*Action)(); }, error);
+    return authorize_then(
+        m, PolkitAction, [&node] { return (node.*Action)(); }, error);
 }
 
 int assign_ranks(sd_bus_message* m, void* userdata, sd_bus_error* error) {
@@ -85,11 +87,9 @@ int assign_ranks(sd_bus_message* m, void* userdata, sd_bus_error* error) {
     uint32_t start = 0, count = 0;
     if (int r = sd_bus_message_read(m, "suu", &node_name, &start, &count); r < 0) return r;
     NodeControl& node = node_of(userdata);
-    return authorize_then(m, action_assign,
-                          [&node, name = std::string(node_name), start, count] {
-                              return node.assign_ranks(name, start, count);
-                          },
-                          error);
+    return authorize_then(
+        m, action_assign,
+        [&node, name = std::string(node_name), start, count] { return node.assign_ranks(name, start, count); }, error);
 }
 
 const Property<ManagerSnapshot> manager_properties[] = {
@@ -104,13 +104,14 @@ const Property<ManagerSnapshot> manager_properties[] = {
 constexpr uint64_t anyone = SD_BUS_VTABLE_UNPRIVILEGED;  // access is polkit.hpp's to decide
 
 const sd_bus_vtable manager_methods[] = {
-    SD_BUS_METHOD_WITH_ARGS("ListRanks", SD_BUS_NO_ARGS, SD_BUS_RESULT(list_ranks_signature, ranks), list_ranks, anyone),
+    SD_BUS_METHOD_WITH_ARGS("ListRanks", SD_BUS_NO_ARGS, SD_BUS_RESULT(list_ranks_signature, ranks), list_ranks,
+                            anyone),
     SD_BUS_METHOD_WITH_ARGS("ListRankActivity", SD_BUS_NO_ARGS, SD_BUS_RESULT(list_rank_activity_signature, activity),
                             list_rank_activity, anyone),
     SD_BUS_METHOD_WITH_ARGS("StartRank", SD_BUS_ARGS("u", rank), SD_BUS_NO_RESULT,
                             rank_method<&NodeControl::start_rank>, anyone),
-    SD_BUS_METHOD_WITH_ARGS("StopRank", SD_BUS_ARGS("u", rank), SD_BUS_NO_RESULT,
-                            rank_method<&NodeControl::stop_rank>, anyone),
+    SD_BUS_METHOD_WITH_ARGS("StopRank", SD_BUS_ARGS("u", rank), SD_BUS_NO_RESULT, rank_method<&NodeControl::stop_rank>,
+                            anyone),
     SD_BUS_METHOD_WITH_ARGS("RestartRank", SD_BUS_ARGS("u", rank), SD_BUS_NO_RESULT,
                             rank_method<&NodeControl::restart_rank>, anyone),
     SD_BUS_METHOD_WITH_ARGS("DrainRank", SD_BUS_ARGS("u", rank), SD_BUS_NO_RESULT,
@@ -123,7 +124,8 @@ const sd_bus_vtable manager_methods[] = {
                             (node_method<&NodeControl::start_node, action_manage_node>), anyone),
     SD_BUS_METHOD_WITH_ARGS("Reload", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT,
                             (node_method<&NodeControl::reload, action_reload>), anyone),
-    SD_BUS_METHOD_WITH_ARGS("ListNodes", SD_BUS_NO_ARGS, SD_BUS_RESULT(list_nodes_signature, nodes), list_nodes, anyone),
+    SD_BUS_METHOD_WITH_ARGS("ListNodes", SD_BUS_NO_ARGS, SD_BUS_RESULT(list_nodes_signature, nodes), list_nodes,
+                            anyone),
     SD_BUS_METHOD_WITH_ARGS("AssignRanks", SD_BUS_ARGS("s", node, "u", start_rank, "u", count), SD_BUS_NO_RESULT,
                             assign_ranks, anyone),
 };

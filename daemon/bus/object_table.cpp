@@ -47,14 +47,14 @@ std::string interface_xml(const char* interface, const sd_bus_vtable* vtable) {
     for (const sd_bus_vtable* v = vtable + 1; v->type != _SD_BUS_VTABLE_END; ++v) {
         if (v->type == _SD_BUS_VTABLE_PROPERTY || v->type == _SD_BUS_VTABLE_WRITABLE_PROPERTY) {
             properties += std::string("  <property name=\"") + v->x.property.member + "\" type=\"" +
-                          v->x.property.signature + "\" access=\"" +
-                          (v->type == _SD_BUS_VTABLE_PROPERTY ? "read" : "readwrite") + "\"/>\n";
+                v->x.property.signature + "\" access=\"" + (v->type == _SD_BUS_VTABLE_PROPERTY ? "read" : "readwrite") +
+                "\"/>\n";
         } else if (v->type == _SD_BUS_VTABLE_METHOD) {
             const char* names = v->x.method.names;
             std::string args = args_xml(v->x.method.signature, names, "in");
             args += args_xml(v->x.method.result, names, "out");
             methods += std::string("  <method name=\"") + v->x.method.member + "\"" +
-                       (args.empty() ? "/>\n" : ">" + args + "</method>\n");
+                (args.empty() ? "/>\n" : ">" + args + "</method>\n");
         }
     }
     return std::string(" <interface name=\"") + interface + "\">\n" + properties + methods + " </interface>\n";

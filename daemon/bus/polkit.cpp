@@ -79,8 +79,8 @@ std::string not_an_owner_hint() {
     const passwd* pw = ::getpwuid(::geteuid());
     const std::string user = pw ? pw->pw_name : std::to_string(::geteuid());
     return "; dpengined runs as user '" + user + "', which polkit answers only if org.dpengine1.policy (in " +
-           "/usr/share/polkit-1/actions) names it in the annotation org.freedesktop.policykit.owner (unix-user:" +
-           user + ")";
+        "/usr/share/polkit-1/actions) names it in the annotation org.freedesktop.policykit.owner (unix-user:" + user +
+        ")";
 }
 
 int polkit_answered(sd_bus_message* answer, void* userdata, sd_bus_error*) {
@@ -100,7 +100,8 @@ int polkit_answered(sd_bus_message* answer, void* userdata, sd_bus_error*) {
         sd_bus_error_setf(&error, SD_BUS_ERROR_ACCESS_DENIED, "polkit's answer for '%s' was unreadable",
                           pending.action.c_str());
     } else if (!authorized) {
-        sd_bus_error_setf(&error, challenge ? SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED : SD_BUS_ERROR_ACCESS_DENIED,
+        sd_bus_error_setf(&error,
+                          challenge ? SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED : SD_BUS_ERROR_ACCESS_DENIED,
                           "polkit denied the action '%s'%s", pending.action.c_str(),
                           challenge ? " without authentication (retry interactively, e.g. with pkexec)" : "");
     } else {

@@ -15,7 +15,8 @@ std::string group_kind_of(const RankInfo& rank) {
 
 std::optional<uint32_t> rank_of_path(const char* path) {
     std::string_view p = path, prefix = rank_path_prefix;
-    if (p.size() <= prefix.size() + 1 || p.substr(0, prefix.size()) != prefix || p[prefix.size()] != '/') return std::nullopt;
+    if (p.size() <= prefix.size() + 1 || p.substr(0, prefix.size()) != prefix || p[prefix.size()] != '/')
+        return std::nullopt;
     auto digits = p.substr(prefix.size() + 1);
     uint32_t rank = 0;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), rank);

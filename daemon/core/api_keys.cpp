@@ -23,9 +23,7 @@ std::string_view trim(std::string_view s) {
     return s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
 }
 
-bool is_lower_hex(std::string_view s) {
-    return s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
-}
+bool is_lower_hex(std::string_view s) { return s.find_first_not_of("0123456789abcdef") == std::string_view::npos; }
 
 }  // namespace
 
@@ -67,9 +65,10 @@ Result<KeySet> parse(std::string_view text, const std::string& origin) {
         std::string_view word = line.substr(0, line.find_first_of(" \t"));
         std::string_view hex = word.substr(std::min(prefix.size(), word.size()));
         if (!word.starts_with(prefix) || hex.size() != 2 * sizeof(Digest) || !is_lower_hex(hex)) {
-            return Error{where + "expected 'sha256:' and 64 lowercase hex digits (a key's hash, as 'dpctl keys "
-                                 "hash-api-key' prints it), then an optional label; the file holds hashes, never "
-                                 "the keys themselves"};
+            return Error{where +
+                         "expected 'sha256:' and 64 lowercase hex digits (a key's hash, as 'dpctl keys "
+                         "hash-api-key' prints it), then an optional label; the file holds hashes, never "
+                         "the keys themselves"};
         }
         Digest d{};
         sodium_hex2bin(d.data(), d.size(), hex.data(), hex.size(), nullptr, nullptr, nullptr);
@@ -79,8 +78,9 @@ Result<KeySet> parse(std::string_view text, const std::string& origin) {
         digests.push_back(d);
     }
     if (digests.empty()) {
-        return Error{origin + " lists no key, so no client could use the API; add a key's line (dpctl keys api-key "
-                              "makes one) or unset frontend.api_keys"};
+        return Error{origin +
+                     " lists no key, so no client could use the API; add a key's line (dpctl keys api-key "
+                     "makes one) or unset frontend.api_keys"};
     }
     return KeySet(std::move(digests));
 }

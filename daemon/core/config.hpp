@@ -41,8 +41,8 @@ struct DataParallelSection {
     // The DP group's library in lockstep mode: "gloo", "nccl", or "auto" (nccl when the
     // backend is "cuda" and every rank has a GPU of its own, else gloo).
     std::string group = "auto";
-    uint32_t sync_interval = 1;      // lockstep: steps between the group's all-reduces
-    double group_timeout = 1.5;      // seconds a collective or the group's rendezvous may take
+    uint32_t sync_interval = 1;  // lockstep: steps between the group's all-reduces
+    double group_timeout = 1.5;  // seconds a collective or the group's rendezvous may take
 };
 
 struct FrontendSection {
@@ -76,14 +76,14 @@ struct EngineSection {
     // request's "model" to it, and nothing else of the body (empty: the same as model).
     std::string served_model_name;
     uint32_t max_batch = 256;
-    double step_time_ms = 0.0;  // synthetic: time one step takes
+    double step_time_ms = 0.0;         // synthetic: time one step takes
     uint32_t default_max_tokens = 16;  // native backends: max_tokens when a request has none
-    uint32_t max_model_len = 8192;  // prompt + completion tokens
+    uint32_t max_model_len = 8192;     // prompt + completion tokens
     // http backend: the OpenAI-compatible server each rank starts, supervises and forwards
     // its requests to over loopback. Placeholders (core/placeholders.hpp) are expanded per rank.
-    std::vector<std::string> command;           // the server's argv
-    std::map<std::string, std::string> env;     // extra environment for the server
-    std::string health_path = "/health";        // GET → 200 means the server is healthy
+    std::vector<std::string> command;        // the server's argv
+    std::map<std::string, std::string> env;  // extra environment for the server
+    std::string health_path = "/health";     // GET → 200 means the server is healthy
     // Once ready, the server is probed every health_interval seconds (each probe may take as
     // long); from the first failed probe the rank takes no new requests, and after
     // health_failures failures in a row the rank ends and is restarted.
@@ -92,8 +92,8 @@ struct EngineSection {
     // POST paths besides /v1/completions, /v1/chat/completions and /v1/embeddings that the head
     // passes through to the engine unchanged (e.g. "/tokenize", "/v1/responses").
     std::vector<std::string> passthrough_paths;
-    double ready_timeout = 240.0;               // seconds for the server's first healthy answer
-    uint32_t max_concurrency = 256;             // requests forwarded at once; more wait in the rank
+    double ready_timeout = 240.0;    // seconds for the server's first healthy answer
+    uint32_t max_concurrency = 256;  // requests forwarded at once; more wait in the rank
     // cuda backend: the model's shape (synthetic weights) and the rank's GPU.
     uint32_t hidden_size = 1024;
     uint32_t num_layers = 4;
@@ -104,9 +104,9 @@ struct EngineSection {
 };
 
 struct HandshakeSection {
-    double connect_timeout = 30.0;  // seconds from spawning a rank to its HELLO
-    double init_timeout = 300.0;    // seconds from CONFIG to READY
-    double ready_timeout = 600.0;   // seconds from start until every rank should be READY
+    double connect_timeout = 30.0;    // seconds from spawning a rank to its HELLO
+    double init_timeout = 300.0;      // seconds from CONFIG to READY
+    double ready_timeout = 600.0;     // seconds from start until every rank should be READY
     double heartbeat_interval = 1.0;  // seconds between a rank's heartbeats when idle
     double heartbeat_timeout = 3.0;   // seconds of silence after which a rank is lost
     // Seconds a rank with work may go without taking a step while its heartbeats still
@@ -124,10 +124,10 @@ struct HandshakeSection {
 // What happens when a rank process dies: restarts with capped exponential back-off, up to a
 // budget of restarts per window; past it the rank stays failed.
 struct SupervisionSection {
-    double restart_backoff = 0.5;      // seconds before the first restart; doubles each time
+    double restart_backoff = 0.5;  // seconds before the first restart; doubles each time
     double restart_backoff_max = 30.0;
-    uint32_t restart_budget = 5;       // restarts allowed within restart_window
-    double restart_window = 300.0;     // seconds
+    uint32_t restart_budget = 5;    // restarts allowed within restart_window
+    double restart_window = 300.0;  // seconds
     // Headless nodes: seconds a rank keeps its engine while the head is silent; then it stops
     // (exit 75) and is started again once the head's rpc_port answers.
     double head_grace_period = 60.0;
@@ -135,10 +135,10 @@ struct SupervisionSection {
 
 // CurveZMQ for every TCP socket between nodes. Unused when all ranks are local (ipc://).
 struct SecuritySection {
-    std::string key = "/etc/dpengine/keys/node.key";  // this node's secret key
+    std::string key = "/etc/dpengine/keys/node.key";                     // this node's secret key
     std::string authorized_keys = "/etc/dpengine/keys/authorized_keys";  // head: who may join
-    std::string head_public_key;  // headless: the head's public key (Z85)
-    bool insecure = false;        // plaintext TCP; only for isolated test networks
+    std::string head_public_key;                                         // headless: the head's public key (Z85)
+    bool insecure = false;  // plaintext TCP; only for isolated test networks
 };
 
 struct DaemonSection {
@@ -168,9 +168,7 @@ struct Config {
     // The DP size; 0 on a headless node that did not state it.
     uint32_t dp_size() const { return data_parallel.size.value_or(0); }
     // True when any rank lives on another node, which selects tcp:// instead of ipc://.
-    bool has_remote_ranks() const {
-        return node.role == Role::headless || size_local() < dp_size();
-    }
+    bool has_remote_ranks() const { return node.role == Role::headless || size_local() < dp_size(); }
     // True when TCP sockets carry CURVE (the default whenever TCP is used).
     bool uses_curve() const { return has_remote_ranks() && !security.insecure; }
 };

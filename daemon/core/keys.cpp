@@ -75,7 +75,8 @@ Status write_file(const std::string& path, const std::string& content, mode_t mo
         if (errno == EEXIST) return Error{path + " already exists; remove it first or pass --force"};
         return Error{"cannot write " + path + ": " + errno_text()};
     }
-    bool ok = ::fchmod(fd, mode) == 0 && ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+    bool ok =
+        ::fchmod(fd, mode) == 0 && ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
     int err = errno;
     ok = (::close(fd) == 0) && ok;
     if (!ok) return Error{"cannot write " + path + ": " + std::strerror(err)};
@@ -101,8 +102,8 @@ Result<KeyPair> generate() {
 }
 
 Status write_key_pair(const std::string& path, const KeyPair& pair, const std::string& node, bool overwrite) {
-    std::string secret = "# dpengine CurveZMQ secret key of node " + node + ". Keep it private (mode 0600).\n" +
-                         pair.secret_z85 + "\n";
+    std::string secret =
+        "# dpengine CurveZMQ secret key of node " + node + ". Keep it private (mode 0600).\n" + pair.secret_z85 + "\n";
     // Check both names first: a new secret beside a stale .pub of another key would be worse
     // than no key at all.
     if (!overwrite) {
@@ -140,11 +141,14 @@ Result<KeyPair> parse_secret(const std::string& text, const std::string& origin)
     const std::string& path = origin;
     std::string secret = first_content_line(text);
     if (!is_z85_key(secret)) {
-        return Error{path + " does not hold a CURVE secret key (40 Z85 characters); create one with 'dpctl keys generate'"};
+        return Error{path +
+                     " does not hold a CURVE secret key (40 Z85 characters); create one with 'dpctl keys generate'"};
     }
     for (auto published : published_secret_keys) {
         if (secret == published) {
-            return Error{path + " holds a key published in libzmq's examples, which anyone can use; generate your own with 'dpctl keys generate'"};
+            return Error{path +
+                         " holds a key published in libzmq's examples, which anyone can use; generate your own with "
+                         "'dpctl keys generate'"};
         }
     }
     char pub[41];
@@ -177,8 +181,10 @@ Result<std::vector<AuthorizedKey>> load_authorized_keys(const std::string& path,
     // Whoever can write the list can let any key in.
     struct stat st {};
     if (::stat(path.c_str(), &st) == 0 && (st.st_mode & S_IWOTH)) {
-        return Error{path + " is writable by anyone (mode " + mode_text(st.st_mode) + "), so anyone could add a key; run "
-                     "'chmod o-w " + path + "'"};
+        return Error{path + " is writable by anyone (mode " + mode_text(st.st_mode) +
+                     "), so anyone could add a key; run "
+                     "'chmod o-w " +
+                     path + "'"};
     }
     auto text = read_file(path);
     if (!text) return Error{text.error().message + "; list each node's public key there (see dpctl keys generate)"};
@@ -219,7 +225,8 @@ Result<std::vector<AuthorizedKey>> parse_authorized_keys(const std::string& text
             return Error{where + "unknown option '" + std::string(opt) + "'; the only option is ranks=FIRST-LAST"};
         }
         if (!head_node.empty() && key.node == head_node) {
-            return Error{where + "'" + key.node + "' is the head's own node name (node.name); its ranks are the head's, "
+            return Error{where + "'" + key.node +
+                         "' is the head's own node name (node.name); its ranks are the head's, "
                          "so no key may join under it: give the node another node.name"};
         }
         for (size_t i = 0; i < keys.size(); ++i) {

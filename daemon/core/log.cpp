@@ -70,9 +70,8 @@ std::string_view reason_code(std::string_view message) {
     size_t open = message.rfind('[');
     if (open == std::string_view::npos || open + 2 >= message.size()) return {};
     std::string_view code = message.substr(open + 1, message.size() - open - 2);
-    bool well_formed = std::all_of(code.begin(), code.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-    });
+    bool well_formed = std::all_of(code.begin(), code.end(),
+                                   [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
     return well_formed ? code : std::string_view{};
 }
 

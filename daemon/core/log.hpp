@@ -28,14 +28,24 @@ std::string_view reason_code(std::string_view message);
 bool send_journal_entry(const std::string& socket_path, const std::string& entry);
 
 template <class... A>
-void error(fmt::format_string<A...> f, A&&... a) { write(Level::error, fmt::format(f, std::forward<A>(a)...)); }
+void error(fmt::format_string<A...> f, A&&... a) {
+    write(Level::error, fmt::format(f, std::forward<A>(a)...));
+}
 template <class... A>
-void warning(fmt::format_string<A...> f, A&&... a) { write(Level::warning, fmt::format(f, std::forward<A>(a)...)); }
+void warning(fmt::format_string<A...> f, A&&... a) {
+    write(Level::warning, fmt::format(f, std::forward<A>(a)...));
+}
 template <class... A>
-void notice(fmt::format_string<A...> f, A&&... a) { write(Level::notice, fmt::format(f, std::forward<A>(a)...)); }
+void notice(fmt::format_string<A...> f, A&&... a) {
+    write(Level::notice, fmt::format(f, std::forward<A>(a)...));
+}
 template <class... A>
-void info(fmt::format_string<A...> f, A&&... a) { write(Level::info, fmt::format(f, std::forward<A>(a)...)); }
+void info(fmt::format_string<A...> f, A&&... a) {
+    write(Level::info, fmt::format(f, std::forward<A>(a)...));
+}
 template <class... A>
-void debug(fmt::format_string<A...> f, A&&... a) { write(Level::debug, fmt::format(f, std::forward<A>(a)...)); }
+void debug(fmt::format_string<A...> f, A&&... a) {
+    write(Level::debug, fmt::format(f, std::forward<A>(a)...));
+}
 
 }  // namespace dpengine::log

@@ -11,8 +11,7 @@ void Writer::big_endian(uint64_t v, int bytes) {
     for (int i = bytes - 1; i >= 0; --i) out_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
 
-void Writer::header(uint8_t fix_base, uint8_t fix_limit, uint8_t code8, uint8_t code16,
-                    uint8_t code32, uint32_t n) {
+void Writer::header(uint8_t fix_base, uint8_t fix_limit, uint8_t code8, uint8_t code16, uint8_t code32, uint32_t n) {
     if (fix_limit && n < fix_limit) {
         out_.push_back(static_cast<char>(fix_base | n));
     } else if (code8 && n <= 0xff) {
@@ -135,16 +134,36 @@ Kind Reader::peek() const {
     if (b >= 0xe0) return Kind::sint;
     switch (b) {
         case 0xc0: return Kind::nil;
-        case 0xc2: case 0xc3: return Kind::boolean;
-        case 0xc4: case 0xc5: case 0xc6: return Kind::bin;
-        case 0xca: case 0xcb: return Kind::float64;
-        case 0xcc: case 0xcd: case 0xce: case 0xcf: return Kind::uint;
-        case 0xd0: case 0xd1: case 0xd2: case 0xd3: return Kind::sint;
-        case 0xd9: case 0xda: case 0xdb: return Kind::str;
-        case 0xdc: case 0xdd: return Kind::array;
-        case 0xde: case 0xdf: return Kind::map;
-        case 0xc7: case 0xc8: case 0xc9: case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-            return Kind::ext;
+        case 0xc2:
+        case 0xc3: return Kind::boolean;
+        case 0xc4:
+        case 0xc5:
+        case 0xc6: return Kind::bin;
+        case 0xca:
+        case 0xcb: return Kind::float64;
+        case 0xcc:
+        case 0xcd:
+        case 0xce:
+        case 0xcf: return Kind::uint;
+        case 0xd0:
+        case 0xd1:
+        case 0xd2:
+        case 0xd3: return Kind::sint;
+        case 0xd9:
+        case 0xda:
+        case 0xdb: return Kind::str;
+        case 0xdc:
+        case 0xdd: return Kind::array;
+        case 0xde:
+        case 0xdf: return Kind::map;
+        case 0xc7:
+        case 0xc8:
+        case 0xc9:
+        case 0xd4:
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8: return Kind::ext;
         default: throw DecodeError("invalid msgpack type byte");
     }
 }
@@ -180,7 +199,10 @@ uint64_t Reader::uint() {
         case 0xcd: return big_endian(2);
         case 0xce: return big_endian(4);
         case 0xcf: return big_endian(8);
-        case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+        case 0xd0:
+        case 0xd1:
+        case 0xd2:
+        case 0xd3: {
             --pos_;
             int64_t v = sint();
             if (v < 0) throw DecodeError("expected unsigned integer, got negative integer");
@@ -200,7 +222,10 @@ int64_t Reader::sint() {
         case 0xd1: return static_cast<int16_t>(big_endian(2));
         case 0xd2: return static_cast<int32_t>(big_endian(4));
         case 0xd3: return static_cast<int64_t>(big_endian(8));
-        case 0xcc: case 0xcd: case 0xce: case 0xcf: {
+        case 0xcc:
+        case 0xcd:
+        case 0xce:
+        case 0xcf: {
             --pos_;
             uint64_t v = uint();
             if (v > static_cast<uint64_t>(INT64_MAX)) throw DecodeError("integer out of range");

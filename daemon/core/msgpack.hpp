@@ -30,8 +30,7 @@ public:
     void map(uint32_t count);
 
 private:
-    void header(uint8_t fix_base, uint8_t fix_limit, uint8_t code8, uint8_t code16,
-                uint8_t code32, uint32_t n);
+    void header(uint8_t fix_base, uint8_t fix_limit, uint8_t code8, uint8_t code16, uint8_t code32, uint32_t n);
     void big_endian(uint64_t v, int bytes);
     std::string& out_;
 };
@@ -47,15 +46,15 @@ public:
 
     void nil();
     bool boolean();
-    uint64_t uint();  // also accepts non-negative signed encodings
-    int64_t sint();   // also accepts unsigned encodings that fit
-    double float64(); // also accepts integers and float32
+    uint64_t uint();   // also accepts non-negative signed encodings
+    int64_t sint();    // also accepts unsigned encodings that fit
+    double float64();  // also accepts integers and float32
     std::string_view str();
     std::string_view bin();  // bin, or str (a peer may send text either way)
-    uint32_t array();  // returns the element count; the elements follow
-    uint32_t map();    // returns the pair count; the pairs follow
-    void skip();       // any one value, nested ones included (bounded depth)
-    bool try_nil();    // consumes a nil if one is next
+    uint32_t array();        // returns the element count; the elements follow
+    uint32_t map();          // returns the pair count; the pairs follow
+    void skip();             // any one value, nested ones included (bounded depth)
+    bool try_nil();          // consumes a nil if one is next
 
 private:
     uint8_t byte();

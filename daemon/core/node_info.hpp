@@ -9,7 +9,7 @@ namespace dpengine {
 
 struct NodeInfo {
     std::string name;
-    std::string role;     // "head" or "headless"
+    std::string role;  // "head" or "headless"
     // The head itself: "local". A headless node as the head sees it: "connected" or "lost".
     // The head as a headless node sees it: "connected" or "disconnected".
     std::string state;

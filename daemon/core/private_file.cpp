@@ -44,7 +44,8 @@ Result<std::string> read_private_file(const std::string& path, std::string_view 
         if (n < 0) return Error{"cannot read " + name + ": " + std::strerror(errno)};
         if (n == 0) break;
         text.append(buf, static_cast<size_t>(n));
-        if (text.size() > max_bytes) return Error{name + " is larger than " + std::to_string(max_bytes) + " bytes; is it the right file?"};
+        if (text.size() > max_bytes)
+            return Error{name + " is larger than " + std::to_string(max_bytes) + " bytes; is it the right file?"};
     }
     return text;
 }

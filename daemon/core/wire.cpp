@@ -33,15 +33,17 @@ constexpr bool is_list<std::vector<T>> = true;
 using PairList = std::vector<std::pair<std::string, std::string>>;
 
 template <class T>
-constexpr bool described = requires { Schema<T>::fields; };
+constexpr bool described = requires {
+    Schema<T>::fields;
+};
 
 template <class... T>
 constexpr bool all_follow_the_rules(std::variant<T...>*) {
     return (fields::follows_the_rules<T>() && ...);
 }
-static_assert(all_follow_the_rules(static_cast<Message*>(nullptr)) &&
-                  fields::follows_the_rules<EngineConfig>() && fields::follows_the_rules<Output>() &&
-                  fields::follows_the_rules<NodeRankActivity>() && fields::follows_the_rules<NodeRankStatus>(),
+static_assert(all_follow_the_rules(static_cast<Message*>(nullptr)) && fields::follows_the_rules<EngineConfig>() &&
+                  fields::follows_the_rules<Output>() && fields::follows_the_rules<NodeRankActivity>() &&
+                  fields::follows_the_rules<NodeRankStatus>(),
               "a field list breaks the compatibility rule (wire.hpp)");
 
 // ---- encoding ----
@@ -330,8 +332,8 @@ Result<Envelope> decode(std::string_view bytes) {
         uint64_t minor = r.uint();
         if (major != protocol_major) {
             return Error{"protocol version " + std::to_string(major) + "." + std::to_string(minor) +
-                             " is not supported; this side speaks " + std::to_string(protocol_major) +
-                             "." + std::to_string(protocol_minor),
+                             " is not supported; this side speaks " + std::to_string(protocol_major) + "." +
+                             std::to_string(protocol_minor),
                          "version-mismatch"};
         }
         const uint64_t type = r.uint();

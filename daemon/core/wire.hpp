@@ -122,8 +122,8 @@ struct Ready {
 // mapped "model". The engine answers it the way an OpenAI-compatible server does.
 struct Request {
     uint64_t id = 0;
-    std::string path;   // "/v1/completions", "/v1/chat/completions", "/v1/embeddings", ...
-    std::string body;   // bytes (not necessarily valid UTF-8)
+    std::string path;     // "/v1/completions", "/v1/chat/completions", "/v1/embeddings", ...
+    std::string body;     // bytes (not necessarily valid UTF-8)
     bool stream = false;  // the body asks for server-sent events (the head read "stream")
 };
 
@@ -191,7 +191,7 @@ struct NodeHello {
     std::string node;
     uint64_t incarnation = 0;  // random per daemon start
     std::string build;
-    uint32_t count = 0;        // ranks wanted (data_parallel.size_local)
+    uint32_t count = 0;  // ranks wanted (data_parallel.size_local)
     // data_parallel.start_rank when configured: the node runs exactly these ranks. Unset: the
     // head assigns a block.
     std::optional<uint32_t> start_rank;
@@ -226,7 +226,7 @@ struct NodeConfig {
     uint32_t start_rank = 0;
     uint32_t count = 0;  // 0: no ranks assigned (yet)
     uint64_t epoch = 0;
-    std::string head;    // the head's node name, for the node's status
+    std::string head;  // the head's node name, for the node's status
     // The protocol state of each rank of the block as the head sees it ("ready", ...), in
     // rank order; empty from a head that does not send it.
     std::vector<std::string> states;
@@ -334,7 +334,7 @@ template <class... Rows>
 struct TypeTable {
     using Message = std::variant<typename Rows::body...>;
     // In the order of Message's alternatives: info[message.index()].
-    static constexpr TypeInfo info[] = {{Rows::number, Rows::name, Rows::direction}...};
+    static constexpr TypeInfo info[sizeof...(Rows)] = {{Rows::number, Rows::name, Rows::direction}...};
 
     static constexpr bool numbers_distinct() {
         for (size_t i = 0; i < sizeof...(Rows); ++i)
@@ -347,26 +347,25 @@ struct TypeTable {
 
 // Every message type, once. Numbers are grouped: 1-10 ranks, 11-19 the node link (a headless
 // daemon, on the same socket as the ranks), 25-29 the DP group (lockstep mode).
-using Types = TypeTable<
-    MessageType<1, "HELLO", Hello, Direction::rank_to_head>,
-    MessageType<2, "CONFIG", Config, Direction::head_to_rank>,
-    MessageType<3, "REFUSED", Refused, Direction::head_to_rank>,
-    MessageType<4, "READY", Ready, Direction::rank_to_head>,
-    MessageType<5, "REQUEST", Request, Direction::head_to_rank>,
-    MessageType<6, "ABORT", Abort, Direction::head_to_rank>,
-    MessageType<7, "OUTPUTS", Outputs, Direction::rank_to_head>,
-    MessageType<8, "HEARTBEAT", Heartbeat, Direction::rank_and_head>,
-    MessageType<9, "SHUTDOWN", Shutdown, Direction::head_to_rank>,
-    MessageType<10, "ERROR", ErrorReply, Direction::rank_and_head>,
-    MessageType<11, "NODE_HELLO", NodeHello, Direction::node_to_head>,
-    MessageType<12, "NODE_CONFIG", NodeConfig, Direction::head_to_node>,
-    MessageType<13, "NODE_STATUS", NodeStatus, Direction::node_to_head>,
-    MessageType<14, "ASSIGN", Assign, Direction::head_to_node>,
-    MessageType<25, "GROUP_KV", GroupKv, Direction::rank_to_head>,
-    MessageType<26, "GROUP_VALUE", GroupValue, Direction::head_to_rank>,
-    MessageType<27, "GROUP_FORM", GroupForm, Direction::head_to_rank>,
-    MessageType<28, "START_WAVE", StartWave, Direction::rank_and_head>,
-    MessageType<29, "GROUP_STATE", GroupState, Direction::rank_to_head>>;
+using Types = TypeTable<MessageType<1, "HELLO", Hello, Direction::rank_to_head>,
+                        MessageType<2, "CONFIG", Config, Direction::head_to_rank>,
+                        MessageType<3, "REFUSED", Refused, Direction::head_to_rank>,
+                        MessageType<4, "READY", Ready, Direction::rank_to_head>,
+                        MessageType<5, "REQUEST", Request, Direction::head_to_rank>,
+                        MessageType<6, "ABORT", Abort, Direction::head_to_rank>,
+                        MessageType<7, "OUTPUTS", Outputs, Direction::rank_to_head>,
+                        MessageType<8, "HEARTBEAT", Heartbeat, Direction::rank_and_head>,
+                        MessageType<9, "SHUTDOWN", Shutdown, Direction::head_to_rank>,
+                        MessageType<10, "ERROR", ErrorReply, Direction::rank_and_head>,
+                        MessageType<11, "NODE_HELLO", NodeHello, Direction::node_to_head>,
+                        MessageType<12, "NODE_CONFIG", NodeConfig, Direction::head_to_node>,
+                        MessageType<13, "NODE_STATUS", NodeStatus, Direction::node_to_head>,
+                        MessageType<14, "ASSIGN", Assign, Direction::head_to_node>,
+                        MessageType<25, "GROUP_KV", GroupKv, Direction::rank_to_head>,
+                        MessageType<26, "GROUP_VALUE", GroupValue, Direction::head_to_rank>,
+                        MessageType<27, "GROUP_FORM", GroupForm, Direction::head_to_rank>,
+                        MessageType<28, "START_WAVE", StartWave, Direction::rank_and_head>,
+                        MessageType<29, "GROUP_STATE", GroupState, Direction::rank_to_head>>;
 
 using Message = Types::Message;
 

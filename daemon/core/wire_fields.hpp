@@ -70,7 +70,7 @@ constexpr bool follows_the_rules() {
             ((ok = ok && !(f.options.presence == Presence::required && f.options.since > 0)), ...);
             if constexpr (layout_of<S>() == Layout::array) {
                 ((ok = ok && f.options.presence != Presence::when_set &&
-                       !(optional_seen && f.options.presence == Presence::required),
+                      !(optional_seen && f.options.presence == Presence::required),
                   optional_seen = optional_seen || f.options.presence != Presence::required),
                  ...);
             }
@@ -298,8 +298,7 @@ struct Schema<Assign> {
 template <>
 struct Schema<GroupKv> {
     static constexpr auto fields = std::tuple{
-        field("group_epoch", &GroupKv::group_epoch),
-        field("key", &GroupKv::key, required),
+        field("group_epoch", &GroupKv::group_epoch), field("key", &GroupKv::key, required),
         field("value", &GroupKv::value, when_set),  // absent: a look-up
     };
 };

@@ -68,8 +68,9 @@ Result<int> choose_device(const wire::EngineConfig& config, uint32_t local_rank)
     uint32_t device = local_rank;
     if (!config.gpus.empty()) {
         if (local_rank >= config.gpus.size() && !config.gpu_sharing) {
-            return Error{"engine.gpus lists " + std::to_string(config.gpus.size()) + " device(s), but this is local rank " +
-                             std::to_string(local_rank) + "; list one device per local rank, or set "
+            return Error{"engine.gpus lists " + std::to_string(config.gpus.size()) +
+                             " device(s), but this is local rank " + std::to_string(local_rank) +
+                             "; list one device per local rank, or set "
                              "engine.gpu_sharing = true to let ranks share them",
                          "config"};
         }
@@ -142,7 +143,8 @@ public:
         if (budget > free_bytes) {
             return Error{"engine.gpu_memory_fraction (" + std::to_string(fraction) + ") asks for " +
                              std::to_string(budget / mib) + " MiB of " + name_ + ", which has " +
-                             std::to_string(free_bytes / mib) + " MiB free (other processes or ranks use it); "
+                             std::to_string(free_bytes / mib) +
+                             " MiB free (other processes or ranks use it); "
                              "lower engine.gpu_memory_fraction (ranks sharing a GPU need fractions that add up "
                              "to less than 1)",
                          "config"};

@@ -58,13 +58,14 @@ public:
             if (!text) return text.error();
             auto bytes = engine::from_hex(*text);
             if (!bytes) return bytes.error();
-            if (bytes->size() != sizeof id) return Error{"the NCCL unique id from the head has the wrong size", "malformed"};
+            if (bytes->size() != sizeof id)
+                return Error{"the NCCL unique id from the head has the wrong size", "malformed"};
             std::memcpy(&id, bytes->data(), sizeof id);
         }
         nccl::Config config;
         config.blocking = 0;  // non-blocking: every wait below is ours, with a deadline
-        auto rc = nccl_.comm_init_rank_config(&comm_, static_cast<int>(spec.size), id, static_cast<int>(spec.index),
-                                              &config);
+        auto rc =
+            nccl_.comm_init_rank_config(&comm_, static_cast<int>(spec.size), id, static_cast<int>(spec.index), &config);
         if (rc != nccl::success && rc != nccl::in_progress) {
             comm_ = nullptr;
             return Error{"ncclCommInitRankConfig failed: " + nccl_.error_text(rc), "group-failed"};
@@ -161,9 +162,10 @@ private:
 Result<std::unique_ptr<engine::DpGroup>> make_nccl_group(const engine::GroupSpec& spec,
                                                          engine::RendezvousChannel& channel) {
     if (bound_device() < 0) {
-        return Error{"the NCCL DP group needs the rank's GPU, and the cuda backend has bound none; "
-                         "set engine.backend = \"cuda\" or data_parallel.group = \"gloo\"",
-                     "group-failed"};
+        return Error{
+            "the NCCL DP group needs the rank's GPU, and the cuda backend has bound none; "
+            "set engine.backend = \"cuda\" or data_parallel.group = \"gloo\"",
+            "group-failed"};
     }
     auto library = engine::nccl::load();
     if (!library) return library.error();

@@ -35,9 +35,9 @@ struct SequenceRequest {
 struct Sequence : SequenceRequest {
     uint32_t prompt_tokens = 0;
     uint64_t backend_slot = 0;  // the backend's own per-sequence value (cache slot, hash, ...)
-    uint32_t generated = 0;  // tokens produced so far
-    std::string text;        // text produced so far
-    size_t sent = 0;         // bytes of `text` already sent to the head
+    uint32_t generated = 0;     // tokens produced so far
+    std::string text;           // text produced so far
+    size_t sent = 0;            // bytes of `text` already sent to the head
     bool finished = false;
 };
 

@@ -25,11 +25,11 @@ public:
 };
 
 struct GroupSpec {
-    std::string kind;      // "gloo"
-    uint64_t epoch = 0;    // the head's group epoch: keys of other epochs are never seen
-    uint32_t index = 0;    // this rank's place in the group
+    std::string kind;    // "gloo"
+    uint64_t epoch = 0;  // the head's group epoch: keys of other epochs are never seen
+    uint32_t index = 0;  // this rank's place in the group
     uint32_t size = 0;
-    std::string bind_address;  // the address the group's TCP connections use on this node
+    std::string bind_address;                 // the address the group's TCP connections use on this node
     std::chrono::milliseconds timeout{1500};  // rendezvous and every collective
     // Groups up to this size all-reduce through member 0 (2(n-1) messages a step, member 0
     // handling n-1 of them); larger ones use the library's all-reduce (2 log n hops).

@@ -57,9 +57,7 @@ public:
     }
 
 private:
-    static std::string pair_key(int from, int to) {
-        return "pair-" + std::to_string(from) + "-" + std::to_string(to);
-    }
+    static std::string pair_key(int from, int to) { return "pair-" + std::to_string(from) + "-" + std::to_string(to); }
 };
 
 // One TCP device per bind address for the life of the process: it owns the listening socket
@@ -145,8 +143,7 @@ private:
         gloo::AllreduceOptions options(context_);
         options.setAlgorithm(gloo::AllreduceOptions::Algorithm::BCUBE);
         options.setOutput(&sum, 1);
-        options.setReduceFunction(
-            static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<int64_t>));
+        options.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<int64_t>));
         options.setTimeout(timeout_);
         gloo::allreduce(options);
         return sum;
@@ -155,8 +152,8 @@ private:
     std::shared_ptr<gloo::Context> context_;
     std::chrono::milliseconds timeout_;
     bool star_;
-    int64_t mine_ = 0;            // a member's value, sent to member 0
-    int64_t sum_ = 0;             // the step's sum: added up by member 0, received by the others
+    int64_t mine_ = 0;             // a member's value, sent to member 0
+    int64_t sum_ = 0;              // the step's sum: added up by member 0, received by the others
     std::vector<int64_t> values_;  // member 0: each member's value
     // Per peer (member 0: every other member; the others: member 0 only), over mine_/sum_ and
     // into values_[peer]/sum_.

@@ -2,6 +2,7 @@
 #include "engine/gloo_group.hpp"
 
 extern "C" __attribute__((visibility("default"))) const dpengine::engine::GlooModule* dpengine_gloo_module() {
-    static const dpengine::engine::GlooModule module{dpengine::engine::gloo_module_abi, &dpengine::engine::make_gloo_group};
+    static const dpengine::engine::GlooModule module{dpengine::engine::gloo_module_abi,
+                                                     &dpengine::engine::make_gloo_group};
     return &module;
 }

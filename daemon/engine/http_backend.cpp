@@ -68,7 +68,7 @@ constexpr auto stop_grace = std::chrono::seconds(5);
 // The service manager's messages to the daemon itself: a server must not answer them (or
 // send READY=1 in the daemon's name).
 constexpr std::string_view service_manager_variables[] = {"NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC",
-                                                          "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"};
+                                                          "LISTEN_PID",    "LISTEN_FDS",   "LISTEN_FDNAMES"};
 
 const std::string waiting_phase = "waiting for the backend's health check";
 
@@ -115,7 +115,7 @@ Result<uint16_t> free_loopback_port() {
 // parser reports in the same category).
 bool malformed(const boost::system::error_code& ec) {
     return ec.category() == http::make_error_code(http::error::end_of_stream).category() &&
-           ec != http::error::end_of_stream && ec != http::error::partial_message;
+        ec != http::error::end_of_stream && ec != http::error::partial_message;
 }
 
 // A load figure's path that the server does not have (vLLM has no /slots; llama-server
@@ -214,8 +214,8 @@ public:
           started_at_(Clock::now()) {
         wakeup_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         state_.phase = EngineState::Phase::starting;
-        log::info("started the backend server (pid {}, GPU {}, port {}): {}", child_.pid(), plan_.gpu,
-                  endpoint_.port(), plan_.command_line);
+        log::info("started the backend server (pid {}, GPU {}, port {}): {}", child_.pid(), plan_.gpu, endpoint_.port(),
+                  plan_.command_line);
         watch_child();
         forward_output(stdout_);
         forward_output(stderr_);
@@ -318,7 +318,8 @@ private:
             uint64_t key = ++last_key_;
             active_[request.id] = key;
             keys_[key] = request.id;
-            asio::post(io_, [this, key, request = std::move(request)]() mutable { start_upstream(key, std::move(request)); });
+            asio::post(
+                io_, [this, key, request = std::move(request)]() mutable { start_upstream(key, std::move(request)); });
         }
     }
 
@@ -460,13 +461,14 @@ private:
             if (ec) return done({0, {}, "cannot connect: " + ec.message()});
             http::async_write(f->stream, f->request,
                               [f, done = std::move(done)](const boost::system::error_code& ec, size_t) mutable {
-                if (ec) return done({0, {}, "cannot send the request: " + ec.message()});
-                http::async_read(f->stream, f->buffer, f->parser,
-                                 [f, done = std::move(done)](const boost::system::error_code& ec, size_t) {
-                    if (ec) return done({0, {}, "no answer: " + ec.message()});
-                    done({f->parser.get().result_int(), std::move(f->parser.get().body()), {}});
-                });
-            });
+                                  if (ec) return done({0, {}, "cannot send the request: " + ec.message()});
+                                  http::async_read(
+                                      f->stream, f->buffer, f->parser,
+                                      [f, done = std::move(done)](const boost::system::error_code& ec, size_t) {
+                                          if (ec) return done({0, {}, "no answer: " + ec.message()});
+                                          done({f->parser.get().result_int(), std::move(f->parser.get().body()), {}});
+                                      });
+                              });
         });
     }
 
@@ -575,9 +577,9 @@ private:
     // there is one, else on a new one. (No "Connection: close": HTTP/1.1 keeps it open.)
     void start_upstream(uint64_t key, wire::Request request) {
         if (!valid_request_path(request.path)) {
-            return deliver(error_piece(key, false,
-                                       {400, "invalid_request_error", "the request path is not one a server can be asked",
-                                        "", "bad-path"}));
+            return deliver(error_piece(
+                key, false,
+                {400, "invalid_request_error", "the request path is not one a server can be asked", "", "bad-path"}));
         }
         auto up = std::make_shared<Upstream>(io_, key, request.id);
         upstreams_[key] = up;
@@ -610,16 +612,17 @@ private:
             up->parser.body_limit(max_piece_bytes);
             http::async_read_header(up->socket, up->buffer, up->parser,
                                     [this, up](const boost::system::error_code& ec, size_t) {
-                if (up->ended) return;
-                if (ec && went_stale(*up, ec)) return retry(up);
-                if (ec) return read_failed(*up, ec, "no answer");
-                const auto& header = up->parser.get();
-                up->status = header.result_int();
-                up->content_type = std::string(header[http::field::content_type]);
-                up->event_stream = is_event_stream(up->content_type);
-                if (up->event_stream) up->parser.body_limit(boost::none);  // relay() bounds each event
-                read_body(up);
-            });
+                                        if (up->ended) return;
+                                        if (ec && went_stale(*up, ec)) return retry(up);
+                                        if (ec) return read_failed(*up, ec, "no answer");
+                                        const auto& header = up->parser.get();
+                                        up->status = header.result_int();
+                                        up->content_type = std::string(header[http::field::content_type]);
+                                        up->event_stream = is_event_stream(up->content_type);
+                                        if (up->event_stream)
+                                            up->parser.body_limit(boost::none);  // relay() bounds each event
+                                        read_body(up);
+                                    });
         });
     }
 
@@ -630,7 +633,7 @@ private:
     static bool went_stale(const Upstream& up, const boost::system::error_code& ec) {
         if (!up.reused || up.parser.got_some() || up.buffer.size() != 0) return false;
         return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-               ec == asio::error::broken_pipe || ec == asio::error::connection_aborted;
+            ec == asio::error::broken_pipe || ec == asio::error::connection_aborted;
     }
 
     void retry(const std::shared_ptr<Upstream>& stale) {
@@ -645,12 +648,13 @@ private:
 
     void read_body(const std::shared_ptr<Upstream>& up) {
         if (up->parser.is_done()) return finish(*up);
-        http::async_read_some(up->socket, up->buffer, up->parser, [this, up](const boost::system::error_code& ec, size_t) {
-            if (up->ended) return;
-            if (!relay(*up, up->parser.get().body())) return;
-            if (ec) return read_failed(*up, ec, "the response broke off");
-            read_body(up);
-        });
+        http::async_read_some(up->socket, up->buffer, up->parser,
+                              [this, up](const boost::system::error_code& ec, size_t) {
+                                  if (up->ended) return;
+                                  if (!relay(*up, up->parser.get().body())) return;
+                                  if (ec) return read_failed(*up, ec, "the response broke off");
+                                  read_body(up);
+                              });
     }
 
     // Takes body bytes as they arrive (ARRIVED: the parser's body so far): a stream's complete
@@ -733,7 +737,7 @@ private:
     bool reusable(const Upstream& up) const {
         const auto& p = up.parser;
         return !up.ended && !stopping_ && !server_gone_ && p.is_done() && p.keep_alive() && !p.upgrade() &&
-               (p.chunked() || p.content_length()) && up.buffer.size() == 0;
+            (p.chunked() || p.content_length()) && up.buffer.size() == 0;
     }
 
     void keep_idle(Upstream& up) {
@@ -789,12 +793,12 @@ private:
         if (up.ended) return;
         end(up);
         auto timer = std::make_shared<asio::steady_timer>(io_, connection_loss_grace);
-        timer->async_wait([this, timer, key = up.key, id = up.id, started = up.started,
-                           why](const boost::system::error_code& ec) {
-            if (ec || stopping_ || state().phase == EngineState::Phase::failed) return;
-            log::warning("request {}: the backend server did not complete it: {}", id, why);
-            deliver(error_piece(key, started, bad_upstream(why)));
-        });
+        timer->async_wait(
+            [this, timer, key = up.key, id = up.id, started = up.started, why](const boost::system::error_code& ec) {
+                if (ec || stopping_ || state().phase == EngineState::Phase::failed) return;
+                log::warning("request {}: the backend server did not complete it: {}", id, why);
+                deliver(error_piece(key, started, bad_upstream(why)));
+            });
     }
 
     // The server's response cannot be relayed: the rank answers in its place, and closing the
@@ -840,7 +844,7 @@ private:
     EngineLoad load_;
     std::deque<wire::Output> pending_;
     std::unordered_map<uint64_t, size_t> pending_index_;  // a key's last piece in pending_
-    std::atomic<uint64_t> passed_checks_{0};  // health checks passed since ready
+    std::atomic<uint64_t> passed_checks_{0};              // health checks passed since ready
     int wakeup_fd_ = -1;
 
     // The loop thread's.
@@ -860,7 +864,7 @@ private:
     std::unordered_map<uint64_t, std::shared_ptr<Upstream>> upstreams_;
     std::vector<tcp::socket> idle_;  // open connections to the server, free for the next request
     bool server_gone_ = false;       // the server exited: no connection goes back to the pool
-    uint32_t health_failures_ = 0;  // health checks failed in a row
+    uint32_t health_failures_ = 0;   // health checks failed in a row
     bool load_in_flight_ = false;
     bool metrics_absent_ = false;
     bool slots_absent_ = false;
@@ -890,8 +894,10 @@ Result<LaunchPlan> plan_launch(const wire::EngineConfig& config, const RankIdent
     if (auto it = env.find("CUDA_VISIBLE_DEVICES"); it != env.end() && !it->second.empty()) {
         auto gpus = split_list(it->second);
         if (identity.local_rank >= gpus.size())
-            return Error{"local rank " + std::to_string(identity.local_rank) + " has no GPU: CUDA_VISIBLE_DEVICES of "
-                             "dpengined lists only " + std::to_string(gpus.size()) + " (" + it->second +
+            return Error{"local rank " + std::to_string(identity.local_rank) +
+                             " has no GPU: CUDA_VISIBLE_DEVICES of "
+                             "dpengined lists only " +
+                             std::to_string(gpus.size()) + " (" + it->second +
                              "); list more GPUs, or lower data_parallel.size_local",
                          "config"};
         plan.gpu = gpus[identity.local_rank];

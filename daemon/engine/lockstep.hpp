@@ -60,7 +60,7 @@ private:
     std::unique_ptr<DpGroup> group_;
     std::optional<wire::GroupForm> pending_;
     std::string kind_ = "gloo";
-    uint64_t epoch_ = 0;      // of the group formed or forming
+    uint64_t epoch_ = 0;  // of the group formed or forming
     uint64_t newest_form_ = 0;
     uint32_t index_ = 0;
     std::string state_ = "forming";
@@ -69,7 +69,7 @@ private:
     uint64_t wave_ = 0;             // the wave running, or the next one while paused
     uint64_t start_requested_ = 0;  // the highest wave START_WAVE asked for
     bool start_seen_ = false;
-    uint32_t steps_left_ = 0;       // steps before the next collective
+    uint32_t steps_left_ = 0;  // steps before the next collective
     uint64_t steps_ = 0;
     uint64_t dummy_steps_ = 0;
     uint64_t reported_steps_ = 0;

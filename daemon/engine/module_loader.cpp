@@ -10,9 +10,9 @@ namespace dpengine::engine {
 namespace {
 
 struct ModuleSpec {
-    const char* file;     // "dpengine-cuda.so"
-    const char* env_var;  // names the module's path instead of the search
-    const char* entry;    // the exported function that returns the module's table
+    const char* file;          // "dpengine-cuda.so"
+    const char* env_var;       // names the module's path instead of the search
+    const char* entry;         // the exported function that returns the module's table
     const char* what;          // "the cuda backend module"
     const char* needed_for;    // what asked for it; starts every message
     const char* load_hint;     // what to do when it is there but does not load
@@ -73,7 +73,10 @@ const GlooModule* gloo_loaded = nullptr;
 Result<const CudaModule*> load_cuda_module() {
     if (cuda_loaded) return cuda_loaded;
     static const ModuleSpec spec{
-        "dpengine-cuda.so", "DPENGINE_CUDA_MODULE", "dpengine_cuda_module", "the cuda backend module",
+        "dpengine-cuda.so",
+        "DPENGINE_CUDA_MODULE",
+        "dpengine_cuda_module",
+        "the cuda backend module",
         "engine.backend = \"cuda\"",
         "the module needs the CUDA runtime and cuBLAS libraries: install the CUDA toolkit's runtime libraries or "
         "add their directory to the loader path",
@@ -87,8 +90,11 @@ const CudaModule* loaded_cuda_module() { return cuda_loaded; }
 
 Result<const GlooModule*> load_gloo_module() {
     if (gloo_loaded) return gloo_loaded;
-    static const ModuleSpec spec{"dpengine-gloo.so", "DPENGINE_GLOO_MODULE", "dpengine_gloo_module",
-                                 "the gloo DP group module", "lockstep mode with a gloo DP group",
+    static const ModuleSpec spec{"dpengine-gloo.so",
+                                 "DPENGINE_GLOO_MODULE",
+                                 "dpengine_gloo_module",
+                                 "the gloo DP group module",
+                                 "lockstep mode with a gloo DP group",
                                  "the module needs libgloo: install the libgloo0 package",
                                  "reinstall the dpengine package, which ships it beside dpengine-rank"};
     auto module = load_module<GlooModule>(spec, gloo_module_abi);
@@ -99,9 +105,10 @@ Result<const GlooModule*> load_gloo_module() {
 Result<std::unique_ptr<DpGroup>> make_group_of_kind(const GroupSpec& spec, RendezvousChannel& channel) {
     if (spec.kind == "nccl") {
         if (!cuda_loaded) {
-            return Error{"the head asks for an NCCL DP group, which needs engine.backend = \"cuda\"; "
-                             "set data_parallel.group = \"gloo\"",
-                         "group-failed"};
+            return Error{
+                "the head asks for an NCCL DP group, which needs engine.backend = \"cuda\"; "
+                "set data_parallel.group = \"gloo\"",
+                "group-failed"};
         }
         return cuda_loaded->make_nccl_group(spec, channel);
     }

@@ -81,8 +81,8 @@ std::optional<openai::HttpError> NativeEngine::too_long(const openai::Completion
         std::string which = chat ? "the messages" : r.prompts.size() > 1 ? "prompt " + std::to_string(p) : "the prompt";
         return openai::HttpError{
             .message = "this model's maximum context length is " + std::to_string(limits_.max_model_len) +
-                       " tokens (engine.max_model_len), prompt and completion together; " + which + " has " +
-                       std::to_string(*tokens) + " tokens, which leaves no room for a completion. Shorten it.",
+                " tokens (engine.max_model_len), prompt and completion together; " + which + " has " +
+                std::to_string(*tokens) + " tokens, which leaves no room for a completion. Shorten it.",
             .param = chat ? "messages" : "prompt",
             .code = "context-length-exceeded"};
     }
@@ -151,8 +151,8 @@ void NativeEngine::on_tokens(TokenOutput& token, wire::Outputs& out) {
         exchange.unreported_tokens += token.new_tokens;
         if (!token.text.empty() || finished) {
             wire::Output& piece = piece_for(id, exchange, out);
-            piece.data += openai::stream_chunk(exchange.request, exchange.response_id, exchange.created, k,
-                                               token.text, token.finish, !choice.started);
+            piece.data += openai::stream_chunk(exchange.request, exchange.response_id, exchange.created, k, token.text,
+                                               token.finish, !choice.started);
             piece.tokens += exchange.unreported_tokens;
             exchange.unreported_tokens = 0;
             choice.started = true;

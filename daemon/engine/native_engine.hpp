@@ -58,12 +58,12 @@ private:
         openai::CompletionRequest request;
         std::string response_id;  // "cmpl-…" or "chatcmpl-…"
         int64_t created = 0;
-        uint64_t first_sequence = 0;  // choice k is sequence first_sequence + k
-        std::vector<Choice> choices;  // index p * n + i
+        uint64_t first_sequence = 0;          // choice k is sequence first_sequence + k
+        std::vector<Choice> choices;          // index p * n + i
         std::vector<uint32_t> prompt_tokens;  // per prompt
         uint32_t unfinished = 0;
         uint32_t unreported_tokens = 0;  // streamed: tokens of no piece yet (text held back)
-        bool admitted = false;  // one of its sequences runs (the request is no longer waiting)
+        bool admitted = false;           // one of its sequences runs (the request is no longer waiting)
         bool header_sent = false;
         size_t piece = no_piece;  // this delivery's piece in out.items
     };
@@ -81,11 +81,11 @@ private:
 
     StepLoop loop_;
     openai::Limits limits_;
-    std::unordered_map<uint64_t, Exchange> requests_;  // by the head's request id
+    std::unordered_map<uint64_t, Exchange> requests_;   // by the head's request id
     std::unordered_map<uint64_t, uint64_t> sequences_;  // sequence id → request id
-    std::vector<wire::Output> ready_;  // error responses, sent with the next delivery
-    std::vector<uint64_t> touched_;    // requests with a piece in this delivery
-    TokenOutputs tokens_;              // step()'s, kept for its buffers
+    std::vector<wire::Output> ready_;                   // error responses, sent with the next delivery
+    std::vector<uint64_t> touched_;                     // requests with a piece in this delivery
+    TokenOutputs tokens_;                               // step()'s, kept for its buffers
     uint64_t next_sequence_ = 1;
     uint32_t waiting_ = 0;
 };

@@ -49,14 +49,14 @@ struct Library {
     Code (*get_unique_id)(UniqueId* id) = nullptr;
     Code (*comm_init_rank_config)(Comm* comm, int nranks, UniqueId id, int rank, Config* config) = nullptr;
     Code (*all_reduce)(const void* send, void* recv, size_t count, DataType type, RedOp op, Comm comm,
-                         Stream stream) = nullptr;
+                       Stream stream) = nullptr;
     Code (*comm_get_async_error)(Comm comm, Code* error) = nullptr;
     Code (*comm_abort)(Comm comm) = nullptr;
     Code (*comm_finalize)(Comm comm) = nullptr;
     Code (*comm_destroy)(Comm comm) = nullptr;
     const char* (*get_error_string)(Code result) = nullptr;
 
-    int version = 0;  // as ncclGetVersion reports it, e.g. 22809
+    int version = 0;   // as ncclGetVersion reports it, e.g. 22809
     std::string path;  // what was loaded
 
     // "2.28.9"

@@ -30,7 +30,8 @@ struct RequestError {
 
 // A valid field the backend cannot honour: answering without it would be a different answer.
 [[noreturn]] void refuse(std::string param, std::string message) {
-    throw RequestError{HttpError{.message = std::move(message), .param = std::move(param), .code = "unsupported-parameter"}};
+    throw RequestError{
+        HttpError{.message = std::move(message), .param = std::move(param), .code = "unsupported-parameter"}};
 }
 
 // ---- UTF-8 and JSON output helpers ---------------------------------------------------------
@@ -68,8 +69,7 @@ void append_integer(std::string& out, Integer value) {
 }
 
 std::string_view chunk_object(const CompletionRequest& request) {
-    return request.endpoint == Endpoint::chat_completions ? "chat.completion.chunk"
-                                                          : "text_completion";
+    return request.endpoint == Endpoint::chat_completions ? "chat.completion.chunk" : "text_completion";
 }
 
 json::object usage_object(const Usage& usage) {
@@ -190,7 +190,8 @@ std::vector<std::string> completion_prompts(const json::object& body, const Limi
     const json::value* value = field(body, "prompt");
     if (value == nullptr) fail("prompt", "'prompt' is required");
     if (value->is_string()) return {std::string(value->get_string())};
-    constexpr const char* forms = "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids";
+    constexpr const char* forms =
+        "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids";
     if (!value->is_array()) fail("prompt", forms);
     const json::array& items = value->get_array();
     if (items.empty()) fail("prompt", "'prompt' must not be an empty array");
@@ -209,16 +210,14 @@ std::vector<std::string> completion_prompts(const json::object& body, const Limi
 }
 
 bool is_chat_role(const json::string& role) {
-    static constexpr std::array<std::string_view, 5> roles = {"system", "user", "assistant", "tool",
-                                                              "developer"};
+    static constexpr std::array<std::string_view, 5> roles = {"system", "user", "assistant", "tool", "developer"};
     for (std::string_view known : roles) {
         if (role == to_json(known)) return true;
     }
     return false;
 }
 
-void append_content(std::string& prompt, const json::value* content, const std::string& where,
-                    bool is_assistant) {
+void append_content(std::string& prompt, const json::value* content, const std::string& where, bool is_assistant) {
     const std::string param = where + ".content";
     if (content == nullptr) {
         // Assistant turns that only made tool calls carry no content.
@@ -267,8 +266,7 @@ std::string chat_prompt(const json::object& body) {
         const json::value* role = field(message, "role");
         if (role == nullptr) fail(where + ".role", "'" + where + ".role' is required");
         if (!role->is_string() || !is_chat_role(role->get_string())) {
-            fail(where + ".role",
-                 "'" + where + ".role' must be one of system, user, assistant, tool, developer");
+            fail(where + ".role", "'" + where + ".role' must be one of system, user, assistant, tool, developer");
         }
         prompt += role->get_string();
         prompt += ": ";
@@ -297,7 +295,7 @@ bool is_top_k_off(const json::value& v) {
 bool is_none(const json::value& v) { return v.is_string() && v.get_string() == "none"; }
 bool is_empty(const json::value& v) {
     return (v.is_string() && v.get_string().empty()) || (v.is_array() && v.get_array().empty()) ||
-           (v.is_object() && v.get_object().empty());
+        (v.is_object() && v.get_object().empty());
 }
 bool is_text_format(const json::value& v) {
     const json::value* type = v.is_object() ? field(v.get_object(), "type") : nullptr;
@@ -311,9 +309,9 @@ bool is_text_format(const json::value& v) {
 // (SYNTHETIC BACKEND).
 struct Unsupported {
     std::string_view field;
-    unsigned endpoints;                      // EndpointMask
-    bool (*neutral)(const json::value&);     // the values that change nothing
-    std::string_view accepted;               // those values, for the message
+    unsigned endpoints;                   // EndpointMask
+    bool (*neutral)(const json::value&);  // the values that change nothing
+    std::string_view accepted;            // those values, for the message
 };
 
 constexpr std::array unsupported_fields = {
@@ -360,8 +358,9 @@ void refuse_unsupported(Endpoint endpoint, const json::object& body, const Limit
         const json::value* value = field(body, entry.field);
         if (value == nullptr || entry.neutral(*value)) continue;
         const std::string name(entry.field);
-        refuse(name, "the " + limits.backend + " backend does not support '" + name + "' (it takes only " +
-                         std::string(entry.accepted) + ")");
+        refuse(name,
+               "the " + limits.backend + " backend does not support '" + name + "' (it takes only " +
+                   std::string(entry.accepted) + ")");
     }
 }
 
@@ -416,8 +415,7 @@ std::variant<CompletionRequest, HttpError> parse_request(std::string_view path, 
     boost::system::error_code ec;
     const json::value root = json::parse(to_json(body), ec, &arena, options);
     if (ec == json::error::too_deep) {
-        return HttpError{.message = "request body nests deeper than " + std::to_string(max_depth) +
-                                    " levels"};
+        return HttpError{.message = "request body nests deeper than " + std::to_string(max_depth) + " levels"};
     }
     if (ec) {
         // Boost.JSON reports bad UTF-8 inside strings as a plain syntax error; say which.
@@ -432,9 +430,8 @@ std::variant<CompletionRequest, HttpError> parse_request(std::string_view path, 
     }
 }
 
-std::string completion_response(const CompletionRequest& request, std::string_view id,
-                                 int64_t created, const std::vector<Choice>& choices,
-                                 const Usage& usage) {
+std::string completion_response(const CompletionRequest& request, std::string_view id, int64_t created,
+                                const std::vector<Choice>& choices, const Usage& usage) {
     const bool chat = request.endpoint == Endpoint::chat_completions;
     json::array rendered;
     rendered.reserve(choices.size());
@@ -459,9 +456,8 @@ std::string completion_response(const CompletionRequest& request, std::string_vi
     return json::serialize(response);
 }
 
-std::string stream_chunk(const CompletionRequest& request, std::string_view id, int64_t created,
-                         uint32_t index, std::string_view delta, std::string_view finish_reason,
-                         bool first) {
+std::string stream_chunk(const CompletionRequest& request, std::string_view id, int64_t created, uint32_t index,
+                         std::string_view delta, std::string_view finish_reason, bool first) {
     // One call per generated token per stream, so the event is spliced from literals and
     // escaped strings instead of going through a json::object. Key order matches OpenAI's.
     const bool chat = request.endpoint == Endpoint::chat_completions;
@@ -498,14 +494,11 @@ std::string stream_chunk(const CompletionRequest& request, std::string_view id, 
     return out;
 }
 
-std::string stream_usage_chunk(const CompletionRequest& request, std::string_view id,
-                               int64_t created, const Usage& usage) {
-    const json::object chunk = {{"id", json_string(id)},
-                                {"object", to_json(chunk_object(request))},
-                                {"created", created},
-                                {"model", json_string(request.model)},
-                                {"choices", json::array()},
-                                {"usage", usage_object(usage)}};
+std::string stream_usage_chunk(const CompletionRequest& request, std::string_view id, int64_t created,
+                               const Usage& usage) {
+    const json::object chunk = {{"id", json_string(id)},    {"object", to_json(chunk_object(request))},
+                                {"created", created},       {"model", json_string(request.model)},
+                                {"choices", json::array()}, {"usage", usage_object(usage)}};
     return "data: " + json::serialize(chunk) + "\n\n";
 }
 

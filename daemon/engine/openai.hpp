@@ -69,20 +69,18 @@ struct Usage {
 };
 
 // `id` is e.g. "cmpl-…" or "chatcmpl-…"; `created` is Unix seconds. choices[k] has index k.
-std::string completion_response(const CompletionRequest& request, std::string_view id,
-                                int64_t created, const std::vector<Choice>& choices,
-                                const Usage& usage);
+std::string completion_response(const CompletionRequest& request, std::string_view id, int64_t created,
+                                const std::vector<Choice>& choices, const Usage& usage);
 
 // One SSE event "data: {...}\n\n" for choice `index`. For chat, `delta` goes into
 // choices[].delta.content; `first` adds delta.role = "assistant". `finish_reason` empty
 // means null.
-std::string stream_chunk(const CompletionRequest& request, std::string_view id, int64_t created,
-                         uint32_t index, std::string_view delta, std::string_view finish_reason,
-                         bool first);
+std::string stream_chunk(const CompletionRequest& request, std::string_view id, int64_t created, uint32_t index,
+                         std::string_view delta, std::string_view finish_reason, bool first);
 
 // The final usage event of a stream (only when include_usage): choices is [].
-std::string stream_usage_chunk(const CompletionRequest& request, std::string_view id,
-                               int64_t created, const Usage& usage);
+std::string stream_usage_chunk(const CompletionRequest& request, std::string_view id, int64_t created,
+                               const Usage& usage);
 
 inline constexpr std::string_view stream_done = "data: [DONE]\n\n";
 

@@ -22,7 +22,8 @@ std::string_view trim(std::string_view s) {
 
 bool equal_ignoring_case(std::string_view a, std::string_view b) {
     auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == lower(y); });
+    return a.size() == b.size() &&
+        std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == lower(y); });
 }
 
 std::optional<uint32_t> as_count(const json::value& v) {
@@ -96,7 +97,7 @@ bool is_event_stream(std::string_view content_type) {
 
 bool valid_request_path(std::string_view path) {
     return !path.empty() && path.front() == '/' &&
-           std::all_of(path.begin(), path.end(), [](char c) { return c > ' ' && c < '\x7f'; });
+        std::all_of(path.begin(), path.end(), [](char c) { return c > ' ' && c < '\x7f'; });
 }
 
 bool SseSplitter::feed(std::string_view bytes, std::vector<std::string>& events) {
@@ -198,7 +199,8 @@ EngineFigures parse_metrics(std::string_view text) {
         if (one_of(sample->name, queued_metrics)) {
             queued = queued.value_or(0.0) + sample->value;
         } else if (one_of(sample->name, kv_cache_metrics)) {
-            figures.kv_cache_usage = std::max(figures.kv_cache_usage.value_or(0.0), std::clamp(sample->value, 0.0, 1.0));
+            figures.kv_cache_usage =
+                std::max(figures.kv_cache_usage.value_or(0.0), std::clamp(sample->value, 0.0, 1.0));
         }
     });
     if (queued) figures.queued = static_cast<uint32_t>(std::clamp(std::round(*queued), 0.0, double(UINT32_MAX)));

@@ -45,10 +45,10 @@ public:
 
 private:
     size_t max_event_bytes_;
-    std::string pending_;       // the bytes of the event being read
-    bool has_content_ = false;  // pending_ has more than empty lines
-    bool line_empty_ = true;    // nothing yet on the current line
-    bool after_cr_ = false;     // the last byte was CR: a following LF belongs to it
+    std::string pending_;          // the bytes of the event being read
+    bool has_content_ = false;     // pending_ has more than empty lines
+    bool line_empty_ = true;       // nothing yet on the current line
+    bool after_cr_ = false;        // the last byte was CR: a following LF belongs to it
     bool cr_ended_event_ = false;  // ... and that CR ended an event
 };
 
@@ -63,8 +63,8 @@ std::optional<uint32_t> event_completion_tokens(std::string_view event);
 
 // The engine's own load figures, where its server shows them.
 struct EngineFigures {
-    std::optional<uint32_t> queued;         // requests waiting inside the engine
-    std::optional<double> kv_cache_usage;   // share of the KV cache in use, 0..1
+    std::optional<uint32_t> queued;        // requests waiting inside the engine
+    std::optional<double> kv_cache_usage;  // share of the KV cache in use, 0..1
 };
 
 // GET /metrics in the Prometheus text format: vLLM's vllm:num_requests_waiting and

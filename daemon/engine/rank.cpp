@@ -54,7 +54,8 @@ void install_signal_handlers() {
 
 uint64_t random_u64() {
     uint64_t v = 0;
-    if (getrandom(&v, sizeof v, 0) != sizeof v) v = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^ getpid();
+    if (getrandom(&v, sizeof v, 0) != sizeof v)
+        v = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^ getpid();
     return v;
 }
 
@@ -122,8 +123,8 @@ std::string group_bind_address(const std::string& endpoint) {
         getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
         char text[INET6_ADDRSTRLEN] = {};
         const void* raw = local.ss_family == AF_INET6
-                              ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
-                              : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
+            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
+            : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
         if (inet_ntop(local.ss_family, raw, text, sizeof text)) address = text;
     }
     if (fd >= 0) close(fd);
@@ -205,7 +206,8 @@ public:
             if (socket_.get(zmq::sockopt::events) & ZMQ_POLLIN) return;
         }
         if (monitor_.get(zmq::sockopt::events) & ZMQ_POLLIN) return;
-        pollfd fds[] = {{socket_fd_, POLLIN, 0}, {monitor_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}, {engine_fd, POLLIN, 0}};
+        pollfd fds[] = {
+            {socket_fd_, POLLIN, 0}, {monitor_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}, {engine_fd, POLLIN, 0}};
         if (::poll(fds, engine_fd >= 0 ? 4 : 3, static_cast<int>(timeout.count())) > 0 && (fds[2].revents & POLLIN)) {
             uint64_t count = 0;
             (void)!::read(wake_fd_, &count, sizeof count);
@@ -255,7 +257,8 @@ private:
 // handshake.heartbeat_timeout). The loop only publishes figures; it never sends a heartbeat.
 class HeartbeatThread {
 public:
-    explicit HeartbeatThread(Connection& conn) : conn_(conn), thread_(start_quiet_thread<std::jthread>([this](std::stop_token stop) { run(stop); })) {}
+    explicit HeartbeatThread(Connection& conn)
+        : conn_(conn), thread_(start_quiet_thread<std::jthread>([this](std::stop_token stop) { run(stop); })) {}
     ~HeartbeatThread() {
         thread_.request_stop();
         cv_.notify_all();
@@ -315,7 +318,8 @@ private:
             {
                 std::lock_guard figures(figures_mutex_);
                 wire::Heartbeat beat{progress_.load(std::memory_order_relaxed),
-                                     running_.load(std::memory_order_relaxed), waiting_.load(std::memory_order_relaxed)};
+                                     running_.load(std::memory_order_relaxed),
+                                     waiting_.load(std::memory_order_relaxed)};
                 beat.dummy_steps = dummy_steps_.load(std::memory_order_relaxed);
                 beat.wave = wave_.load(std::memory_order_relaxed);
                 beat.memory_used = memory_used_.load(std::memory_order_relaxed);
@@ -372,9 +376,9 @@ public:
         wire::Outputs outputs;
         TokenOutputs tokens;
         while (!stop_requested) {
-            bool busy = serving() && (lockstep_ ? lockstep_->wants_to_run(lockstep_engine_->loop()) ||
-                                                      lockstep_engine_->has_ready_output()
-                                                : loop_->has_work());
+            bool busy = serving() &&
+                (lockstep_ ? lockstep_->wants_to_run(lockstep_engine_->loop()) || lockstep_engine_->has_ready_output()
+                           : loop_->has_work());
             auto wait = busy ? Clock::duration::zero() : std::chrono::milliseconds(100);
             conn_.wait(std::chrono::duration_cast<std::chrono::milliseconds>(wait), loop_ ? loop_->wakeup_fd() : -1);
             if (loop_) loop_->clear_wakeup();
@@ -459,16 +463,18 @@ private:
         double silent = std::chrono::duration<double>(Clock::now() - last_from_head_).count();
         double lost_after = 3 * std::chrono::duration<double>(heartbeat_every_).count();
         if (!head_silent_logged_ && silent > lost_after) {
-            log::warning("nothing from the head at {} for {:.1f} s; keeping the engine for up to {} s "
-                         "(supervision.head_grace_period) [head-lost]",
-                         options_.connect, silent, options_.head_grace_period);
+            log::warning(
+                "nothing from the head at {} for {:.1f} s; keeping the engine for up to {} s "
+                "(supervision.head_grace_period) [head-lost]",
+                options_.connect, silent, options_.head_grace_period);
             head_silent_logged_ = true;
         }
         if (silent <= options_.head_grace_period) return false;
-        log::error("nothing from the head at {} for {:.1f} s, longer than supervision.head_grace_period ({} s); "
-                   "stopping to free the engine; the node starts this rank again when the head answers "
-                   "[head-grace-expired]",
-                   options_.connect, silent, options_.head_grace_period);
+        log::error(
+            "nothing from the head at {} for {:.1f} s, longer than supervision.head_grace_period ({} s); "
+            "stopping to free the engine; the node starts this rank again when the head answers "
+            "[head-grace-expired]",
+            options_.connect, silent, options_.head_grace_period);
         return true;
     }
 
@@ -522,12 +528,13 @@ private:
             while (auto env = conn_.next_message()) {
                 heard_from_head();
                 if (auto* value = std::get_if<wire::GroupValue>(&env->message)) {
-                    if (value->group_epoch == rendezvous_epoch_ && value->key == key && value->found) return value->value;
+                    if (value->group_epoch == rendezvous_epoch_ && value->key == key && value->found)
+                        return value->value;
                     continue;
                 }
                 bool newer_group = std::holds_alternative<wire::GroupForm>(env->message) ||
-                                   std::holds_alternative<wire::Shutdown>(env->message) ||
-                                   std::holds_alternative<wire::Refused>(env->message);
+                    std::holds_alternative<wire::Shutdown>(env->message) ||
+                    std::holds_alternative<wire::Refused>(env->message);
                 deferred_.push_back(std::move(*env));
                 if (newer_group) return Error{"the head started a newer DP group formation", "superseded"};
             }
@@ -546,7 +553,8 @@ private:
         configured_ = true;
         conn_.send(wire::Ready{loop_->capacity(), loop_->device()}, epoch_);
         publish_progress();
-        log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, dp_size_, engine_.backend, loop_->device());
+        log::info("ready: DP rank {} of {}, {} backend on {}", options_.rank, dp_size_, engine_.backend,
+                  loop_->device());
         return -1;
     }
 
@@ -624,8 +632,10 @@ private:
                 break;
             }
             case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-                log::error("the head at {} refused this node's key (status {}); add the line of this node's KEY.pub "
-                           "to the head's security.authorized_keys", options_.connect, e.value);
+                log::error(
+                    "the head at {} refused this node's key (status {}); add the line of this node's KEY.pub "
+                    "to the head's security.authorized_keys",
+                    options_.connect, e.value);
                 break;
             default:
                 // The handshake timed out or was cut. Only with CURVE can a key be wrong; without
@@ -667,7 +677,8 @@ private:
                 // This node's daemon registers with the head at about the same time as its
                 // ranks say HELLO; until it has, the head knows no ranks of it. Retried with
                 // back-off until handshake.connect_timeout (first time) or for good (rejoining).
-                if (last_refusal_.empty()) log::notice("the head holds no ranks for this node yet ({}); retrying", refused->message);
+                if (last_refusal_.empty())
+                    log::notice("the head holds no ranks for this node yet ({}); retrying", refused->message);
                 last_refusal_ = refused->message + " (" + refused->code + ")";
                 hello_sent_ = false;
                 hello_not_before_ = Clock::now() + not_registered_wait_ + jitter(not_registered_wait_ / 4);
@@ -749,7 +760,8 @@ private:
                          "init-failed"};
         }
         if (config.group_kind != "gloo" && config.group_kind != "nccl") {
-            return Error{"the head asks for a '" + config.group_kind + "' DP group, which this rank does not support (known: gloo, nccl)",
+            return Error{"the head asks for a '" + config.group_kind +
+                             "' DP group, which this rank does not support (known: gloo, nccl)",
                          "init-failed"};
         }
         // gloo comes from its module: a rank that cannot load it fails its start (exit 78)
@@ -814,7 +826,8 @@ std::optional<RankOptions> parse_rank_options(int argc, char** argv) {
         std::string_view arg = argv[i];
         const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
         if (!value) {
-            std::fprintf(stderr, "dpengine-rank: option '%s' needs a value; this program is started by dpengined\n", argv[i]);
+            std::fprintf(stderr, "dpengine-rank: option '%s' needs a value; this program is started by dpengined\n",
+                         argv[i]);
             return std::nullopt;
         }
         bool ok = true;
@@ -850,7 +863,8 @@ std::optional<RankOptions> parse_rank_options(int argc, char** argv) {
         ++i;
     }
     if (!have_connect || !have_rank) {
-        std::fprintf(stderr, "dpengine-rank: --connect and --rank are required; this program is started by dpengined\n");
+        std::fprintf(stderr,
+                     "dpengine-rank: --connect and --rank are required; this program is started by dpengined\n");
         return std::nullopt;
     }
     if (o.server_key.empty() != o.key_file.empty()) {

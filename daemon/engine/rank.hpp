@@ -14,7 +14,7 @@ struct RankOptions {
     uint32_t rank = 0;
     uint32_t local_rank = 0;
     std::string node;
-    uint32_t dp_size = 0;  // the DP size this node was configured with; 0: not stated
+    uint32_t dp_size = 0;           // the DP size this node was configured with; 0: not stated
     double connect_timeout = 30.0;  // seconds to wait for the first CONFIG; 0: wait for ever
     uint32_t max_message_bytes = 16 << 20;
     std::string key_file;    // CURVE: this node's secret key file

@@ -115,8 +115,7 @@ void StepLoop::step(TokenOutputs& out) {
             if (size_t at = find_stop(seq, pieces_[i].size()); at != std::string::npos) {
                 seq.text.resize(at);
                 finish = "stop";
-            } else if (seq.generated >= seq.max_tokens ||
-                       seq.prompt_tokens + seq.generated >= max_model_len_) {
+            } else if (seq.generated >= seq.max_tokens || seq.prompt_tokens + seq.generated >= max_model_len_) {
                 finish = "length";
             }
             emit(seq, 1, finish, out);

@@ -84,9 +84,9 @@ void SyntheticBackend::dummy_step() {
 Result<std::unique_ptr<Backend>> make_backend(const wire::EngineConfig& config) {
     if (config.backend == "synthetic") {
         if (config.step_time_ms < 0 || config.step_time_ms > 3.6e6) {
-            return Error{"engine.step_time_ms must be between 0 and 3600000, got " +
-                             std::to_string(config.step_time_ms),
-                         "config"};
+            return Error{
+                "engine.step_time_ms must be between 0 and 3600000, got " + std::to_string(config.step_time_ms),
+                "config"};
         }
         auto step = std::chrono::nanoseconds(static_cast<int64_t>(config.step_time_ms * 1e6));
         return std::unique_ptr<Backend>(std::make_unique<SyntheticBackend>(step));

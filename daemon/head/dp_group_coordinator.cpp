@@ -88,18 +88,20 @@ bool DpGroupCoordinator::on_group_message(RankInfo& info, const wire::Message& m
             if (auto owner = group_key_owner(group_kind_, kv->key, size); owner != index) {
                 // Only the owner publishes a key: a member that set another's address (or the
                 // NCCL unique id) would wire the group through itself.
-                std::string owned_by = owner ? "member " + std::to_string(*owner) + " (rank " +
-                                                   std::to_string(group_members_[*owner]) + ")"
-                                             : "no member (the protocol defines no such key)";
+                std::string owned_by = owner
+                    ? "member " + std::to_string(*owner) + " (rank " + std::to_string(group_members_[*owner]) + ")"
+                    : "no member (the protocol defines no such key)";
                 std::string message = "the DP group's rendezvous key '" + kv->key.substr(0, 64) + "' of epoch " +
-                                      std::to_string(epoch) + " belongs to " + owned_by + ", not to member " +
-                                      std::to_string(index) + " (rank " + std::to_string(rank) + ")";
-                if (refused_setters_.insert(rank).second) log::warning("rank {}: {} [group-key-not-owned]", rank, message);
+                    std::to_string(epoch) + " belongs to " + owned_by + ", not to member " + std::to_string(index) +
+                    " (rank " + std::to_string(rank) + ")";
+                if (refused_setters_.insert(rank).second)
+                    log::warning("rank {}: {} [group-key-not-owned]", rank, message);
                 peers_.send(rank, wire::ErrorReply{ReasonCode("group-key-not-owned"), message});
                 return true;
             }
             if (kv->value->size() > max_value_bytes || group_kv_.size() >= max_group_keys(group_members_.size())) {
-                peers_.send(rank, wire::ErrorReply{ReasonCode("group-store-full"), "the DP group's rendezvous store is full"});
+                peers_.send(
+                    rank, wire::ErrorReply{ReasonCode("group-store-full"), "the DP group's rendezvous store is full"});
                 return true;
             }
             // First set wins: the owner cannot change what its peers may have fetched already.
@@ -148,7 +150,9 @@ bool DpGroupCoordinator::on_group_message(RankInfo& info, const wire::Message& m
         return true;
     }
     if (std::holds_alternative<wire::GroupValue>(message) || std::holds_alternative<wire::GroupForm>(message)) {
-        peers_.send(rank, wire::ErrorReply{ReasonCode("unexpected-type"), std::string("a rank may not send ") + wire::type_name(message)});
+        peers_.send(rank,
+                    wire::ErrorReply{ReasonCode("unexpected-type"),
+                                     std::string("a rank may not send ") + wire::type_name(message)});
         return true;
     }
     return false;
@@ -218,7 +222,7 @@ void DpGroupCoordinator::regroup(bool force) {
     if (formation_judged_) return;
     formation_started_ = std::chrono::steady_clock::now();
     formation_deadline_ = formation_started_ +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                               std::chrono::duration<double>(config_.data_parallel.group_timeout));
     formation_timer_.expires_at(formation_deadline_);
     formation_timer_.async_wait([this, epoch](const boost::system::error_code& ec) {
@@ -263,23 +267,25 @@ void DpGroupCoordinator::check_formation() {
         if (missing.size() > 4) keys += " and " + std::to_string(missing.size() - 4) + " more";
         Stall& stall = stalls_[rank];
         if (stall.formations++ == 0) stall.since = formation_started_;
-        const double stalled_for = std::chrono::duration<double>(std::chrono::steady_clock::now() - stall.since).count();
+        const double stalled_for =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - stall.since).count();
         if (stall.formations < 2 || stalled_for < tolerated) {
-            log::notice("rank {} has not published its DP group rendezvous key(s) {} of epoch {} within "
-                        "data_parallel.group_timeout ({} s); formation {} in a row it holds up, for {:.1f} s; it is "
-                        "failed past {:.1f} s",
-                        rank, keys, epoch, config_.data_parallel.group_timeout, stall.formations, stalled_for,
-                        tolerated);
+            log::notice(
+                "rank {} has not published its DP group rendezvous key(s) {} of epoch {} within "
+                "data_parallel.group_timeout ({} s); formation {} in a row it holds up, for {:.1f} s; it is "
+                "failed past {:.1f} s",
+                rank, keys, epoch, config_.data_parallel.group_timeout, stall.formations, stalled_for, tolerated);
             continue;
         }
         const uint32_t formations = stall.formations;
         stalls_.erase(rank);  // `stall` is gone from here on
-        stalled.emplace_back(rank, fmt::format("stalled the DP group's formation (epoch {}, member {} of {}): it did "
-                                               "not publish its rendezvous key(s) {} within "
-                                               "data_parallel.group_timeout ({} s), nor in any of the {} formation(s) "
-                                               "of the last {:.1f} s; the group forms without it",
-                                               epoch, index, group_members_.size(), keys,
-                                               config_.data_parallel.group_timeout, formations - 1, stalled_for));
+        stalled.emplace_back(rank,
+                             fmt::format("stalled the DP group's formation (epoch {}, member {} of {}): it did "
+                                         "not publish its rendezvous key(s) {} within "
+                                         "data_parallel.group_timeout ({} s), nor in any of the {} formation(s) "
+                                         "of the last {:.1f} s; the group forms without it",
+                                         epoch, index, group_members_.size(), keys, config_.data_parallel.group_timeout,
+                                         formations - 1, stalled_for));
     }
     // Failing a member re-forms the group (the serving ranks change), which ends this epoch.
     for (const auto& [rank, reason] : stalled) {

@@ -89,7 +89,7 @@ private:
     bool formation_judged_ = true;
     std::chrono::steady_clock::time_point formation_started_{};
     struct Stall {
-        uint32_t formations = 0;  // formations in a row the member stalled
+        uint32_t formations = 0;                      // formations in a row the member stalled
         std::chrono::steady_clock::time_point since;  // when the first of them started
     };
     std::map<uint32_t, Stall> stalls_;  // by rank
@@ -97,13 +97,13 @@ private:
     bool regroup_scheduled_ = false;
     bool regroup_forced_ = false;
     std::vector<uint32_t> group_members_;
-    std::string group_kind_;  // this epoch's: "gloo" or "nccl"
-    std::map<std::string, std::string> group_kv_;  // this epoch's rendezvous store
+    std::string group_kind_;                              // this epoch's: "gloo" or "nccl"
+    std::map<std::string, std::string> group_kv_;         // this epoch's rendezvous store
     std::multimap<std::string, uint32_t> group_waiters_;  // look-ups waiting for their key
-    std::set<uint32_t> refused_setters_;  // ranks logged this epoch for keys they do not own
-    uint64_t wave_started_ = 0;   // the newest wave START_WAVE announced (or a formation began)
-    bool group_paused_ = false;   // the group reported the end of a wave, none started since
-    uint64_t paused_wave_ = 0;    // the wave to start when it wakes
+    std::set<uint32_t> refused_setters_;                  // ranks logged this epoch for keys they do not own
+    uint64_t wave_started_ = 0;                           // the newest wave START_WAVE announced (or a formation began)
+    bool group_paused_ = false;                           // the group reported the end of a wave, none started since
+    uint64_t paused_wave_ = 0;                            // the wave to start when it wakes
 };
 
 // The member index (place in the group, not the rank) that owns a rendezvous key of a group of

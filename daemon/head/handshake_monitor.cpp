@@ -16,9 +16,9 @@ std::string describe(uint16_t event, uint32_t value) {
     }
     switch (value) {
         case ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            return "the peer uses another security mechanism (this socket needs CURVE, or plaintext with security.insecure)";
-        case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
-            return "the peer's CURVE handshake failed (wrong head key?)";
+            return "the peer uses another security mechanism (this socket needs CURVE, or plaintext with "
+                   "security.insecure)";
+        case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: return "the peer's CURVE handshake failed (wrong head key?)";
         default: break;
     }
     char hex[16];

@@ -80,14 +80,16 @@ openai::HttpError server_error(const Error& error) {
 }
 
 int64_t unix_now() {
-    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
 }
 
 std::string models_response(std::string_view model, int64_t created) {
     const boost::json::object response = {
         {"object", "list"},
-        {"data", boost::json::array{boost::json::object{
-                     {"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "dpengine"}}}}};
+        {"data",
+         boost::json::array{
+             boost::json::object{{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "dpengine"}}}}};
     return boost::json::serialize(response);
 }
 
@@ -125,7 +127,7 @@ uint64_t reserved_descriptors(const Config& config) { return 64 + 4 * uint64_t{c
 
 bool out_of_descriptors(const boost::system::error_code& ec) {
     return ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space || ec == asio::error::no_memory ||
-           ec == boost::system::errc::too_many_files_open_in_system;
+        ec == boost::system::errc::too_many_files_open_in_system;
 }
 
 // The client's address as one client counts: an IPv4 client of a dual-stack socket is its IPv4 address.
@@ -160,15 +162,21 @@ public:
 // One client connection. While an exchange runs, the session keeps itself alive (`self_`),
 // because the rank link holds a plain pointer to it as the request sink.
 template <class Stream>
-class HttpSession final : public HttpConnection, public std::enable_shared_from_this<HttpSession<Stream>>, public RequestSink {
+class HttpSession final : public HttpConnection,
+                          public std::enable_shared_from_this<HttpSession<Stream>>,
+                          public RequestSink {
     static constexpr bool tls = !std::is_same_v<Stream, tcp::socket>;
     using std::enable_shared_from_this<HttpSession<Stream>>::shared_from_this;
 
 public:
     HttpSession(HttpServer& server, Stream stream, asio::ip::address client,
                 std::shared_ptr<asio::ssl::context> tls_context = nullptr)
-        : server_(server), stream_(std::move(stream)), client_(client), tls_context_(std::move(tls_context)),
-          timer_(server.io_), write_timer_(server.io_) {
+        : server_(server),
+          stream_(std::move(stream)),
+          client_(client),
+          tls_context_(std::move(tls_context)),
+          timer_(server.io_),
+          write_timer_(server.io_) {
         server_.sessions_.insert(this);
     }
 
@@ -263,16 +271,18 @@ private:
             keep_alive_ = false;  // the body, if any, is not read
             return respond_unauthorized(!req[http::field::authorization].empty());
         }
-        http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+        http::async_read(stream_, buffer_, *parser_,
+                         [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
     }
 
     void respond_unauthorized(bool key_given) {
         openai::HttpError e;
         e.status = 401;
         e.code = "invalid_api_key";
-        e.message = key_given ? "incorrect API key provided; use a key listed (as its hash) in the head's frontend.api_keys"
-                              : "no API key provided: send one in an Authorization header using Bearer auth "
-                                "(Authorization: Bearer YOUR_KEY)";
+        e.message = key_given
+            ? "incorrect API key provided; use a key listed (as its hash) in the head's frontend.api_keys"
+            : "no API key provided: send one in an Authorization header using Bearer auth "
+              "(Authorization: Bearer YOUR_KEY)";
         respond(401, "application/json", openai::error_body(e),
                 key_given ? "WWW-Authenticate: Bearer realm=\"dpengine\", error=\"invalid_token\"\r\n"
                           : "WWW-Authenticate: Bearer realm=\"dpengine\"\r\n");
@@ -287,14 +297,18 @@ private:
         keep_alive_ = false;  // after a parse error the stream position is unknown
         if (ec == http::error::body_limit) {
             return respond_error({413, "invalid_request_error",
-                                  "request body is larger than " + std::to_string(server_.config_.frontend.max_body_bytes) +
-                                      " bytes (frontend.max_body_bytes)", "", "body-too-large"});
+                                  "request body is larger than " +
+                                      std::to_string(server_.config_.frontend.max_body_bytes) +
+                                      " bytes (frontend.max_body_bytes)",
+                                  "", "body-too-large"});
         }
         if (ec == http::error::header_limit) {
-            return respond_error({431, "invalid_request_error", "request headers are larger than 16 KiB", "", "headers-too-large"});
+            return respond_error(
+                {431, "invalid_request_error", "request headers are larger than 16 KiB", "", "headers-too-large"});
         }
         if (ec) {
-            return respond_error({400, "invalid_request_error", "malformed HTTP request: " + ec.message(), "", "bad-http"});
+            return respond_error(
+                {400, "invalid_request_error", "malformed HTTP request: " + ec.message(), "", "bad-http"});
         }
         auto& req = parser_->get();
         keep_alive_ = req.keep_alive();
@@ -310,8 +324,8 @@ private:
             if (!get) return method_not_allowed("GET");
             uint32_t ready = server_.ranks_.ready_count();
             bool serving = ready > 0 && server_.ranks_.has_quorum();
-            std::string body = "{\"status\":\"" + std::string(serving ? "ok" : "unavailable") + "\",\"ready_ranks\":" +
-                               std::to_string(ready) + ",\"ranks\":" + std::to_string(server_.ranks_.size());
+            std::string body = "{\"status\":\"" + std::string(serving ? "ok" : "unavailable") +
+                "\",\"ready_ranks\":" + std::to_string(ready) + ",\"ranks\":" + std::to_string(server_.ranks_.size());
             // Which ranks are missing, and where, so an operator sees what a partial start
             // waits for; with API keys, only for a caller with a key (it names nodes).
             if (ready < server_.ranks_.size() && authorized_) {
@@ -338,7 +352,8 @@ private:
     }
 
     void method_not_allowed(const char* allowed) {
-        respond_error({405, "invalid_request_error", std::string("this endpoint only accepts ") + allowed, "", "method-not-allowed"});
+        respond_error({405, "invalid_request_error", std::string("this endpoint only accepts ") + allowed, "",
+                       "method-not-allowed"});
     }
 
     // The body goes to a rank as the client wrote it; the rank's engine answers.
@@ -355,12 +370,14 @@ private:
         done_event_relayed_ = client_gone_ = false;
         self_ = shared_from_this();
         started_at_ = std::chrono::steady_clock::now();
-        metric_key_ = "endpoint=\"" + endpoint_label(path) + (request.stream ? "\",stream=\"true\"" : "\",stream=\"false\"");
+        metric_key_ =
+            "endpoint=\"" + endpoint_label(path) + (request.stream ? "\",stream=\"true\"" : "\",stream=\"false\"");
         auto id = server_.ranks_.submit(std::move(request), this, routed_body.token_limit);
         if (!id) return end_exchange_with_status(server_error(id.error()));
         engine_id_ = *id;
         arm_timer(server_.config_.frontend.request_timeout, [](HttpSession& s) {
-            s.fail_exchange(server_error(Error{"the request did not finish within frontend.request_timeout", "timeout"}));
+            s.fail_exchange(
+                server_error(Error{"the request did not finish within frontend.request_timeout", "timeout"}));
         });
         watch_peer();
     }
@@ -479,7 +496,9 @@ private:
         }
     }
 
-    void respond_error(const openai::HttpError& error) { respond(error.status, "application/json", openai::error_body(error)); }
+    void respond_error(const openai::HttpError& error) {
+        respond(error.status, "application/json", openai::error_body(error));
+    }
 
     void respond(int status, const char* content_type, const std::string& body, std::string_view extra_headers = {}) {
         ++server_.metrics_.responses_by_status[status];
@@ -513,8 +532,9 @@ private:
     // The buffer goes out in as many writes as the client's pace needs; each one that takes
     // bytes is progress for the write deadline.
     void write_some() {
-        stream_.async_write_some(asio::buffer(in_write_.data() + written_, in_write_.size() - written_),
-                                 [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_write_some(ec, n); });
+        stream_.async_write_some(
+            asio::buffer(in_write_.data() + written_, in_write_.size() - written_),
+            [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_write_some(ec, n); });
     }
 
     void on_write_some(beast::error_code ec, size_t n) {
@@ -568,8 +588,8 @@ private:
     void drop_slow_client(const std::string& why) {
         ++server_.metrics_.connections_closed[ReasonCode("slow-client")];
         if (auto suppressed = server_.log_throttle_.admit("slow-client")) {
-            log::warning("closed the HTTP connection of {}: {}; it does not read its response{}", client_.to_string(), why,
-                         LogThrottle::suppressed_note(*suppressed));
+            log::warning("closed the HTTP connection of {}: {}; it does not read its response{}", client_.to_string(),
+                         why, LogThrottle::suppressed_note(*suppressed));
         }
         if (in_exchange_) {
             abort_engine_request();
@@ -627,7 +647,8 @@ private:
 
     template <class F>
     void arm_timer(double seconds, F on_expiry) {
-        timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds)));
+        timer_.expires_after(
+            std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds)));
         timer_.async_wait([self = shared_from_this(), on_expiry](beast::error_code ec) {
             if (!ec) on_expiry(*self);
         });
@@ -652,14 +673,14 @@ private:
     Stream stream_;
     const asio::ip::address client_;
     const std::shared_ptr<asio::ssl::context> tls_context_;  // TLS: the context this connection started with
-    asio::steady_timer timer_;        // the wait for a request, or the request's deadline
-    asio::steady_timer write_timer_;  // the write deadline
+    asio::steady_timer timer_;                               // the wait for a request, or the request's deadline
+    asio::steady_timer write_timer_;                         // the write deadline
     beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::string_body>> parser_;
     std::shared_ptr<HttpSession> self_;
     bool keep_alive_ = true;
     bool chunked_ = true;
-    bool authorized_ = true;          // no API keys, or the request carries one of them
+    bool authorized_ = true;  // no API keys, or the request carries one of them
     bool writing_ = false;
     bool write_deadline_armed_ = false;
     bool flush_posted_ = false;
@@ -668,16 +689,16 @@ private:
     bool next_request_after_watch_ = false;
     bool resume_after_cancel_ = false;
     std::string out_, in_write_;
-    size_t written_ = 0;  // of in_write_
+    size_t written_ = 0;                                     // of in_write_
     std::chrono::steady_clock::time_point last_progress_{};  // the client last took bytes
 
-    bool in_exchange_ = false;      // a request is with a rank, or its response is being written
-    uint64_t engine_id_ = 0;        // the rank link's id while a rank works on it
-    bool response_started_ = false; // the engine's first piece arrived
-    bool streaming_ = false;        // the response is sent as it comes (chunked)
-    bool event_stream_ = false;     // ... and it is text/event-stream
+    bool in_exchange_ = false;         // a request is with a rank, or its response is being written
+    uint64_t engine_id_ = 0;           // the rank link's id while a rank works on it
+    bool response_started_ = false;    // the engine's first piece arrived
+    bool streaming_ = false;           // the response is sent as it comes (chunked)
+    bool event_stream_ = false;        // ... and it is text/event-stream
     bool done_event_relayed_ = false;  // ... whose last relayed event was "data: [DONE]"
-    bool client_gone_ = false;      // the client left after that; the exchange waits for the engine's end
+    bool client_gone_ = false;         // the client left after that; the exchange waits for the engine's end
     std::chrono::steady_clock::time_point started_at_{};
     bool first_data_seen_ = false;
     std::string metric_key_;  // the latency histograms' labels for this exchange
@@ -709,9 +730,10 @@ Status HttpServer::config_changed() {
     model_names_ = {config_.engine.model, config_.engine.served_model_name};
     uint32_t previous = std::exchange(max_connections_, 0);
     if (connection_limit() != previous && max_connections_ < fe.max_connections) {
-        log::notice("frontend.max_connections is {}, but the open-file limit ({}) leaves room for {} client "
-                    "connections: serving at most that many at once (raise LimitNOFILE= or ulimit -n for more)",
-                    fe.max_connections, open_file_limit(), max_connections_);
+        log::notice(
+            "frontend.max_connections is {}, but the open-file limit ({}) leaves room for {} client "
+            "connections: serving at most that many at once (raise LimitNOFILE= or ulimit -n for more)",
+            fe.max_connections, open_file_limit(), max_connections_);
     }
     return Ok{};
 }
@@ -778,10 +800,11 @@ void HttpServer::pause_accepting(const boost::system::error_code& ec) {
     // fast as the loop turns.
     accept_backoff_ = std::clamp(accept_backoff_ * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
     if (auto suppressed = log_throttle_.admit("out-of-descriptors")) {
-        log::warning("cannot accept HTTP connections: {} (open-file limit {}, {} client connections open); accepting "
-                     "again in {} ms{}",
-                     ec.message(), open_file_limit(), sessions_.size(), accept_backoff_.count(),
-                     LogThrottle::suppressed_note(*suppressed));
+        log::warning(
+            "cannot accept HTTP connections: {} (open-file limit {}, {} client connections open); accepting "
+            "again in {} ms{}",
+            ec.message(), open_file_limit(), sessions_.size(), accept_backoff_.count(),
+            LogThrottle::suppressed_note(*suppressed));
     }
     accept_pause_.expires_after(accept_backoff_);
     accept_pause_.async_wait([this](const boost::system::error_code& ec) {
@@ -806,8 +829,9 @@ void HttpServer::admit(tcp::socket socket) {
     // Over a limit: close at once rather than let the backlog grow without bound.
     if (sessions_.size() >= connection_limit()) {
         return refuse("connection-limit",
-                      std::to_string(max_connections_) + " connections are open (frontend.max_connections, within the "
-                                                         "open-file limit)");
+                      std::to_string(max_connections_) +
+                          " connections are open (frontend.max_connections, within the "
+                          "open-file limit)");
     }
     uint32_t& count = per_client_[client];
     if (count >= config_.frontend.max_connections_per_client) {

@@ -80,9 +80,9 @@ private:
     std::unordered_set<HttpConnection*> sessions_;
     std::unordered_map<boost::asio::ip::address, uint32_t> per_client_;
     bool accepting_ = false;
-    uint32_t max_connections_ = 0;  // connection_limit() as last computed
-    std::optional<api_keys::KeySet> api_keys_;             // set: clients need a key
-    std::shared_ptr<boost::asio::ssl::context> tls_;       // set: HTTPS
+    uint32_t max_connections_ = 0;                    // connection_limit() as last computed
+    std::optional<api_keys::KeySet> api_keys_;        // set: clients need a key
+    std::shared_ptr<boost::asio::ssl::context> tls_;  // set: HTTPS
     // One log line per 10 s for each thing outsiders can make happen at will.
     LogThrottle log_throttle_;  // connections closed or refused, by reason
 };

@@ -60,17 +60,18 @@ std::string NodeRegistry::block_problem(const std::string& node, uint32_t start,
     const uint32_t size = config_.dp_size();
     if (uint64_t{start} + count > size) {
         return "ranks " + describe_block(start, count) + " are out of range: the DP size is " + std::to_string(size) +
-               " (ranks " + describe_block(0, size) + ")";
+            " (ranks " + describe_block(0, size) + ")";
     }
     for (const auto& [name, e] : nodes_) {
         if (name != node && overlaps(start, count, e.start, e.count)) {
             return "ranks " + describe_block(start, count) + " overlap node '" + name + "' ranks " +
-                   describe_block(e.start, e.count);
+                describe_block(e.start, e.count);
         }
     }
     for (uint32_t r = start; r < start + count; ++r) {
         std::string owner = link_.owner_of(r);
-        if (!owner.empty() && owner != node) return "rank " + std::to_string(r) + " is registered by node '" + owner + "'";
+        if (!owner.empty() && owner != node)
+            return "rank " + std::to_string(r) + " is registered by node '" + owner + "'";
     }
     // Ranks another key's ranks= reserves are that node's, registered or not.
     for (const auto& key : link_.authorized_keys()) {
@@ -78,15 +79,15 @@ std::string NodeRegistry::block_problem(const std::string& node, uint32_t start,
         uint32_t first = key.ranks->first, last = key.ranks->second;
         for (uint32_t r = std::max(start, first); r < start + count && r <= last; ++r) {
             if (link_.owner_of(r) != node) {
-                return "rank " + std::to_string(r) + " is reserved for node '" + key.node + "' (ranks=" +
-                       std::to_string(first) + "-" + std::to_string(last) + " in security.authorized_keys)";
+                return "rank " + std::to_string(r) + " is reserved for node '" + key.node +
+                    "' (ranks=" + std::to_string(first) + "-" + std::to_string(last) + " in security.authorized_keys)";
             }
         }
     }
-    if (auto allowed = link_.key_ranks(node); allowed && count &&
-                                              (start < allowed->first || start + count - 1 > allowed->second)) {
+    if (auto allowed = link_.key_ranks(node);
+        allowed && count && (start < allowed->first || start + count - 1 > allowed->second)) {
         return "node '" + node + "' may only run ranks " + std::to_string(allowed->first) + "-" +
-               std::to_string(allowed->second) + " (its line in security.authorized_keys)";
+            std::to_string(allowed->second) + " (its line in security.authorized_keys)";
     }
     return {};
 }
@@ -141,8 +142,9 @@ void NodeRegistry::on_message(const std::string& routing_id, const wire::Envelop
         return;
     }
     if (!status) {
-        link_.send_to(routing_id, wire::ErrorReply{ReasonCode("unexpected-type"), std::string("a node may not send ") +
-                                                                          wire::type_name(envelope.message)});
+        link_.send_to(routing_id,
+                      wire::ErrorReply{ReasonCode("unexpected-type"),
+                                       std::string("a node may not send ") + wire::type_name(envelope.message)});
         return;
     }
     Entry& entry = nodes_.at(known->second);
@@ -159,17 +161,20 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
                       "this connection's key belongs to node '" + key_node + "', not '" + node + "'");
     }
     if (node == config_.node.name) {
-        return refuse(routing_id, node, "node-mismatch", "'" + node + "' is the head's own name; give the node another "
-                                                          "node.name");
+        return refuse(routing_id, node, "node-mismatch",
+                      "'" + node +
+                          "' is the head's own name; give the node another "
+                          "node.name");
     }
     if (hello.dp_size != 0 && hello.dp_size != config_.dp_size()) {
-        return refuse(routing_id, node, "config-mismatch", "data_parallel.size: this node says " +
-                                                               std::to_string(hello.dp_size) + ", the head has " +
-                                                               std::to_string(config_.dp_size()));
+        return refuse(routing_id, node, "config-mismatch",
+                      "data_parallel.size: this node says " + std::to_string(hello.dp_size) + ", the head has " +
+                          std::to_string(config_.dp_size()));
     }
     if (!hello.model.empty() && hello.model != config_.engine.model) {
-        return refuse(routing_id, node, "config-mismatch", "engine.model: this node says '" + hello.model +
-                                                               "', the head has '" + config_.engine.model + "'");
+        return refuse(
+            routing_id, node, "config-mismatch",
+            "engine.model: this node says '" + hello.model + "', the head has '" + config_.engine.model + "'");
     }
     if (hello.count == 0 || hello.count > config_.dp_size()) {
         return refuse(routing_id, node, "rank-out-of-range",
@@ -186,8 +191,8 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
     }
     if (existing != nodes_.end() && existing->second.connected && existing->second.routing_id != routing_id &&
         existing->second.incarnation != hello.incarnation) {
-        return refuse(routing_id, node, "duplicate-node", "node '" + node + "' is already connected from " +
-                                                              existing->second.address);
+        return refuse(routing_id, node, "duplicate-node",
+                      "node '" + node + "' is already connected from " + existing->second.address);
     }
     // Which block: the one this head gave it before (it reconnected); else the one it runs
     // now (this head restarted; ranks may have been moved since its configuration was
@@ -202,7 +207,8 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
         count = hello.held_count;
     } else if (hello.start_rank) {
         if (auto problem = block_problem(node, *hello.start_rank, hello.count); !problem.empty()) {
-            return refuse(routing_id, node, "rank-conflict", problem + "; fix data_parallel.start_rank or leave it unset");
+            return refuse(routing_id, node, "rank-conflict",
+                          problem + "; fix data_parallel.start_rank or leave it unset");
         }
         start = hello.start_rank;
     } else {
@@ -231,9 +237,10 @@ void NodeRegistry::on_hello(const std::string& routing_id, const wire::NodeHello
         log::info("node '{}' registered from {} (build {}): ranks {}{}", node, peer.empty() ? "-" : peer, hello.build,
                   describe_block(entry.start, entry.count), entry.dynamic ? " (assigned by the head)" : "");
     } else {
-        log::warning("node '{}' registered from {}, but no free block of {} rank(s) is left; it waits for "
-                     "'dpctl assign {} --start-rank R --count N'",
-                     node, peer.empty() ? "-" : peer, hello.count, node);
+        log::warning(
+            "node '{}' registered from {}, but no free block of {} rank(s) is left; it waits for "
+            "'dpctl assign {} --start-rank R --count N'",
+            node, peer.empty() ? "-" : peer, hello.count, node);
     }
     changed();
 }
@@ -315,7 +322,8 @@ Status NodeRegistry::assign(const std::string& node, uint32_t start, uint32_t co
                          std::to_string(size) + " (ranks " + describe_block(0, size) + ")",
                      "invalid-args"};
     }
-    if (auto allowed = link_.key_ranks(node); allowed && (start < allowed->first || start + count - 1 > allowed->second)) {
+    if (auto allowed = link_.key_ranks(node);
+        allowed && (start < allowed->first || start + count - 1 > allowed->second)) {
         return Error{"node '" + node + "' may only run ranks " + std::to_string(allowed->first) + "-" +
                          std::to_string(allowed->second) + " (its line in security.authorized_keys)",
                      "invalid-args"};
@@ -324,7 +332,7 @@ Status NodeRegistry::assign(const std::string& node, uint32_t start, uint32_t co
     // node's ranks, or some from either end, but not cut it in two.
     for (const auto& [name, e] : nodes_) {
         if (name == node || !overlaps(start, count, e.start, e.count)) continue;
-        bool keeps_front = e.start < start, keeps_back = e.start + e.count > start + count;
+        bool keeps_front = e.start<start, keeps_back = e.start + e.count> start + count;
         if (keeps_front && keeps_back) {
             return Error{"ranks " + describe_block(start, count) + " would split node '" + name + "' ranks " +
                              describe_block(e.start, e.count) + " in two; move ranks from one end of its block",

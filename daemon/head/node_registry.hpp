@@ -82,8 +82,7 @@ private:
                   const std::string& peer);
     void on_status(Entry& entry, const wire::NodeStatus& status);
     void on_goodbye(Entry& entry);
-    void refuse(const std::string& routing_id, const std::string& node, ReasonCode code,
-                const std::string& message);
+    void refuse(const std::string& routing_id, const std::string& node, ReasonCode code, const std::string& message);
     // The entry holding `rank`, or nullptr.
     Entry* holder(uint32_t rank);
     const Entry* holder(uint32_t rank) const;

@@ -26,15 +26,15 @@ struct RankInfo {
     uint32_t in_flight = 0;
     uint32_t running = 0;  // as the rank last reported
     uint32_t waiting = 0;
-    uint32_t engine_queued = 0;   // the engine's own figures, where it reports them
+    uint32_t engine_queued = 0;  // the engine's own figures, where it reports them
     double kv_cache_usage = 0;
-    uint32_t health_failures = 0; // failed health probes of the engine's server in a row
+    uint32_t health_failures = 0;  // failed health probes of the engine's server in a row
     uint64_t served = 0;
     uint64_t tokens = 0;
     std::string last_error;
-    std::string reason;    // the reason code of last_error
-    uint32_t pid = 0;      // filled in by the node that runs the rank
-    uint64_t restarts = 0; // likewise
+    std::string reason;     // the reason code of last_error
+    uint32_t pid = 0;       // filled in by the node that runs the rank
+    uint64_t restarts = 0;  // likewise
     // Losses, restarts and recoveries by reason code (rank-exited, heartbeat-timeout, hung,
     // restart-budget-exhausted, restarted, rejoined, ...): dpengine_rank_events_total.
     std::map<std::string, uint64_t> events;

@@ -53,12 +53,13 @@ RankLink::RankLink(asio::io_context& io, const Config& config, Events events)
     : io_(io),
       config_(config),
       events_(std::move(events)),
-      socket_(io, config, {[this](const std::string& id, zmq::message_t& payload) {
-                               message_items_ = 1;
-                               on_message(id, payload);
-                               return message_items_;
-                           },
-                           [this](const std::string& id) { connection_gone(id); }}),
+      socket_(io, config,
+              {[this](const std::string& id, zmq::message_t& payload) {
+                   message_items_ = 1;
+                   on_message(id, payload);
+                   return message_items_;
+               },
+               [this](const std::string& id) { connection_gone(id); }}),
       deadline_timer_(io),
       group_(io, config, group_peers()),
       refusal_limiter_(config.handshake.refusal_rate_limit, config.handshake.refusal_mute),
@@ -191,7 +192,8 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     if (!env) {
         if (RankSocket::first_warning(routing_id)) {
             log::warning("refusing a message from {}: {} ({})",
-                         known == rank_of_connection_.end() ? RankSocket::describe_peer(payload) : "rank " + std::to_string(known->second),
+                         known == rank_of_connection_.end() ? RankSocket::describe_peer(payload)
+                                                            : "rank " + std::to_string(known->second),
                          env.error().message, env.error().code);
         }
         if (known == rank_of_connection_.end()) refuse(routing_id, env.error().reason(), env.error().message);
@@ -200,7 +202,8 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
     }
     if (wire::is_node_link(env->message)) {
         if (node_handler_) {
-            node_handler_(routing_id, *env, RankSocket::frame_property(payload, "User-Id"), RankSocket::frame_property(payload, "Peer-Address"));
+            node_handler_(routing_id, *env, RankSocket::frame_property(payload, "User-Id"),
+                          RankSocket::frame_property(payload, "Peer-Address"));
         } else {
             refuse(routing_id, "unexpected-type", "this head takes no node links");
         }
@@ -211,8 +214,9 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
             // The rank sent its HELLO again before the CONFIG reached it: the CONFIG is on its way.
             const Slot& held = ranks_[known->second];
             if (hello->rank == held.info.rank && hello->incarnation == held.incarnation) return;
-            send(routing_id, wire::ErrorReply{ReasonCode("duplicate-hello"), "this connection already registered as rank " +
-                                                                     std::to_string(known->second)});
+            send(routing_id,
+                 wire::ErrorReply{ReasonCode("duplicate-hello"),
+                                  "this connection already registered as rank " + std::to_string(known->second)});
             return;
         }
         on_hello(routing_id, *hello, RankSocket::frame_property(payload, "User-Id"));
@@ -256,8 +260,8 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
             set_state(slot, RankState::draining);
             return;
         }
-        log::info("rank {} is ready on node {} ({}), {}/{} ranks ready", slot.info.rank, slot.info.node,
-                  ready->device, ready_count_ + 1, ranks_.size());
+        log::info("rank {} is ready on node {} ({}), {}/{} ranks ready", slot.info.rank, slot.info.node, ready->device,
+                  ready_count_ + 1, ranks_.size());
         set_state(slot, RankState::ready);
     } else if (auto* err = std::get_if<wire::ErrorReply>(&env->message)) {
         if (slot.info.state == RankState::initializing) {
@@ -268,8 +272,9 @@ void RankLink::on_message(const std::string& routing_id, zmq::message_t& payload
             log::warning("rank {} reports: {} ({})", slot.info.rank, err->message, err->code);
         }
     } else {
-        send(routing_id, wire::ErrorReply{ReasonCode("unexpected-type"), std::string("a rank may not send ") +
-                                                                 wire::type_name(env->message)});
+        send(routing_id,
+             wire::ErrorReply{ReasonCode("unexpected-type"),
+                              std::string("a rank may not send ") + wire::type_name(env->message)});
     }
 }
 
@@ -292,8 +297,10 @@ std::optional<Error> RankLink::ownership_problem(uint32_t rank, const std::strin
         return Error{"rank " + r + " belongs to node '" + owner + "', not '" + node + "'", "rank-not-owned"};
     }
     if (reserved) return std::nullopt;
-    if (holds_ranks(node)) return Error{"rank " + r + " is not among the ranks node '" + node + "' holds", "rank-not-owned"};
-    return Error{"node '" + node + "' holds no ranks yet: its daemon has not registered with the head, and its line in "
+    if (holds_ranks(node))
+        return Error{"rank " + r + " is not among the ranks node '" + node + "' holds", "rank-not-owned"};
+    return Error{"node '" + node +
+                     "' holds no ranks yet: its daemon has not registered with the head, and its line in "
                      "security.authorized_keys reserves none (ranks=FIRST-LAST)",
                  "node-not-registered"};
 }
@@ -317,23 +324,27 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
         refuse(routing_id, code, message);
     };
     if (hello.rank >= config_.dp_size()) {
-        return refuse_logged("rank-out-of-range", "rank " + std::to_string(hello.rank) +
-                                                      " is out of range: data_parallel.size is " + std::to_string(config_.dp_size()));
+        return refuse_logged("rank-out-of-range",
+                             "rank " + std::to_string(hello.rank) + " is out of range: data_parallel.size is " +
+                                 std::to_string(config_.dp_size()));
     }
     if (hello.dp_size != 0 && hello.dp_size != config_.dp_size()) {
-        return refuse_logged("config-mismatch", "data_parallel.size: this node says " + std::to_string(hello.dp_size) +
-                                                    ", the head has " + std::to_string(config_.dp_size()));
+        return refuse_logged("config-mismatch",
+                             "data_parallel.size: this node says " + std::to_string(hello.dp_size) + ", the head has " +
+                                 std::to_string(config_.dp_size()));
     }
     if (!hello.model.empty() && hello.model != config_.engine.model) {
-        return refuse_logged("config-mismatch", "engine.model: this node says '" + hello.model + "', the head has '" +
-                                                    config_.engine.model + "'");
+        return refuse_logged(
+            "config-mismatch",
+            "engine.model: this node says '" + hello.model + "', the head has '" + config_.engine.model + "'");
     }
     if (auto problem = ownership_problem(hello.rank, node)) {
         // Expected while a node starts (its ranks may come before its registration): noted once
         // per connection, and retried by the rank.
         if (problem->code == "node-not-registered") {
             if (RankSocket::first_warning(routing_id)) {
-                log::notice("refused rank {} from {} for now: {} ({})", hello.rank, who, problem->message, problem->code);
+                log::notice("refused rank {} from {} for now: {} ({})", hello.rank, who, problem->message,
+                            problem->code);
             }
             return refuse(routing_id, problem->reason(), problem->message);
         }
@@ -347,8 +358,9 @@ void RankLink::on_hello(const std::string& routing_id, const wire::Hello& hello,
         bool same_process = slot.info.node == node && slot.incarnation == hello.incarnation;
         bool holder_alive = Clock::now() - slot.last_heard < seconds(config_.handshake.heartbeat_timeout);
         if (!same_process && holder_alive) {
-            return refuse_logged("duplicate-rank", "rank " + std::to_string(hello.rank) + " is already served by node '" +
-                                                       slot.info.node + "'");
+            return refuse_logged(
+                "duplicate-rank",
+                "rank " + std::to_string(hello.rank) + " is already served by node '" + slot.info.node + "'");
         }
         log::notice("rank {} registered again by {} (incarnation {:x} replaces {:x})", hello.rank, who,
                     hello.incarnation, slot.incarnation);
@@ -438,8 +450,10 @@ void RankLink::fail_request_of_misbehaving_rank(Slot& slot, uint64_t id, const s
     count_event(slot, "rank-misbehaved");
     send(slot.routing_id, wire::Abort{{id}});
     if (auto others = log_throttle_.admit("rank-misbehaved " + std::to_string(slot.info.rank))) {
-        log::warning("rank {} (node '{}') {}: the request failed and was aborted on the rank "
-                     "(rank-misbehaved){}", slot.info.rank, slot.info.node, problem, LogThrottle::suppressed_note(*others));
+        log::warning(
+            "rank {} (node '{}') {}: the request failed and was aborted on the rank "
+            "(rank-misbehaved){}",
+            slot.info.rank, slot.info.node, problem, LogThrottle::suppressed_note(*others));
     }
     sink->on_failure(Error{"rank " + std::to_string(slot.info.rank) + " " + problem, "rank-misbehaved"});
 }
@@ -450,8 +464,10 @@ void RankLink::note_load(Slot& slot, const wire::Heartbeat& heartbeat) {
     uint32_t before = std::exchange(slot.info.health_failures, heartbeat.health_failures);
     if ((before == 0) == (heartbeat.health_failures == 0)) return;
     if (heartbeat.health_failures > 0 && slot.info.state == RankState::ready) {
-        log::warning("rank {} (node '{}'): its engine's server failed a health check; no new requests until it "
-                     "answers again (engine.health_path) [engine-unhealthy]", slot.info.rank, slot.info.node);
+        log::warning(
+            "rank {} (node '{}'): its engine's server failed a health check; no new requests until it "
+            "answers again (engine.health_path) [engine-unhealthy]",
+            slot.info.rank, slot.info.node);
         count_event(slot, "engine-unhealthy");
         set_state(slot, RankState::unhealthy);
     } else if (heartbeat.health_failures == 0 && slot.info.state == RankState::unhealthy) {
@@ -484,8 +500,9 @@ void RankLink::connection_gone(const std::string& routing_id) {
         Slot& slot = ranks_[rank];
         if (slot.routing_id != routing_id || shutting_down_) return;
         bool after_own_stall = Clock::now() < stall_recovery_until_;
-        fail_rank(slot, after_own_stall ? "lost its connection to the head while the head was stalled"
-                                        : "lost its connection to the head",
+        fail_rank(slot,
+                  after_own_stall ? "lost its connection to the head while the head was stalled"
+                                  : "lost its connection to the head",
                   "connection-lost");
         if (!after_own_stall && events_.deadline_missed) events_.deadline_missed(rank);
     });
@@ -551,7 +568,8 @@ void RankLink::set_state(Slot& slot, RankState state) {
 }
 
 void RankLink::fail_rank(Slot& slot, const std::string& reason, ReasonCode code) {
-    log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason, code.str());
+    log::error("rank {} (node '{}') {} [{}]", slot.info.rank, slot.info.node.empty() ? "-" : slot.info.node, reason,
+               code.str());
     slot.info.last_error = reason;
     slot.info.reason = code;
     count_event(slot, code);
@@ -596,7 +614,8 @@ Status RankLink::drain(uint32_t rank, bool until_undrain) {
         return Ok{};
     }
     if (slot.info.state != RankState::ready && slot.info.state != RankState::unhealthy) {
-        return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not ready; only a ready rank can drain",
+        return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) +
+                         ", not ready; only a ready rank can drain",
                      "bad-state"};
     }
     slot.drain_held = until_undrain;
@@ -614,7 +633,8 @@ Status RankLink::undrain(uint32_t rank) {
             log::info("rank {} is no longer drained; it takes requests once it is ready", rank);
             return Ok{};
         }
-        return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not draining", "bad-state"};
+        return Error{"rank " + std::to_string(rank) + " is " + to_string(slot.info.state) + ", not draining",
+                     "bad-state"};
     }
     set_state(slot, slot.info.health_failures ? RankState::unhealthy : RankState::ready);
     log::info("rank {} accepts requests again", rank);
@@ -654,8 +674,8 @@ void RankLink::rank_exited(uint32_t rank, uint32_t pid, const std::string& cause
     if (!slot.routing_id.empty() && (slot.info.node != config_.node.name || slot.pid != pid)) {
         // Another process registered the rank (one this supervisor did not start, or one on
         // another node): the exit of this one, which never held it, takes nothing from it.
-        log::info("rank {} process {} {}; the rank stays with the process that registered it (node '{}', pid {})",
-                  rank, pid, cause, slot.info.node, slot.pid);
+        log::info("rank {} process {} {}; the rank stays with the process that registered it (node '{}', pid {})", rank,
+                  pid, cause, slot.info.node, slot.pid);
         return;
     }
     if (slot.info.state == RankState::failed) {  // already failed (deadline, init); this is the aftermath
@@ -689,7 +709,7 @@ bool RankLink::is_hung(Slot& slot, Clock::time_point now) {
     // harms no one even if its engine is stuck (a request routed to it starts the clock).
     bool has_work = slot.info.in_flight > 0;
     bool serving = slot.info.state == RankState::ready || slot.info.state == RankState::unhealthy ||
-                   slot.info.state == RankState::draining;
+        slot.info.state == RankState::draining;
     // The clock runs only while there is work: an idle rank takes no steps.
     if (!has_work || !serving) {
         slot.progress_at = now;
@@ -719,15 +739,18 @@ void RankLink::check_deadlines() {
     for (Slot& slot : ranks_) {
         auto state = slot.info.state;
         if (!slot.routing_id.empty() && now - slot.last_heard > silence_limit) {
-            fail_rank(slot, "went silent: no heartbeat for " + std::to_string(config_.handshake.heartbeat_timeout) +
-                                " s (handshake.heartbeat_timeout)",
+            fail_rank(slot,
+                      "went silent: no heartbeat for " + std::to_string(config_.handshake.heartbeat_timeout) +
+                          " s (handshake.heartbeat_timeout)",
                       "heartbeat-timeout");
             if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
             continue;
         }
         if (!slot.routing_id.empty() && is_hung(slot, now)) {
-            fail_rank(slot, fmt::format("is hung: it sends heartbeats but took no step for {} s while it had work "
-                                        "(handshake.hang_timeout)", config_.handshake.hang_timeout),
+            fail_rank(slot,
+                      fmt::format("is hung: it sends heartbeats but took no step for {} s while it had work "
+                                  "(handshake.hang_timeout)",
+                                  config_.handshake.hang_timeout),
                       "hung");
             if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
             continue;
@@ -736,9 +759,9 @@ void RankLink::check_deadlines() {
         bool connecting = state == RankState::connecting;
         double limit = connecting ? config_.handshake.connect_timeout : config_.handshake.init_timeout;
         std::string reason = connecting ? "did not send HELLO within " + std::to_string(static_cast<int>(limit)) +
-                                              " s (phase connecting; handshake.connect_timeout)"
+                " s (phase connecting; handshake.connect_timeout)"
                                         : "did not send READY within " + std::to_string(static_cast<int>(limit)) +
-                                              " s (phase initializing; handshake.init_timeout)";
+                " s (phase initializing; handshake.init_timeout)";
         fail_rank(slot, reason, "handshake-timeout");
         if (events_.deadline_missed) events_.deadline_missed(slot.info.rank);
     }
@@ -755,9 +778,10 @@ void RankLink::check_deadlines() {
 void RankLink::excuse_own_stall(Clock::time_point now) {
     auto stall = loop_stall_.stalled_for(now, seconds(config_.handshake.heartbeat_interval));
     if (stall == Clock::duration::zero()) return;
-    log::notice("this daemon did not run for {:.1f} s (it or its machine was stalled); that time does not count "
-                "against the ranks' heartbeats or handshake deadlines [head-stalled]",
-                std::chrono::duration<double>(stall).count());
+    log::notice(
+        "this daemon did not run for {:.1f} s (it or its machine was stalled); that time does not count "
+        "against the ranks' heartbeats or handshake deadlines [head-stalled]",
+        std::chrono::duration<double>(stall).count());
     stall_recovery_until_ = now + seconds(config_.handshake.heartbeat_timeout);
     for (Slot& slot : ranks_) {
         slot.last_heard = LoopStall::excused(slot.last_heard, stall, now);
@@ -779,7 +803,7 @@ void RankLink::shutdown() {
         // Only this node's ranks stop with it. Ranks of headless nodes wait for the head to
         // come back and register again.
         bool local = slot.info.rank >= first_local && slot.info.rank < end_local &&
-                     (slot.owner.empty() || slot.owner == config_.node.name);  // not moved to another node
+            (slot.owner.empty() || slot.owner == config_.node.name);  // not moved to another node
         if (local && !slot.routing_id.empty()) send(slot.routing_id, wire::Shutdown{});
         slot.info.in_flight = 0;
         slot.routing_id.clear();

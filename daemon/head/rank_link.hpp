@@ -69,7 +69,8 @@ public:
     // TOKEN_LIMIT: the completion tokens the request allows (its max_tokens times its
     // choices), when its body says; a rank that sends more, or more than
     // frontend.max_response_bytes, fails the request (rank-misbehaved).
-    Result<uint64_t> submit(wire::Request request, RequestSink* sink, std::optional<uint64_t> token_limit = std::nullopt);
+    Result<uint64_t> submit(wire::Request request, RequestSink* sink,
+                            std::optional<uint64_t> token_limit = std::nullopt);
     // The client went away: forget the request and tell its rank to stop working on it.
     void abort(uint64_t id);
 
@@ -127,7 +128,9 @@ public:
     // owns its local block from the start; the registry gives blocks to nodes and moves them.
     void set_owner(uint32_t rank, const std::string& node);
     std::string owner_of(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].owner : std::string(); }
-    RankState state_of(uint32_t rank) const { return rank < ranks_.size() ? ranks_[rank].info.state : RankState::stopped; }
+    RankState state_of(uint32_t rank) const {
+        return rank < ranks_.size() ? ranks_[rank].info.state : RankState::stopped;
+    }
     // A new placement of ranks took effect.
     uint64_t bump_epoch() { return ++epoch_; }
     // A node registers with the epoch it last knew (a previous head's): never go back.
@@ -143,26 +146,26 @@ private:
         RankInfo info;
         std::string routing_id;  // the connection, once HELLO was accepted
         uint64_t incarnation = 0;
-        uint32_t pid = 0;  // as its HELLO stated
+        uint32_t pid = 0;                                  // as its HELLO stated
         std::chrono::steady_clock::time_point deadline{};  // of the current handshake phase
         std::chrono::steady_clock::time_point last_heard{};
         // The rank's progress counter as its heartbeats last reported it, and since when the
         // head has seen it stand still with requests in flight there (handshake.hang_timeout).
         uint64_t progress = 0;
         std::chrono::steady_clock::time_point progress_at{};
-        StepRate step_rate;  // steps per second and dummy share, from the heartbeats
+        StepRate step_rate;           // steps per second and dummy share, from the heartbeats
         bool lost_before = false;     // READY after a loss counts as "rejoined"
         bool spawned_before = false;  // a second spawn counts as "restarted"
         bool drain_held = false;      // drained by an operator: READY leads to draining, not ready
-        std::string owner;  // the node that first registered this rank (CURVE: its key's name)
+        std::string owner;            // the node that first registered this rank (CURVE: its key's name)
     };
     struct InFlight {
         uint32_t rank;
         RequestSink* sink;
         head::RetryState retry;
-        wire::Request request;  // kept to move it to another rank if this one is lost first
+        wire::Request request;                // kept to move it to another rank if this one is lost first
         std::optional<uint64_t> token_limit;  // see submit()
-        uint64_t tokens = 0;  // of the response so far
+        uint64_t tokens = 0;                  // of the response so far
         uint64_t bytes = 0;
     };
     // The rank the load policy picks, other than `except`, or nothing.

@@ -55,8 +55,13 @@ std::string RankSocket::describe_peer(zmq::message_t& frame) {
 }
 
 RankSocket::RankSocket(asio::io_context& io, const Config& config, Handlers handlers)
-    : io_(io), config_(config), handlers_(std::move(handlers)), context_(1),
-      router_(context_, zmq::socket_type::router), watcher_(io), registration_timer_(io) {
+    : io_(io),
+      config_(config),
+      handlers_(std::move(handlers)),
+      context_(1),
+      router_(context_, zmq::socket_type::router),
+      watcher_(io),
+      registration_timer_(io) {
     // The receive queue keeps transport's 100000 messages: with a small one, a connection that
     // filled it while this process was stopped and then failed makes libzmq 4.3.4 abort
     // (stream_engine_base.cpp: !_io_error) when the head reads on; test_fault_head_frozen_hint.
@@ -95,9 +100,10 @@ Status RankSocket::reload_authorized_keys() {
 Status RankSocket::start_security() {
     if (!config_.has_remote_ranks()) return Ok{};
     if (!config_.uses_curve()) {
-        log::warning("security.insecure is set: ranks connect over plaintext TCP, unauthenticated; anyone who can "
-                     "reach {} port {} can join and read traffic", config_.data_parallel.address,
-                     config_.data_parallel.rpc_port);
+        log::warning(
+            "security.insecure is set: ranks connect over plaintext TCP, unauthenticated; anyone who can "
+            "reach {} port {} can join and read traffic",
+            config_.data_parallel.address, config_.data_parallel.rpc_port);
         return Ok{};
     }
     auto secret = keys::load_secret(config_.security.key);
@@ -156,10 +162,10 @@ void RankSocket::enforce_registration_deadline() {
     registration_timeouts_ += closed.size();
     if (!closed.empty()) {
         if (auto others = log_throttle_.admit("registration-timeout", LogThrottle::Clock::now(), closed.size())) {
-            log::warning("closed a connection from {} on {}: it did not register (an accepted HELLO or NODE_HELLO) "
-                         "within {} s (handshake.register_timeout) (registration-timeout){}",
-                         closed.front(), endpoint_, config_.handshake.register_timeout,
-                         LogThrottle::suppressed_note(*others));
+            log::warning(
+                "closed a connection from {} on {}: it did not register (an accepted HELLO or NODE_HELLO) "
+                "within {} s (handshake.register_timeout) (registration-timeout){}",
+                closed.front(), endpoint_, config_.handshake.register_timeout, LogThrottle::suppressed_note(*others));
         }
     }
     registration_timer_.expires_after(registration_check_interval);
@@ -175,11 +181,10 @@ void RankSocket::arm() {
     // cost a ZMQ_EVENTS check (system calls) on every wake-up.
     if (armed_) return;
     armed_ = true;
-    watcher_.async_wait(asio::posix::stream_descriptor::wait_read,
-                        [this](const boost::system::error_code& ec) {
-                            armed_ = false;
-                            if (!ec) drain();
-                        });
+    watcher_.async_wait(asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
+        armed_ = false;
+        if (!ec) drain();
+    });
 }
 
 void RankSocket::schedule_drain() {
@@ -203,7 +208,8 @@ void RankSocket::drain() {
         bool well_formed = id.more() && router_.recv(payload, zmq::recv_flags::dontwait) && !payload.more();
         if (!well_formed) {
             zmq::message_t rest;
-            while ((payload.more() || id.more()) && router_.recv(rest, zmq::recv_flags::dontwait) && rest.more()) {}
+            while ((payload.more() || id.more()) && router_.recv(rest, zmq::recv_flags::dontwait) && rest.more()) {
+            }
             if (warned_peers.first_time(id.to_string())) {
                 log::warning("dropping a message with an unexpected number of frames from {} (malformed)",
                              describe_peer(id));
@@ -223,7 +229,7 @@ void RankSocket::drain() {
 bool RankSocket::send(const std::string& routing_id, std::string_view bytes) {
     try {
         bool sent = router_.send(zmq::buffer(routing_id), zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
-                    router_.send(zmq::buffer(bytes.data(), bytes.size()), zmq::send_flags::dontwait);
+            router_.send(zmq::buffer(bytes.data(), bytes.size()), zmq::send_flags::dontwait);
         schedule_drain();
         return sent;
     } catch (const zmq::error_t& e) {

@@ -33,7 +33,8 @@ void RefusalLimiter::evict(Clock::time_point now) {
         it = idle ? peers_.erase(it) : std::next(it);
     }
     if (peers_.size() < max_peers) return;
-    for (auto it = peers_.begin(); it != peers_.end();) it = now >= it->second.muted_until ? peers_.erase(it) : std::next(it);
+    for (auto it = peers_.begin(); it != peers_.end();)
+        it = now >= it->second.muted_until ? peers_.erase(it) : std::next(it);
 }
 
 }  // namespace dpengine

@@ -10,7 +10,7 @@ namespace dpengine {
 
 bool RegistrationDeadline::Addresses::operator==(const Addresses& other) const {
     return local_size == other.local_size && remote_size == other.remote_size &&
-           std::memcmp(&local, &other.local, local_size) == 0 && std::memcmp(&remote, &other.remote, remote_size) == 0;
+        std::memcmp(&local, &other.local, local_size) == 0 && std::memcmp(&remote, &other.remote, remote_size) == 0;
 }
 
 RegistrationDeadline::Addresses RegistrationDeadline::addresses_of(int fd) {

@@ -49,8 +49,8 @@ size_t skip_value(std::string_view s, size_t i) {
         }
         return i;
     }
-    while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' &&
-           s[i] != '\n' && s[i] != '\r')
+    while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' && s[i] != '\n' &&
+           s[i] != '\r')
         ++i;
     return i;
 }
@@ -73,10 +73,12 @@ std::optional<uint64_t> count_member(const json::object& object, std::string_vie
 }
 
 std::optional<uint64_t> token_limit(const json::object& object) {
-    auto max_tokens = count_member(object, "max_tokens"), max_completion = count_member(object, "max_completion_tokens");
+    auto max_tokens = count_member(object, "max_tokens"),
+         max_completion = count_member(object, "max_completion_tokens");
     if (!max_tokens && !max_completion) return std::nullopt;
     uint64_t per_choice = std::max(max_tokens.value_or(0), max_completion.value_or(0));
-    uint64_t choices = std::max<uint64_t>({1, count_member(object, "n").value_or(1), count_member(object, "best_of").value_or(1)});
+    uint64_t choices =
+        std::max<uint64_t>({1, count_member(object, "n").value_or(1), count_member(object, "best_of").value_or(1)});
     uint64_t limit;
     if (__builtin_mul_overflow(per_choice, choices, &limit)) return std::numeric_limits<uint64_t>::max();
     return limit;
@@ -112,13 +114,15 @@ std::variant<RoutedBody, openai::HttpError> route_body(std::string_view body, co
     parser.write(body.data(), body.size(), ec);
     if (ec == json::error::too_deep)
         return invalid("request body nests deeper than " + std::to_string(max_depth) + " levels");
-    if (ec) return invalid("request body is not valid JSON: " + (utf8::is_valid(body) ? ec.message() : "invalid UTF-8"));
+    if (ec)
+        return invalid("request body is not valid JSON: " + (utf8::is_valid(body) ? ec.message() : "invalid UTF-8"));
     json::value root = parser.release();
     const json::object* object = root.if_object();
     if (!object) return invalid("request body must be a JSON object");
 
     RoutedBody routed;
-    if (const json::value* stream = object->if_contains("stream")) routed.stream = stream->is_bool() && stream->get_bool();
+    if (const json::value* stream = object->if_contains("stream"))
+        routed.stream = stream->is_bool() && stream->get_bool();
     routed.token_limit = token_limit(*object);
     const json::value* model = object->if_contains("model");
     if (!model) {
@@ -130,7 +134,7 @@ std::variant<RoutedBody, openai::HttpError> route_body(std::string_view body, co
         return openai::HttpError{.status = 404,
                                  .type = "not_found_error",
                                  .message = "The model '" + std::string(model->get_string()) +
-                                            "' does not exist; this server serves '" + names.model + "'",
+                                     "' does not exist; this server serves '" + names.model + "'",
                                  .param = "model",
                                  .code = "model_not_found"};
     }

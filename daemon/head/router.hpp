@@ -13,10 +13,10 @@ namespace dpengine::head {
 // One rank as the router sees it.
 struct RouteCandidate {
     uint32_t rank = 0;
-    bool routable = false;      // ready, not draining, and its engine's health probes pass
-    uint32_t in_flight = 0;     // requests the head has sent it that have not ended
-    uint32_t engine_queued = 0; // requests queued inside its engine (the engine's own figure)
-    double kv_cache_usage = 0;  // share of its engine's KV cache in use, 0..1 (0: not known)
+    bool routable = false;       // ready, not draining, and its engine's health probes pass
+    uint32_t in_flight = 0;      // requests the head has sent it that have not ended
+    uint32_t engine_queued = 0;  // requests queued inside its engine (the engine's own figure)
+    double kv_cache_usage = 0;   // share of its engine's KV cache in use, 0..1 (0: not known)
 };
 
 // Least loaded first: the fewest requests in flight plus queued in the engine, then the

@@ -25,7 +25,8 @@ std::string openssl_reason(const boost::system::error_code& ec) {
 
 }  // namespace
 
-Result<std::shared_ptr<ssl::context>> load_tls_context(const std::string& certificate_path, const std::string& key_path) {
+Result<std::shared_ptr<ssl::context>> load_tls_context(const std::string& certificate_path,
+                                                       const std::string& key_path) {
     // The key is read here, after the same check as at start, rather than by OpenSSL from its path.
     auto key = read_private_file(key_path, "frontend.tls_key");
     if (!key) return key.error();

@@ -13,6 +13,6 @@
 namespace dpengine {
 
 Result<std::shared_ptr<boost::asio::ssl::context>> load_tls_context(const std::string& certificate_path,
-                                                                   const std::string& key_path);
+                                                                    const std::string& key_path);
 
 }  // namespace dpengine

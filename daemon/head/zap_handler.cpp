@@ -63,7 +63,8 @@ void ZapHandler::run() {
         std::string mechanism = request.size() > 5 ? request[5].to_string() : "";
         std::string status = "400", text = "not authorized", user;
         std::string key_z85;
-        if (request.size() >= 7 && request[0].to_string_view() == "1.0" && mechanism == "CURVE" && request[6].size() == 32) {
+        if (request.size() >= 7 && request[0].to_string_view() == "1.0" && mechanism == "CURVE" &&
+            request[6].size() == 32) {
             char z85[41];
             zmq_z85_encode(z85, static_cast<const uint8_t*>(request[6].data()), 32);
             key_z85 = z85;
@@ -85,7 +86,8 @@ void ZapHandler::run() {
         }
         std::array<std::string, 6> reply = {"1.0", request_id, status, text, user, ""};
         for (size_t i = 0; i < reply.size(); ++i) {
-            socket_.send(zmq::buffer(reply[i]), i + 1 < reply.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+            socket_.send(zmq::buffer(reply[i]),
+                         i + 1 < reply.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
         }
     }
 }

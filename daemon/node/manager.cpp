@@ -50,8 +50,8 @@ struct LocalRank {
     enum class Pending { none, stop, restart } pending = Pending::none;
     // Set while the rank drains before a stop: it fires at daemon.stop_timeout.
     std::unique_ptr<asio::steady_timer> stop_deadline;
-    std::string last_exit;  // headless nodes: the last exit, for status
-    RestartLimit restart_limit;  // unplanned restarts: supervision.restart_budget and back-off
+    std::string last_exit;          // headless nodes: the last exit, for status
+    RestartLimit restart_limit;     // unplanned restarts: supervision.restart_budget and back-off
     bool waiting_for_head = false;  // headless: exited for a lost head; starts when it answers
     std::string last_reason;        // headless: the reason code of last_exit, for status
     std::unique_ptr<asio::steady_timer> restart_timer;
@@ -95,7 +95,8 @@ public:
             }
         } else {
             log::info("headless: {} rank(s) {}, connecting to the head at {}{}", config_.size_local(),
-                      dp.start_rank ? "from rank " + std::to_string(*dp.start_rank) : std::string("where the head assigns them"),
+                      dp.start_rank ? "from rank " + std::to_string(*dp.start_rank)
+                                    : std::string("where the head assigns them"),
                       endpoint_, config_.uses_curve() ? " (CURVE)" : " (plaintext: security.insecure)");
         }
         signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
@@ -255,7 +256,8 @@ public:
 
     Status stop_node() override {
         for (auto& [rank, local] : local_) {
-            if (local.running && local.pending == LocalRank::Pending::none) (void)begin_stop(rank, LocalRank::Pending::stop);
+            if (local.running && local.pending == LocalRank::Pending::none)
+                (void)begin_stop(rank, LocalRank::Pending::stop);
         }
         return Ok{};
     }
@@ -336,8 +338,9 @@ private:
     Status head_rank(uint32_t rank) const {
         if (!link_) return Error{"drain and undrain are done on the head, which routes requests", "not-local"};
         if (rank >= config_.dp_size()) {
-            return Error{"rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
-                         "invalid-rank"};
+            return Error{
+                "rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
+                "invalid-rank"};
         }
         return Ok{};
     }
@@ -346,8 +349,9 @@ private:
         auto it = local_.find(rank);
         if (it != local_.end()) return &it->second;
         if (config_.dp_size() && rank >= config_.dp_size()) {
-            return Error{"rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
-                         "invalid-rank"};
+            return Error{
+                "rank " + std::to_string(rank) + " does not exist: the DP size is " + std::to_string(config_.dp_size()),
+                "invalid-rank"};
         }
         // The ranks it runs now: the head may have assigned or moved them.
         std::string runs;
@@ -499,10 +503,9 @@ private:
         node_hooks.assign_local = [this](uint32_t start, uint32_t count) { apply_assignment(start, count); };
         node_hooks.nodes_changed = [this] { bus_.nodes_changed(); };
         registry_ = std::make_unique<NodeRegistry>(io_, config_, *link_, std::move(node_hooks));
-        link_->set_node_handler([this](const std::string& routing_id, const wire::Envelope& envelope,
-                                       const std::string& key_node, const std::string& peer) {
-            registry_->on_message(routing_id, envelope, key_node, peer);
-        });
+        link_->set_node_handler(
+            [this](const std::string& routing_id, const wire::Envelope& envelope, const std::string& key_node,
+                   const std::string& peer) { registry_->on_message(routing_id, envelope, key_node, peer); });
         http_ = std::make_unique<HttpServer>(io_, config_, *link_, [this] { return ranks(); });
         if (auto listening = http_->listen(); !listening) return listening;
         log::info("head: DP size {}, {} local rank(s), ranks connect to {}, HTTP on {}:{}", config_.dp_size(),
@@ -526,19 +529,26 @@ private:
         const bool headless = config_.node.role == Role::headless;
         std::vector<std::string> args = {
             find_engine_program(config_.daemon.engine_program),
-            "--rank", std::to_string(rank),
-            "--local-rank", std::to_string(local_index),
-            "--connect", endpoint_,
-            "--node", config_.node.name,
+            "--rank",
+            std::to_string(rank),
+            "--local-rank",
+            std::to_string(local_index),
+            "--connect",
+            endpoint_,
+            "--node",
+            config_.node.name,
             // A head's own ranks must reach it at once; a headless node waits for its head.
-            "--connect-timeout", headless ? "0" : std::to_string(config_.handshake.connect_timeout),
-            "--max-message-bytes", std::to_string(config_.daemon.max_message_bytes),
+            "--connect-timeout",
+            headless ? "0" : std::to_string(config_.handshake.connect_timeout),
+            "--max-message-bytes",
+            std::to_string(config_.daemon.max_message_bytes),
         };
         // A headless node states the DP size it was given, so a mismatch with the head is
         // refused rather than silently overridden.
         if (headless && config_.dp_size()) args.insert(args.end(), {"--dp-size", std::to_string(config_.dp_size())});
         // Only a headless node's ranks outlive their head; the head's own stop with it.
-        if (headless) args.insert(args.end(), {"--head-grace-period", fmt::format("{}", config_.supervision.head_grace_period)});
+        if (headless)
+            args.insert(args.end(), {"--head-grace-period", fmt::format("{}", config_.supervision.head_grace_period)});
         if (config_.uses_curve()) args.insert(args.end(), {"--key", config_.security.key, "--server-key", server_key_});
         return args;
     }
@@ -582,7 +592,8 @@ private:
         }
         if (stopping_ || pending == LocalRank::Pending::stop) return;
         if (pending == LocalRank::Pending::restart) {
-            if (auto spawned = spawn(exit.rank); !spawned) log::error("restarting rank {}: {}", exit.rank, spawned.error().message);
+            if (auto spawned = spawn(exit.rank); !spawned)
+                log::error("restarting rank {}: {}", exit.rank, spawned.error().message);
             return;
         }
         schedule_restart(exit);
@@ -595,7 +606,8 @@ private:
         if (exit.exit_status == exit_code::config || exit.exit_status == exit_code::refused) {
             log::error("rank {} will not be restarted: it {} ({}); fix the cause, then 'dpctl start {}'", exit.rank,
                        exit.describe(),
-                       exit.exit_status == exit_code::config ? "configuration error" : "refused by the head", exit.rank);
+                       exit.exit_status == exit_code::config ? "configuration error" : "refused by the head",
+                       exit.rank);
             return;
         }
         if (exit.exit_status == exit_code::unreachable && config_.node.role == Role::headless) {
@@ -605,9 +617,9 @@ private:
         const auto& sup = config_.supervision;
         auto delay = local.restart_limit.admit(sup, Clock::now());
         if (!delay) {
-            std::string reason = "exhausted its restart budget (" + std::to_string(sup.restart_budget) + " restarts in " +
-                                 std::to_string(static_cast<int>(sup.restart_window)) +
-                                 " s, supervision.restart_budget); 'dpctl start " + std::to_string(exit.rank) + "' tries again";
+            std::string reason = "exhausted its restart budget (" + std::to_string(sup.restart_budget) +
+                " restarts in " + std::to_string(static_cast<int>(sup.restart_window)) +
+                " s, supervision.restart_budget); 'dpctl start " + std::to_string(exit.rank) + "' tries again";
             log::error("rank {} {}", exit.rank, reason);
             local.last_exit = reason;
             local.last_reason = ReasonCode("restart-budget-exhausted");
@@ -626,7 +638,8 @@ private:
             if (it == local_.end() || !it->second.assigned) return;
             LocalRank& l = it->second;
             if (l.running || l.pending != LocalRank::Pending::none) return;
-            if (auto spawned = spawn(rank); !spawned) log::error("restarting rank {}: {}", rank, spawned.error().message);
+            if (auto spawned = spawn(rank); !spawned)
+                log::error("restarting rank {}: {}", rank, spawned.error().message);
         });
     }
 
@@ -637,13 +650,15 @@ private:
         LocalRank& local = local_.at(rank);
         local.waiting_for_head = true;
         local.last_reason = ReasonCode("head-grace-expired");
-        local.last_exit = "stopped after losing the head for longer than supervision.head_grace_period "
-                          "[head-grace-expired]; starts again when the head answers";
+        local.last_exit =
+            "stopped after losing the head for longer than supervision.head_grace_period "
+            "[head-grace-expired]; starts again when the head answers";
         log::warning("rank {} {}", rank, local.last_exit);
         head_probe_.wait([this] {
             if (stopping_) return;
             for (auto& [r, l] : local_) {
-                if (!std::exchange(l.waiting_for_head, false) || l.running || l.pending != LocalRank::Pending::none) continue;
+                if (!std::exchange(l.waiting_for_head, false) || l.running || l.pending != LocalRank::Pending::none)
+                    continue;
                 log::info("restarting rank {}: the head is back [head-back]", r);
                 if (auto spawned = spawn(r); !spawned) log::error("restarting rank {}: {}", r, spawned.error().message);
             }
@@ -670,11 +685,11 @@ private:
             text += " (all on other nodes)";
         } else if (local_count < size) {
             text += " (" + std::to_string(local_ready) + "/" + std::to_string(local_count) + " on this node, " +
-                    std::to_string(ready - local_ready) + "/" + std::to_string(size - local_count) + " on other nodes)";
+                std::to_string(ready - local_ready) + "/" + std::to_string(size - local_count) + " on other nodes)";
         }
         if (ready_sent_ && !link_->has_quorum()) {
             text += ", fewer than data_parallel.min_ranks (" + std::to_string(config_.data_parallel.min_ranks) +
-                    "); refusing requests";
+                "); refusing requests";
         }
         notify::status(text);
         if (ready == size && !all_ready_logged_) {  // start-up is over: the deadline has nothing left to report
@@ -685,8 +700,8 @@ private:
         if (ready_sent_ || !start_complete(ready, local_ready, local_count)) return;
         ready_sent_ = true;
         if (ready < size) {
-            log::notice("{}/{} rank(s) ready, {} of them on this node; serving on {}:{} while the others join",
-                        ready, size, local_ready, config_.frontend.host, config_.frontend.port);
+            log::notice("{}/{} rank(s) ready, {} of them on this node; serving on {}:{} while the others join", ready,
+                        size, local_ready, config_.frontend.host, config_.frontend.port);
         }
         notify::ready();
     }
@@ -720,13 +735,15 @@ private:
         std::string missing;
         for (const auto& m : link_->missing_ranks()) missing += (missing.empty() ? "" : ", ") + m;
         if (!link_->has_quorum()) {
-            log::error("only {} of {} ranks are ready after {} s (handshake.ready_timeout), fewer than "
-                       "data_parallel.min_ranks ({}); refusing requests until enough are; missing: {} [below-min-ranks]",
-                       link_->ready_count(), link_->size(), config_.handshake.ready_timeout,
-                       config_.data_parallel.min_ranks, missing);
+            log::error(
+                "only {} of {} ranks are ready after {} s (handshake.ready_timeout), fewer than "
+                "data_parallel.min_ranks ({}); refusing requests until enough are; missing: {} [below-min-ranks]",
+                link_->ready_count(), link_->size(), config_.handshake.ready_timeout, config_.data_parallel.min_ranks,
+                missing);
         } else {
-            log::warning("not every rank is ready after {} s (handshake.ready_timeout); missing: {}; serving with {} of {}",
-                         config_.handshake.ready_timeout, missing, link_->ready_count(), link_->size());
+            log::warning(
+                "not every rank is ready after {} s (handshake.ready_timeout); missing: {}; serving with {} of {}",
+                config_.handshake.ready_timeout, missing, link_->ready_count(), link_->size());
         }
         if (!std::exchange(ready_sent_, true)) notify::ready();
         update_status();

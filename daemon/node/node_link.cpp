@@ -114,7 +114,9 @@ void NodeLink::set_connected(bool connected) {
     connected_ = connected;
     since_ = unix_now();
     if (connected) log::info("node link: connected to the head at {}", endpoint_);
-    else log::warning("node link: lost the head at {} (nothing heard for {} s)", endpoint_, config_.handshake.heartbeat_timeout);
+    else
+        log::warning("node link: lost the head at {} (nothing heard for {} s)", endpoint_,
+                     config_.handshake.heartbeat_timeout);
     if (hooks_.changed) hooks_.changed();
 }
 
@@ -207,7 +209,8 @@ void NodeLink::tick() {
     }
     if (registered_) {
         send(hooks_.status ? hooks_.status() : wire::NodeStatus{});
-    } else if (last_hello_ == Clock::time_point{} || now - last_hello_ >= seconds(last_refusal_.empty() ? 1.0 : refused_retry_s)) {
+    } else if (last_hello_ == Clock::time_point{} ||
+               now - last_hello_ >= seconds(last_refusal_.empty() ? 1.0 : refused_retry_s)) {
         wire::NodeHello hello;
         hello.node = config_.node.name;
         hello.incarnation = incarnation_;

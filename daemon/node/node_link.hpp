@@ -79,11 +79,11 @@ private:
     std::string endpoint_;
     uint64_t incarnation_ = 0;
     bool armed_ = false;
-    bool registered_ = false;   // the head answered our NODE_HELLO since it last forgot us
+    bool registered_ = false;       // the head answered our NODE_HELLO since it last forgot us
     wire::NodeConfig last_config_;  // the head's last answer: its view of this node's ranks
-    bool connected_ = false;    // heard from the head within handshake.heartbeat_timeout
+    bool connected_ = false;        // heard from the head within handshake.heartbeat_timeout
     bool report_pending_ = false;
-    bool leaving_ = false;      // leave() was called
+    bool leaving_ = false;  // leave() was called
     Clock::time_point last_heard_{}, last_hello_{};
     uint64_t since_ = 0;
     uint64_t epoch_ = 0;

@@ -4,7 +4,8 @@
 
 namespace dpengine {
 
-std::optional<std::chrono::milliseconds> RestartLimit::admit(const SupervisionSection& settings, Clock::time_point now) {
+std::optional<std::chrono::milliseconds> RestartLimit::admit(const SupervisionSection& settings,
+                                                             Clock::time_point now) {
     using Seconds = std::chrono::duration<double>;
     while (!restarts_.empty() && now - restarts_.front() > Seconds(settings.restart_window)) restarts_.pop_front();
     if (restarts_.size() >= settings.restart_budget) return std::nullopt;

@@ -20,8 +20,7 @@ namespace dpengine {
 namespace asio = boost::asio;
 
 struct Supervisor::Child {
-    Child(asio::io_context& io, uint32_t rank, pid_t pid, int pidfd)
-        : rank(rank), pid(pid), watcher(io, pidfd) {}
+    Child(asio::io_context& io, uint32_t rank, pid_t pid, int pidfd) : rank(rank), pid(pid), watcher(io, pidfd) {}
     uint32_t rank;
     pid_t pid;
     asio::posix::stream_descriptor watcher;  // owns the pidfd
@@ -137,8 +136,8 @@ void Supervisor::stop_all(std::chrono::milliseconds grace, std::function<void()>
     kill_timer_.async_wait([this, grace](const boost::system::error_code& ec) {
         if (ec) return;
         for (auto& [rank, child] : children_) {
-            log::warning("rank {} (pid {}) did not stop within {} ms of SIGTERM; killing it", rank,
-                         child->pid, grace.count());
+            log::warning("rank {} (pid {}) did not stop within {} ms of SIGTERM; killing it", rank, child->pid,
+                         grace.count());
             ::kill(-child->pid, SIGKILL);
             ::kill(child->pid, SIGKILL);
         }

@@ -24,8 +24,8 @@ namespace dpengine {
 struct ProcessExit {
     uint32_t rank = 0;
     pid_t pid = 0;
-    int exit_status = -1;  // the exit code, or -1 when killed by a signal
-    int signal = 0;        // the signal that killed it, or 0
+    int exit_status = -1;          // the exit code, or -1 when killed by a signal
+    int signal = 0;                // the signal that killed it, or 0
     std::string describe() const;  // "exited with status 78" / "killed by signal KILL"
 };
 

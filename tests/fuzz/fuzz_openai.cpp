@@ -24,8 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto& request = std::get<CompletionRequest>(parsed);
     if (request.n < 1 || request.n > limits.max_choices || request.sampling.max_tokens < 1 ||
         request.sampling.max_tokens > limits.max_model_len || request.sampling.stop.size() > 4 ||
-        request.prompts.empty() || request.prompts.size() > limits.max_prompts ||
-        (chat && request.prompts.size() != 1))
+        request.prompts.empty() || request.prompts.size() > limits.max_prompts || (chat && request.prompts.size() != 1))
         __builtin_trap();
     const std::string& prompt = request.prompts.front();
     std::vector<Choice> choices(request.prompts.size() * request.n, Choice{prompt.substr(0, 64), "length"});

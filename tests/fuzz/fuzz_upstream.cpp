@@ -41,7 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<std::string> whole = split_feed(body, {});
     std::string joined;
     for (const auto& e : whole) joined += e;
-    if (joined != body) std::abort();  // a byte lost, added or moved
+    if (joined != body) std::abort();                     // a byte lost, added or moved
     if (split_feed(body, splits) != whole) std::abort();  // the reads' split changed the events
     for (const auto& e : whole) (void)sse_event_data(e), (void)event_completion_tokens(e);
 

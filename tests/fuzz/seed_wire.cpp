@@ -14,9 +14,7 @@ using namespace dpengine::wire;
 
 namespace {
 
-void write(const std::string& path, const std::string& bytes) {
-    std::ofstream(path, std::ios::binary) << bytes;
-}
+void write(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 // One record of fuzz_handshake's input: [connection][length LE16][payload].
 std::string record(uint8_t connection, const std::string& payload) {
@@ -58,7 +56,8 @@ int main(int argc, char** argv) {
         {"config", config},
         {"refused", Refused{"rank-not-owned", "rank 1 belongs to node 'node-c'"}},
         {"ready", Ready{256, "cpu"}},
-        {"request", Request{7, "/v1/completions", R"({"prompt":"Once upon a time","max_tokens":2,"stream":true})", true}},
+        {"request",
+         Request{7, "/v1/completions", R"({"prompt":"Once upon a time","max_tokens":2,"stream":true})", true}},
         {"abort", Abort{{7, 8}}},
         {"outputs", Outputs{{first, last}, 1, 0}},
         {"heartbeat", Heartbeat{12, 0, 0}},
@@ -80,17 +79,17 @@ int main(int argc, char** argv) {
     }
     // A rank's whole life on one connection: HELLO, READY, a request's outputs, HEARTBEAT.
     std::string life = record(1, encode(hello)) + record(1, encode(Ready{256, "cpu"})) + record(0x80, "") +
-                       record(1, encode(Outputs{{Output{1, 200, "application/json", "", false, 0}}, 1, 0})) +
-                       record(1, encode(Outputs{{Output{1, 0, "", "{\"choices\":[]}", true, 2}}, 0, 0})) +
-                       record(1, encode(Heartbeat{3, 0, 0}));
+        record(1, encode(Outputs{{Output{1, 200, "application/json", "", false, 0}}, 1, 0})) +
+        record(1, encode(Outputs{{Output{1, 0, "", "{\"choices\":[]}", true, 2}}, 0, 0})) +
+        record(1, encode(Heartbeat{3, 0, 0}));
     write(dir + "/fuzz_handshake/rank-life", life);
     // Messages before HELLO, a second HELLO for the same rank from another connection, and an
     // abort of a request in flight.
     Hello other = hello;
     other.node = "node-c";
     other.incarnation = 0x5678;
-    std::string contested = record(2, encode(Heartbeat{1, 0, 0})) + record(1, encode(hello)) + record(2, encode(other)) +
-                            record(1, encode(Ready{1, "cpu"})) + record(0xc0, "") + record(1, encode(hello));
+    std::string contested = record(2, encode(Heartbeat{1, 0, 0})) + record(1, encode(hello)) +
+        record(2, encode(other)) + record(1, encode(Ready{1, "cpu"})) + record(0xc0, "") + record(1, encode(hello));
     write(dir + "/fuzz_handshake/contested", contested);
     return 0;
 }

@@ -22,7 +22,7 @@ void fill(T& v, std::string_view key, uint32_t n) {
     if constexpr (std::is_same_v<T, bool>) v = true;
     else if constexpr (std::is_same_v<T, uint32_t>) v = 100 + n;  // an HTTP status; a rank block within bounds
     else if constexpr (std::is_same_v<T, uint64_t>) v = (uint64_t{1} << 40) + n;
-    else if constexpr (std::is_same_v<T, double>) v = 0.25 + n / 64.0;  // within 0..1 (kv_cache_usage)
+    else if constexpr (std::is_same_v<T, double>) v = 0.25 + n / 64.0;              // within 0..1 (kv_cache_usage)
     else if constexpr (std::is_same_v<T, std::string>) v = "/" + std::string(key);  // REQUEST's path starts with '/'
     else if constexpr (std::is_same_v<T, std::vector<std::pair<std::string, std::string>>>) {
         v = {{std::string(key), std::string(key)}};

@@ -45,9 +45,8 @@ TEST_CASE("new API keys are distinct and their lines parse", "[api_keys]") {
 }
 
 TEST_CASE("a key file accepts exactly its keys", "[api_keys]") {
-    auto keys = api_keys::parse("# keys\n\n" + std::string(abc_line) + "  alice's laptop\n" +
-                                    api_keys::hash_line("second") + "\r\n",
-                                "keys");
+    auto keys = api_keys::parse(
+        "# keys\n\n" + std::string(abc_line) + "  alice's laptop\n" + api_keys::hash_line("second") + "\r\n", "keys");
     REQUIRE(keys);
     CHECK(keys->size() == 2);
     CHECK(keys->accepts("abc"));

@@ -19,14 +19,12 @@ namespace {
 struct TempDir {
     fs::path path;
 
-    TempDir()
-    {
+    TempDir() {
         std::string pattern = (fs::temp_directory_path() / "dpengine-config-XXXXXX").string();
         REQUIRE(mkdtemp(pattern.data()) != nullptr);
         path = pattern;
     }
-    ~TempDir()
-    {
+    ~TempDir() {
         std::error_code ec;
         fs::remove_all(path, ec);
     }
@@ -34,8 +32,7 @@ struct TempDir {
     TempDir& operator=(const TempDir&) = delete;
 
     // Writes NAME (relative, may include a directory) and returns its full path.
-    std::string write(const std::string& name, const std::string& text) const
-    {
+    std::string write(const std::string& name, const std::string& text) const {
         fs::path file = path / name;
         fs::create_directories(file.parent_path());
         std::ofstream(file) << text;
@@ -43,27 +40,22 @@ struct TempDir {
     }
 };
 
-Result<Config> parse(std::vector<std::string> args, CommandLine& cmdline)
-{
+Result<Config> parse(std::vector<std::string> args, CommandLine& cmdline) {
     std::vector<const char*> argv{"dpengined"};
     for (const std::string& a : args) argv.push_back(a.c_str());
     return parse_command_line(static_cast<int>(argv.size()), argv.data(), cmdline);
 }
 
-Result<Config> parse(std::vector<std::string> args)
-{
+Result<Config> parse(std::vector<std::string> args) {
     CommandLine cmdline;
     return parse(std::move(args), cmdline);
 }
 
-Status load(Config& config, const std::string& path, std::vector<std::string>& warnings,
-            bool strict = false)
-{
+Status load(Config& config, const std::string& path, std::vector<std::string>& warnings, bool strict = false) {
     return load_config_files(config, path, true, strict, warnings);
 }
 
-std::string load_error(const std::string& path)
-{
+std::string load_error(const std::string& path) {
     Config config;
     std::vector<std::string> warnings;
     Status s = load(config, path, warnings);
@@ -71,8 +63,7 @@ std::string load_error(const std::string& path)
     return s.error().message;
 }
 
-std::string validate_error(Config config)
-{
+std::string validate_error(Config config) {
     Status s = validate(config);
     REQUIRE_FALSE(s.ok());
     return s.error().message;
@@ -83,8 +74,7 @@ struct LocalSocket {
     int fd = -1;
     uint16_t port = 0;
 
-    explicit LocalSocket(bool listening)
-    {
+    explicit LocalSocket(bool listening) {
         fd = socket(AF_INET, SOCK_STREAM, 0);
         REQUIRE(fd >= 0);
         sockaddr_in addr{};
@@ -104,8 +94,7 @@ uint16_t free_port() { return LocalSocket(false).port; }
 
 }  // namespace
 
-TEST_CASE("config: defaults", "[config]")
-{
+TEST_CASE("config: defaults", "[config]") {
     Config config;
     CHECK(config.node.role == Role::head);
     CHECK_FALSE(config.data_parallel.size.has_value());  // a head gets 1 from validate()
@@ -116,8 +105,7 @@ TEST_CASE("config: defaults", "[config]")
 
     TempDir dir;
     std::vector<std::string> warnings;
-    REQUIRE(load_config_files(config, (dir.path / "absent.toml").string(), false, false, warnings)
-                .ok());
+    REQUIRE(load_config_files(config, (dir.path / "absent.toml").string(), false, false, warnings).ok());
     CHECK(warnings.empty());
     CHECK(to_toml(config) == to_toml(Config{}));
 
@@ -128,8 +116,7 @@ TEST_CASE("config: defaults", "[config]")
     CHECK_FALSE(config.node.name.empty());
 }
 
-TEST_CASE("config: an explicitly named file must exist", "[config]")
-{
+TEST_CASE("config: an explicitly named file must exist", "[config]") {
     TempDir dir;
     const std::string path = (dir.path / "absent.toml").string();
     CHECK(load_error(path) == "cannot read " + path + ": No such file or directory");
@@ -140,18 +127,17 @@ TEST_CASE("config: an explicitly named file must exist", "[config]")
     CHECK(result.error().message == "cannot read " + path + ": No such file or directory");
 }
 
-TEST_CASE("config: drop-ins override the file in name order", "[config]")
-{
+TEST_CASE("config: drop-ins override the file in name order", "[config]") {
     TempDir dir;
-    const std::string path = dir.write("dpengined.toml", "[data_parallel]\n"
-                                                         "size = 4\n"
-                                                         "[frontend]\n"
-                                                         "port = 9000\n"
-                                                         "[engine]\n"
-                                                         "model = \"main\"\n");
+    const std::string path = dir.write("dpengined.toml",
+                                       "[data_parallel]\n"
+                                       "size = 4\n"
+                                       "[frontend]\n"
+                                       "port = 9000\n"
+                                       "[engine]\n"
+                                       "model = \"main\"\n");
     dir.write("dpengined.toml.d/20-b.toml", "[engine]\nmodel = \"b\"\n");
-    dir.write("dpengined.toml.d/10-a.toml",
-              "[engine]\nmodel = \"a\"\n[frontend]\nport = 9001\n");
+    dir.write("dpengined.toml.d/10-a.toml", "[engine]\nmodel = \"a\"\n[frontend]\nport = 9001\n");
     dir.write("dpengined.toml.d/30-ignored.conf", "[frontend]\nport = 1\n");
 
     Config config;
@@ -163,8 +149,7 @@ TEST_CASE("config: drop-ins override the file in name order", "[config]")
     CHECK(config.engine.model == "b");
 }
 
-TEST_CASE("config: drop-ins apply without a main file unless it was named", "[config]")
-{
+TEST_CASE("config: drop-ins apply without a main file unless it was named", "[config]") {
     TempDir dir;
     const std::string path = (dir.path / "dpengined.toml").string();
     dir.write("dpengined.toml.d/port.toml", "[frontend]\nport = 9002\n");
@@ -176,8 +161,7 @@ TEST_CASE("config: drop-ins apply without a main file unless it was named", "[co
     CHECK_FALSE(load_config_files(config, path, true, false, warnings).ok());
 }
 
-TEST_CASE("config: every key is read, numbers accept integers", "[config]")
-{
+TEST_CASE("config: every key is read, numbers accept integers", "[config]") {
     TempDir dir;
     const std::string path = dir.write("all.toml", R"([node]
 role = "headless"
@@ -256,25 +240,21 @@ max_message_bytes = 65536
     REQUIRE(validate(config).ok());
 }
 
-TEST_CASE("config: file errors name the file, line and key", "[config]")
-{
+TEST_CASE("config: file errors name the file, line and key", "[config]") {
     TempDir dir;
 
-    SECTION("syntax error")
-    {
+    SECTION("syntax error") {
         const std::string path = dir.write("bad.toml", "[frontend]\nport = = 1\n");
         CHECK_THAT(load_error(path), Catch::StartsWith(path + ":2:"));
     }
-    SECTION("a wrong value: line, key, what is allowed and the value as written (or its type)")
-    {
+    SECTION("a wrong value: line, key, what is allowed and the value as written (or its type)") {
         // (file text, the error after "PATH")
         const std::pair<const char*, const char*> cases[] = {
             {"[node]\n\n[data_parallel]\nsize = \"four\"\n",
              ":4: data_parallel.size: expected an integer from 1 to 65536, got \"four\""},
             {"[engine]\nmodel = [1, 2]\n", ":2: engine.model: expected a string, got an array"},
             {"[frontend]\nport = 70000\n", ":2: frontend.port: expected an integer from 1 to 65535, got 70000"},
-            {"[handshake]\ninit_timeout = 0\n",
-             ":2: handshake.init_timeout: expected a number greater than 0, got 0"},
+            {"[handshake]\ninit_timeout = 0\n", ":2: handshake.init_timeout: expected a number greater than 0, got 0"},
             {"[node]\nrole = \"boss\"\n", ":2: node.role: expected \"head\" or \"headless\", got \"boss\""},
         };
         for (const auto& [text, error] : cases) {
@@ -283,47 +263,41 @@ TEST_CASE("config: file errors name the file, line and key", "[config]")
             CHECK(load_error(path) == path + error);
         }
     }
-    SECTION("size 0 and negative")
-    {
+    SECTION("size 0 and negative") {
         std::string path = dir.write("zero.toml", "[data_parallel]\nsize = 0\n");
-        CHECK_THAT(load_error(path), Catch::EndsWith("data_parallel.size: expected an integer "
-                                                     "from 1 to 65536, got 0"));
+        CHECK_THAT(load_error(path),
+                   Catch::EndsWith("data_parallel.size: expected an integer "
+                                   "from 1 to 65536, got 0"));
         path = dir.write("negative.toml", "[data_parallel]\nstart_rank = -1\n");
-        CHECK_THAT(load_error(path), Catch::Contains(":2: data_parallel.start_rank") &&
-                                         Catch::EndsWith("got -1"));
+        CHECK_THAT(load_error(path), Catch::Contains(":2: data_parallel.start_rank") && Catch::EndsWith("got -1"));
     }
-    SECTION("a section that is not a table")
-    {
+    SECTION("a section that is not a table") {
         const std::string path = dir.write("bad.toml", "engine = 3\n");
         CHECK_THAT(load_error(path), Catch::Contains(path + ":1: engine: expected a table"));
     }
-    SECTION("an error in a drop-in names the drop-in")
-    {
+    SECTION("an error in a drop-in names the drop-in") {
         const std::string path = dir.write("main.toml", "");
         const std::string dropin = dir.write("main.toml.d/x.toml", "[frontend]\nport = 0\n");
         CHECK_THAT(load_error(path), Catch::StartsWith(dropin + ":2: frontend.port"));
     }
 }
 
-TEST_CASE("config: unknown keys warn, or fail in strict mode", "[config]")
-{
+TEST_CASE("config: unknown keys warn, or fail in strict mode", "[config]") {
     TempDir dir;
-    const std::string path =
-        dir.write("dpengined.toml", "[engine]\nmax_batchs = 3\n\n[mystery]\nx = 1\n");
+    const std::string path = dir.write("dpengined.toml", "[engine]\nmax_batchs = 3\n\n[mystery]\nx = 1\n");
 
-    SECTION("warnings")
-    {
+    SECTION("warnings") {
         Config config;
         std::vector<std::string> warnings;
         REQUIRE(load(config, path, warnings).ok());
         REQUIRE(warnings.size() == 2);
-        CHECK(warnings[0] == path +
-                                 ":2: unknown key 'engine.max_batchs' (ignored); did you mean "
-                                 "'engine.max_batch'?");
+        CHECK(warnings[0] ==
+              path +
+                  ":2: unknown key 'engine.max_batchs' (ignored); did you mean "
+                  "'engine.max_batch'?");
         CHECK(warnings[1] == path + ":4: unknown section '[mystery]' (ignored)");
     }
-    SECTION("strict parameter")
-    {
+    SECTION("strict parameter") {
         Config config;
         std::vector<std::string> warnings;
         Status s = load(config, path, warnings, true);
@@ -332,8 +306,7 @@ TEST_CASE("config: unknown keys warn, or fail in strict mode", "[config]")
                    Catch::StartsWith(path + ":2: unknown key 'engine.max_batchs'") &&
                        Catch::Contains("remove it or check its spelling"));
     }
-    SECTION("daemon.strict in a drop-in covers the main file")
-    {
+    SECTION("daemon.strict in a drop-in covers the main file") {
         dir.write("dpengined.toml.d/strict.toml", "[daemon]\nstrict = true\n");
         Config config;
         std::vector<std::string> warnings;
@@ -341,8 +314,7 @@ TEST_CASE("config: unknown keys warn, or fail in strict mode", "[config]")
         REQUIRE_FALSE(s.ok());
         CHECK_THAT(s.error().message, Catch::Contains("unknown key 'engine.max_batchs'"));
     }
-    SECTION("--strict")
-    {
+    SECTION("--strict") {
         CommandLine cmdline;
         auto result = parse({"--config", path}, cmdline);
         REQUIRE(result.ok());
@@ -355,8 +327,7 @@ TEST_CASE("config: unknown keys warn, or fail in strict mode", "[config]")
     }
 }
 
-TEST_CASE("config: every flag overrides the file", "[config]")
-{
+TEST_CASE("config: every flag overrides the file", "[config]") {
     TempDir dir;
     const std::string path = dir.write("dpengined.toml", R"([node]
 role = "head"
@@ -381,20 +352,20 @@ runtime_directory = "/file/dir"
 )");
 
     const std::vector<std::string> separate = {
-        "--config", path,
-        "--headless",
-        "-dp", "8",
-        "-dpl", "2",
-        "-dpr", "4",
-        "--data-parallel-address", "[fd00::1]",
-        "--data-parallel-rpc-port", "14000",
-        "--host", "127.0.0.1",
-        "--port", "9100",
-        "--node-name", "flag-name",
-        "--backend", "synthetic",
-        "--model", "flag-model",
-        "--step-time-ms", "1.5",
-        "--runtime-directory", "/flag/dir",
+        "--config",   path,
+        "--headless", "-dp",
+        "8",          "-dpl",
+        "2",          "-dpr",
+        "4",          "--data-parallel-address",
+        "[fd00::1]",  "--data-parallel-rpc-port",
+        "14000",      "--host",
+        "127.0.0.1",  "--port",
+        "9100",       "--node-name",
+        "flag-name",  "--backend",
+        "synthetic",  "--model",
+        "flag-model", "--step-time-ms",
+        "1.5",        "--runtime-directory",
+        "/flag/dir",
     };
     const std::vector<std::string> joined = {
         "--config=" + path,
@@ -436,13 +407,11 @@ runtime_directory = "/file/dir"
     }
 }
 
-TEST_CASE("config: mode flags and the model argument", "[config]")
-{
+TEST_CASE("config: mode flags and the model argument", "[config]") {
     TempDir dir;
     const std::string path = dir.write("dpengined.toml", "[engine]\nmodel = \"file-model\"\n");
 
-    SECTION("--help and --version stop parsing")
-    {
+    SECTION("--help and --version stop parsing") {
         CommandLine cmdline;
         auto result = parse({"--help", "--no-such-flag"}, cmdline);
         REQUIRE(result.ok());
@@ -456,43 +425,37 @@ TEST_CASE("config: mode flags and the model argument", "[config]")
         REQUIRE(parse({"--version"}, version).ok());
         CHECK(version.version);
     }
-    SECTION("--check-config and --strict")
-    {
+    SECTION("--check-config and --strict") {
         CommandLine cmdline;
         auto result = parse({"--config", path, "--check-config", "--strict"}, cmdline);
         REQUIRE(result.ok());
         CHECK(cmdline.check_config);
         CHECK(result->daemon.strict);
     }
-    SECTION("one positional argument is the model")
-    {
+    SECTION("one positional argument is the model") {
         auto result = parse({"--config", path, "org/model-7b", "--port", "9000"});
         REQUIRE(result.ok());
         CHECK(result->engine.model == "org/model-7b");
         CHECK(result->frontend.port == 9000);
     }
-    SECTION("two positional arguments")
-    {
+    SECTION("two positional arguments") {
         auto result = parse({"--config", path, "a", "b"});
         REQUIRE_FALSE(result.ok());
         CHECK_THAT(result.error().message, Catch::Contains("'a'") && Catch::Contains("'b'"));
     }
-    SECTION("the model both as argument and flag")
-    {
+    SECTION("the model both as argument and flag") {
         auto result = parse({"--config", path, "a", "--model", "b"});
         REQUIRE_FALSE(result.ok());
         CHECK_THAT(result.error().message, Catch::Contains("give it once"));
     }
-    SECTION("-- ends the options")
-    {
+    SECTION("-- ends the options") {
         auto result = parse({"--config", path, "--", "-model-with-dash"});
         REQUIRE(result.ok());
         CHECK(result->engine.model == "-model-with-dash");
     }
 }
 
-TEST_CASE("config: flag errors name the flag", "[config]")
-{
+TEST_CASE("config: flag errors name the flag", "[config]") {
     TempDir dir;
     const std::string path = dir.write("dpengined.toml", "");
     auto error = [&](std::vector<std::string> args) {
@@ -505,32 +468,26 @@ TEST_CASE("config: flag errors name the flag", "[config]")
     CHECK(error({"--foo"}) == "unknown option '--foo'; see 'dpengined --help'");
     CHECK(error({"--foo=1"}) == "unknown option '--foo'; see 'dpengined --help'");
     CHECK_THAT(error({"--port"}), Catch::StartsWith("option '--port' needs a value"));
-    CHECK(error({"--port", "abc"}) ==
-          "option '--port': expected an integer from 1 to 65535, got 'abc'");
-    CHECK(error({"--port=70000"}) ==
-          "option '--port': expected an integer from 1 to 65535, got '70000'");
+    CHECK(error({"--port", "abc"}) == "option '--port': expected an integer from 1 to 65535, got 'abc'");
+    CHECK(error({"--port=70000"}) == "option '--port': expected an integer from 1 to 65535, got '70000'");
     CHECK(error({"-dp", "0"}) == "option '-dp': expected an integer from 1 to 65536, got '0'");
     CHECK(error({"-dp", "4x"}) == "option '-dp': expected an integer from 1 to 65536, got '4x'");
-    CHECK(error({"--step-time-ms", "-1"}) ==
-          "option '--step-time-ms': expected a number from 0 up, got '-1'");
+    CHECK(error({"--step-time-ms", "-1"}) == "option '--step-time-ms': expected a number from 0 up, got '-1'");
     CHECK_THAT(error({"--headless=yes"}), Catch::StartsWith("option '--headless' takes no value"));
 }
 
-TEST_CASE("config: validate checks the config as a whole", "[config]")
-{
+TEST_CASE("config: validate checks the config as a whole", "[config]") {
     Config config;
     config.security.insecure = true;  // keys have their own test
 
-    SECTION("start_rank below size")
-    {
+    SECTION("start_rank below size") {
         config.data_parallel.size = 4;
         config.data_parallel.start_rank = 4;
         CHECK(validate_error(config) ==
               "data_parallel.start_rank (4) must be less than data_parallel.size (4); ranks are "
               "numbered from 0");
     }
-    SECTION("size_local fits")
-    {
+    SECTION("size_local fits") {
         config.data_parallel.size = 4;
         config.data_parallel.size_local = 5;
         CHECK_THAT(validate_error(config),
@@ -542,16 +499,14 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
                    Catch::StartsWith("data_parallel.size_local (3) is larger than "
                                      "data_parallel.size (4) minus start_rank (2)"));
     }
-    SECTION("size_local defaults to the rest on a head")
-    {
+    SECTION("size_local defaults to the rest on a head") {
         config.data_parallel.size = 4;
         config.data_parallel.start_rank = 1;
         REQUIRE(validate(config).ok());
         CHECK(config.size_local() == 3);
         CHECK(config.has_remote_ranks());
     }
-    SECTION("a headless node needs size_local")
-    {
+    SECTION("a headless node needs size_local") {
         config.node.role = Role::headless;
         config.data_parallel.size = 4;
         CHECK_THAT(validate_error(config),
@@ -562,8 +517,7 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
         config.data_parallel.size_local = 2;
         CHECK(validate(config).ok());
     }
-    SECTION("rpc_port 0 with remote ranks")
-    {
+    SECTION("rpc_port 0 with remote ranks") {
         config.node.role = Role::headless;
         config.data_parallel.size = 2;
         config.data_parallel.size_local = 1;
@@ -572,16 +526,13 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
                    Catch::StartsWith("data_parallel.rpc_port must not be 0 when ranks run on "
                                      "other nodes"));
     }
-    SECTION("rpc_port 0 is fine when every rank is local")
-    {
+    SECTION("rpc_port 0 is fine when every rank is local") {
         config.data_parallel.rpc_port = 0;
         CHECK(validate(config).ok());
     }
-    SECTION("addresses")
-    {
+    SECTION("addresses") {
         config.data_parallel.address = "xx yy";
-        CHECK(validate_error(config) ==
-              "data_parallel.address: 'xx yy' is not an IPv4/IPv6 address or host name");
+        CHECK(validate_error(config) == "data_parallel.address: 'xx yy' is not an IPv4/IPv6 address or host name");
         config.data_parallel.address = "10.0.0.300";
         CHECK_THAT(validate_error(config), Catch::StartsWith("data_parallel.address"));
         config.data_parallel.address = "[head.example.com]";
@@ -591,8 +542,7 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
 
         config.data_parallel.address = "head-1.example.com";
         config.frontend.host = "bad_host";
-        CHECK(validate_error(config) ==
-              "frontend.host: 'bad_host' is not an IPv4/IPv6 address or host name");
+        CHECK(validate_error(config) == "frontend.host: 'bad_host' is not an IPv4/IPv6 address or host name");
 
         config.frontend.host = "[::]";
         config.data_parallel.address = "[fd00::1]";
@@ -605,15 +555,14 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
         REQUIRE(validate(config).ok());
         CHECK(config.data_parallel.address == "fd00::2");
     }
-    SECTION("ranges of values set in code")
-    {
+    SECTION("ranges of values set in code") {
         config.frontend.port = 0;
-        CHECK(validate_error(config) ==
-              "frontend.port: expected an integer from 1 to 65535, got 0");
+        CHECK(validate_error(config) == "frontend.port: expected an integer from 1 to 65535, got 0");
         config.frontend.port = 8000;
         config.frontend.max_body_bytes = 100;
-        CHECK_THAT(validate_error(config), Catch::StartsWith("frontend.max_body_bytes: expected "
-                                                             "an integer from 1024 to 1073741824"));
+        CHECK_THAT(validate_error(config),
+                   Catch::StartsWith("frontend.max_body_bytes: expected "
+                                     "an integer from 1024 to 1073741824"));
         config.frontend.max_body_bytes = 1 << 20;
         config.handshake.ready_timeout = 0;
         CHECK_THAT(validate_error(config), Catch::StartsWith("handshake.ready_timeout"));
@@ -628,13 +577,13 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
         CHECK_THAT(validate_error(config), Catch::StartsWith("engine.max_batch"));
         config.engine.max_batch = 1;
         config.data_parallel.size = 0;
-        CHECK_THAT(validate_error(config), Catch::StartsWith("data_parallel.size: expected an "
-                                                             "integer from 1 to 65536, got 0"));
+        CHECK_THAT(validate_error(config),
+                   Catch::StartsWith("data_parallel.size: expected an "
+                                     "integer from 1 to 65536, got 0"));
         config.data_parallel.size = 1;
         REQUIRE(validate(config).ok());
     }
-    SECTION("engine")
-    {
+    SECTION("engine") {
         config.engine.backend = "rocm";
         CHECK(validate_error(config) ==
               "engine.backend: unknown backend 'rocm'; known backends: synthetic, http, cuda");
@@ -648,8 +597,7 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
                    Catch::StartsWith("engine.default_max_tokens (100) is larger than "
                                      "engine.max_model_len (50)"));
     }
-    SECTION("the node name defaults to the host name")
-    {
+    SECTION("the node name defaults to the host name") {
         REQUIRE(validate(config).ok());
         char host[256] = {};
         REQUIRE(gethostname(host, sizeof host - 1) == 0);
@@ -657,8 +605,7 @@ TEST_CASE("config: validate checks the config as a whole", "[config]")
     }
 }
 
-TEST_CASE("config: an rpc port in use is reported", "[config]")
-{
+TEST_CASE("config: an rpc port in use is reported", "[config]") {
     LocalSocket taken(true);
     Config config;
     config.security.insecure = true;
@@ -667,8 +614,9 @@ TEST_CASE("config: an rpc port in use is reported", "[config]")
     config.data_parallel.address = "127.0.0.1";
     config.data_parallel.rpc_port = taken.port;
     const std::string message = validate_error(config);
-    CHECK_THAT(message, Catch::Contains("data_parallel.rpc_port " + std::to_string(taken.port)) &&
-                            Catch::Contains("127.0.0.1") && Catch::Contains("in use"));
+    CHECK_THAT(message,
+               Catch::Contains("data_parallel.rpc_port " + std::to_string(taken.port)) &&
+                   Catch::Contains("127.0.0.1") && Catch::Contains("in use"));
 
     // A headless node binds nothing, so only the head checks.
     config.node.role = Role::headless;
@@ -679,8 +627,7 @@ TEST_CASE("config: an rpc port in use is reported", "[config]")
     CHECK(validate(config).ok());
 }
 
-TEST_CASE("config: to_toml round-trips", "[config]")
-{
+TEST_CASE("config: to_toml round-trips", "[config]") {
     Config config;
     config.node.role = Role::headless;
     config.node.name = "we\"ird\\name\tx";
@@ -699,9 +646,9 @@ TEST_CASE("config: to_toml round-trips", "[config]")
 
     const std::string text = to_toml(config);
     CHECK_THAT(text, Catch::StartsWith("# effective configuration\n"));
-    CHECK_THAT(text, Catch::Contains("[data_parallel]\n") && Catch::Contains("size_local = 3\n") &&
-                         Catch::Contains("request_timeout = 600.0\n") &&
-                         Catch::Contains("address = \"fd00::7\"\n"));
+    CHECK_THAT(text,
+               Catch::Contains("[data_parallel]\n") && Catch::Contains("size_local = 3\n") &&
+                   Catch::Contains("request_timeout = 600.0\n") && Catch::Contains("address = \"fd00::7\"\n"));
 
     TempDir dir;
     const std::string path = dir.write("effective.toml", text);
@@ -717,8 +664,7 @@ TEST_CASE("config: to_toml round-trips", "[config]")
     CHECK(read.daemon.strict);
 }
 
-TEST_CASE("config: --help lists every flag", "[config]")
-{
+TEST_CASE("config: --help lists every flag", "[config]") {
     const std::string usage = usage_text();
     CHECK_THAT(usage, Catch::StartsWith("dpengined [OPTIONS...] [MODEL]\n\nRuns a dpengine node"));
     for (const char* line : {
@@ -744,8 +690,7 @@ TEST_CASE("config: --help lists every flag", "[config]")
         CHECK_THAT(usage, Catch::Contains("\n" + std::string(line)));
 }
 
-TEST_CASE("config: a headless node may leave the DP size to the head", "[config]")
-{
+TEST_CASE("config: a headless node may leave the DP size to the head", "[config]") {
     Config config;
     config.security.insecure = true;
     config.node.role = Role::headless;
@@ -759,8 +704,7 @@ TEST_CASE("config: a headless node may leave the DP size to the head", "[config]
                Catch::StartsWith("data_parallel.size_local (2) is larger than data_parallel.size (3)"));
 }
 
-TEST_CASE("config: start_rank is optional on a headless node, 0 by default on a head", "[config]")
-{
+TEST_CASE("config: start_rank is optional on a headless node, 0 by default on a head", "[config]") {
     Config head;
     head.data_parallel.size = 4;
     REQUIRE(validate(head).ok());
@@ -790,16 +734,14 @@ TEST_CASE("config: start_rank is optional on a headless node, 0 by default on a 
     CHECK_FALSE(node.assigned_by_head());
 }
 
-TEST_CASE("config: fault-handling keys", "[config]")
-{
+TEST_CASE("config: fault-handling keys", "[config]") {
     Config config;
     config.security.insecure = true;
     CHECK(config.data_parallel.min_ranks == 1);
     CHECK(config.handshake.hang_timeout == 60.0);
     CHECK(config.supervision.head_grace_period == 60.0);
 
-    SECTION("min_ranks is at most the DP size")
-    {
+    SECTION("min_ranks is at most the DP size") {
         config.data_parallel.size = 2;
         config.data_parallel.min_ranks = 3;
         CHECK_THAT(validate_error(config),
@@ -807,16 +749,15 @@ TEST_CASE("config: fault-handling keys", "[config]")
         config.data_parallel.min_ranks = 2;
         CHECK(validate(config).ok());
     }
-    SECTION("hang_timeout is longer than the heartbeat interval")
-    {
+    SECTION("hang_timeout is longer than the heartbeat interval") {
         config.handshake.heartbeat_interval = 2.0;
         config.handshake.heartbeat_timeout = 5.0;
         config.handshake.hang_timeout = 1.5;
-        CHECK_THAT(validate_error(config),
-                   Catch::StartsWith("handshake.hang_timeout (1.5) must be longer than handshake.heartbeat_interval (2.0)"));
+        CHECK_THAT(
+            validate_error(config),
+            Catch::StartsWith("handshake.hang_timeout (1.5) must be longer than handshake.heartbeat_interval (2.0)"));
     }
-    SECTION("the keys are read from the file")
-    {
+    SECTION("the keys are read from the file") {
         TempDir dir;
         auto path = dir.path / "dpengined.toml";
         std::ofstream(path) << "[data_parallel]\nmin_ranks = 2\n[handshake]\nhang_timeout = 7.5\n"
@@ -829,34 +770,31 @@ TEST_CASE("config: fault-handling keys", "[config]")
     }
 }
 
-TEST_CASE("config: lockstep settings are checked", "[config]")
-{
+TEST_CASE("config: lockstep settings are checked", "[config]") {
     Config config;
     config.security.insecure = true;
     CHECK(config.data_parallel.dp_sync == "independent");
     CHECK(config.data_parallel.group == "auto");
     CHECK(config.data_parallel.sync_interval == 1);
     CHECK(config.data_parallel.group_timeout == 1.5);
-    SECTION("unknown mode")
-    {
+    SECTION("unknown mode") {
         config.data_parallel.dp_sync = "together";
         CHECK_THAT(validate_error(config), Catch::Contains("data_parallel.dp_sync: unknown mode 'together'"));
     }
-    SECTION("unknown group")
-    {
+    SECTION("unknown group") {
         config.data_parallel.group = "mpi";
         CHECK_THAT(validate_error(config), Catch::Contains("data_parallel.group: unknown group 'mpi'"));
     }
 }
 
-TEST_CASE("config: the http backend's command and env are read as an array and a table", "[config]")
-{
+TEST_CASE("config: the http backend's command and env are read as an array and a table", "[config]") {
     TempDir dir;
     Config config;
     std::vector<std::string> warnings;
-    std::string path = dir.write("a.toml", "[engine]\nbackend = \"http\"\n"
-                                           "command = [\"srv\", \"--port\", \"{port}\"]\n"
-                                           "env = { A = \"1\", \"B.C\" = \"{gpu}\" }\n");
+    std::string path = dir.write("a.toml",
+                                 "[engine]\nbackend = \"http\"\n"
+                                 "command = [\"srv\", \"--port\", \"{port}\"]\n"
+                                 "env = { A = \"1\", \"B.C\" = \"{gpu}\" }\n");
     REQUIRE(load(config, path, warnings).ok());
     CHECK(config.engine.command == std::vector<std::string>{"srv", "--port", "{port}"});
     CHECK(config.engine.env == std::map<std::string, std::string>{{"A", "1"}, {"B.C", "{gpu}"}});
@@ -875,8 +813,7 @@ TEST_CASE("config: the http backend's command and env are read as an array and a
                Catch::Contains("engine.env: expected a table of strings, got a table"));
 }
 
-TEST_CASE("config: the http backend's settings are validated", "[config]")
-{
+TEST_CASE("config: the http backend's settings are validated", "[config]") {
     Config config;
     config.engine.backend = "http";
     CHECK_THAT(validate_error(config), Catch::StartsWith("engine.command is empty; the http backend needs"));

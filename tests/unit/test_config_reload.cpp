@@ -39,13 +39,14 @@ TEST_CASE("a reload takes the keys that may change and names every key that chan
     Config next = running;
     REQUIRE(apply_reload(running, next).empty());
 
-    next.frontend.max_body_bytes = 4096;         // live
-    next.engine.default_max_tokens = 99;         // reaches ranks as they start
-    next.engine.max_batch = 7;                   // restart only
-    next.frontend.api_keys = "/etc/keys";        // live, a string
-    next.engine.env = {{"A", "1"}};              // restart only, a table
+    next.frontend.max_body_bytes = 4096;   // live
+    next.engine.default_max_tokens = 99;   // reaches ranks as they start
+    next.engine.max_batch = 7;             // restart only
+    next.frontend.api_keys = "/etc/keys";  // live, a string
+    next.engine.env = {{"A", "1"}};        // restart only, a table
     auto changed = apply_reload(running, next);
-    REQUIRE(names(changed) == "frontend.max_body_bytes frontend.api_keys engine.max_batch engine.default_max_tokens engine.env");
+    REQUIRE(names(changed) ==
+            "frontend.max_body_bytes frontend.api_keys engine.max_batch engine.default_max_tokens engine.env");
     CHECK(changed[0].on_reload == OnReload::live);
     CHECK(changed[2].on_reload == OnReload::restart);
     CHECK(changed[3].on_reload == OnReload::rank_start);

@@ -362,7 +362,7 @@ TEST_CASE("a member that withholds its keys in formations in a row, for long, is
     // Stalling two formations in a row, for longer than tolerated, fails it: here the second
     // ends when the members' failure reports re-form the group, before the deadline's timer.
     group.regroup(true);
-    run(150ms);  // epoch E: nobody publishes
+    run(150ms);                   // epoch E: nobody publishes
     CHECK(ranks.failed.empty());  // every member's first stall: nobody failed
     // Two stalls within the tolerated time are not enough either.
     ranks.config.handshake.heartbeat_timeout = 10;

@@ -184,8 +184,8 @@ TEST_CASE("argument counts outside a verb's bounds are refused with exit status 
 
 TEST_CASE("unknown verbs are refused with exit status 2", "[dpctl]") {
     NoBus no_bus;
-    for (std::vector<std::string> args : {std::vector<std::string>{"frobnicate"}, {"Status"}, {"keys", "frobnicate"},
-                                          {"stop-nodes"}}) {
+    for (std::vector<std::string> args :
+         {std::vector<std::string>{"frobnicate"}, {"Status"}, {"keys", "frobnicate"}, {"stop-nodes"}}) {
         INFO("dpctl " << args[0]);
         CHECK(run_dpctl(args) == exit_status::invalid_arguments);
     }

@@ -181,7 +181,7 @@ private:
 
     static std::string answer(std::string_view extra_headers, std::string_view body) {
         return "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
-               "\r\n" + std::string(extra_headers) + "\r\n" + std::string(body);
+            "\r\n" + std::string(extra_headers) + "\r\n" + std::string(body);
     }
 
     static std::string chunk(std::string_view data) {
@@ -212,8 +212,9 @@ private:
             if (method != "POST") {
                 std::string body = path == "/health" ? "ok" : "";
                 std::string status = path == "/health" ? "200 OK" : "404 Not Found";
-                write_all(fd, "HTTP/1.1 " + status + "\r\nContent-Length: " + std::to_string(body.size()) +
-                                  "\r\nConnection: close\r\n\r\n" + body);
+                write_all(fd,
+                          "HTTP/1.1 " + status + "\r\nContent-Length: " + std::to_string(body.size()) +
+                              "\r\nConnection: close\r\n\r\n" + body);
                 return;
             }
             ++requests;
@@ -228,8 +229,9 @@ private:
             if (path == "/v1/completions") {
                 write_all(fd, answer("", body));
             } else if (path == "/stream") {
-                write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
-                                  chunk("data: " + body + "\n\n") + chunk("data: [DONE]\n\n") + "0\r\n\r\n");
+                write_all(fd,
+                          "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                              chunk("data: " + body + "\n\n") + chunk("data: [DONE]\n\n") + "0\r\n\r\n");
             } else if (path == "/close-after") {
                 write_all(fd, answer("", body));
                 return;
@@ -519,8 +521,9 @@ TEST_CASE("load: vLLM's and llama-server's /metrics", "[http]") {
     figures = parse_metrics("vllm:kv_cache_usage_perc 1.5\nvllm:num_requests_waiting -2\n");
     CHECK(figures.kv_cache_usage == 1.0);
     CHECK(figures.queued == 0u);
-    figures = parse_metrics("vllm:kv_cache_usage_perc NaN\nvllm:num_requests_waiting +Inf\n"
-                            "vllm:num_requests_waiting{engine=\"0\" 3\nvllm:num_requests_waiting three\n");
+    figures = parse_metrics(
+        "vllm:kv_cache_usage_perc NaN\nvllm:num_requests_waiting +Inf\n"
+        "vllm:num_requests_waiting{engine=\"0\" 3\nvllm:num_requests_waiting three\n");
     CHECK_FALSE(figures.kv_cache_usage);
     CHECK_FALSE(figures.queued);
     figures = parse_metrics("# TYPE dpengine_rank_in_flight gauge\ndpengine_rank_in_flight{rank=\"0\"} 1\n");
@@ -554,8 +557,8 @@ TEST_CASE("child process: a missing program is named, and stop() ends the whole 
     CHECK_THAT(missing.error().message, Catch::Contains("'no-such-program-for-dpengine' is not an executable"));
 
     // A leader and a background member that both ignore SIGTERM: only SIGKILL ends them.
-    auto child = ChildProcess::start({"sh", "-c", "trap '' TERM; sleep 60 & echo started; wait"},
-                                     {"PATH=/usr/bin:/bin"});
+    auto child =
+        ChildProcess::start({"sh", "-c", "trap '' TERM; sleep 60 & echo started; wait"}, {"PATH=/usr/bin:/bin"});
     REQUIRE(child.ok());
     pid_t leader = child->pid();
     CHECK(getpgid(leader) == leader);
@@ -612,9 +615,9 @@ TEST_CASE("http engine: one upstream connection serves request after request", "
     config.backend = "http";
     config.model = "m";
     // The "server" only tells the test its port and waits; the test serves that port itself.
-    config.command = {"/bin/sh", "-c", "echo {port} > " + (dir / "port.tmp").string() + " && mv " +
-                                           (dir / "port.tmp").string() + " " + (dir / "port").string() +
-                                           " && exec sleep 120"};
+    config.command = {"/bin/sh", "-c",
+                      "echo {port} > " + (dir / "port.tmp").string() + " && mv " + (dir / "port.tmp").string() + " " +
+                          (dir / "port").string() + " && exec sleep 120"};
     config.health_path = "/health";
     config.health_interval = 0.5;
     config.health_failures = 3;
@@ -648,8 +651,7 @@ TEST_CASE("http engine: one upstream connection serves request after request", "
     CHECK(stream.status == 200);
     CHECK(stream.content_type == "text/event-stream");
     CHECK(stream.data == "data: connection " + std::to_string(connection) + " request 5\n\ndata: [DONE]\n\n");
-    CHECK(ask(*engine, ++id, "/v1/completions").data ==
-          "connection " + std::to_string(connection) + " request 6");
+    CHECK(ask(*engine, ++id, "/v1/completions").data == "connection " + std::to_string(connection) + " request 6");
     CHECK(server.post_connections() == 1);
 
     // The server closes the idle connection: the next request goes on a new one, and succeeds.

@@ -172,8 +172,9 @@ TEST_CASE("keys: write_key_pair refuses to overwrite unless asked to", "[keys]")
 
 TEST_CASE("keys: overwriting a world-readable file leaves it 0600", "[keys]") {
     KeysTempDir dir;
-    std::string path = dir.write("node.key", "old contents that are longer than a key, to check truncation "
-                                             "......................................................\n",
+    std::string path = dir.write("node.key",
+                                 "old contents that are longer than a key, to check truncation "
+                                 "......................................................\n",
                                  0644);
     auto pair = new_pair();
     REQUIRE(keys::write_key_pair(path, pair, "n", true).ok());
@@ -287,8 +288,8 @@ TEST_CASE("keys: load_public reads a .pub file or a 'KEY NODE' line", "[keys]") 
     if (!from_pub) FAIL(from_pub.error().message);
     CHECK(*from_pub == pair.public_z85);
 
-    std::string line = dir.write("line", "# the head's key\n\n" + std::string(example_server_public) + " head ranks=0-1\n",
-                                 0644);
+    std::string line =
+        dir.write("line", "# the head's key\n\n" + std::string(example_server_public) + " head ranks=0-1\n", 0644);
     auto from_line = keys::load_public(line);
     if (!from_line) FAIL(from_line.error().message);
     CHECK(*from_line == example_server_public);
@@ -363,15 +364,14 @@ TEST_CASE("keys: load_authorized_keys parses keys, nodes and rank ranges", "[key
     auto a = new_pair();
     auto b = new_pair();
     auto c = new_pair();
-    std::string path = dir.write("authorized_keys",
-                                 "# nodes allowed to join\n"
-                                 "\n"
-                                 "   \n" +
-                                     a.public_z85 + " node-a\n" +
-                                     "  # indented comment\n" +
-                                     b.public_z85 + "   node-b   ranks=2-3  \r\n" +
-                                     "\t" + c.public_z85 + "\tnode-c ranks=7-7",  // no final newline
-                                 0644);
+    std::string path =
+        dir.write("authorized_keys",
+                  "# nodes allowed to join\n"
+                  "\n"
+                  "   \n" +
+                      a.public_z85 + " node-a\n" + "  # indented comment\n" + b.public_z85 +
+                      "   node-b   ranks=2-3  \r\n" + "\t" + c.public_z85 + "\tnode-c ranks=7-7",  // no final newline
+                  0644);
     auto r = keys::load_authorized_keys(path);
     if (!r) FAIL(r.error().message);
     const auto& list = *r;
@@ -514,8 +514,8 @@ TEST_CASE("keys: an authorized keys file anyone may write is refused", "[keys]")
 TEST_CASE("keys: authorized keys refuse a node listed twice, naming both lines", "[keys]") {
     KeysTempDir dir;
     auto a = new_pair(), b = new_pair();
-    std::string path = dir.write("authorized_keys",
-                                 "# nodes\n" + a.public_z85 + " node-b ranks=2-3\n\n" + b.public_z85 + " node-b\n", 0644);
+    std::string path = dir.write(
+        "authorized_keys", "# nodes\n" + a.public_z85 + " node-b ranks=2-3\n\n" + b.public_z85 + " node-b\n", 0644);
     auto r = keys::load_authorized_keys(path);
     REQUIRE_FALSE(r.ok());
     CHECK_THAT(r.error().message, Catch::StartsWith(path + ":4:"));
@@ -525,8 +525,8 @@ TEST_CASE("keys: authorized keys refuse a node listed twice, naming both lines",
 TEST_CASE("keys: authorized keys refuse a line with the head's own node name", "[keys]") {
     KeysTempDir dir;
     auto a = new_pair(), b = new_pair();
-    std::string path = dir.write("authorized_keys", a.public_z85 + " node-b\n" + b.public_z85 + " head-a ranks=0-1\n",
-                                 0644);
+    std::string path =
+        dir.write("authorized_keys", a.public_z85 + " node-b\n" + b.public_z85 + " head-a ranks=0-1\n", 0644);
     auto r = keys::load_authorized_keys(path, "head-a");
     REQUIRE_FALSE(r.ok());
     CHECK_THAT(r.error().message, Catch::StartsWith(path + ":2:"));

@@ -27,7 +27,9 @@ struct ScriptedGroup : DpGroup {
 
 struct NoRendezvous : RendezvousChannel {
     Status set(const std::string&, const std::string&) override { return Ok{}; }
-    Result<std::string> get(const std::string&, std::chrono::steady_clock::time_point) override { return std::string(); }
+    Result<std::string> get(const std::string&, std::chrono::steady_clock::time_point) override {
+        return std::string();
+    }
 };
 
 struct RecordingLink : Lockstep::Link {
@@ -112,10 +114,10 @@ TEST_CASE("lockstep: a START_WAVE that overtakes the end of the wave is kept", "
     Fixture f;
     f.lockstep.on_start_wave(11);  // the head's wake-up for the next wave, early
     f.others = {0, 1, 0};
-    f.advance();                   // wave 10 ends
+    f.advance();  // wave 10 ends
     CHECK(f.lockstep.report().state == "paused");
     CHECK(f.lockstep.wants_to_run(f.loop));
-    f.advance();                   // wave 11 runs: a dummy step
+    f.advance();  // wave 11 runs: a dummy step
     CHECK(f.loop.dummy_steps() == 1);
     CHECK(f.sent_of<wire::StartWave>().empty());
 }

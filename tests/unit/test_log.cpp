@@ -62,8 +62,9 @@ TEST_CASE("a message that ends with a reason code in brackets carries it as DPEN
     FakeJournal journal;
     const std::string message = "rank 1 (node 'b') went silent: no heartbeat for 1.5 s [heartbeat-timeout]";
     REQUIRE(dlog::send_journal_entry(journal.path, dlog::journal_entry(Level::error, "dpengined", message)));
-    CHECK(journal.receive() == "MESSAGE=" + message + "\nPRIORITY=3\nSYSLOG_IDENTIFIER=" + program +
-                                   "\nDPENGINE_UNIT=dpengined\nDPENGINE_REASON=heartbeat-timeout\n");
+    CHECK(journal.receive() ==
+          "MESSAGE=" + message + "\nPRIORITY=3\nSYSLOG_IDENTIFIER=" + program +
+              "\nDPENGINE_UNIT=dpengined\nDPENGINE_REASON=heartbeat-timeout\n");
 }
 
 TEST_CASE("only a trailing, well-formed bracketed code is a reason code", "[log]") {
@@ -86,6 +87,7 @@ TEST_CASE("a message with a newline is sent in the binary field form with its le
 }
 
 TEST_CASE("an entry for a journal socket that is not there is reported as not sent", "[log]") {
-    CHECK_FALSE(dlog::send_journal_entry("/tmp/dpe-no-such-journal/socket", dlog::journal_entry(Level::info, "x", "y")));
+    CHECK_FALSE(
+        dlog::send_journal_entry("/tmp/dpe-no-such-journal/socket", dlog::journal_entry(Level::info, "x", "y")));
     CHECK_FALSE(dlog::send_journal_entry(std::string(200, 'a'), "MESSAGE=y\n"));  // longer than sun_path
 }

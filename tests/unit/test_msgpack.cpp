@@ -124,11 +124,31 @@ TEST_CASE("msgpack: unsigned integers are big-endian on the wire", "[msgpack]") 
 }
 
 TEST_CASE("msgpack: signed integers round trip across all size classes", "[msgpack]") {
-    const std::vector<int64_t> values = {
-        0, 1, 127, 128, 255, 256, 65535, 65536, -1, -5, -31, -32, -33, -127, -128, -129,
-        -32767, -32768, -32769, -2147483647LL, -2147483648LL, -2147483649LL,
-        std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::min() + 1,
-        std::numeric_limits<int64_t>::max()};
+    const std::vector<int64_t> values = {0,
+                                         1,
+                                         127,
+                                         128,
+                                         255,
+                                         256,
+                                         65535,
+                                         65536,
+                                         -1,
+                                         -5,
+                                         -31,
+                                         -32,
+                                         -33,
+                                         -127,
+                                         -128,
+                                         -129,
+                                         -32767,
+                                         -32768,
+                                         -32769,
+                                         -2147483647LL,
+                                         -2147483648LL,
+                                         -2147483649LL,
+                                         std::numeric_limits<int64_t>::min(),
+                                         std::numeric_limits<int64_t>::min() + 1,
+                                         std::numeric_limits<int64_t>::max()};
     for (int64_t v : values) {
         INFO("value " << v);
         std::string buf = enc_sint(v);
@@ -285,8 +305,8 @@ TEST_CASE("msgpack: strings use fixstr, str8, str16 and str32 and round trip", "
         int first_byte;  // -1: fixstr 0xa0|length
     };
     const std::vector<Case> cases = {
-        {0, 1, -1},         {1, 1, -1},         {31, 1, -1},        {32, 2, 0xd9},      {255, 2, 0xd9},
-        {256, 3, 0xda},     {65535, 3, 0xda},   {65536, 5, 0xdb},   {100000, 5, 0xdb},
+        {0, 1, -1},     {1, 1, -1},       {31, 1, -1},      {32, 2, 0xd9},     {255, 2, 0xd9},
+        {256, 3, 0xda}, {65535, 3, 0xda}, {65536, 5, 0xdb}, {100000, 5, 0xdb},
     };
     for (const auto& c : cases) {
         INFO("length " << c.length);
@@ -316,8 +336,8 @@ TEST_CASE("msgpack: strings carry arbitrary bytes, including NUL and UTF-8", "[m
 
 TEST_CASE("msgpack: the reader decodes str8/16/32 headers for short strings", "[msgpack]") {
     // Other encoders may use a bigger header than needed.
-    for (const std::string& buf : {bytes({0xd9, 2, 'h', 'i'}), bytes({0xda, 0, 2, 'h', 'i'}),
-                                   bytes({0xdb, 0, 0, 0, 2, 'h', 'i'})}) {
+    for (const std::string& buf :
+         {bytes({0xd9, 2, 'h', 'i'}), bytes({0xda, 0, 2, 'h', 'i'}), bytes({0xdb, 0, 0, 0, 2, 'h', 'i'})}) {
         Reader r(buf);
         CHECK(r.str() == "hi");
         CHECK(r.at_end());
@@ -331,8 +351,8 @@ TEST_CASE("msgpack: arrays and maps use fix, 16 and 32 headers and round trip", 
         int first_byte;  // -1: fix
     };
     const std::vector<Case> cases = {
-        {0, 1, -1}, {1, 1, -1}, {15, 1, -1}, {16, 3, 0xdc}, {255, 3, 0xdc}, {256, 3, 0xdc},
-        {65535, 3, 0xdc}, {65536, 5, 0xdd}, {70000, 5, 0xdd},
+        {0, 1, -1},     {1, 1, -1},       {15, 1, -1},      {16, 3, 0xdc},    {255, 3, 0xdc},
+        {256, 3, 0xdc}, {65535, 3, 0xdc}, {65536, 5, 0xdd}, {70000, 5, 0xdd},
     };
     for (const auto& c : cases) {
         INFO("count " << c.count);
@@ -416,16 +436,16 @@ TEST_CASE("msgpack: peek names every kind", "[msgpack]") {
         Kind kind;
     };
     const std::vector<Case> cases = {
-        {bytes({0x00}), Kind::uint},     {bytes({0x7f}), Kind::uint},      {bytes({0xcc}), Kind::uint},
-        {bytes({0xcf}), Kind::uint},     {bytes({0xe0}), Kind::sint},      {bytes({0xff}), Kind::sint},
-        {bytes({0xd0}), Kind::sint},     {bytes({0xd3}), Kind::sint},      {bytes({0x80}), Kind::map},
-        {bytes({0x8f}), Kind::map},      {bytes({0xde}), Kind::map},       {bytes({0xdf}), Kind::map},
-        {bytes({0x90}), Kind::array},    {bytes({0x9f}), Kind::array},     {bytes({0xdc}), Kind::array},
-        {bytes({0xdd}), Kind::array},    {bytes({0xa0}), Kind::str},       {bytes({0xbf}), Kind::str},
-        {bytes({0xd9}), Kind::str},      {bytes({0xdb}), Kind::str},       {bytes({0xc0}), Kind::nil},
-        {bytes({0xc2}), Kind::boolean},  {bytes({0xc3}), Kind::boolean},   {bytes({0xc4}), Kind::bin},
-        {bytes({0xc6}), Kind::bin},      {bytes({0xca}), Kind::float64},   {bytes({0xcb}), Kind::float64},
-        {bytes({0xc7}), Kind::ext},      {bytes({0xc9}), Kind::ext},       {bytes({0xd4}), Kind::ext},
+        {bytes({0x00}), Kind::uint},    {bytes({0x7f}), Kind::uint},    {bytes({0xcc}), Kind::uint},
+        {bytes({0xcf}), Kind::uint},    {bytes({0xe0}), Kind::sint},    {bytes({0xff}), Kind::sint},
+        {bytes({0xd0}), Kind::sint},    {bytes({0xd3}), Kind::sint},    {bytes({0x80}), Kind::map},
+        {bytes({0x8f}), Kind::map},     {bytes({0xde}), Kind::map},     {bytes({0xdf}), Kind::map},
+        {bytes({0x90}), Kind::array},   {bytes({0x9f}), Kind::array},   {bytes({0xdc}), Kind::array},
+        {bytes({0xdd}), Kind::array},   {bytes({0xa0}), Kind::str},     {bytes({0xbf}), Kind::str},
+        {bytes({0xd9}), Kind::str},     {bytes({0xdb}), Kind::str},     {bytes({0xc0}), Kind::nil},
+        {bytes({0xc2}), Kind::boolean}, {bytes({0xc3}), Kind::boolean}, {bytes({0xc4}), Kind::bin},
+        {bytes({0xc6}), Kind::bin},     {bytes({0xca}), Kind::float64}, {bytes({0xcb}), Kind::float64},
+        {bytes({0xc7}), Kind::ext},     {bytes({0xc9}), Kind::ext},     {bytes({0xd4}), Kind::ext},
         {bytes({0xd8}), Kind::ext},
     };
     for (const auto& c : cases) {
@@ -474,19 +494,32 @@ TEST_CASE("msgpack: a typed read of the wrong type throws a DecodeError naming b
         }
     };
 
-    expect(a_uint, [](Reader& r) { (void)r.str(); }, "string", "unsigned integer");
-    expect(a_str, [](Reader& r) { (void)r.uint(); }, "unsigned integer", "string");
-    expect(a_str, [](Reader& r) { (void)r.sint(); }, "integer", "string");
-    expect(a_neg, [](Reader& r) { (void)r.uint(); }, "unsigned integer", "negative integer");
-    expect(a_nil, [](Reader& r) { (void)r.boolean(); }, "boolean", "nil");
-    expect(a_bool, [](Reader& r) { r.nil(); }, "nil", "boolean");
-    expect(a_map, [](Reader& r) { (void)r.array(); }, "array", "map");
-    expect(an_array, [](Reader& r) { (void)r.map(); }, "map", "array");
-    expect(a_str, [](Reader& r) { (void)r.float64(); }, "float", "string");
-    expect(a_float, [](Reader& r) { (void)r.uint(); }, "unsigned integer", "float");
-    expect(a_float, [](Reader& r) { (void)r.str(); }, "string", "float");
-    expect(a_bin, [](Reader& r) { (void)r.str(); }, "string", "binary");
-    expect(a_bool, [](Reader& r) { (void)r.array(); }, "array", "boolean");
+    expect(
+        a_uint, [](Reader& r) { (void)r.str(); }, "string", "unsigned integer");
+    expect(
+        a_str, [](Reader& r) { (void)r.uint(); }, "unsigned integer", "string");
+    expect(
+        a_str, [](Reader& r) { (void)r.sint(); }, "integer", "string");
+    expect(
+        a_neg, [](Reader& r) { (void)r.uint(); }, "unsigned integer", "negative integer");
+    expect(
+        a_nil, [](Reader& r) { (void)r.boolean(); }, "boolean", "nil");
+    expect(
+        a_bool, [](Reader& r) { r.nil(); }, "nil", "boolean");
+    expect(
+        a_map, [](Reader& r) { (void)r.array(); }, "array", "map");
+    expect(
+        an_array, [](Reader& r) { (void)r.map(); }, "map", "array");
+    expect(
+        a_str, [](Reader& r) { (void)r.float64(); }, "float", "string");
+    expect(
+        a_float, [](Reader& r) { (void)r.uint(); }, "unsigned integer", "float");
+    expect(
+        a_float, [](Reader& r) { (void)r.str(); }, "string", "float");
+    expect(
+        a_bin, [](Reader& r) { (void)r.str(); }, "string", "binary");
+    expect(
+        a_bool, [](Reader& r) { (void)r.array(); }, "array", "boolean");
 }
 
 TEST_CASE("msgpack: every read of an empty buffer throws", "[msgpack]") {
@@ -620,19 +653,33 @@ TEST_CASE("msgpack: container counts larger than the bytes left are refused at t
 
 TEST_CASE("msgpack: skip() consumes exactly one value of every kind", "[msgpack]") {
     std::vector<std::string> values = {
-        bytes({0xc0}), bytes({0xc2}), bytes({0xc3}), bytes({0x05}), bytes({0xe5}), enc_uint(1u << 20),
-        enc_sint(-100000), bytes({0xca, 0, 0, 0, 0}), bytes({0xcb, 0, 0, 0, 0, 0, 0, 0, 0}), enc_str("skip me"),
+        bytes({0xc0}),
+        bytes({0xc2}),
+        bytes({0xc3}),
+        bytes({0x05}),
+        bytes({0xe5}),
+        enc_uint(1u << 20),
+        enc_sint(-100000),
+        bytes({0xca, 0, 0, 0, 0}),
+        bytes({0xcb, 0, 0, 0, 0, 0, 0, 0, 0}),
+        enc_str("skip me"),
         enc_str(std::string(1000, 'z')),
         // bin 8/16/32
-        bytes({0xc4, 0x00}), bytes({0xc4, 0x03, 0xc1, 0xc1, 0xc1}), bytes({0xc5, 0x00, 0x02, 0xff, 0xff}),
+        bytes({0xc4, 0x00}),
+        bytes({0xc4, 0x03, 0xc1, 0xc1, 0xc1}),
+        bytes({0xc5, 0x00, 0x02, 0xff, 0xff}),
         bytes({0xc6, 0x00, 0x00, 0x00, 0x01, 0xc1}),
         // fixext 1/2/4/8/16 (type byte then data)
-        bytes({0xd4, 0x01, 0xc1}), bytes({0xd5, 0x01, 0xc1, 0xc1}), bytes({0xd6, 0xff, 1, 2, 3, 4}),
+        bytes({0xd4, 0x01, 0xc1}),
+        bytes({0xd5, 0x01, 0xc1, 0xc1}),
+        bytes({0xd6, 0xff, 1, 2, 3, 4}),
         bytes({0xd7, 0x7f, 1, 2, 3, 4, 5, 6, 7, 8}),
         bytes({0xd8, 0x02, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}),
         // ext 8/16/32 (length, type byte, data)
-        bytes({0xc7, 0x00, 0x05}), bytes({0xc7, 0x03, 0x05, 0xc1, 0xc1, 0xc1}),
-        bytes({0xc8, 0x00, 0x02, 0x05, 0xaa, 0xbb}), bytes({0xc9, 0x00, 0x00, 0x00, 0x01, 0x05, 0xaa}),
+        bytes({0xc7, 0x00, 0x05}),
+        bytes({0xc7, 0x03, 0x05, 0xc1, 0xc1, 0xc1}),
+        bytes({0xc8, 0x00, 0x02, 0x05, 0xaa, 0xbb}),
+        bytes({0xc9, 0x00, 0x00, 0x00, 0x01, 0x05, 0xaa}),
     };
     {
         std::string nested;
@@ -670,9 +717,8 @@ TEST_CASE("msgpack: skip() refuses bin and ext lengths larger than the bytes lef
     CHECK_THROWS_AS(Reader(bytes({0xc7, 0x02, 0x05, 0x01})).skip(), DecodeError);  // one data byte short
     CHECK_THROWS_AS(Reader(bytes({0xc7, 0x00})).skip(), DecodeError);              // no type byte
     CHECK_THROWS_AS(Reader(bytes({0xc9, 0xff, 0xff, 0xff, 0xff, 0x05})).skip(), DecodeError);
-    CHECK_THROWS_AS(Reader(bytes({0xd4, 0x01})).skip(), DecodeError);              // fixext1 without data
-    CHECK_THROWS_AS(Reader(bytes({0xd8, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})).skip(),
-                    DecodeError);
+    CHECK_THROWS_AS(Reader(bytes({0xd4, 0x01})).skip(), DecodeError);  // fixext1 without data
+    CHECK_THROWS_AS(Reader(bytes({0xd8, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})).skip(), DecodeError);
 }
 
 namespace {

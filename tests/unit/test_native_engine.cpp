@@ -116,7 +116,8 @@ std::map<int64_t, std::string> streamed_texts(const std::vector<json::value>& ev
     for (const auto& event : events) {
         if (!event.is_object() || event.at("choices").as_array().empty()) continue;
         const json::value& choice = event.at("choices").at(0);
-        texts[choice.at("index").as_int64()] += is_chat ? text(choice.at("delta").at("content")) : text(choice.at("text"));
+        texts[choice.at("index").as_int64()] +=
+            is_chat ? text(choice.at("delta").at("content")) : text(choice.at("text"));
     }
     return texts;
 }
@@ -125,7 +126,8 @@ std::map<int64_t, std::string> streamed_texts(const std::vector<json::value>& ev
 
 TEST_CASE("native engine: a completion, whole", "[native_engine]") {
     NativeEngine engine = make();
-    engine.add(request(41, completions, R"({"model":"whatever","prompt":"hello there world","max_tokens":5,"seed":3})"));
+    engine.add(
+        request(41, completions, R"({"model":"whatever","prompt":"hello there world","max_tokens":5,"seed":3})"));
     CHECK(engine.waiting() == 1);
     CHECK(engine.running() == 0);
     auto pieces = run(engine);
@@ -155,8 +157,9 @@ TEST_CASE("native engine: defaults are seed 0 and the configured default_max_tok
 
 TEST_CASE("native engine: a chat stream with usage", "[native_engine]") {
     NativeEngine engine = make();
-    wire::Request r = request(7, chat, R"({"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":4,)"
-                                       R"("seed":9,"stream":true,"stream_options":{"include_usage":true}})");
+    wire::Request r = request(7, chat,
+                              R"({"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":4,)"
+                              R"("seed":9,"stream":true,"stream_options":{"include_usage":true}})");
     r.stream = true;
     engine.add(r);
     auto pieces = run(engine);
@@ -167,7 +170,8 @@ TEST_CASE("native engine: a chat stream with usage", "[native_engine]") {
     const json::object& usage_chunk = events[events.size() - 2].as_object();
     CHECK(usage_chunk.at("choices").as_array().empty());
     // "user: hi\nassistant:" is three words.
-    CHECK(usage_chunk.at("usage") == json::value({{"prompt_tokens", 3}, {"completion_tokens", 4}, {"total_tokens", 7}}));
+    CHECK(usage_chunk.at("usage") ==
+          json::value({{"prompt_tokens", 3}, {"completion_tokens", 4}, {"total_tokens", 7}}));
     const std::vector<json::value> content(events.begin(), events.end() - 2);
     for (size_t i = 0; i < content.size(); ++i) {
         INFO("chunk " << i);
@@ -181,7 +185,8 @@ TEST_CASE("native engine: a chat stream with usage", "[native_engine]") {
         CHECK(chunk.at("choices").at(0).at("finish_reason").is_null() == (i + 1 < content.size()));
     }
     CHECK(content.back().at("choices").at(0).at("finish_reason") == "length");
-    CHECK(streamed_texts(content, true) == std::map<int64_t, std::string>{{0, expected_text("user: hi\nassistant:", 9, 4)}});
+    CHECK(streamed_texts(content, true) ==
+          std::map<int64_t, std::string>{{0, expected_text("user: hi\nassistant:", 9, 4)}});
 }
 
 TEST_CASE("native engine: a completions stream without usage sends no usage chunk", "[native_engine]") {
@@ -225,16 +230,18 @@ TEST_CASE("native engine: a list of prompts, n each: choice p * n + i", "[native
             CHECK(choices[k].at("index") == static_cast<int64_t>(k));
             CHECK(text(choices[k].at("text")) == want[k]);
         }
-        CHECK(response.at("usage") == json::value({{"prompt_tokens", 3}, {"completion_tokens", 12}, {"total_tokens", 15}}));
+        CHECK(response.at("usage") ==
+              json::value({{"prompt_tokens", 3}, {"completion_tokens", 12}, {"total_tokens", 15}}));
     }
     SECTION("streamed") {
         engine.add(request(9, completions, R"({"prompt":["a b","c"],"n":2,"max_tokens":2,"stream":true})"));
         auto pieces = run(engine);
         const auto texts = streamed_texts(stream_events(pieces[9]), false);
-        CHECK(texts == std::map<int64_t, std::string>{{0, expected_text("a b", 0, 2)},
-                                                      {1, expected_text("a b", 1, 2)},
-                                                      {2, expected_text("c", 0, 2)},
-                                                      {3, expected_text("c", 1, 2)}});
+        CHECK(texts ==
+              std::map<int64_t, std::string>{{0, expected_text("a b", 0, 2)},
+                                             {1, expected_text("a b", 1, 2)},
+                                             {2, expected_text("c", 0, 2)},
+                                             {3, expected_text("c", 1, 2)}});
         CHECK(tokens_of(pieces[9]) == 8);
     }
 }
@@ -243,7 +250,8 @@ TEST_CASE("native engine: stop strings end a choice with 'stop'", "[native_engin
     const std::string full = expected_text("stop here", 2, 10);
     const std::string stop = full.substr(full.find(' ', 1), 5);  // from the second word
     NativeEngine engine = make();
-    engine.add(request(1, completions, R"({"prompt":"stop here","seed":2,"max_tokens":10,"stop":[")" + stop + R"("]})"));
+    engine.add(
+        request(1, completions, R"({"prompt":"stop here","seed":2,"max_tokens":10,"stop":[")" + stop + R"("]})"));
     auto pieces = run(engine);
     const json::object response = whole_response(pieces[1]);
     CHECK(text(response.at("choices").at(0).at("text")) == full.substr(0, full.find(stop)));
@@ -352,7 +360,7 @@ TEST_CASE("native engine: a prompt that leaves no room within max_model_len is r
     engine.add(request(3, completions, R"({"prompt":["fits","one two three four"]})"));
     engine.add(request(4, chat, R"({"messages":[{"role":"user","content":"a b c d"}]})"));
     engine.add(request(5, completions, R"({"prompt":"one two three","max_tokens":2})"));  // room for one token
-    CHECK(engine.running() == 0);  // only the last was queued
+    CHECK(engine.running() == 0);                                                         // only the last was queued
     CHECK(engine.waiting() == 1);
     auto pieces = run(engine);
     const auto error_of = [&](uint64_t id) { return whole_response(pieces[id], 400).at("error").as_object(); };
@@ -361,7 +369,8 @@ TEST_CASE("native engine: a prompt that leaves no room within max_model_len is r
         const json::object error = error_of(id);
         CHECK(error.at("type") == "invalid_request_error");
         CHECK(error.at("code") == "context-length-exceeded");
-        CHECK_THAT(text(error.at("message")), Catch::Contains("maximum context length is 4 tokens (engine.max_model_len)"));
+        CHECK_THAT(text(error.at("message")),
+                   Catch::Contains("maximum context length is 4 tokens (engine.max_model_len)"));
     }
     CHECK_THAT(text(error_of(1).at("message")), Catch::Contains("the prompt has 4 tokens"));
     CHECK_THAT(text(error_of(2).at("message")), Catch::Contains("the prompt has 5 tokens"));

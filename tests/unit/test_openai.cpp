@@ -84,12 +84,9 @@ CompletionRequest request_for(Endpoint endpoint, bool include_usage = false) {
 
 TEST_CASE("malformed bodies are rejected", "[openai]") {
     SECTION("not JSON") {
-        check_error(reject(Endpoint::completions, "not json"), "",
-                    "request body is not valid JSON: ");
-        check_error(reject(Endpoint::completions, R"({"prompt":)"), "",
-                    "request body is not valid JSON: ");
-        check_error(reject(Endpoint::completions, R"({"prompt":"a"} x)"), "",
-                    "request body is not valid JSON: ");
+        check_error(reject(Endpoint::completions, "not json"), "", "request body is not valid JSON: ");
+        check_error(reject(Endpoint::completions, R"({"prompt":)"), "", "request body is not valid JSON: ");
+        check_error(reject(Endpoint::completions, R"({"prompt":"a"} x)"), "", "request body is not valid JSON: ");
         check_error(reject(Endpoint::completions, ""), "", "request body is not valid JSON: ");
     }
     SECTION("not an object") {
@@ -99,21 +96,18 @@ TEST_CASE("malformed bodies are rejected", "[openai]") {
     }
     SECTION("nesting beyond 32 levels, without blowing the stack") {
         const std::string brackets(10000, '[');
-        check_error(reject(Endpoint::completions, brackets), "",
-                    "request body nests deeper than 32 levels");
+        check_error(reject(Endpoint::completions, brackets), "", "request body nests deeper than 32 levels");
         const std::string objects = [] {
             std::string body;
             for (int i = 0; i < 100000; ++i) body += R"({"a":)";
             return body;
         }();
-        check_error(reject(Endpoint::chat_completions, objects), "",
-                    "request body nests deeper than 32 levels");
+        check_error(reject(Endpoint::chat_completions, objects), "", "request body nests deeper than 32 levels");
     }
     SECTION("32 levels are fine, 33 are not") {
         // The body object is level 1; an unknown field holds the deeper arrays.
         const auto nested = [](int depth) {
-            return R"({"prompt":"a","x":)" + std::string(depth - 1, '[') +
-                   std::string(depth - 1, ']') + "}";
+            return R"({"prompt":"a","x":)" + std::string(depth - 1, '[') + std::string(depth - 1, ']') + "}";
         };
         accept(Endpoint::completions, nested(32));
         check_error(reject(Endpoint::completions, nested(33)), "", "deeper than 32 levels");
@@ -128,8 +122,8 @@ TEST_CASE("malformed bodies are rejected", "[openai]") {
         check_error(reject(Endpoint::completions, in_key), "", "not valid JSON");
     }
     SECTION("valid multi-byte UTF-8 passes") {
-        CHECK(accept(Endpoint::completions, "{\"prompt\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}")
-                  .prompts == std::vector<std::string>{"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"});
+        CHECK(accept(Endpoint::completions, "{\"prompt\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}").prompts ==
+              std::vector<std::string>{"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"});
     }
 }
 
@@ -151,14 +145,15 @@ TEST_CASE("defaults", "[openai]") {
 TEST_CASE("max_tokens defaults to the engine's default_max_tokens", "[openai]") {
     Limits limits = test_limits();
     limits.default_max_tokens = 7;
-    const auto parsed = parse_request("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}]})", limits);
+    const auto parsed =
+        parse_request("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}]})", limits);
     CHECK(std::get<CompletionRequest>(parsed).sampling.max_tokens == 7);
 }
 
 TEST_CASE("null optional fields count as absent", "[openai]") {
-    const CompletionRequest request = accept_completion(
-        R"(,"model":null,"max_tokens":null,"temperature":null,"top_p":null,"seed":null,)"
-        R"("stop":null,"n":null,"stream":null,"stream_options":null)");
+    const CompletionRequest request =
+        accept_completion(R"(,"model":null,"max_tokens":null,"temperature":null,"top_p":null,"seed":null,)"
+                          R"("stop":null,"n":null,"stream":null,"stream_options":null)");
     CHECK(request.model == "tiny-model");
     CHECK(request.sampling.max_tokens == 16);
     CHECK(request.sampling.temperature == 1.0);
@@ -276,24 +271,20 @@ TEST_CASE("the neutral values of refused fields change nothing and are accepted"
 TEST_CASE("max_tokens", "[openai]") {
     CHECK(accept_completion(R"(,"max_tokens":1)").sampling.max_tokens == 1);
     CHECK(accept_completion(R"(,"max_tokens":100)").sampling.max_tokens == 100);
-    for (std::string_view bad : {"0", "-1", "101", "1.5", "2.0", "1e1", "\"10\"", "true",
-                                 "18446744073709551615", "[]"}) {
+    for (std::string_view bad :
+         {"0", "-1", "101", "1.5", "2.0", "1e1", "\"10\"", "true", "18446744073709551615", "[]"}) {
         check_error(reject_completion(R"(,"max_tokens":)" + std::string(bad)), "max_tokens",
                     "'max_tokens' must be an integer between 1 and 100");
     }
 
     SECTION("chat also takes max_completion_tokens, which wins") {
         const std::string messages = R"({"messages":[{"role":"user","content":"x"}])";
-        CHECK(accept(Endpoint::chat_completions, messages + R"(,"max_completion_tokens":7})")
-                  .sampling.max_tokens == 7);
-        CHECK(accept(Endpoint::chat_completions, messages + R"(,"max_tokens":9})")
-                  .sampling.max_tokens == 9);
-        CHECK(accept(Endpoint::chat_completions,
-                     messages + R"(,"max_tokens":9,"max_completion_tokens":7})")
+        CHECK(accept(Endpoint::chat_completions, messages + R"(,"max_completion_tokens":7})").sampling.max_tokens == 7);
+        CHECK(accept(Endpoint::chat_completions, messages + R"(,"max_tokens":9})").sampling.max_tokens == 9);
+        CHECK(accept(Endpoint::chat_completions, messages + R"(,"max_tokens":9,"max_completion_tokens":7})")
                   .sampling.max_tokens == 7);
         check_error(reject(Endpoint::chat_completions, messages + R"(,"max_completion_tokens":0})"),
-                    "max_completion_tokens",
-                    "'max_completion_tokens' must be an integer between 1 and 100");
+                    "max_completion_tokens", "'max_completion_tokens' must be an integer between 1 and 100");
     }
     SECTION("completions ignores max_completion_tokens") {
         CHECK(accept_completion(R"(,"max_completion_tokens":7)").sampling.max_tokens == 16);
@@ -308,8 +299,7 @@ TEST_CASE("temperature", "[openai]") {
         check_error(reject_completion(R"(,"temperature":)" + std::string(bad)), "temperature",
                     "'temperature' must be between 0 and 2");
     }
-    check_error(reject_completion(R"(,"temperature":"1")"), "temperature",
-                "'temperature' must be a number");
+    check_error(reject_completion(R"(,"temperature":"1")"), "temperature", "'temperature' must be a number");
 }
 
 TEST_CASE("top_p", "[openai]") {
@@ -336,27 +326,21 @@ TEST_CASE("seed", "[openai]") {
 TEST_CASE("stop", "[openai]") {
     using Stops = std::vector<std::string>;
     CHECK(accept_completion(R"(,"stop":"\n")").sampling.stop == Stops{"\n"});
-    CHECK(accept_completion(R"(,"stop":["a","bc","d","e"])").sampling.stop ==
-          Stops{"a", "bc", "d", "e"});
+    CHECK(accept_completion(R"(,"stop":["a","bc","d","e"])").sampling.stop == Stops{"a", "bc", "d", "e"});
     CHECK(accept_completion(R"(,"stop":[])").sampling.stop.empty());
 
-    check_error(reject_completion(R"(,"stop":["a","b","c","d","e"])"), "stop",
-                "'stop' may hold at most 4 sequences");
+    check_error(reject_completion(R"(,"stop":["a","b","c","d","e"])"), "stop", "'stop' may hold at most 4 sequences");
     check_error(reject_completion(R"(,"stop":"")"), "stop", "'stop' sequences must not be empty");
-    check_error(reject_completion(R"(,"stop":["a",""])"), "stop",
-                "'stop' sequences must not be empty");
-    check_error(reject_completion(R"(,"stop":[1])"), "stop",
-                "'stop' must be a string or an array of strings");
-    check_error(reject_completion(R"(,"stop":5)"), "stop",
-                "'stop' must be a string or an array of strings");
+    check_error(reject_completion(R"(,"stop":["a",""])"), "stop", "'stop' sequences must not be empty");
+    check_error(reject_completion(R"(,"stop":[1])"), "stop", "'stop' must be a string or an array of strings");
+    check_error(reject_completion(R"(,"stop":5)"), "stop", "'stop' must be a string or an array of strings");
 }
 
 TEST_CASE("n", "[openai]") {
     CHECK(accept_completion(R"(,"n":1)").n == 1);
     CHECK(accept_completion(R"(,"n":4)").n == 4);
     for (std::string_view bad : {"0", "5", "-2", "2.5", "\"2\""}) {
-        check_error(reject_completion(R"(,"n":)" + std::string(bad)), "n",
-                    "'n' must be an integer between 1 and 4");
+        check_error(reject_completion(R"(,"n":)" + std::string(bad)), "n", "'n' must be an integer between 1 and 4");
     }
 }
 
@@ -365,17 +349,15 @@ TEST_CASE("stream and stream_options", "[openai]") {
     CHECK_FALSE(accept_completion(R"(,"stream":false)").stream);
     check_error(reject_completion(R"(,"stream":"true")"), "stream", "'stream' must be a boolean");
 
-    const CompletionRequest with_usage =
-        accept_completion(R"(,"stream":true,"stream_options":{"include_usage":true})");
+    const CompletionRequest with_usage = accept_completion(R"(,"stream":true,"stream_options":{"include_usage":true})");
     CHECK(with_usage.stream);
     CHECK(with_usage.include_usage);
     CHECK_FALSE(accept_completion(R"(,"stream":true,"stream_options":{})").include_usage);
-    CHECK_FALSE(
-        accept_completion(R"(,"stream":true,"stream_options":{"include_usage":null})").include_usage);
+    CHECK_FALSE(accept_completion(R"(,"stream":true,"stream_options":{"include_usage":null})").include_usage);
     CHECK_FALSE(accept_completion(R"(,"stream":false,"stream_options":null)").include_usage);
 
-    check_error(reject_completion(R"(,"stream":false,"stream_options":{"include_usage":true})"),
-                "stream_options", "stream_options is only allowed when stream is true");
+    check_error(reject_completion(R"(,"stream":false,"stream_options":{"include_usage":true})"), "stream_options",
+                "stream_options is only allowed when stream is true");
     check_error(reject_completion(R"(,"stream_options":{})"), "stream_options",
                 "stream_options is only allowed when stream is true");
     check_error(reject_completion(R"(,"stream":true,"stream_options":5)"), "stream_options",
@@ -419,8 +401,9 @@ TEST_CASE("completion prompt forms", "[openai]") {
     check_error(prompt_error("[]"), "prompt", "'prompt' must not be an empty array");
     for (std::string_view bad : {"5", "{}", "true", R"(["a",1])", R"(["a",null])", "[{}]", "[null]", "[true]"}) {
         INFO(bad);
-        check_error(prompt_error(bad), "prompt",
-                    "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids");
+        check_error(
+            prompt_error(bad), "prompt",
+            "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids");
     }
     check_error(reject(Endpoint::completions, "{}"), "prompt", "'prompt' is required");
     check_error(prompt_error("null"), "prompt", "'prompt' is required");
@@ -454,44 +437,40 @@ TEST_CASE("chat message errors name the element", "[openai]") {
     const auto chat_error = [](std::string_view messages) {
         return reject(Endpoint::chat_completions, R"({"messages":)" + std::string(messages) + "}");
     };
-    check_error(reject(Endpoint::chat_completions, R"({"prompt":"x"})"), "messages",
-                "'messages' is required");
+    check_error(reject(Endpoint::chat_completions, R"({"prompt":"x"})"), "messages", "'messages' is required");
     check_error(chat_error("null"), "messages", "'messages' is required");
     check_error(chat_error(R"("hi")"), "messages", "'messages' must be an array of message objects");
     check_error(chat_error("[]"), "messages", "'messages' must not be empty");
 
     const std::string ok = R"({"role":"user","content":"a"},{"role":"user","content":"b"},)";
     check_error(chat_error("[" + ok + "7]"), "messages[2]", "'messages[2]' must be an object");
-    check_error(chat_error("[" + ok + R"({"content":"c"}])"), "messages[2].role",
-                "'messages[2].role' is required");
+    check_error(chat_error("[" + ok + R"({"content":"c"}])"), "messages[2].role", "'messages[2].role' is required");
     check_error(chat_error("[" + ok + R"({"role":"robot","content":"c"}])"), "messages[2].role",
                 "'messages[2].role' must be one of system, user, assistant, tool, developer");
-    check_error(chat_error("[" + ok + R"({"role":1,"content":"c"}])"), "messages[2].role",
-                "must be one of");
-    check_error(chat_error(R"([{"role":"user"}])"), "messages[0].content",
-                "'messages[0].content' is required");
+    check_error(chat_error("[" + ok + R"({"role":1,"content":"c"}])"), "messages[2].role", "must be one of");
+    check_error(chat_error(R"([{"role":"user"}])"), "messages[0].content", "'messages[0].content' is required");
     check_error(chat_error(R"([{"role":"system","content":null}])"), "messages[0].content",
                 "'messages[0].content' is required");
     check_error(chat_error(R"([{"role":"user","content":3}])"), "messages[0].content",
                 "'messages[0].content' must be a string or an array of content parts");
     check_error(chat_error(R"([{"role":"user","content":["x"]}])"), "messages[0].content[0]",
                 "'messages[0].content[0]' must be an object");
-    check_error(
-        chat_error(R"([{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url"}]}])"),
-        "messages[0].content[1].type", "only text content is supported");
-    check_error(chat_error(R"([{"role":"user","content":[{"text":"a"}]}])"),
-                "messages[0].content[0].type", "'messages[0].content[0].type' must be 'text'");
-    check_error(chat_error(R"([{"role":"user","content":[{"type":"text","text":1}]}])"),
-                "messages[0].content[0].text", "'messages[0].content[0].text' must be a string");
-    check_error(chat_error(R"([{"role":"user","content":[{"type":"text"}]}])"),
-                "messages[0].content[0].text", "'messages[0].content[0].text' must be a string");
+    check_error(chat_error(R"([{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url"}]}])"),
+                "messages[0].content[1].type", "only text content is supported");
+    check_error(chat_error(R"([{"role":"user","content":[{"text":"a"}]}])"), "messages[0].content[0].type",
+                "'messages[0].content[0].type' must be 'text'");
+    check_error(chat_error(R"([{"role":"user","content":[{"type":"text","text":1}]}])"), "messages[0].content[0].text",
+                "'messages[0].content[0].text' must be a string");
+    check_error(chat_error(R"([{"role":"user","content":[{"type":"text"}]}])"), "messages[0].content[0].text",
+                "'messages[0].content[0].text' must be a string");
 }
 
 TEST_CASE("chat validates the shared fields too", "[openai]") {
     const std::string messages = R"({"messages":[{"role":"user","content":"x"}])";
-    const CompletionRequest request = accept(
-        Endpoint::chat_completions,
-        messages + R"(,"n":2,"stream":true,"stream_options":{"include_usage":true},"seed":7,)"
+    const CompletionRequest request =
+        accept(Endpoint::chat_completions,
+               messages +
+                   R"(,"n":2,"stream":true,"stream_options":{"include_usage":true},"seed":7,)"
                    R"("temperature":0.5,"top_p":0.9,"stop":["END"]})");
     CHECK(request.n == 2);
     CHECK(request.include_usage);
@@ -499,35 +478,32 @@ TEST_CASE("chat validates the shared fields too", "[openai]") {
     CHECK(request.sampling.temperature == 0.5);
     CHECK(request.sampling.top_p == 0.9);
     CHECK(request.sampling.stop == std::vector<std::string>{"END"});
-    check_error(reject(Endpoint::chat_completions, messages + R"(,"temperature":3})"),
-                "temperature", "between 0 and 2");
+    check_error(reject(Endpoint::chat_completions, messages + R"(,"temperature":3})"), "temperature",
+                "between 0 and 2");
 }
 
 // error_body and stream_error_event are core/api_error.hpp's; native engines answer with them.
 TEST_CASE("error_body", "[openai]") {
-    const json::object bare =
-        json::parse(error_body(HttpError{.message = "bad \"thing\""})).as_object();
+    const json::object bare = json::parse(error_body(HttpError{.message = "bad \"thing\""})).as_object();
     const json::object& error = bare.at("error").as_object();
     CHECK(error.at("message") == "bad \"thing\"");
     CHECK(error.at("type") == "invalid_request_error");
     CHECK(error.at("param").is_null());
     CHECK(error.at("code").is_null());
 
-    const json::object full = json::parse(error_body(HttpError{.status = 404,
-                                                               .type = "not_found_error",
-                                                               .message = "m",
-                                                               .param = "model",
-                                                               .code = "model_not_found"}))
-                                  .as_object();
+    const json::object full =
+        json::parse(
+            error_body(HttpError{
+                .status = 404, .type = "not_found_error", .message = "m", .param = "model", .code = "model_not_found"}))
+            .as_object();
     CHECK(full.at("error").at("param") == "model");
     CHECK(full.at("error").at("code") == "model_not_found");
     CHECK(full.at("error").at("type") == "not_found_error");
 }
 
 TEST_CASE("stream_error_event", "[openai]") {
-    const json::object payload =
-        sse_payload(stream_error_event(HttpError{.status = 500, .type = "server_error",
-                                                 .message = "engine rank 1 died"}));
+    const json::object payload = sse_payload(
+        stream_error_event(HttpError{.status = 500, .type = "server_error", .message = "engine rank 1 died"}));
     CHECK(payload.at("error").at("message") == "engine rank 1 died");
     CHECK(payload.at("error").at("type") == "server_error");
 }
@@ -537,8 +513,9 @@ TEST_CASE("completion_response", "[openai]") {
     const Usage usage{.prompt_tokens = 5, .completion_tokens = 7};
 
     SECTION("completions") {
-        const json::object response = json::parse(completion_response(
-            request_for(Endpoint::completions), "cmpl-1", 1700000000, choices, usage)).as_object();
+        const json::object response =
+            json::parse(completion_response(request_for(Endpoint::completions), "cmpl-1", 1700000000, choices, usage))
+                .as_object();
         CHECK(response.at("id") == "cmpl-1");
         CHECK(response.at("object") == "text_completion");
         CHECK(response.at("created") == 1700000000);
@@ -557,8 +534,9 @@ TEST_CASE("completion_response", "[openai]") {
         CHECK(response.at("usage").at("total_tokens") == 12);
     }
     SECTION("chat") {
-        const json::object response = json::parse(completion_response(
-            request_for(Endpoint::chat_completions), "chatcmpl-1", 1, choices, usage)).as_object();
+        const json::object response =
+            json::parse(completion_response(request_for(Endpoint::chat_completions), "chatcmpl-1", 1, choices, usage))
+                .as_object();
         CHECK(response.at("id") == "chatcmpl-1");
         CHECK(response.at("object") == "chat.completion");
         const json::array& rendered = response.at("choices").as_array();
@@ -575,8 +553,7 @@ TEST_CASE("completion_response", "[openai]") {
 
 TEST_CASE("stream_chunk for completions", "[openai]") {
     const CompletionRequest request = request_for(Endpoint::completions);
-    const json::object chunk =
-        sse_payload(stream_chunk(request, "cmpl-9", 1700000001, 3, "Hel", "", true));
+    const json::object chunk = sse_payload(stream_chunk(request, "cmpl-9", 1700000001, 3, "Hel", "", true));
     CHECK(chunk.at("id") == "cmpl-9");
     CHECK(chunk.at("object") == "text_completion");
     CHECK(chunk.at("created") == 1700000001);
@@ -614,8 +591,7 @@ TEST_CASE("stream_chunk for chat", "[openai]") {
 
 TEST_CASE("stream chunks carry usage null when usage is requested", "[openai]") {
     for (Endpoint endpoint : {Endpoint::completions, Endpoint::chat_completions}) {
-        const json::object chunk =
-            sse_payload(stream_chunk(request_for(endpoint, true), "id", 1, 0, "x", "", true));
+        const json::object chunk = sse_payload(stream_chunk(request_for(endpoint, true), "id", 1, 0, "x", "", true));
         REQUIRE(chunk.contains("usage"));
         CHECK(chunk.at("usage").is_null());
     }
@@ -651,15 +627,19 @@ TEST_CASE("invalid UTF-8 in generated text becomes U+FFFD", "[openai]") {
     const json::object chunk = sse_payload(stream_chunk(request, "id", 1, 0, split, "", false));
     CHECK(chunk.at("choices").at(0).at("text") == "ab\xEF\xBF\xBD\xEF\xBF\xBD");
 
-    const json::object response = json::parse(completion_response(
-        request, "id", 1, {{"\xff" "ok", "stop"}}, Usage{})).as_object();
+    const json::object response = json::parse(completion_response(request, "id", 1,
+                                                                  {{"\xff"
+                                                                    "ok",
+                                                                    "stop"}},
+                                                                  Usage{}))
+                                      .as_object();
     CHECK(response.at("choices").at(0).at("text") == "\xEF\xBF\xBDok");
 }
 
 TEST_CASE("stream_usage_chunk", "[openai]") {
     for (Endpoint endpoint : {Endpoint::completions, Endpoint::chat_completions}) {
-        const json::object chunk = sse_payload(stream_usage_chunk(
-            request_for(endpoint, true), "id-7", 99, Usage{.prompt_tokens = 3, .completion_tokens = 4}));
+        const json::object chunk = sse_payload(stream_usage_chunk(request_for(endpoint, true), "id-7", 99,
+                                                                  Usage{.prompt_tokens = 3, .completion_tokens = 4}));
         CHECK(chunk.at("id") == "id-7");
         CHECK(chunk.at("object") ==
               (endpoint == Endpoint::chat_completions ? "chat.completion.chunk" : "text_completion"));

@@ -40,16 +40,20 @@ TEST_CASE("a flood of addresses does not grow the table past its bound", "[refus
 
 TEST_CASE("failed ZMTP handshakes map to reason codes", "[handshake_monitor]") {
     using dpengine::HandshakeMonitor;
-    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0) == dpengine::Reason::handshake_incomplete);
-    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) ==
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0) ==
+            dpengine::Reason::handshake_incomplete);
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                                          ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) ==
             dpengine::Reason::mechanism_mismatch);
     REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) ==
             dpengine::Reason::curve_handshake_failed);
-    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND) ==
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                                          ZMQ_PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND) ==
             dpengine::Reason::protocol_error);
     // ZAP refusals are the ZAP handler's to count.
     REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, 400) == std::nullopt);
-    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZAP_BAD_VERSION) == std::nullopt);
+    REQUIRE(HandshakeMonitor::reason_code(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZAP_BAD_VERSION) ==
+            std::nullopt);
 }
 
 TEST_CASE("one log line per reason per interval, the next one counting those left out", "[log_throttle]") {

@@ -86,6 +86,6 @@ TEST_CASE("the back-off starts over once the window forgets the restarts, or on 
 TEST_CASE("a reload's settings apply at the next exit", "[restart_limit]") {
     RestartLimit limit;
     replay(limit, settings(5, 300), {{0s, true, 1}, {1s, true, 2}});
-    REQUIRE_FALSE(limit.admit(settings(2, 300), t0 + 2s));  // the lowered budget is spent
+    REQUIRE_FALSE(limit.admit(settings(2, 300), t0 + 2s));            // the lowered budget is spent
     REQUIRE(*limit.admit(settings(5, 300, 2.0), t0 + 3s) == 8000ms);  // third restart, new base wait
 }

@@ -8,12 +8,12 @@
 #include <vector>
 
 using dpengine::head::LoadPolicy;
+using dpengine::head::member_value_span;
 using dpengine::head::ModelNames;
 using dpengine::head::RetryState;
+using dpengine::head::route_body;
 using dpengine::head::RouteCandidate;
 using dpengine::head::RoutedBody;
-using dpengine::head::member_value_span;
-using dpengine::head::route_body;
 using dpengine::openai::HttpError;
 
 namespace {
@@ -93,7 +93,8 @@ TEST_CASE("the model-name mapping replaces only the value of model", "[request_b
     std::string body = "{ \"messages\": [{\"role\":\"user\",\"content\":\"model\"}] ,\n \"model\" : \"tiny\", \"n\":1}";
     auto routed = route_body(body, names);
     REQUIRE(std::get<RoutedBody>(routed).body ==
-            "{ \"messages\": [{\"role\":\"user\",\"content\":\"model\"}] ,\n \"model\" : \"/models/tiny-q8.gguf\", \"n\":1}");
+            "{ \"messages\": [{\"role\":\"user\",\"content\":\"model\"}] ,\n \"model\" : \"/models/tiny-q8.gguf\", "
+            "\"n\":1}");
 }
 
 TEST_CASE("the completion tokens a body allows: max_tokens times its choices", "[request_body]") {
@@ -107,7 +108,8 @@ TEST_CASE("the completion tokens a body allows: max_tokens times its choices", "
     REQUIRE(limit(R"({"max_completion_tokens":7.0})") == 7u);
     REQUIRE(limit(R"({"max_tokens":0})") == 0u);
     // Not a count: the engine's to refuse, no bound here.
-    for (auto body : {R"({"max_tokens":-1})", R"({"max_tokens":"9"})", R"({"max_tokens":2.5})", R"({"max_tokens":null})"}) {
+    for (auto body :
+         {R"({"max_tokens":-1})", R"({"max_tokens":"9"})", R"({"max_tokens":2.5})", R"({"max_tokens":null})"}) {
         REQUIRE_FALSE(limit(body).has_value());
     }
     REQUIRE(limit(R"({"max_tokens":4294967296,"n":4294967296})") == std::numeric_limits<uint64_t>::max());

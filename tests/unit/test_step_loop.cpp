@@ -21,7 +21,7 @@ namespace {
 // ---- helpers ----
 
 SequenceRequest request(uint64_t id, std::string prompt, uint32_t max_tokens, uint64_t seed = 0,
-                  std::vector<std::string> stop = {}) {
+                        std::vector<std::string> stop = {}) {
     SequenceRequest a;
     a.id = id;
     a.prompt = std::move(prompt);
@@ -268,7 +268,8 @@ TEST_CASE("step loop: output does not depend on what else is in the batch", "[st
     for (uint64_t id = 1; id <= 7; ++id) {
         INFO("request " << id);
         const auto& r = results[id];
-        CHECK(r.text == expected_text("prompt number " + std::to_string(id % 3), id % 2, 3 + static_cast<uint32_t>(id)));
+        CHECK(r.text ==
+              expected_text("prompt number " + std::to_string(id % 3), id % 2, 3 + static_cast<uint32_t>(id)));
         CHECK(r.tokens == 3 + id);
         CHECK(r.finish == "length");
         CHECK(r.prompt_tokens == 3);
@@ -323,11 +324,11 @@ TEST_CASE("step loop: prompt tokens are the whitespace-separated words", "[step_
 // Continuous batching
 // ---------------------------------------------------------------------------------------------
 
-TEST_CASE("step loop: max_batch bounds the running batch; waiting requests join as others finish",
-          "[step_loop]") {
+TEST_CASE("step loop: max_batch bounds the running batch; waiting requests join as others finish", "[step_loop]") {
     Harness h(2);
     // Request i wants 2*i tokens: 1 finishes first, then 2, ...
-    for (uint64_t id = 1; id <= 5; ++id) h.loop->add(request(id, "p" + std::to_string(id), 2 * static_cast<uint32_t>(id)));
+    for (uint64_t id = 1; id <= 5; ++id)
+        h.loop->add(request(id, "p" + std::to_string(id), 2 * static_cast<uint32_t>(id)));
     CHECK(h.loop->waiting() == 5);
     CHECK(h.loop->running() == 0);
     CHECK(h.loop->has_work());
@@ -589,7 +590,8 @@ TEST_CASE("step loop: UTF-8 stop strings", "[step_loop]") {
         // sent while running must be whole characters.
         std::vector<std::string> tokens;
         for (int i = 0; i < 20; ++i) tokens.push_back(i % 2 ? "\xe6\x97\xa5" : "\xf0\x9f\x98\x80\xe6\x9c\xac");
-        Harness h(1, 100000, std::make_unique<ScriptedBackend>(std::map<std::string, std::vector<std::string>>{{"p", tokens}}));
+        Harness h(1, 100000,
+                  std::make_unique<ScriptedBackend>(std::map<std::string, std::vector<std::string>>{{"p", tokens}}));
         h.loop->add(request(1, "p", 20, 0, {"\xc3\xa9"}));
         auto results = run(h);
         const auto& r = results[1];
@@ -608,11 +610,14 @@ TEST_CASE("step loop: UTF-8 stop strings", "[step_loop]") {
     SECTION("tokens that split a character still form whole characters in every chunk") {
         // One byte per token: é = C3 A9, 日 = E6 97 A5.
         std::vector<std::string> tokens = {"a", "\xc3", "\xa9", "\xe6", "\x97", "\xa5", "b", "c"};
-        Harness h(1, 100000, std::make_unique<ScriptedBackend>(std::map<std::string, std::vector<std::string>>{{"p", tokens}}));
+        Harness h(1, 100000,
+                  std::make_unique<ScriptedBackend>(std::map<std::string, std::vector<std::string>>{{"p", tokens}}));
         h.loop->add(request(1, "p", 8, 0, {"zz"}));
         auto results = run(h);
         const auto& r = results[1];
-        CHECK(r.text == "a\xc3\xa9\xe6\x97\xa5" "bc");
+        CHECK(r.text ==
+              "a\xc3\xa9\xe6\x97\xa5"
+              "bc");
         for (size_t i = 0; i < r.chunks.size(); ++i) {
             INFO("chunk " << i);
             CHECK(complete_utf8(r.chunks[i]));
@@ -781,19 +786,21 @@ TEST_CASE("step loop: a too-long prompt behind a full batch waits its turn, then
 // between steps; chunks were only kept whole while text was being held back)
 // ---------------------------------------------------------------------------------------------
 
-TEST_CASE("step loop: without stop strings, chunks still never split a UTF-8 character",
-          "[step_loop]") {
+TEST_CASE("step loop: without stop strings, chunks still never split a UTF-8 character", "[step_loop]") {
     // One byte per token, as a byte-level tokenizer produces: é = C3 A9, 日 = E6 97 A5. The
     // engine turns each chunk into a JSON string on its own, so a split character is streamed as
     // two U+FFFD replacement characters.
     std::vector<std::string> tokens = {"a", "\xc3", "\xa9", "\xe6", "\x97", "\xa5", "b", "c"};
     for (const std::vector<std::string>& stop : {std::vector<std::string>{}, std::vector<std::string>{"z"}}) {
         INFO(stop.size() << " stop strings");
-        Harness h(1, 100000, std::make_unique<ScriptedBackend>(std::map<std::string, std::vector<std::string>>{{"p", tokens}}));
+        Harness h(1, 100000,
+                  std::make_unique<ScriptedBackend>(std::map<std::string, std::vector<std::string>>{{"p", tokens}}));
         h.loop->add(request(1, "p", 8, 0, stop));
         auto results = run(h);
         const auto& r = results[1];
-        CHECK(r.text == "a\xc3\xa9\xe6\x97\xa5" "bc");
+        CHECK(r.text ==
+              "a\xc3\xa9\xe6\x97\xa5"
+              "bc");
         for (size_t i = 0; i < r.chunks.size(); ++i) {
             INFO("chunk " << i << " of " << r.chunks[i].size() << " bytes");
             CHECK(complete_utf8(r.chunks[i]));
@@ -801,8 +808,7 @@ TEST_CASE("step loop: without stop strings, chunks still never split a UTF-8 cha
     }
 }
 
-TEST_CASE("step loop: a backend that appends to pieces, as backend.hpp documents, gets clean pieces",
-          "[step_loop]") {
+TEST_CASE("step loop: a backend that appends to pieces, as backend.hpp documents, gets clean pieces", "[step_loop]") {
     // Backend::step is documented to append "one token's text to pieces[i]"; the loop must
     // then hand it empty pieces each step.
     class Appending final : public Backend {

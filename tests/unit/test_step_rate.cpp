@@ -24,8 +24,8 @@ TEST_CASE("step rate: real and dummy steps per second, and the dummy share, over
     rate.add(t0 + 1s, 1010, 30);  // 10 real + 30 dummy in a second
     CHECK(rate.steps_per_second() == Approx(40));
     CHECK(rate.dummy_share() == Approx(0.75));
-    rate.add(t0 + 2s, 1050, 30);  // 40 real, no dummy
-    CHECK(rate.steps_per_second() == Approx(40));        // 80 steps in 2 s
+    rate.add(t0 + 2s, 1050, 30);                   // 40 real, no dummy
+    CHECK(rate.steps_per_second() == Approx(40));  // 80 steps in 2 s
     CHECK(rate.dummy_share() == Approx(30.0 / 80.0));
 }
 

@@ -112,8 +112,8 @@ Heartbeat sample_heartbeat() {
 ErrorReply sample_error() { return ErrorReply{"malformed", "message truncated"}; }
 
 std::vector<Message> all_samples() {
-    return {sample_hello(), sample_config(), sample_refused(), sample_ready(),     sample_request(),
-            sample_abort(), sample_outputs(), sample_heartbeat(), Shutdown{},      sample_error()};
+    return {sample_hello(), sample_config(),  sample_refused(),   sample_ready(), sample_request(),
+            sample_abort(), sample_outputs(), sample_heartbeat(), Shutdown{},     sample_error()};
 }
 
 // ---- field-by-field comparison (the message structs have no operator==) ----
@@ -286,7 +286,7 @@ void check_malformed(const std::vector<MalformedBody>& cases) {
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("wire: every message type round trips with all its fields", "[wire]") {
-    const char* names[] = {"HELLO", "CONFIG", "REFUSED", "READY", "REQUEST",
+    const char* names[] = {"HELLO", "CONFIG",  "REFUSED",   "READY",    "REQUEST",
                            "ABORT", "OUTPUTS", "HEARTBEAT", "SHUTDOWN", "ERROR"};
     auto samples = all_samples();
     REQUIRE(samples.size() == 10);
@@ -325,8 +325,7 @@ TEST_CASE("wire: the header is [major, minor, type, epoch, body] with the docume
 TEST_CASE("wire: defaults survive a round trip of default-constructed messages", "[wire]") {
     for (const Message& m : {Message{Hello{}}, Message{Config{}}, Message{Refused{}}, Message{Ready{}},
                              Message{Request{.path = "/"}},  // a path is required
-                             Message{Abort{}}, Message{Outputs{}}, Message{Heartbeat{}},
-                             Message{ErrorReply{}}}) {
+                             Message{Abort{}}, Message{Outputs{}}, Message{Heartbeat{}}, Message{ErrorReply{}}}) {
         INFO("message " << type_name(m));
         check_same(m, decode_ok(encode(m)).message);
     }
@@ -339,7 +338,8 @@ TEST_CASE("wire: the DP group's messages round trip with their type numbers", "[
     GroupForm form{9, "gloo", {0, 2, 3}, 41};
     StartWave wave{42};
     GroupState state{9, "gloo", "failed", 42, 1000, 250, 812.5, "peer closed the connection"};
-    const std::pair<Message, uint64_t> cases[] = {{set, 25}, {get, 25}, {value, 26}, {form, 27}, {wave, 28}, {state, 29}};
+    const std::pair<Message, uint64_t> cases[] = {{set, 25},  {get, 25},  {value, 26},
+                                                  {form, 27}, {wave, 28}, {state, 29}};
     const char* names[] = {"GROUP_KV", "GROUP_KV", "GROUP_VALUE", "GROUP_FORM", "START_WAVE", "GROUP_STATE"};
     for (size_t i = 0; i < std::size(cases); ++i) {
         const auto& [m, number] = cases[i];
@@ -362,13 +362,15 @@ TEST_CASE("wire: DP group messages without their required fields are malformed",
     decode_error(raw_body(25, [](Writer& w) { w.map(0); }), "malformed");  // GROUP_KV without key
     decode_error(raw_body(27, [](Writer& w) { w.map(0); }), "malformed");  // GROUP_FORM without epoch
     decode_error(raw_body(28, [](Writer& w) { w.map(0); }), "malformed");  // START_WAVE without wave
-    decode_error(raw_body(27, [](Writer& w) {
-        w.map(2);
-        w.str("group_epoch");
-        w.uint(1);
-        w.str("members");
-        w.array(70000);
-    }), "malformed");
+    decode_error(raw_body(27,
+                          [](Writer& w) {
+                              w.map(2);
+                              w.str("group_epoch");
+                              w.uint(1);
+                              w.str("members");
+                              w.array(70000);
+                          }),
+                 "malformed");
 }
 
 TEST_CASE("wire: large lists round trip", "[wire]") {
@@ -390,8 +392,10 @@ TEST_CASE("wire: optional fields take their defaults when absent", "[wire]") {
     SECTION("HELLO with only rank and incarnation") {
         auto bytes = raw_body(1, [](Writer& w) {
             w.map(2);
-            w.str("rank"); w.uint(2);
-            w.str("incarnation"); w.uint(99);
+            w.str("rank");
+            w.uint(2);
+            w.str("incarnation");
+            w.uint(99);
         });
         auto m = std::get<Hello>(decode_ok(bytes).message);
         CHECK(m.rank == 2);
@@ -403,8 +407,10 @@ TEST_CASE("wire: optional fields take their defaults when absent", "[wire]") {
     SECTION("REQUEST with only id and path") {
         auto bytes = raw_body(5, [](Writer& w) {
             w.map(2);
-            w.str("path"); w.str("/v1/completions");
-            w.str("id"); w.uint(5);
+            w.str("path");
+            w.str("/v1/completions");
+            w.str("id");
+            w.uint(5);
         });
         auto m = std::get<Request>(decode_ok(bytes).message);
         CHECK(m.id == 5);
@@ -415,17 +421,22 @@ TEST_CASE("wire: optional fields take their defaults when absent", "[wire]") {
     SECTION("REQUEST body as a string: text either way") {
         auto bytes = raw_body(5, [](Writer& w) {
             w.map(3);
-            w.str("id"); w.uint(5);
-            w.str("path"); w.str("/v1/completions");
-            w.str("body"); w.str("{}");
+            w.str("id");
+            w.uint(5);
+            w.str("path");
+            w.str("/v1/completions");
+            w.str("body");
+            w.str("{}");
         });
         CHECK(std::get<Request>(decode_ok(bytes).message).body == "{}");
     }
     SECTION("CONFIG with only dp_size and rank") {
         auto bytes = raw_body(2, [](Writer& w) {
             w.map(2);
-            w.str("rank"); w.uint(1);
-            w.str("dp_size"); w.uint(2);
+            w.str("rank");
+            w.uint(1);
+            w.str("dp_size");
+            w.uint(2);
         });
         auto m = std::get<Config>(decode_ok(bytes).message);
         CHECK(m.dp_size == 2);
@@ -436,10 +447,14 @@ TEST_CASE("wire: optional fields take their defaults when absent", "[wire]") {
     SECTION("a float field may be sent as an integer") {
         auto bytes = raw_body(2, [](Writer& w) {
             w.map(4);
-            w.str("dp_size"); w.uint(1);
-            w.str("rank"); w.uint(0);
-            w.str("heartbeat_interval"); w.uint(2);
-            w.str("group_timeout"); w.sint(3);
+            w.str("dp_size");
+            w.uint(1);
+            w.str("rank");
+            w.uint(0);
+            w.str("heartbeat_interval");
+            w.uint(2);
+            w.str("group_timeout");
+            w.sint(3);
         });
         auto m = std::get<Config>(decode_ok(bytes).message);
         CHECK(m.heartbeat_interval == 2.0);
@@ -456,15 +471,25 @@ TEST_CASE("wire: unknown keys in a body are skipped", "[wire]") {
     // and after the known ones.
     auto bytes = raw(protocol_major, 3, 1, 11, [](Writer& w) {
         w.map(6);
-        w.str("future_scalar"); w.uint(123456);
-        w.str("rank"); w.uint(6);
+        w.str("future_scalar");
+        w.uint(123456);
+        w.str("rank");
+        w.uint(6);
         w.str("future_nested");
         w.map(2);
-        w.str("a"); w.array(3); w.nil(); w.str("x"); w.float64(1.5);
-        w.str("b"); w.map(0);
-        w.str("incarnation"); w.uint(777);
-        w.str("node"); w.str("node-z");
-        w.str("future_string"); w.str("ignored");
+        w.str("a");
+        w.array(3);
+        w.nil();
+        w.str("x");
+        w.float64(1.5);
+        w.str("b");
+        w.map(0);
+        w.str("incarnation");
+        w.uint(777);
+        w.str("node");
+        w.str("node-z");
+        w.str("future_string");
+        w.str("ignored");
     });
     Envelope env = decode_ok(bytes);
     CHECK(env.epoch == 11);
@@ -477,8 +502,10 @@ TEST_CASE("wire: unknown keys in a body are skipped", "[wire]") {
         std::string body;
         Writer w(body);
         w.map(4);
-        w.str("rank"); w.uint(1);
-        w.str("incarnation"); w.uint(2);
+        w.str("rank");
+        w.uint(1);
+        w.str("incarnation");
+        w.uint(2);
         w.str("blob");
         body += std::string("\xc4\x03\x01\x02\x03", 5);
         w.str("ext");
@@ -491,12 +518,18 @@ TEST_CASE("wire: unknown keys in a body are skipped", "[wire]") {
     SECTION("in the nested engine config too") {
         auto config = raw_body(2, [](Writer& w) {
             w.map(3);
-            w.str("dp_size"); w.uint(2);
-            w.str("rank"); w.uint(0);
+            w.str("dp_size");
+            w.uint(2);
+            w.str("rank");
+            w.uint(0);
             w.str("engine");
             w.map(2);
-            w.str("new_setting"); w.array(2); w.uint(1); w.uint(2);
-            w.str("max_batch"); w.uint(9);
+            w.str("new_setting");
+            w.array(2);
+            w.uint(1);
+            w.uint(2);
+            w.str("max_batch");
+            w.uint(9);
         });
         auto c = std::get<Config>(decode_ok(config).message);
         CHECK(c.engine.max_batch == 9);
@@ -506,7 +539,8 @@ TEST_CASE("wire: unknown keys in a body are skipped", "[wire]") {
 TEST_CASE("wire: a newer minor version of the same major is accepted", "[wire]") {
     auto bytes = raw(protocol_major, 7, 8, 3, [](Writer& w) {
         w.map(1);
-        w.str("progress"); w.uint(5);
+        w.str("progress");
+        w.uint(5);
     });
     Envelope env = decode_ok(bytes);
     CHECK(env.epoch == 3);
@@ -518,9 +552,12 @@ TEST_CASE("wire: HEARTBEAT's activity fields are optional both ways", "[wire]") 
     // (This side's minor version, for the byte comparison below: the body is what counts.)
     auto old_shape = raw(protocol_major, protocol_minor, 8, 4, [](Writer& w) {
         w.map(3);
-        w.str("progress"); w.uint(12);
-        w.str("running"); w.uint(1);
-        w.str("waiting"); w.uint(2);
+        w.str("progress");
+        w.uint(12);
+        w.str("running");
+        w.uint(1);
+        w.str("waiting");
+        w.uint(2);
     });
     auto old_hb = std::get<Heartbeat>(decode_ok(old_shape).message);
     CHECK(old_hb.progress == 12);
@@ -549,9 +586,14 @@ TEST_CASE("wire: HEARTBEAT's activity fields are optional both ways", "[wire]") 
     // A field added after these is skipped, the known ones still read.
     auto newer = raw(protocol_major, 0, 8, 4, [](Writer& w) {
         w.map(3);
-        w.str("dummy_steps"); w.uint(5);
-        w.str("future_field"); w.array(2); w.uint(1); w.str("x");
-        w.str("memory_used"); w.uint(1ULL << 40);
+        w.str("dummy_steps");
+        w.uint(5);
+        w.str("future_field");
+        w.array(2);
+        w.uint(1);
+        w.str("x");
+        w.str("memory_used");
+        w.uint(1ULL << 40);
     });
     auto newer_hb = std::get<Heartbeat>(decode_ok(newer).message);
     CHECK(newer_hb.dummy_steps == 5);
@@ -561,7 +603,8 @@ TEST_CASE("wire: HEARTBEAT's activity fields are optional both ways", "[wire]") 
     // A field of the wrong type is refused, not misread.
     auto wrong = raw(protocol_major, 0, 8, 4, [](Writer& w) {
         w.map(1);
-        w.str("wave"); w.str("seven");
+        w.str("wave");
+        w.str("seven");
     });
     decode_error(wrong, "malformed");
 }
@@ -573,8 +616,10 @@ TEST_CASE("wire: HEARTBEAT's activity fields are optional both ways", "[wire]") 
 TEST_CASE("wire: another major version is refused naming both versions", "[wire]") {
     auto bytes = raw(3, 0, 1, 0, [](Writer& w) {
         w.map(2);
-        w.str("rank"); w.uint(0);
-        w.str("incarnation"); w.uint(1);
+        w.str("rank");
+        w.uint(0);
+        w.str("incarnation");
+        w.uint(1);
     });
     Error e = decode_error(bytes, "version-mismatch");
     CHECK_THAT(e.message, Catch::Contains("3.0"));
@@ -582,7 +627,11 @@ TEST_CASE("wire: another major version is refused naming both versions", "[wire]
 
     SECTION("the version check comes before the body is read") {
         // A future major version may change the body completely.
-        auto strange = raw(3, 5, 200, 0, [](Writer& w) { w.array(2); w.nil(); w.nil(); });
+        auto strange = raw(3, 5, 200, 0, [](Writer& w) {
+            w.array(2);
+            w.nil();
+            w.nil();
+        });
         Error e2 = decode_error(strange, "version-mismatch");
         CHECK_THAT(e2.message, Catch::Contains("3.5"));
     }
@@ -599,8 +648,8 @@ TEST_CASE("wire: another major version is refused naming both versions", "[wire]
 }
 
 TEST_CASE("wire: unknown message types are refused as unknown-type", "[wire]") {
-    for (uint64_t type : {uint64_t{0}, uint64_t{19}, uint64_t{99}, uint64_t{255}, uint64_t{256 + 1},
-                          uint64_t{1} << 40}) {
+    for (uint64_t type :
+         {uint64_t{0}, uint64_t{19}, uint64_t{99}, uint64_t{255}, uint64_t{256 + 1}, uint64_t{1} << 40}) {
         INFO("type " << type);
         auto bytes = raw_body(type, [](Writer& w) { w.map(0); });
         Error e = decode_error(bytes, "unknown-type");
@@ -675,9 +724,24 @@ TEST_CASE("wire: wrong field types are malformed", "[wire]") {
     SECTION("header fields") {
         // [major, minor, type, epoch] with one field of the wrong type, then an empty body.
         const std::function<void(Writer&)> headers[] = {
-            [](Writer& w) { w.str("1"); w.uint(0); w.uint(1); w.uint(0); },      // major as a string
-            [](Writer& w) { w.uint(protocol_major); w.uint(0); w.uint(8); w.sint(-1); },      // a negative epoch
-            [](Writer& w) { w.uint(protocol_major); w.uint(0); w.str("hello"); w.uint(0); },  // type as a string
+            [](Writer& w) {
+                w.str("1");
+                w.uint(0);
+                w.uint(1);
+                w.uint(0);
+            },  // major as a string
+            [](Writer& w) {
+                w.uint(protocol_major);
+                w.uint(0);
+                w.uint(8);
+                w.sint(-1);
+            },  // a negative epoch
+            [](Writer& w) {
+                w.uint(protocol_major);
+                w.uint(0);
+                w.str("hello");
+                w.uint(0);
+            },  // type as a string
         };
         for (const auto& fields : headers) {
             std::string out;
@@ -698,107 +762,163 @@ TEST_CASE("wire: wrong field types are malformed", "[wire]") {
             {"a key that is not a string", 8,
              [](Writer& w) {
                  w.map(1);
-                 w.uint(1); w.uint(2);
+                 w.uint(1);
+                 w.uint(2);
              }},
             {"HELLO rank as a string", 1,
              [](Writer& w) {
                  w.map(2);
-                 w.str("rank"); w.str("3");
-                 w.str("incarnation"); w.uint(1);
+                 w.str("rank");
+                 w.str("3");
+                 w.str("incarnation");
+                 w.uint(1);
              },
              "string"},
             {"HELLO node as an integer", 1,
              [](Writer& w) {
                  w.map(3);
-                 w.str("rank"); w.uint(3);
-                 w.str("incarnation"); w.uint(1);
-                 w.str("node"); w.uint(1);
+                 w.str("rank");
+                 w.uint(3);
+                 w.str("incarnation");
+                 w.uint(1);
+                 w.str("node");
+                 w.uint(1);
              }},
             {"a negative rank", 1,
              [](Writer& w) {
                  w.map(2);
-                 w.str("rank"); w.sint(-1);
-                 w.str("incarnation"); w.uint(1);
+                 w.str("rank");
+                 w.sint(-1);
+                 w.str("incarnation");
+                 w.uint(1);
              }},
             {"a 32-bit field (HELLO rank) given a value above 2^32-1", 1,
              [](Writer& w) {
                  w.map(2);
-                 w.str("rank"); w.uint(0x100000000ULL);
-                 w.str("incarnation"); w.uint(1);
+                 w.str("rank");
+                 w.uint(0x100000000ULL);
+                 w.str("incarnation");
+                 w.uint(1);
              }},
             {"a 32-bit field (OUTPUTS running) given a value above 2^32-1", 7,
              [](Writer& w) {
                  w.map(1);
-                 w.str("running"); w.uint(0x100000000ULL);
+                 w.str("running");
+                 w.uint(0x100000000ULL);
              }},
             {"REQUEST path as an integer", 5,
              [](Writer& w) {
                  w.map(2);
-                 w.str("id"); w.uint(1);
-                 w.str("path"); w.uint(1);
+                 w.str("id");
+                 w.uint(1);
+                 w.str("path");
+                 w.uint(1);
              }},
             {"REQUEST path that is not absolute", 5,
              [](Writer& w) {
                  w.map(2);
-                 w.str("id"); w.uint(1);
-                 w.str("path"); w.str("v1/completions");
+                 w.str("id");
+                 w.uint(1);
+                 w.str("path");
+                 w.str("v1/completions");
              },
              "path"},
             {"REQUEST body as a list", 5,
              [](Writer& w) {
                  w.map(3);
-                 w.str("id"); w.uint(1);
-                 w.str("path"); w.str("/v1/completions");
-                 w.str("body"); w.array(0);
+                 w.str("id");
+                 w.uint(1);
+                 w.str("path");
+                 w.str("/v1/completions");
+                 w.str("body");
+                 w.array(0);
              }},
             {"REQUEST stream as a string", 5,
              [](Writer& w) {
                  w.map(3);
-                 w.str("id"); w.uint(1);
-                 w.str("path"); w.str("/v1/completions");
-                 w.str("stream"); w.str("true");
+                 w.str("id");
+                 w.uint(1);
+                 w.str("path");
+                 w.str("/v1/completions");
+                 w.str("stream");
+                 w.str("true");
              }},
             {"ABORT ids with a negative id", 6,
              [](Writer& w) {
                  w.map(1);
-                 w.str("ids"); w.array(2); w.uint(1); w.sint(-2);
+                 w.str("ids");
+                 w.array(2);
+                 w.uint(1);
+                 w.sint(-2);
              }},
             {"OUTPUTS item that is not an array", 7,
              [](Writer& w) {
                  w.map(1);
-                 w.str("items"); w.array(1); w.map(0);
+                 w.str("items");
+                 w.array(1);
+                 w.map(0);
              }},
             {"OUTPUTS item that is too short", 7,
              [](Writer& w) {
                  w.map(1);
-                 w.str("items"); w.array(1);
-                 w.array(5); w.uint(1); w.uint(200); w.str("text/plain"); w.bin("x"); w.boolean(true);
+                 w.str("items");
+                 w.array(1);
+                 w.array(5);
+                 w.uint(1);
+                 w.uint(200);
+                 w.str("text/plain");
+                 w.bin("x");
+                 w.boolean(true);
              }},
             {"OUTPUTS item whose content type is not a string", 7,
              [](Writer& w) {
                  w.map(1);
-                 w.str("items"); w.array(1);
-                 w.array(6); w.uint(1); w.uint(200); w.uint(1); w.bin("x"); w.boolean(true); w.uint(0);
+                 w.str("items");
+                 w.array(1);
+                 w.array(6);
+                 w.uint(1);
+                 w.uint(200);
+                 w.uint(1);
+                 w.bin("x");
+                 w.boolean(true);
+                 w.uint(0);
              }},
             {"OUTPUTS item whose done is not a boolean", 7,
              [](Writer& w) {
                  w.map(1);
-                 w.str("items"); w.array(1);
-                 w.array(6); w.uint(1); w.uint(0); w.str(""); w.bin("x"); w.uint(1); w.uint(0);
+                 w.str("items");
+                 w.array(1);
+                 w.array(6);
+                 w.uint(1);
+                 w.uint(0);
+                 w.str("");
+                 w.bin("x");
+                 w.uint(1);
+                 w.uint(0);
              }},
             {"OUTPUTS item whose status is not an HTTP status", 7,
              [](Writer& w) {
                  w.map(1);
-                 w.str("items"); w.array(1);
-                 w.array(6); w.uint(1); w.uint(42); w.str(""); w.bin(""); w.boolean(true); w.uint(0);
+                 w.str("items");
+                 w.array(1);
+                 w.array(6);
+                 w.uint(1);
+                 w.uint(42);
+                 w.str("");
+                 w.bin("");
+                 w.boolean(true);
+                 w.uint(0);
              },
              "status"},
             {"CONFIG engine that is not a map", 2,
              [](Writer& w) {
                  w.map(3);
-                 w.str("dp_size"); w.uint(1);
-                 w.str("rank"); w.uint(0);
-                 w.str("engine"); w.str("synthetic");
+                 w.str("dp_size");
+                 w.uint(1);
+                 w.str("rank");
+                 w.uint(0);
+                 w.str("engine");
+                 w.str("synthetic");
              }},
         });
     }
@@ -810,51 +930,67 @@ TEST_CASE("wire: missing required fields are malformed and named", "[wire]") {
         {"HELLO without rank", 1,
          [](Writer& w) {
              w.map(2);
-             w.str("node"); w.str("n");
-             w.str("incarnation"); w.uint(1);
+             w.str("node");
+             w.str("n");
+             w.str("incarnation");
+             w.uint(1);
          },
          "'rank'"},
         {"HELLO without incarnation", 1,
          [](Writer& w) {
              w.map(2);
-             w.str("rank"); w.uint(1);
-             w.str("local_rank"); w.uint(0);
+             w.str("rank");
+             w.uint(1);
+             w.str("local_rank");
+             w.uint(0);
          },
          "'incarnation'"},
         {"HELLO with an empty body", 1, [](Writer& w) { w.map(0); }, "'rank'"},
         {"REQUEST without id", 5,
          [](Writer& w) {
              w.map(2);
-             w.str("path"); w.str("/v1/completions");
-             w.str("body"); w.bin("{}");
+             w.str("path");
+             w.str("/v1/completions");
+             w.str("body");
+             w.bin("{}");
          },
          "'id'"},
         {"REQUEST without path", 5,
          [](Writer& w) {
              w.map(2);
-             w.str("id"); w.uint(1);
-             w.str("body"); w.bin("{}");
+             w.str("id");
+             w.uint(1);
+             w.str("body");
+             w.bin("{}");
          },
          "'path'"},
         {"CONFIG without dp_size", 2,
          [](Writer& w) {
              w.map(2);
-             w.str("rank"); w.uint(0);
-             w.str("epoch"); w.uint(1);
+             w.str("rank");
+             w.uint(0);
+             w.str("epoch");
+             w.uint(1);
          },
          "'dp_size'"},
         {"CONFIG without rank", 2,
          [](Writer& w) {
              w.map(2);
-             w.str("dp_size"); w.uint(2);
-             w.str("epoch"); w.uint(1);
+             w.str("dp_size");
+             w.uint(2);
+             w.str("epoch");
+             w.uint(1);
          },
          "'rank'"},
         {"HELLO whose rank is only inside an unknown key", 1,
          [](Writer& w) {
              w.map(2);
-             w.str("other"); w.map(1); w.str("rank"); w.uint(1);
-             w.str("incarnation"); w.uint(1);
+             w.str("other");
+             w.map(1);
+             w.str("rank");
+             w.uint(1);
+             w.str("incarnation");
+             w.uint(1);
          },
          "'rank'"},
     });
@@ -863,19 +999,30 @@ TEST_CASE("wire: missing required fields are malformed and named", "[wire]") {
 TEST_CASE("wire: hostile counts in a body are refused without allocating them", "[wire]") {
     // An ABORT claiming 2^32-1 ids, an OUTPUTS claiming 2^32-1 items: each fits in a few bytes.
     auto claim = [](uint64_t type, const char* key) {
-        return raw_body(type, [key](Writer& w) {
-                   w.map(1);
-                   w.str(key);
-               }) +
-               std::string("\xdd\xff\xff\xff\xff", 5);
+        return raw_body(type,
+                        [key](Writer& w) {
+                            w.map(1);
+                            w.str(key);
+                        }) +
+            std::string("\xdd\xff\xff\xff\xff", 5);
     };
     decode_error(claim(6, "ids"), "malformed");
     decode_error(claim(7, "items"), "malformed");
     decode_error(claim(1, "unknown"), "malformed");
     // A string claiming 4 GiB, and a REQUEST body likewise.
-    decode_error(raw_body(1, [](Writer& w) { w.map(1); w.str("node"); }) + std::string("\xdb\xff\xff\xff\xff", 5),
+    decode_error(raw_body(1,
+                          [](Writer& w) {
+                              w.map(1);
+                              w.str("node");
+                          }) +
+                     std::string("\xdb\xff\xff\xff\xff", 5),
                  "malformed");
-    decode_error(raw_body(5, [](Writer& w) { w.map(1); w.str("body"); }) + std::string("\xc6\xff\xff\xff\xff", 5),
+    decode_error(raw_body(5,
+                          [](Writer& w) {
+                              w.map(1);
+                              w.str("body");
+                          }) +
+                     std::string("\xc6\xff\xff\xff\xff", 5),
                  "malformed");
     // A body map claiming 2^32-1 pairs.
     decode_error(raw_body(1, [](Writer&) {}) + std::string("\xdf\xff\xff\xff\xff", 5), "malformed");
@@ -885,8 +1032,10 @@ TEST_CASE("wire: deeply nested unknown values are malformed, not a crash", "[wir
     std::string body;
     Writer w(body);
     w.map(3);
-    w.str("rank"); w.uint(1);
-    w.str("incarnation"); w.uint(1);
+    w.str("rank");
+    w.uint(1);
+    w.str("incarnation");
+    w.uint(1);
     w.str("deep");
     body += std::string(100000, '\x91');
     body += '\x01';
@@ -950,12 +1099,12 @@ TEST_CASE("wire: random mutations of valid messages never crash the decoder", "[
         for (int k = 0; k < mutations && !bytes.empty(); ++k) {
             size_t at = rng() % bytes.size();
             switch (rng() % 6) {
-                case 0: bytes[at] = static_cast<char>(rng()); break;                 // replace a byte
+                case 0: bytes[at] = static_cast<char>(rng()); break;                           // replace a byte
                 case 1: bytes[at] = static_cast<char>(bytes[at] ^ (1 << (rng() % 8))); break;  // flip a bit
-                case 2: bytes.insert(at, 1, static_cast<char>(rng())); break;       // insert a byte
-                case 3: bytes.erase(at, 1); break;                                  // delete a byte
-                case 4: bytes.resize(at); break;                                    // truncate
-                case 5: {                                                           // a length lie
+                case 2: bytes.insert(at, 1, static_cast<char>(rng())); break;                  // insert a byte
+                case 3: bytes.erase(at, 1); break;                                             // delete a byte
+                case 4: bytes.resize(at); break;                                               // truncate
+                case 5: {                                                                      // a length lie
                     const char lies[] = {'\xdd', '\xdf', '\xdb', '\xc6', '\xc9', '\xff'};
                     bytes[at] = lies[rng() % sizeof lies];
                     break;

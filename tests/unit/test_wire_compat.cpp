@@ -62,7 +62,10 @@ void as_of(uint32_t minor, S& s) {
 // Copies one msgpack value.
 void copy(Reader& r, Writer& w) {
     switch (r.peek()) {
-        case Kind::nil: r.nil(); w.nil(); break;
+        case Kind::nil:
+            r.nil();
+            w.nil();
+            break;
         case Kind::boolean: w.boolean(r.boolean()); break;
         case Kind::uint: w.uint(r.uint()); break;
         case Kind::sint: w.sint(r.sint()); break;
@@ -159,7 +162,8 @@ TEST_CASE("wire compat: every type with every field set round trips", "[wire][co
     }
 }
 
-TEST_CASE("wire compat: a message of the previous minor decodes, the newer fields at their defaults", "[wire][compat]") {
+TEST_CASE("wire compat: a message of the previous minor decodes, the newer fields at their defaults",
+          "[wire][compat]") {
     bool some_field_is_newer = false;
     for (const Message& m : filled::every_type()) {
         INFO(type_name(m));
@@ -184,13 +188,20 @@ TEST_CASE("wire compat: 2.0 messages as a 2.0 peer wrote them", "[wire][compat]"
         std::string bytes = header(0, 1);
         Writer w(bytes);
         w.map(7);
-        w.str("rank"); w.uint(3);
-        w.str("local_rank"); w.uint(1);
-        w.str("node"); w.str("gpu2");
-        w.str("incarnation"); w.uint(99);
-        w.str("build"); w.str("0.1.0");
-        w.str("dp_size"); w.uint(4);
-        w.str("model"); w.str("m");
+        w.str("rank");
+        w.uint(3);
+        w.str("local_rank");
+        w.uint(1);
+        w.str("node");
+        w.str("gpu2");
+        w.str("incarnation");
+        w.uint(99);
+        w.str("build");
+        w.str("0.1.0");
+        w.str("dp_size");
+        w.uint(4);
+        w.str("model");
+        w.str("m");
         auto hello = std::get<Hello>(decoded(bytes).message);
         CHECK(hello.rank == 3);
         CHECK(hello.node == "gpu2");
@@ -200,8 +211,14 @@ TEST_CASE("wire compat: 2.0 messages as a 2.0 peer wrote them", "[wire][compat]"
         std::string status = header(0, 13);
         Writer w(status);
         w.map(1);
-        w.str("ranks"); w.array(1);
-        w.array(5); w.uint(2); w.str("running"); w.uint(4242); w.uint(0); w.str("");
+        w.str("ranks");
+        w.array(1);
+        w.array(5);
+        w.uint(2);
+        w.str("running");
+        w.uint(4242);
+        w.uint(0);
+        w.str("");
         auto s = std::get<NodeStatus>(decoded(status).message);
         CHECK_FALSE(s.leaving);
         REQUIRE(s.ranks.size() == 1);
@@ -210,12 +227,18 @@ TEST_CASE("wire compat: 2.0 messages as a 2.0 peer wrote them", "[wire][compat]"
         std::string hello = header(0, 11);
         Writer h(hello);
         h.map(6);
-        h.str("node"); h.str("gpu3");
-        h.str("incarnation"); h.uint(1);
-        h.str("build"); h.str("0.1.0");
-        h.str("count"); h.uint(2);
-        h.str("dp_size"); h.uint(4);
-        h.str("v"); h.uint(1);
+        h.str("node");
+        h.str("gpu3");
+        h.str("incarnation");
+        h.uint(1);
+        h.str("build");
+        h.str("0.1.0");
+        h.str("count");
+        h.uint(2);
+        h.str("dp_size");
+        h.uint(4);
+        h.str("v");
+        h.uint(1);
         CHECK(std::get<NodeHello>(decoded(hello).message).count == 2);
     }
 }

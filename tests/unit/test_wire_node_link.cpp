@@ -93,7 +93,8 @@ TEST_CASE("wire: NODE_HELLO round trips, with and without the optional blocks", 
 }
 
 TEST_CASE("wire: NODE_CONFIG, NODE_STATUS and ASSIGN round trip", "[wire][node-link]") {
-    auto config = std::get<NodeConfig>(decoded(encode(NodeConfig{8, 4, 2, 77, "head-a", {"ready", "draining"}})).message);
+    auto config =
+        std::get<NodeConfig>(decoded(encode(NodeConfig{8, 4, 2, 77, "head-a", {"ready", "draining"}})).message);
     CHECK(config.head == "head-a");
     CHECK(config.states == std::vector<std::string>{"ready", "draining"});
     CHECK(config.dp_size == 8);
@@ -151,19 +152,24 @@ TEST_CASE("wire: node-link messages use type numbers 11 to 14", "[wire][node-lin
 TEST_CASE("wire: node-link messages missing required fields are malformed and named", "[wire][node-link]") {
     Error e = refused(raw(11, [](Writer& w) {
         w.map(2);
-        w.str("node"); w.str("b");
-        w.str("count"); w.uint(1);
+        w.str("node");
+        w.str("b");
+        w.str("count");
+        w.uint(1);
     }));
     CHECK_THAT(e.message, Catch::Contains("incarnation"));
     e = refused(raw(11, [](Writer& w) {
         w.map(2);
-        w.str("incarnation"); w.uint(1);
-        w.str("count"); w.uint(1);
+        w.str("incarnation");
+        w.uint(1);
+        w.str("count");
+        w.uint(1);
     }));
     CHECK_THAT(e.message, Catch::Contains("node"));
     e = refused(raw(14, [](Writer& w) {
         w.map(1);
-        w.str("start_rank"); w.uint(1);
+        w.str("start_rank");
+        w.uint(1);
     }));
     CHECK_THAT(e.message, Catch::Contains("count"));
     e = refused(raw(12, [](Writer& w) { w.map(0); }));
@@ -171,9 +177,15 @@ TEST_CASE("wire: node-link messages missing required fields are malformed and na
     // An activity entry short of its 6 elements.
     e = refused(raw(12, [](Writer& w) {
         w.map(3);
-        w.str("start_rank"); w.uint(0);
-        w.str("count"); w.uint(1);
-        w.str("activity"); w.array(1); w.array(2); w.str("gloo"); w.uint(3);
+        w.str("start_rank");
+        w.uint(0);
+        w.str("count");
+        w.uint(1);
+        w.str("activity");
+        w.array(1);
+        w.array(2);
+        w.str("gloo");
+        w.uint(3);
     }));
     CHECK_THAT(e.message, Catch::Contains("activity"));
 }
@@ -193,17 +205,21 @@ TEST_CASE("wire: node-link rank blocks beyond the largest DP size are refused", 
     // A rank number that does not fit 32 bits.
     refused(raw(14, [](Writer& w) {
         w.map(2);
-        w.str("start_rank"); w.uint(uint64_t{1} << 33);
-        w.str("count"); w.uint(1);
+        w.str("start_rank");
+        w.uint(uint64_t{1} << 33);
+        w.str("count");
+        w.uint(1);
     }));
 }
 
 TEST_CASE("wire: NODE_STATUS refuses hostile counts and short entries", "[wire][node-link]") {
     // 2^32-1 ranks claimed in five bytes: refused before anything is allocated.
-    refused(raw(13, [](Writer& w) {
-                w.map(1);
-                w.str("ranks");
-            }) + std::string("\xdd\xff\xff\xff\xff", 5));
+    refused(raw(13,
+                [](Writer& w) {
+                    w.map(1);
+                    w.str("ranks");
+                }) +
+            std::string("\xdd\xff\xff\xff\xff", 5));
     Error e = refused(raw(13, [](Writer& w) {
         w.map(1);
         w.str("ranks");
@@ -230,8 +246,14 @@ TEST_CASE("wire: NODE_STATUS refuses hostile counts and short entries", "[wire][
         w.str("ranks");
         w.array(1);
         w.array(6);
-        w.uint(5); w.str("running"); w.uint(10); w.uint(0); w.str(""); w.str("extra");
-        w.str("future"); w.uint(1);
+        w.uint(5);
+        w.str("running");
+        w.uint(10);
+        w.uint(0);
+        w.str("");
+        w.str("extra");
+        w.str("future");
+        w.uint(1);
     });
     auto status = std::get<NodeStatus>(decoded(later).message);
     REQUIRE(status.ranks.size() == 1);
@@ -250,19 +272,31 @@ TEST_CASE("wire: NODE_STATUS is the bytes of protocol 2.0 unless leaving", "[wir
 TEST_CASE("wire: NODE_CONFIG activity items of 2.0 (6 elements) and of a later minor decode", "[wire][node-link]") {
     auto entry = [](Writer& w, uint32_t elements) {
         w.array(elements);
-        w.str("gloo"); w.uint(4); w.uint(7); w.uint(1024); w.float64(10.5); w.float64(0.25);
+        w.str("gloo");
+        w.uint(4);
+        w.uint(7);
+        w.uint(1024);
+        w.float64(10.5);
+        w.float64(0.25);
         if (elements >= 10) {
-            w.str("cpu (synthetic)"); w.uint(2); w.uint(1); w.uint(99);
+            w.str("cpu (synthetic)");
+            w.uint(2);
+            w.uint(1);
+            w.uint(99);
         }
         for (uint32_t i = 10; i < elements; ++i) w.str("appended later");
     };
     auto config = [&](uint32_t elements) {
         return std::get<NodeConfig>(decoded(raw(12, [&](Writer& w) {
-            w.map(3);
-            w.str("start_rank"); w.uint(0);
-            w.str("count"); w.uint(1);
-            w.str("activity"); w.array(1); entry(w, elements);
-        })).message);
+                                        w.map(3);
+                                        w.str("start_rank");
+                                        w.uint(0);
+                                        w.str("count");
+                                        w.uint(1);
+                                        w.str("activity");
+                                        w.array(1);
+                                        entry(w, elements);
+                                    })).message);
     };
     auto old = config(6).activity.at(0);
     CHECK(old.group_kind == "gloo");
