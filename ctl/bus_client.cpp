@@ -280,22 +280,21 @@ void BusClient::manage(const char* method, const std::string& what) {
 }
 
 void BusClient::watch_ranks(const std::vector<uint32_t>& ranks, const std::string& what) {
-    auto added = [&](int r, sd_bus_slot* slot) {
+    // The matches are floating (no slot): the bus owns them and frees them with itself. A slot
+    // of ours, released before the bus, would send RemoveMatch, and the reply it waits for
+    // would hold the bus, which then outlives dpctl (a leak under LeakSanitizer).
+    auto added = [&](int r) {
         if (r < 0) fail(what + ": subscribing to the daemon's change signals", r, BusError(), false);
-        watches_.emplace_back(slot);
     };
-    sd_bus_slot* slot = nullptr;
     const std::string owner_changed = std::string(
                                           "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
                                           "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='") +
         api::service + "'";
-    added(sd_bus_add_match(bus_.get(), &slot, owner_changed.c_str(), note_change, changed_.get()), slot);
+    added(sd_bus_add_match(bus_.get(), nullptr, owner_changed.c_str(), note_change, changed_.get()));
     for (uint32_t rank : ranks) {
         const std::string path = std::string(api::rank_path_prefix) + "/" + std::to_string(rank);
-        slot = nullptr;
-        added(sd_bus_match_signal(bus_.get(), &slot, api::service, path.c_str(), properties_interface,
-                                  "PropertiesChanged", note_change, changed_.get()),
-              slot);
+        added(sd_bus_match_signal(bus_.get(), nullptr, api::service, path.c_str(), properties_interface,
+                                  "PropertiesChanged", note_change, changed_.get()));
     }
 }
 

@@ -22,11 +22,6 @@ struct BusUnref {
 };
 using BusPtr = std::unique_ptr<sd_bus, BusUnref>;
 
-struct SlotUnref {
-    void operator()(sd_bus_slot* slot) const { sd_bus_slot_unref(slot); }
-};
-using SlotPtr = std::unique_ptr<sd_bus_slot, SlotUnref>;
-
 struct MessageUnref {
     void operator()(sd_bus_message* m) const { sd_bus_message_unref(m); }
 };
@@ -122,7 +117,6 @@ private:
     BusPtr bus_;
     // Set by the watches' callbacks: on the heap, where a moved BusClient leaves it.
     std::unique_ptr<bool> changed_;
-    std::vector<SlotPtr> watches_;
 };
 
 }  // namespace dpctl
