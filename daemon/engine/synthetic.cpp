@@ -91,8 +91,9 @@ Result<std::unique_ptr<Backend>> make_backend(const wire::EngineConfig& config) 
         auto step = std::chrono::nanoseconds(static_cast<int64_t>(config.step_time_ms * 1e6));
         return std::unique_ptr<Backend>(std::make_unique<SyntheticBackend>(step));
     }
-    return Error{"engine.backend '" + config.backend + "' is not available in this build (known: synthetic, http)",
-                 "config"};
+    return Error{
+        "engine.backend '" + config.backend + "' is not available in this build (known: synthetic, cuda, http)",
+        "config"};
 }
 
 }  // namespace dpengine::engine
