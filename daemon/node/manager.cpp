@@ -194,9 +194,7 @@ public:
         if (!found) return std::nullopt;
         RankInfo& info = *found;
         if (is_local) info.restarts = local_entry->second.starts > 0 ? local_entry->second.starts - 1 : 0;
-        for (auto [r, pid] : supervisor_.pids()) {
-            if (r == rank) info.pid = static_cast<uint32_t>(pid);
-        }
+        if (pid_t pid = supervisor_.pid_of(rank)) info.pid = static_cast<uint32_t>(pid);
         // Ranks of headless nodes: their process as the node last reported it.
         if (registry_ && !is_local) {
             if (auto process = registry_->rank_process(rank)) {
@@ -419,15 +417,12 @@ private:
 
     wire::NodeStatus local_status() const {
         wire::NodeStatus status;
-        auto pids = supervisor_.pids();
         for (const auto& [rank, local] : local_) {
             if (!local.assigned) continue;
             wire::NodeRankStatus r;
             r.rank = rank;
             r.state = local.running ? "running" : "stopped";
-            for (auto [pid_rank, pid] : pids) {
-                if (pid_rank == rank) r.pid = static_cast<uint32_t>(pid);
-            }
+            r.pid = static_cast<uint32_t>(supervisor_.pid_of(rank));
             r.restarts = local.starts > 0 ? local.starts - 1 : 0;
             r.last_error = local.last_exit;
             status.ranks.push_back(std::move(r));

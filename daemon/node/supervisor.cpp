@@ -144,10 +144,9 @@ void Supervisor::stop_all(std::chrono::milliseconds grace, std::function<void()>
     });
 }
 
-std::vector<std::pair<uint32_t, pid_t>> Supervisor::pids() const {
-    std::vector<std::pair<uint32_t, pid_t>> out;
-    for (const auto& [rank, child] : children_) out.emplace_back(rank, child->pid);
-    return out;
+pid_t Supervisor::pid_of(uint32_t rank) const {
+    auto it = children_.find(rank);
+    return it == children_.end() ? 0 : it->second->pid;
 }
 
 std::string find_engine_program(const std::string& configured) {

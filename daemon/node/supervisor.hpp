@@ -45,7 +45,8 @@ public:
     // all have exited.
     void stop_all(std::chrono::milliseconds grace, std::function<void()> done);
     size_t running() const { return children_.size(); }
-    std::vector<std::pair<uint32_t, pid_t>> pids() const;
+    // The running process of `rank`; 0 when it has none.
+    pid_t pid_of(uint32_t rank) const;
 
 private:
     struct Child;
