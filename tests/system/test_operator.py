@@ -23,33 +23,26 @@ step checking its outcome:
 
 Needs root (debootstrap), qemu-system-x86, debootstrap, e2fsprogs, openssh-client; skips
 (exit 77) with the reason otherwise. Every step is bounded in time; qemu is killed at the end
-whatever happens. Environment: DPENGINE_BUILD_DIR, DPENGINE_DEB (a .deb to use instead of
-running cpack), DPENGINE_VM_ACCEL (tcg, the default, or kvm), DPENGINE_SYSTEM_KEEP=1 (keep the
-work directory: console log, qemu log).
+whatever happens. Environment: see tests/system/README.md.
 """
 
 from __future__ import annotations
 
-import fcntl
-import glob
 import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
-sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from harness import synthetic_text  # noqa: E402
+from systest import (check, dpctl_json, install_deb, out, require, timed, timings, unit_prop,  # noqa: E402
+                     wait_active, wait_for)
 from vm import VM  # noqa: E402
-
-BUILD = os.path.abspath(os.environ.get("DPENGINE_BUILD_DIR", os.path.join(SRC, "build")))
-SKIP = 77
+import systest  # noqa: E402
 
 DROPIN = """[data_parallel]
 size = 2
@@ -58,56 +51,12 @@ step_time_ms = 50.0
 """
 PROMPT = "the quick brown fox"
 
-failures: list[str] = []
-timings: list[tuple[str, float]] = []
-
-
-class StepFailed(Exception):
-    pass
-
-
-def check(cond: object, what: str, detail: object = None) -> bool:
-    if cond:
-        print(f"ok: {what}", flush=True)
-    else:
-        print(f"FAILED: {what}" + (f"\n    {detail}" if detail else ""), flush=True)
-        failures.append(what)
-    return bool(cond)
-
-
-def require(cond: object, what: str, detail: object = None) -> None:
-    """A check that later steps depend on: stops the flow when it fails."""
-    if not check(cond, what, detail):
-        raise StepFailed(what)
-
-
 def sh(vm: VM, script: str, user: str = "root", timeout: float = 120.0) -> subprocess.CompletedProcess:
     return vm.run(script, user=user, timeout=timeout)
 
 
-def out(res: subprocess.CompletedProcess) -> str:
-    return f"exit {res.returncode}; stdout: {res.stdout.strip()[-1500:]!r}; stderr: {res.stderr.strip()[-1500:]!r}"
-
-
-def wait_for(vm: VM, script: str, pred, timeout: float, interval: float = 2.0) -> subprocess.CompletedProcess:
-    """Runs script until pred(result) holds or timeout passes; returns the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = sh(vm, script, timeout=60)
-        if pred(res) or time.monotonic() > deadline:
-            return res
-        time.sleep(interval)
-
-
-def unit_prop(vm: VM, prop: str) -> str:
-    return sh(vm, f"systemctl show -P {prop} dpengined").stdout.strip()
-
-
 def ranks(vm: VM, user: str = "root") -> list[dict]:
-    res = sh(vm, "dpctl ranks --json", user=user)
-    if res.returncode != 0:
-        raise StepFailed(f"dpctl ranks --json: {out(res)}")
-    return json.loads(res.stdout)
+    return dpctl_json(vm, "ranks", user)
 
 
 def wait_all_ready(vm: VM, timeout: float = 180.0) -> list[dict]:
@@ -117,16 +66,6 @@ def wait_all_ready(vm: VM, timeout: float = 180.0) -> list[dict]:
     require(res.returncode == 0 and all(x["state"] == "ready" for x in json.loads(res.stdout)),
             "both ranks ready", out(res))
     return json.loads(res.stdout)
-
-
-def wait_active(vm: VM, what: str, timeout: float = 240.0, old_pid: str | None = None) -> str:
-    """Waits until the unit is active (with a MainPID other than old_pid); returns MainPID."""
-    res = wait_for(vm, "systemctl is-active dpengined; systemctl show -P MainPID dpengined",
-                   lambda r: r.stdout.split()[:1] == ["active"] and r.stdout.split()[1:2] not in ([], ["0"], [old_pid]),
-                   timeout)
-    words = res.stdout.split()
-    require(words[:1] == ["active"] and words[1:2] not in ([], ["0"], [old_pid]), what, out(res))
-    return words[1]
 
 
 def cgroup_processes(vm: VM) -> list[tuple[str, str]]:
@@ -156,17 +95,12 @@ def completion(vm: VM, max_tokens: int | None = 8, user: str = "root") -> subpro
 # ---- the steps ----
 
 def step_install(vm: VM, deb: str) -> None:
-    vm.copy_in(deb, "/root/")
-    name = os.path.basename(deb)
-    res = sh(vm, f"DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./{name}", timeout=300)
-    require(res.returncode == 0, "apt install ./dpengine_*.deb with no network (dependencies in the image)", out(res))
-    require(sh(vm, "getent group dpengine && test -x /usr/sbin/dpengined && test -x /usr/bin/dpctl").returncode == 0,
-            "the package made group dpengine and installed dpengined and dpctl")
+    install_deb(vm, deb)
     sh(vm, f"mkdir -p /etc/dpengine/dpengined.toml.d && printf %s {shlex.quote(DROPIN)} "
            ">/etc/dpengine/dpengined.toml.d/50-system-test.toml")
     started = time.monotonic()
     res = sh(vm, "systemctl start dpengined", timeout=300)
-    timings.append(("systemctl start", time.monotonic() - started))
+    timed("systemctl start", started)
     require(res.returncode == 0, "systemctl start dpengined", out(res) + "\n" +
             sh(vm, "journalctl -u dpengined --no-pager -n 40").stdout)
     check(sh(vm, "systemctl is-active dpengined").stdout.strip() == "active", "the unit is active after start")
@@ -322,7 +256,7 @@ def step_watchdog(vm: VM) -> None:
     # WatchdogSec=30s, then RestartSec=5s and the start.
     new_pid = wait_active(vm, "kill -STOP of the main PID: the watchdog kills it and the unit restarts",
                           timeout=240, old_pid=main_pid)
-    timings.append(("watchdog restart", time.monotonic() - started))
+    timed("watchdog restart", started)
     res = sh(vm, "journalctl -u dpengined --no-pager -o cat | grep -i watchdog")
     check("Watchdog timeout" in res.stdout, "systemd logged the watchdog timeout", out(res))
     wait_all_ready(vm)
@@ -362,7 +296,7 @@ def step_enable_reboot(vm: VM) -> None:
     timings.append(("reboot to ssh", seconds))
     started = time.monotonic()
     wait_active(vm, "after reboot the enabled unit is active again", timeout=240)
-    timings.append(("after reboot, to active", time.monotonic() - started))
+    timed("after reboot, to active", started)
     wait_all_ready(vm)
     check(completion(vm).returncode == 0, "serves after the reboot")
 
@@ -396,74 +330,21 @@ def step_remove_purge(vm: VM, before: set[str]) -> None:
     check(res.returncode == 0, "the dpengine user and group stay (the documented leftovers)", out(res))
 
 
-# ---- setup ----
-
-def skip(reason: str) -> int:
-    print(f"SKIP: {reason}", flush=True)
-    return SKIP
-
-
-def find_deb(work: str) -> str:
-    if os.environ.get("DPENGINE_DEB"):
-        return os.environ["DPENGINE_DEB"]
-    out_dir = os.path.join(work, "pkg")
-    # One cpack at a time per build directory (the packaging integration tests run it too).
-    with open(os.path.join(BUILD, ".dpengine-cpack.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        res = subprocess.run(["cpack", "--config", os.path.join(BUILD, "CPackConfig.cmake"), "-G", "DEB", "-B", out_dir],
-                             capture_output=True, text=True, timeout=600)
-    debs = glob.glob(os.path.join(out_dir, "dpengine_*.deb"))
-    if res.returncode != 0 or len(debs) != 1:
-        raise StepFailed(f"cpack -G DEB: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
-    return debs[0]
-
-
-def main() -> int:
-    if os.geteuid() != 0:
-        return skip("needs root (debootstrap builds the image)")
-    for tool in ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4", "ssh", "scp", "ssh-keygen", "cpack"):
-        if shutil.which(tool) is None:
-            return skip(f"{tool} is missing (scripts/install-deps installs it)")
-    work = tempfile.mkdtemp(prefix="dpengine-vm-")
-    vm = None
-    try:
-        deb = find_deb(work)
-        started = time.monotonic()
-        res = subprocess.run([os.path.join(HERE, "build-image"), os.path.join(BUILD, "system-image"), deb],
-                             capture_output=True, text=True, timeout=1500)
-        timings.append(("image (build or cache)", time.monotonic() - started))
-        require(res.returncode == 0, "build-image", res.stderr[-3000:])
-        image = res.stdout.strip().splitlines()[-1]
-        vm = VM(image, os.path.join(work, "vm"))
-        vm.start()
-        timings.append(("boot to ssh", vm.boot_seconds))
-        before = snapshot(vm)
-        for step in (lambda: step_install(vm, deb), lambda: step_journal(vm), lambda: step_dpctl_users(vm),
-                     lambda: step_completion(vm), lambda: step_reload(vm), lambda: step_kill(vm),
-                     lambda: step_watchdog(vm), lambda: step_stop_with_stream(vm), lambda: step_enable_reboot(vm),
-                     lambda: step_remove_purge(vm, before)):
-            step()
-    except StepFailed as e:
-        print(f"stopped: {e}", flush=True)
-    except subprocess.TimeoutExpired as e:
-        check(False, f"bounded wait ran out: {e.cmd if isinstance(e.cmd, str) else shlex.join(map(str, e.cmd))[:300]}")
-    finally:
-        if vm is not None:
-            if failures:
-                print("---- guest console (tail) ----\n" + vm.console_tail(60), flush=True)
-            vm.close()
-        if os.environ.get("DPENGINE_SYSTEM_KEEP") == "1":
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    for what, seconds in timings:
-        print(f"time: {what}: {seconds:.0f} s")
-    if failures:
-        print(f"FAILED: {len(failures)} check(s): " + "; ".join(failures))
-        return 1
-    print("PASS")
-    return 0
+def flow(deb: str, image: str, work: str) -> None:
+    vm = VM(image, os.path.join(work, "vm"))
+    systest.boot(vm)
+    before = snapshot(vm)
+    step_install(vm, deb)
+    step_journal(vm)
+    step_dpctl_users(vm)
+    step_completion(vm)
+    step_reload(vm)
+    step_kill(vm)
+    step_watchdog(vm)
+    step_stop_with_stream(vm)
+    step_enable_reboot(vm)
+    step_remove_purge(vm, before)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    systest.main(flow)

@@ -11,6 +11,10 @@ network runs with restrict=on (the guest reaches nothing outside) and forwards o
 loopback port to the guest's ssh. Each VM makes its own ed25519 key and hands the public half
 to the guest on the kernel command line (the image's dpengine-test-key.service authorizes it).
 
+A second NIC on a private network between VMs: Link(mac, local_port, remote_port), qemu's
+point-to-point UDP socket network on loopback; two VMs with mirrored ports share an Ethernet
+segment that nothing else reaches, and either may stop and start again on its own.
+
 Accelerator: DPENGINE_VM_ACCEL=kvm or tcg; by default TCG, since nested KVM aborts guests on
 the CI machines. Everything is bounded in time; qemu is killed in close() if it does not power
 off by itself.
@@ -23,16 +27,31 @@ import shlex
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
                "-o", "ServerAliveCountMax=6"]
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def free_loopback_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass
+class Link:
+    """The VM's end of a private Ethernet segment: its NIC's MAC address, and the loopback UDP
+    ports its qemu sends from and to."""
+    mac: str
+    local_port: int
+    remote_port: int
+
+    @staticmethod
+    def pair(mac_a: str, mac_b: str) -> tuple["Link", "Link"]:
+        a, b = free_loopback_port(socket.SOCK_DGRAM), free_loopback_port(socket.SOCK_DGRAM)
+        return Link(mac_a, a, b), Link(mac_b, b, a)
 
 
 class VMError(Exception):
@@ -41,7 +60,9 @@ class VMError(Exception):
 
 class VM:
     def __init__(self, image_dir: str, workdir: str, memory_mib: int = 1536, cpus: int = 2,
-                 boot_timeout: float = 300.0):
+                 boot_timeout: float = 300.0, name: str = "vm", link: Link | None = None):
+        self.name = name
+        self.link = link
         self.image_dir = image_dir
         self.workdir = workdir
         self.memory_mib = memory_mib
@@ -73,11 +94,11 @@ class VM:
                            check=True, timeout=30)
         with open(self.key + ".pub") as f:
             pub = f.read().split()[1]
+        # Made at the first start; a VM started again after close() boots the same disk.
         overlay = os.path.join(self.workdir, "overlay.qcow2")
-        if os.path.exists(overlay):
-            os.unlink(overlay)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                        os.path.join(self.image_dir, "disk.img"), overlay], check=True, timeout=60)
+        if not os.path.exists(overlay):
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                            os.path.join(self.image_dir, "disk.img"), overlay], check=True, timeout=60)
         self.port = free_loopback_port()
         accel = os.environ.get("DPENGINE_VM_ACCEL", "tcg")
         # TCG: one host thread per vCPU (multi-threaded TCG).
@@ -96,8 +117,12 @@ class VM:
                "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
                "-device", "virtio-net-pci,netdev=n0,romfile=",
                "-device", "virtio-rng-pci"]
+        if self.link is not None:
+            cmd += ["-netdev", f"socket,id=n1,udp=127.0.0.1:{self.link.remote_port},"
+                               f"localaddr=127.0.0.1:{self.link.local_port}",
+                    "-device", f"virtio-net-pci,netdev=n1,mac={self.link.mac},romfile="]
         started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(os.path.join(self.workdir, "qemu.log"), "w"),
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(os.path.join(self.workdir, "qemu.log"), "a"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_for_ssh(self.boot_timeout)
         self.boot_seconds = time.monotonic() - started
