@@ -236,9 +236,8 @@ def flow(deb: str, image: str, work: str) -> None:
     head_address = flag(example["head"], "--data-parallel-address")
     node_b_address = str(ipaddress.ip_address(head_address) + 1)
     link_head, link_b = Link.pair("52:54:00:99:48:80", "52:54:00:99:48:81")
-    # One vCPU each: two guests under TCG on a 2-core host boot faster than with two each.
-    head = VM(image, os.path.join(work, "head"), cpus=1, name="head", link=link_head)
-    node_b = VM(image, os.path.join(work, "node-b"), cpus=1, name="node-b", link=link_b)
+    head = VM(image, os.path.join(work, "head"), name="head", link=link_head)
+    node_b = VM(image, os.path.join(work, "node-b"), name="node-b", link=link_b)
     systest.boot(head, node_b)
     for vm, hostname, address in ((head, "head", head_address), (node_b, "node-b", node_b_address)):
         install_deb(vm, deb)
