@@ -15,9 +15,10 @@ A second NIC on a private network between VMs: Link(mac, local_port, remote_port
 point-to-point UDP socket network on loopback; two VMs with mirrored ports share an Ethernet
 segment that nothing else reaches, and either may stop and start again on its own.
 
-Accelerator: DPENGINE_VM_ACCEL=kvm or tcg; by default TCG, since nested KVM aborts guests on
-the CI machines. Everything is bounded in time; qemu is killed in close() if it does not power
-off by itself.
+Accelerator: DPENGINE_VM_ACCEL=kvm, tcg or auto (the default): KVM where /dev/kvm is usable and
+a guest's kernel starts under it within 10 s, else TCG (nested KVM on the CI machines aborts
+qemu or stalls the guest; the first VM of a run finds out, the others follow). Everything is
+bounded in time; qemu is killed in close() if it does not power off by itself.
 """
 
 from __future__ import annotations
@@ -101,11 +102,51 @@ class VM:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                             os.path.join(self.image_dir, "disk.img"), overlay], check=True, timeout=60)
         self.port = free_loopback_port()
-        accel = os.environ.get("DPENGINE_VM_ACCEL", "tcg")
-        # TCG: one host thread per vCPU (multi-threaded TCG).
-        accel_arg = "tcg,thread=multi" if accel == "tcg" else accel
-        cmd = ["qemu-system-x86_64", "-accel", accel_arg, "-m", str(self.memory_mib), "-smp", str(self.cpus),
-               "-cpu", "max" if accel == "tcg" else "host",
+        started = time.monotonic()
+        accel = os.environ.get("DPENGINE_VM_ACCEL", "auto")
+        if accel == "auto":
+            accel = "kvm" if VM.kvm_runs_guests is not False and os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+            if accel == "kvm" and not self.launch_kvm_probed(pub, overlay):
+                accel = "tcg"
+        if self.proc is None:
+            self.launch(accel, pub, overlay)
+        self.wait_for_ssh(self.boot_timeout)
+        self.boot_seconds = time.monotonic() - started
+
+    # Whether KVM ran a guest here (None: not tried yet). Nested KVM on the CI machines either
+    # aborts qemu at once or stops the guest before its kernel prints a line.
+    kvm_runs_guests: bool | None = None
+    KVM_PROBE_SECONDS = 10.0
+
+    def launch_kvm_probed(self, pub: str, overlay: str) -> bool:
+        """Starts qemu with KVM, unless KVM has failed here before; keeps it if the kernel's first
+        line reaches the console in time, else stops it. Returns whether it is running."""
+        self.launch("kvm", pub, overlay)
+        if VM.kvm_runs_guests:
+            return True
+        deadline = time.monotonic() + self.KVM_PROBE_SECONDS
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with open(self.console_log, errors="replace") as f:
+                    if "Linux version" in f.read():
+                        VM.kvm_runs_guests = True
+                        return True
+            except FileNotFoundError:  # qemu has not opened it yet
+                pass
+            time.sleep(0.2)
+        VM.kvm_runs_guests = False
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc = None
+        print(f"{self.name}: KVM does not run a guest here (see qemu.log); using TCG", flush=True)
+        return False
+
+    def launch(self, accel: str, pub: str, overlay: str) -> None:
+        tcg = accel == "tcg"
+        cmd = ["qemu-system-x86_64",
+               # TCG: one host thread per vCPU (multi-threaded TCG).
+               "-accel", "tcg,thread=multi" if tcg else accel, "-m", str(self.memory_mib), "-smp", str(self.cpus),
+               "-cpu", "max" if tcg else "host",
                # qboot (in qemu-system-data): a small firmware that boots -kernel directly and
                # needs no seabios package.
                "-bios", "qboot.rom",
@@ -122,11 +163,11 @@ class VM:
             cmd += ["-netdev", f"socket,id=n1,udp=127.0.0.1:{self.link.remote_port},"
                                f"localaddr=127.0.0.1:{self.link.local_port}",
                     "-device", f"virtio-net-pci,netdev=n1,mac={self.link.mac},romfile="]
-        started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(os.path.join(self.workdir, "qemu.log"), "a"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_for_ssh(self.boot_timeout)
-        self.boot_seconds = time.monotonic() - started
+        with open(os.path.join(self.workdir, "qemu.log"), "a") as log:
+            log.write(f"---- {accel}: {shlex.join(cmd)}\n")
+            log.flush()
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
 
     def wait_for_ssh(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
