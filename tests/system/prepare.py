@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import systest
 
@@ -21,15 +20,12 @@ def main() -> int:
     if os.path.exists(target):
         os.unlink(target)
     try:
-        started = time.monotonic()
-        deb = systest.make_deb(os.path.join(systest.BUILD, "system-image", "deb"))
-        print(f"time: package (cpack): {time.monotonic() - started:.0f} s", flush=True)
-        started = time.monotonic()
-        image = systest.build_image(deb)
-        print(f"time: image (build or cache): {time.monotonic() - started:.0f} s", flush=True)
+        deb, image = systest.make_package_and_image()
     except systest.StepFailed as e:
         print(f"FAILED: {e}", flush=True)
         return 1
+    for what, seconds in systest.timings:
+        print(f"time: {what}: {seconds:.0f} s", flush=True)
     with open(target, "w") as f:
         json.dump({"deb": deb, "image": image}, f)
     print(f"prepared: {deb}, {image}")

@@ -144,23 +144,28 @@ def build_image(deb: str) -> str:
     return res.stdout.strip().splitlines()[-1]
 
 
-def prepare(work: str) -> tuple[str, str]:
-    """(deb, image directory) for this run."""
-    prepared = os.environ.get("DPENGINE_SYSTEM_PREPARED")
-    if prepared:
-        try:
-            with open(prepared) as f:
-                p = json.load(f)
-            return p["deb"], p["image"]
-        except (OSError, ValueError, KeyError) as e:
-            raise StepFailed(f"{prepared}: {e} (tests/system/prepare.py writes it)")
+def make_package_and_image() -> tuple[str, str]:
+    """cpack's .deb (in BUILD/system-image/deb) and the image for it; records the time of each."""
     started = time.monotonic()
-    deb = make_deb(os.path.join(work, "pkg"))
+    deb = make_deb(os.path.join(BUILD, "system-image", "deb"))
     timed("package (cpack)", started)
     started = time.monotonic()
     image = build_image(deb)
     timed("image (build or cache)", started)
     return deb, image
+
+
+def prepare() -> tuple[str, str]:
+    """(deb, image directory) for this run: prepare.py's, or made now when run by hand."""
+    prepared = os.environ.get("DPENGINE_SYSTEM_PREPARED")
+    if not prepared:
+        return make_package_and_image()
+    try:
+        with open(prepared) as f:
+            p = json.load(f)
+        return p["deb"], p["image"]
+    except (OSError, ValueError, KeyError) as e:
+        raise StepFailed(f"{prepared}: {e} (tests/system/prepare.py writes it)")
 
 
 # ---- running a test ----
@@ -202,7 +207,7 @@ def run(flow: Callable[[str, str, str], None]) -> int:
         return SKIP
     work = tempfile.mkdtemp(prefix="dpengine-vm-")
     try:
-        deb, image = prepare(work)
+        deb, image = prepare()
         flow(deb, image, work)
     except StepFailed as e:
         print(f"stopped: {e}", flush=True)

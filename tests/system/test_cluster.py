@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 
@@ -104,16 +105,18 @@ def service_dropin(vm: VM, readme_command: str, toml: str) -> None:
     require(res.returncode == 0, f"{vm.name}: drop-ins written, the unit enabled, --check-config accepts them", out(res))
 
 
+def states(res: subprocess.CompletedProcess) -> dict[int, str]:
+    """rank -> state from a `dpctl ranks --json` result ({} when it failed)."""
+    return {x["rank"]: x["state"] for x in json_or(res.stdout, [])} if res.returncode == 0 else {}
+
+
 def rank_states(head: VM) -> dict[int, str]:
-    res = head.run("dpctl ranks --json")
-    return {r["rank"]: r["state"] for r in json_or(res.stdout, [])} if res.returncode == 0 else {}
+    return states(head.run("dpctl ranks --json"))
 
 
 def wait_ranks(head: VM, want: dict[int, str], what: str, timeout: float = 240.0) -> None:
-    res = wait_for(head, "dpctl ranks --json", lambda r: r.returncode == 0 and all(
-        {x["rank"]: x["state"] for x in json_or(r.stdout, [])}.get(k) == v for k, v in want.items()), timeout)
-    got = {x["rank"]: x["state"] for x in json_or(res.stdout, [])}
-    require(all(got.get(k) == v for k, v in want.items()), what, out(res))
+    res = wait_for(head, "dpctl ranks --json", lambda r: all(states(r).get(k) == v for k, v in want.items()), timeout)
+    require(all(states(res).get(k) == v for k, v in want.items()), what, out(res))
 
 
 def completions(head: VM, count: int) -> list[object]:
